@@ -1,0 +1,39 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+# Each sets up its own virtualenv and dependencies first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck services install web worker scheduler bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/nps-dispatch demo
+
+# Starts (and if needed installs) Redis, PostgreSQL and Chromium for the test suite,
+# then runs linters, the type checker and every test. See scripts/test-services.sh.
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+	. scripts/test-services.sh && $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy .
+
+bench: $(STAMP)
+	. scripts/test-services.sh && $(BIN)/python -m bench.report_million
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache nps-dispatch.db test-artifacts

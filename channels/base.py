@@ -1,0 +1,122 @@
+"""The one vocabulary every channel speaks.
+
+A channel sends an :class:`OutboundMessage` and hands back a :class:`SendReceipt`, or raises a
+:class:`SendError` subclass that says whether trying again can help. Webhook parsers turn provider
+payloads into :class:`DeliveryEvent` objects. Nothing outside ``channels/`` knows a provider's field
+names or error codes (the approach of django-anymail).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+
+class ChannelName(enum.StrEnum):
+    email = "email"
+    sms = "sms"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    """One message to one recipient. ``survey_id`` travels with it so callbacks find the survey."""
+
+    survey_id: int
+    channel: ChannelName
+    to: str  # E.164 phone number or normalised email address
+    body_text: str
+    subject: str | None = None
+    body_html: str | None = None
+    unsubscribe_url: str | None = None
+    status_callback_url: str | None = None
+    is_reminder: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SendReceipt:
+    provider: str
+    provider_message_id: str
+    segments: int | None = None  # SMS only
+
+
+class SendError(Exception):
+    """Base of send failures; ``code`` is the provider's error code when it gave one."""
+
+    def __init__(self, message: str, *, code: str | None = None, provider: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.provider = provider
+
+
+class TransientSendError(SendError):
+    """Trying again later may succeed (timeouts before the request left, 429, 5xx)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        provider: str = "",
+        retry_after_seconds: float | None = None,
+    ) -> None:
+        super().__init__(message, code=code, provider=provider)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class PermanentSendError(SendError):
+    """This recipient cannot be reached on this channel; ``revokes_consent`` when the provider
+    says the recipient opted out (Twilio 21610), which is evidence for a consent revocation."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        provider: str = "",
+        revokes_consent: bool = False,
+    ) -> None:
+        super().__init__(message, code=code, provider=provider)
+        self.revokes_consent = revokes_consent
+
+
+class OutcomeUnknownError(SendError):
+    """The request may have reached the provider (a read timeout after sending). Never retried
+    blindly: the reconciler resolves it from callbacks or a provider lookup."""
+
+
+class DeliveryEventKind(enum.StrEnum):
+    queued = "queued"
+    sent = "sent"
+    delivered = "delivered"
+    deferred = "deferred"
+    undeliverable = "undeliverable"  # bounce, dropped, undelivered, failed after acceptance
+    opened = "opened"
+    clicked = "clicked"
+    opted_out = "opted_out"  # unsubscribe, group unsubscribe, STOP
+    opted_in = "opted_in"  # group resubscribe, START
+    spam_report = "spam_report"
+    unknown = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryEvent:
+    """A provider's report about one message, normalised."""
+
+    provider: str
+    event_id: str  # unique per provider: dedupe key for the raw store
+    kind: DeliveryEventKind
+    survey_id: int | None
+    provider_message_id: str | None
+    occurred_at: datetime | None
+    error_code: str | None = None
+    permanent: bool = True
+    raw: dict[str, object] = field(default_factory=dict)
+
+
+class Channel(Protocol):
+    name: ChannelName
+    provider: str
+
+    def send(self, message: OutboundMessage) -> SendReceipt: ...

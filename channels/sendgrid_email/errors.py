@@ -1,0 +1,111 @@
+"""SendGrid ``/v3/mail/send`` errors -> the normalised :mod:`channels.base` errors.
+
+429 and 5xx are transient (``Retry-After`` honoured); 401/403 are our credentials or sender
+verification (an operator's mistake: transient, so the survey waits instead of failing); any
+other 4xx is permanent, reported with SendGrid's own error messages from the JSON body, scrubbed
+of addresses. A connect error never reached SendGrid (transient); a failure after the request
+was written may have queued the mail (:class:`OutcomeUnknownError`).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Final
+
+import httpx
+
+from channels.base import (
+    OutcomeUnknownError,
+    PermanentSendError,
+    SendError,
+    TransientSendError,
+)
+from channels.masking import mask_text
+
+PROVIDER: Final = "sendgrid"
+
+#: HTTP statuses worth retrying later.
+TRANSIENT_STATUSES: Final[frozenset[int]] = frozenset({408, 429, 500, 502, 503, 504})
+
+#: HTTP statuses that are our configuration (API key, sender identity), not the recipient.
+CONFIGURATION_STATUSES: Final[frozenset[int]] = frozenset({401, 403})
+
+#: Transport errors raised before the request was sent.
+NOT_SENT_ERRORS: Final[tuple[type[httpx.TransportError], ...]] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.ProxyError,
+    httpx.UnsupportedProtocol,
+)
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), else ``None``."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
+
+
+def error_messages(body: str) -> str:
+    """SendGrid's ``{"errors": [{"message", "field"}]}`` as one line, without any address."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return ""
+    parts: list[str] = []
+    errors = payload.get("errors") if isinstance(payload, dict) else None
+    if isinstance(errors, list):
+        for item in errors:
+            if not isinstance(item, dict):
+                continue
+            text = str(item.get("message") or "").strip()
+            field = item.get("field")
+            if field:
+                text = f"{text} (field {field})" if text else f"field {field}"
+            if text:
+                parts.append(text)
+    return mask_text("; ".join(parts))
+
+
+def from_response(response: httpx.Response) -> SendError:
+    status = response.status_code
+    detail = error_messages(response.text) or response.reason_phrase or "error"
+    message = f"HTTP {status}: {detail}"
+    code = str(status)
+    if status in TRANSIENT_STATUSES or status >= 500:
+        return TransientSendError(
+            message,
+            code=code,
+            provider=PROVIDER,
+            retry_after_seconds=parse_retry_after(response.headers.get("Retry-After")),
+        )
+    if status in CONFIGURATION_STATUSES:
+        return TransientSendError(
+            f"{message} (check SENDGRID_API_KEY and the verified sender)",
+            code=code,
+            provider=PROVIDER,
+        )
+    return PermanentSendError(message, code=code, provider=PROVIDER)
+
+
+def from_transport_error(exc: httpx.TransportError) -> SendError:
+    kind = type(exc).__name__
+    if isinstance(exc, NOT_SENT_ERRORS):
+        return TransientSendError(f"{kind}: the request did not reach SendGrid", provider=PROVIDER)
+    return OutcomeUnknownError(
+        f"{kind} after the request was sent: the mail may have been accepted", provider=PROVIDER
+    )

@@ -1,0 +1,1 @@
+"""twilio_sms channel."""

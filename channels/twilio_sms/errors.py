@@ -1,0 +1,130 @@
+"""Twilio send errors -> the normalised :mod:`channels.base` errors, by lookup table.
+
+Synchronous errors of ``POST .../Messages.json`` (HTTP 4xx with a Twilio ``code``):
+the codes below are about the recipient and permanent; 21610 (the recipient replied STOP) also
+revokes consent. Any other 4xx is permanent too, except 401/403 (our credentials or account
+permissions: an operator's mistake, not the recipient's, so the survey waits and retries).
+429 and 5xx are transient, honouring ``Retry-After``.
+
+Transport errors: a connect error means the request never left (transient); a failure after the
+request was written (read timeout, dropped connection) means Twilio may have created the message,
+and its create call has no idempotency key, so it is :class:`OutcomeUnknownError`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Final
+
+import httpx
+
+from channels.base import (
+    OutcomeUnknownError,
+    PermanentSendError,
+    SendError,
+    TransientSendError,
+)
+from channels.masking import mask_text
+
+PROVIDER: Final = "twilio"
+
+#: Codes about the recipient: sending again cannot succeed.
+PERMANENT_CODES: Final[dict[int, str]] = {
+    21211: "invalid 'To' phone number",
+    21408: "no permission to send to the region of the 'To' number",
+    21612: "the 'To' number is not reachable from this sender",
+    21614: "'To' number is not SMS-capable",
+    21635: "'To' number is a landline",
+}
+
+#: Codes that say the recipient opted out: permanent and evidence of a consent revocation.
+CONSENT_REVOKING_CODES: Final[dict[int, str]] = {
+    21610: "the recipient has unsubscribed (replied STOP)",
+}
+
+#: Codes that are worth retrying later whatever their HTTP status.
+TRANSIENT_CODES: Final[dict[int, str]] = {
+    20429: "too many requests",
+    20500: "Twilio internal error",
+    20503: "Twilio service unavailable",
+}
+
+#: HTTP statuses that are our configuration, not the recipient: retried (and alerting) rather
+#: than ending every survey as ``failed``.
+CONFIGURATION_STATUSES: Final[frozenset[int]] = frozenset({401, 403})
+
+#: Transport errors raised before the request was sent.
+NOT_SENT_ERRORS: Final[tuple[type[httpx.TransportError], ...]] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.ProxyError,
+    httpx.UnsupportedProtocol,
+)
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), else ``None``."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
+
+
+def from_http_error(
+    status: int,
+    code: int | None,
+    message: str,
+    retry_after: str | None = None,
+) -> SendError:
+    """The normalised error for an HTTP error answer of Twilio's REST API."""
+    text = mask_text(message or f"HTTP {status}")
+    code_str = str(code) if code is not None else None
+    if code is not None and code in CONSENT_REVOKING_CODES:
+        return PermanentSendError(
+            f"{CONSENT_REVOKING_CODES[code]}: {text}",
+            code=code_str,
+            provider=PROVIDER,
+            revokes_consent=True,
+        )
+    if code is not None and code in PERMANENT_CODES:
+        return PermanentSendError(
+            f"{PERMANENT_CODES[code]}: {text}", code=code_str, provider=PROVIDER
+        )
+    if code in TRANSIENT_CODES or status == 429 or status >= 500:
+        return TransientSendError(
+            f"HTTP {status}: {text}",
+            code=code_str,
+            provider=PROVIDER,
+            retry_after_seconds=parse_retry_after(retry_after),
+        )
+    if status in CONFIGURATION_STATUSES:
+        return TransientSendError(
+            f"HTTP {status} (check the Twilio credentials and account): {text}",
+            code=code_str,
+            provider=PROVIDER,
+            retry_after_seconds=parse_retry_after(retry_after),
+        )
+    return PermanentSendError(f"HTTP {status}: {text}", code=code_str, provider=PROVIDER)
+
+
+def from_transport_error(exc: httpx.TransportError) -> SendError:
+    """Transient when the request never left; unknown outcome once it may have been sent."""
+    kind = type(exc).__name__
+    if isinstance(exc, NOT_SENT_ERRORS):
+        return TransientSendError(f"{kind}: the request did not reach Twilio", provider=PROVIDER)
+    return OutcomeUnknownError(
+        f"{kind} after the request was sent: the message may have been created",
+        provider=PROVIDER,
+    )

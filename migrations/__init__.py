@@ -1,0 +1,1 @@
+"""Alembic migrations; run them with `nps-dispatch db upgrade`."""

@@ -1,0 +1,83 @@
+"""Customers, their contacts, and consent as an append-only history."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from models.base import Base, BigId, UtcDateTime, utcnow
+
+
+class ContactStatus:
+    valid = "valid"
+    invalid = "invalid"
+    missing = "missing"
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    external_id: Mapped[str] = mapped_column(String(128), unique=True)
+    # Contacts are stored normalised (E.164, lower-cased domain); an invalid one is kept with
+    # status "invalid" so the skip reason can be shown, and is never sent to.
+    email: Mapped[str | None] = mapped_column(String(320), index=True)
+    email_status: Mapped[str] = mapped_column(String(8), default=ContactStatus.missing)
+    phone: Mapped[str | None] = mapped_column(String(32), index=True)
+    phone_status: Mapped[str] = mapped_column(String(8), default=ContactStatus.missing)
+    first_name: Mapped[str | None] = mapped_column(String(120))
+    locale: Mapped[str | None] = mapped_column(String(35))
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    country: Mapped[str | None] = mapped_column(String(2))
+    previous_orders: Mapped[int | None] = mapped_column(Integer)
+    erased_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
+
+    def contact_for(self, channel: str) -> tuple[str | None, str]:
+        if channel == "email":
+            return self.email, self.email_status
+        return self.phone, self.phone_status
+
+
+class ConsentRecord(Base):
+    """One grant or revocation, with its evidence. Rows are never updated or deleted (except the
+    evidence text on erasure); the current consent is the latest record by capture time."""
+
+    __tablename__ = "consent_records"
+    __table_args__ = (Index("ix_consent_current", "customer_id", "channel", "captured_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
+    channel: Mapped[str] = mapped_column(String(8))
+    granted: Mapped[bool] = mapped_column(Boolean)
+    source: Mapped[str | None] = mapped_column(String(120))
+    text_version: Mapped[str | None] = mapped_column(String(64))
+    captured_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    recorded_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    # What proves it: a shop event id, a provider message id (STOP reply), a webhook event id.
+    evidence_kind: Mapped[str] = mapped_column(String(16))
+    evidence_ref: Mapped[str | None] = mapped_column(Text)
+
+
+class ErasedSubject(Base):
+    """Tombstone of an erased customer: a SHA-256 of the shop's id, so that a late event about
+    them is recognised and does not bring personal data back."""
+
+    __tablename__ = "erased_subjects"
+
+    subject_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    erased_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+def current_consent(session: Session, customer_id: int, channel: str) -> bool:
+    """True when the latest record for this customer and channel is a grant."""
+    granted = session.scalar(
+        select(ConsentRecord.granted)
+        .where(ConsentRecord.customer_id == customer_id, ConsentRecord.channel == channel)
+        .order_by(ConsentRecord.captured_at.desc(), ConsentRecord.id.desc())
+        .limit(1)
+    )
+    return bool(granted)

@@ -1,0 +1,92 @@
+"""Raw inbound events (the idempotency ledger) and dead letters."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from models.base import Base, BigId, UtcDateTime, utcnow
+
+
+class InboundEvent(Base):
+    """Every event from outside, keyed by (source, external id): a second copy is a duplicate.
+
+    Shop events keep no payload (their effect lives in the domain tables); provider webhooks keep
+    the raw payload so that a failure while applying can be replayed (``handled_at`` is null).
+    """
+
+    __tablename__ = "inbound_events"
+    __table_args__ = (
+        UniqueConstraint("source", "external_id", name="uq_inbound_events_source_external_id"),
+        Index("ix_inbound_events_unhandled", "source", "handled_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    source: Mapped[str] = mapped_column(String(24))
+    external_id: Mapped[str] = mapped_column(String(200))
+    event_type: Mapped[str] = mapped_column(String(40))
+    subject_key: Mapped[str | None] = mapped_column(String(128), index=True)  # shop customer id
+    survey_id: Mapped[int | None] = mapped_column(
+        ForeignKey("surveys.id", ondelete="SET NULL"), index=True
+    )
+    payload: Mapped[dict[str, Any] | list[Any] | None] = mapped_column(JSON)
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    handled_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    result: Mapped[str | None] = mapped_column(String(40))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class DeadLetter(Base):
+    """A queue event that failed validation or processing: kept whole, listed and replayable."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    source: Mapped[str] = mapped_column(String(24))
+    event_id: Mapped[str | None] = mapped_column(String(200))
+    subject_key: Mapped[str | None] = mapped_column(String(128), index=True)
+    payload: Mapped[str] = mapped_column(Text)  # raw JSON as received, even when it is not valid
+    error: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    replayed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    replay_result: Mapped[str | None] = mapped_column(String(40))
+
+
+def claim_inbound_event(
+    session: Session,
+    *,
+    source: str,
+    external_id: str,
+    event_type: str,
+    subject_key: str | None = None,
+    survey_id: int | None = None,
+    payload: dict[str, Any] | list[Any] | None = None,
+) -> int | None:
+    """Record an inbound event once. Returns its row id, or None when it was already recorded.
+
+    ``INSERT ... ON CONFLICT DO NOTHING``: on PostgreSQL a concurrent copy of the same event waits
+    for the first transaction and then inserts nothing, so exactly one copy takes effect.
+    """
+    values = {
+        "source": source,
+        "external_id": external_id,
+        "event_type": event_type,
+        "subject_key": subject_key,
+        "survey_id": survey_id,
+        "payload": payload,
+        "received_at": utcnow(),
+    }
+    dialect = session.get_bind().dialect.name
+    insert_fn = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    stmt = (
+        insert_fn(InboundEvent)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["source", "external_id"])
+        .returning(InboundEvent.id)
+    )
+    return session.execute(stmt).scalar_one_or_none()

@@ -1,0 +1,306 @@
+"""Twilio SMS sending, mocked at the HTTP boundary with respx."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+
+from channels.base import (
+    ChannelName,
+    OutboundMessage,
+    OutcomeUnknownError,
+    PermanentSendError,
+    TransientSendError,
+)
+from channels.twilio_sms.errors import parse_retry_after
+from channels.twilio_sms.http import HttpxTwilioClient
+from channels.twilio_sms.send import RecentMessage, TwilioSmsChannel, sms_segments
+
+BASE = "https://twilio.test"
+SID = "AC" + "a1" * 16
+TOKEN = "secret-token"
+FROM = "+15005550006"
+SERVICE = "MG" + "b2" * 16
+URL = f"{BASE}/2010-04-01/Accounts/{SID}/Messages.json"
+TO = "+40721000111"
+CALLBACK = "https://nps.example/webhooks/twilio/status?survey_id=42"
+BODY = "Hi Ana, how likely are you to recommend Shop to a friend? Reply 0-10. Reply STOP to opt out"
+
+
+def make_channel(**overrides) -> TwilioSmsChannel:
+    options: dict[str, Any] = {"from_number": FROM, "api_base": BASE, "timeout": 5.0}
+    options.update(overrides)
+    return TwilioSmsChannel(SID, TOKEN, **options)
+
+
+def make_message(**overrides) -> OutboundMessage:
+    fields: dict[str, Any] = {
+        "survey_id": 42,
+        "channel": ChannelName.sms,
+        "to": TO,
+        "body_text": BODY,
+        "status_callback_url": CALLBACK,
+    }
+    fields.update(overrides)
+    return OutboundMessage(**fields)
+
+
+def created(sid: str = "SM" + "c3" * 16) -> dict[str, object]:
+    return {
+        "sid": sid,
+        "account_sid": SID,
+        "to": TO,
+        "from": FROM,
+        "body": BODY,
+        "status": "queued",
+        "num_segments": "1",
+        "date_created": "Fri, 20 Nov 2026 10:04:00 +0000",
+        "uri": f"/2010-04-01/Accounts/{SID}/Messages/{sid}.json",
+    }
+
+
+def twilio_error(code: int, message: str, status: int = 400) -> dict[str, object]:
+    return {
+        "code": code,
+        "message": message,
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+    }
+
+
+def form(request: httpx.Request) -> dict[str, list[str]]:
+    return parse_qs(request.content.decode(), keep_blank_values=True)
+
+
+# -- the request ----------------------------------------------------------------------------------
+
+
+def test_send_posts_the_exact_form_under_the_custom_base(respx_mock):
+    route = respx_mock.post(URL).respond(201, json=created())
+
+    receipt = make_channel().send(make_message())
+
+    assert receipt.provider == "twilio"
+    assert receipt.provider_message_id == "SM" + "c3" * 16
+    assert receipt.segments == 1
+    request = route.calls.last.request
+    assert request.url == httpx.URL(URL)
+    assert form(request) == {
+        "To": [TO],
+        "From": [FROM],
+        "Body": [BODY],
+        "StatusCallback": [CALLBACK],
+    }
+    expected = base64.b64encode(f"{SID}:{TOKEN}".encode()).decode()
+    assert request.headers["Authorization"] == f"Basic {expected}"
+    assert request.headers["Content-Type"] == "application/x-www-form-urlencoded"
+
+
+def test_send_with_a_messaging_service_sends_no_from(respx_mock):
+    route = respx_mock.post(URL).respond(201, json=created())
+
+    make_channel(from_number=None, messaging_service_sid=SERVICE).send(
+        make_message(status_callback_url=None)
+    )
+
+    assert form(route.calls.last.request) == {
+        "To": [TO],
+        "MessagingServiceSid": [SERVICE],
+        "Body": [BODY],
+    }
+
+
+def test_receipt_counts_segments_of_a_long_unicode_body(respx_mock):
+    respx_mock.post(URL).respond(201, json=created())
+    body = "Bună ziua, cât de probabil este să recomandați magazinul nostru unui prieten?"
+
+    receipt = make_channel().send(make_message(body_text=body))
+
+    assert receipt.segments == 2  # UCS-2: 77 units > 70
+
+
+def test_default_base_is_twilio_and_is_not_rewritten():
+    client = HttpxTwilioClient()
+    uri = f"https://api.twilio.com/2010-04-01/Accounts/{SID}/Messages.json"
+    assert client.rewrite(uri) == uri
+    custom = HttpxTwilioClient(api_base="http://localhost:4010/")
+    assert custom.rewrite(uri) == f"http://localhost:4010/2010-04-01/Accounts/{SID}/Messages.json"
+    assert custom.rewrite("https://api.twilio.community/x") == "https://api.twilio.community/x"
+
+
+def test_needs_a_sender():
+    with pytest.raises(ValueError, match="From number or a Messaging Service"):
+        TwilioSmsChannel(SID, TOKEN, api_base=BASE)
+
+
+# -- error classification -------------------------------------------------------------------------
+
+
+def test_429_with_retry_after_is_transient(respx_mock):
+    respx_mock.post(URL).respond(
+        429, headers={"Retry-After": "30"}, json=twilio_error(20429, "Too Many Requests", 429)
+    )
+
+    with pytest.raises(TransientSendError) as caught:
+        make_channel().send(make_message())
+
+    assert caught.value.retry_after_seconds == 30
+    assert caught.value.provider == "twilio"
+
+
+@pytest.mark.parametrize("code", [21211, 21614, 21635])
+def test_recipient_errors_are_permanent(respx_mock, code):
+    respx_mock.post(URL).respond(
+        400, json=twilio_error(code, f"The 'To' number {TO} is not a valid phone number.")
+    )
+
+    with pytest.raises(PermanentSendError) as caught:
+        make_channel().send(make_message())
+
+    assert caught.value.code == str(code)
+    assert caught.value.revokes_consent is False
+    assert TO not in str(caught.value)  # the recipient's number is masked
+    assert "+40******111" in str(caught.value)
+
+
+def test_21610_unsubscribed_revokes_consent(respx_mock):
+    respx_mock.post(URL).respond(
+        400, json=twilio_error(21610, "Attempt to send to unsubscribed recipient")
+    )
+
+    with pytest.raises(PermanentSendError) as caught:
+        make_channel().send(make_message())
+
+    assert caught.value.code == "21610"
+    assert caught.value.revokes_consent is True
+
+
+def test_other_4xx_is_permanent(respx_mock):
+    respx_mock.post(URL).respond(400, json=twilio_error(21602, "Message body is required."))
+
+    with pytest.raises(PermanentSendError) as caught:
+        make_channel().send(make_message())
+
+    assert caught.value.code == "21602"
+    assert not caught.value.revokes_consent
+
+
+def test_bad_credentials_wait_instead_of_failing_the_recipient(respx_mock):
+    respx_mock.post(URL).respond(401, json=twilio_error(20003, "Authenticate", 401))
+
+    with pytest.raises(TransientSendError):
+        make_channel().send(make_message())
+
+
+def test_500_is_transient(respx_mock):
+    respx_mock.post(URL).respond(500, json=twilio_error(20500, "Internal Server Error", 500))
+
+    with pytest.raises(TransientSendError) as caught:
+        make_channel().send(make_message())
+
+    assert caught.value.retry_after_seconds is None
+
+
+def test_503_without_json_is_transient(respx_mock):
+    respx_mock.post(URL).respond(503, text="<html>Service Unavailable</html>")
+
+    with pytest.raises(TransientSendError):
+        make_channel().send(make_message())
+
+
+@pytest.mark.parametrize("error", [httpx.ConnectTimeout, httpx.ConnectError])
+def test_connect_failures_are_transient(respx_mock, error):
+    respx_mock.post(URL).mock(side_effect=error)
+
+    with pytest.raises(TransientSendError) as caught:
+        make_channel().send(make_message())
+
+    assert not isinstance(caught.value, OutcomeUnknownError)
+
+
+@pytest.mark.parametrize("error", [httpx.ReadTimeout, httpx.RemoteProtocolError])
+def test_failures_after_sending_are_outcome_unknown(respx_mock, error):
+    respx_mock.post(URL).mock(side_effect=error)
+
+    with pytest.raises(OutcomeUnknownError):
+        make_channel().send(make_message())
+
+
+def test_retry_after_forms():
+    now = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+    assert parse_retry_after("120") == 120
+    assert parse_retry_after("Fri, 20 Nov 2026 10:01:30 GMT", now) == 90
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
+
+
+# -- reconciliation lookup ------------------------------------------------------------------------
+
+
+def test_find_recent_messages_filters_by_to_and_date_sent(respx_mock):
+    page = {
+        "messages": [
+            {**created("SM1"), "status": "delivered"},
+            {**created("SM2"), "status": "failed", "date_created": None},
+        ],
+        "end": 1,
+        "first_page_uri": "/x",
+        "next_page_uri": None,
+        "page": 0,
+        "page_size": 50,
+        "previous_page_uri": None,
+        "start": 0,
+        "uri": "/x",
+    }
+    route = respx_mock.get(URL).respond(200, json=page)
+
+    found = make_channel().find_recent_messages(TO, datetime(2026, 11, 20, 10, 0, tzinfo=UTC))
+
+    assert found == [
+        RecentMessage("SM1", "delivered", datetime(2026, 11, 20, 10, 4, tzinfo=UTC)),
+        RecentMessage("SM2", "failed", None),
+    ]
+    params = route.calls.last.request.url.params
+    assert params["To"] == TO
+    assert params["DateSent>"] == "2026-11-20T10:00:00Z"
+
+
+# -- segments -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("length", "segments"), [(1, 1), (160, 1), (161, 2), (306, 2), (307, 3), (459, 3), (460, 4)]
+)
+def test_gsm7_segment_boundaries(length, segments):
+    assert sms_segments("a" * length) == segments
+
+
+def test_gsm7_accented_letters_of_the_basic_alphabet_stay_gsm7():
+    assert sms_segments("é" * 160) == 1
+    assert sms_segments("äöüßÄÖÜ" * 20 + "à" * 20) == 1
+
+
+def test_extension_characters_count_double():
+    assert sms_segments("€" * 80) == 1
+    assert sms_segments("€" * 81) == 2
+    assert sms_segments("a" * 159 + "[") == 2
+    # An escape pair is never split across segments.
+    assert sms_segments("a" * 152 + "{" + "a" * 152) == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "segments"),
+    [("ă" * 70, 1), ("ă" * 71, 2), ("ă" * 134, 2), ("ă" * 135, 3), ("a" * 159 + "ç", 3)],
+)
+def test_ucs2_segment_boundaries(text, segments):
+    assert sms_segments(text) == segments
+
+
+def test_emoji_take_two_ucs2_units():
+    assert sms_segments("😀" * 35) == 1
+    assert sms_segments("😀" * 36) == 2

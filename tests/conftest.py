@@ -1,0 +1,162 @@
+"""Shared fixtures: real databases built by the real migrations, a real Redis, a clock.
+
+PostgreSQL and Redis come from NPS_TEST_POSTGRES_URL / NPS_TEST_REDIS_URL (`make test` starts
+them). Locally a missing server skips its tests; under CI=true it fails them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from migrations.runner import upgrade
+from models import Base
+from models.session import make_engine, make_session_factory
+from worker.config import OperatorConfig, load_config
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def service_missing(what: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{what} is required under CI=true but is not available")
+    pytest.skip(f"{what} not available")
+
+
+@dataclass
+class Database:
+    engine: Engine
+    factory: sessionmaker[Session]
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def session(self) -> Session:
+        return self.factory()
+
+
+@pytest.fixture(scope="session")
+def postgres_engine() -> Iterator[Engine]:
+    url = os.environ.get("NPS_TEST_POSTGRES_URL")
+    if not url:
+        service_missing("PostgreSQL (NPS_TEST_POSTGRES_URL)")
+    assert url is not None
+    engine = make_engine(url, pool_size=20, max_overflow=20)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        service_missing(f"PostgreSQL at {url} ({exc.__class__.__name__})")
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+def _truncate(engine: Engine) -> None:
+    tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+
+
+def sqlite_database(path: Path) -> Database:
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    return Database(engine, make_session_factory(engine))
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Iterator[Database]:
+    database = sqlite_database(tmp_path / "test.db")
+    yield database
+    database.engine.dispose()
+
+
+@pytest.fixture
+def pg_db(postgres_engine: Engine) -> Iterator[Database]:
+    _truncate(postgres_engine)
+    yield Database(postgres_engine, make_session_factory(postgres_engine))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest) -> Database:
+    """The same test on both backends."""
+    name = "sqlite_db" if request.param == "sqlite" else "pg_db"
+    database: Database = request.getfixturevalue(name)
+    return database
+
+
+@pytest.fixture
+def redis_url() -> str:
+    url = os.environ.get("NPS_TEST_REDIS_URL")
+    if not url:
+        service_missing("Redis (NPS_TEST_REDIS_URL)")
+    assert url is not None
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url)
+        client.ping()
+        client.flushdb()
+    except redis.RedisError as exc:
+        service_missing(f"Redis at {url} ({exc.__class__.__name__})")
+    return url
+
+
+@pytest.fixture
+def config() -> OperatorConfig:
+    """The built-in defaults, with no jitter so that due times are exact in assertions."""
+    return load_config(None)
+
+
+NOW = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def now() -> datetime:
+    return NOW
+
+
+TEST_TOKEN = "test-ingest-token"
+
+
+@pytest.fixture
+def runtime_for(tmp_path: Path):
+    """Build a Runtime over a test database, installed as the process runtime."""
+    from worker.config import ConfigHolder
+    from worker.runtime import Runtime, set_runtime
+    from worker.settings import Settings
+
+    made: list[Runtime] = []
+
+    def build(database: Database, **env: str) -> Runtime:
+        settings = Settings.from_env(
+            {
+                "NPS_INGEST_TOKEN": TEST_TOKEN,
+                "NPS_SECRET_KEY": "test-secret-key",
+                "NPS_DASHBOARD_PASSWORD": "test-dashboard",
+                "NPS_PUBLIC_BASE_URL": "https://nps.example.test",
+                "NPS_CONFIG": str(tmp_path / "absent.toml"),
+                **env,
+            }
+        )
+        runtime = Runtime(
+            settings=settings,
+            engine=database.engine,
+            factory=database.factory,
+            config_holder=ConfigHolder(Path(settings.config_path)),
+        )
+        set_runtime(runtime)
+        made.append(runtime)
+        return runtime
+
+    yield build
+    set_runtime(None)

@@ -1,0 +1,114 @@
+"""The queue path: the real `ingest_event` actor run by a real dramatiq Worker."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from dramatiq import Worker
+from sqlalchemy import func, select
+
+from models import DeadLetter, InboundEvent, Order, Survey
+from tests.conftest import Database, sqlite_database
+from tests.factories import order_event, purchase
+from worker.actors import ingest_event
+from worker.broker import EVENTS_QUEUE, broker
+from worker.deadletters import list_dead_letters, replay_dead_letters
+
+
+@pytest.fixture
+def stub_worker():
+    broker.flush_all()
+    worker = Worker(broker, worker_timeout=50, worker_threads=2)
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+def count(db: Database, model) -> int:
+    with db.session() as s:
+        return s.scalar(select(func.count()).select_from(model)) or 0
+
+
+def test_same_event_twice_on_the_queue_has_one_effect(db, runtime_for, stub_worker):
+    runtime_for(db)
+    event = purchase("Q-1")
+    ingest_event.send(event)
+    ingest_event.send(event)
+    ingest_event.send(order_event("delivered", "Q-1"))
+    broker.join(EVENTS_QUEUE)
+    stub_worker.join()
+    assert count(db, Order) == 1 and count(db, Survey) == 1 and count(db, InboundEvent) == 2
+    with db.session() as s:
+        assert s.scalar(select(Survey.state)) == "scheduled"
+
+
+def test_bad_event_goes_to_dead_letters_and_replays(sqlite_db, runtime_for, stub_worker):
+    runtime = runtime_for(sqlite_db)
+    bad = purchase("Q-2")
+    del bad["customer"]["id"]
+    ingest_event.send(bad)
+    broker.join(EVENTS_QUEUE)
+    stub_worker.join()
+    letters = list_dead_letters(sqlite_db.factory)
+    assert len(letters) == 1
+    assert letters[0].event_id == bad["event_id"]
+    assert "customer.id: Field required" in letters[0].error
+    assert count(sqlite_db, Order) == 0
+    # Still bad: replay keeps it listed with the error.
+    [(letter_id, result)] = replay_dead_letters(sqlite_db.factory, runtime.config)
+    assert result.status == "rejected" and len(list_dead_letters(sqlite_db.factory)) == 1
+    # Fixed (here: the stored payload corrected by an operator), replay takes it once.
+    with sqlite_db.session() as s, s.begin():
+        row = s.get(DeadLetter, letter_id)
+        row.payload = row.payload.replace('"customer": {', '"customer": {"id": "c-77", ')
+    [(_, result)] = replay_dead_letters(sqlite_db.factory, runtime.config)
+    assert result.status == "accepted"
+    assert list_dead_letters(sqlite_db.factory) == []
+    assert count(sqlite_db, Order) == 1
+
+
+def test_redis_worker_process_takes_duplicates_once(redis_url, tmp_path: Path):
+    """The production path: `nps-dispatch worker` on a real Redis, events enqueued by a shop."""
+    from dramatiq import Message
+    from dramatiq.brokers.redis import RedisBroker
+
+    db_path = tmp_path / "redis.db"
+    database = sqlite_database(db_path)
+    env = {
+        **os.environ,
+        "NPS_BROKER_URL": redis_url,
+        "NPS_DATABASE_URL": f"sqlite:///{db_path}",
+        "NPS_CONFIG": str(tmp_path / "absent.toml"),
+        "NPS_SECRET_KEY": "k",
+        "NPS_INGEST_TOKEN": "t",
+        "NPS_DASHBOARD_PASSWORD": "p",
+    }
+    shop = RedisBroker(url=redis_url)
+    event = purchase("R-1")
+    for _ in range(3):  # the shop's own retry sent it three times
+        shop.enqueue(
+            Message(
+                queue_name="events", actor_name="ingest_event", args=(event,), kwargs={}, options={}
+            )
+        )
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", "worker", "--processes", "1", "--threads", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and count(database, InboundEvent) < 1:
+            time.sleep(0.2)
+        time.sleep(1.0)  # let the two copies be processed too
+        assert count(database, InboundEvent) == 1
+        assert count(database, Survey) == 1
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)

@@ -1,0 +1,243 @@
+"""The scheduler: the database is the schedule; this turns due rows into queue messages.
+
+Each pass (`nps-dispatch tick`, or every few seconds under `nps-dispatch scheduler`):
+
+- surveys planned under an older config version are planned again (a changed delay reaches every
+  survey not yet queued; queued and sent ones are untouched);
+- surveys whose anchor never came get anchored on purchase + ``anchor_timeout``;
+- due surveys are claimed in batches (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so any number of
+  schedulers share the work without taking the same row), re-checked (cancellation, consent,
+  quiet hours *now*), moved to ``queued`` and committed, and only then enqueued;
+- ``queued`` rows older than ``stuck_after`` are enqueued again: a message lost by the broker,
+  or a scheduler killed between its commit and its enqueue. A duplicate is harmless because the
+  worker claims ``queued -> sending`` before sending;
+- invitations whose response window has closed end as ``no_response``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import Customer, Order, Survey, SurveyState, current_consent, move, utcnow
+from models.lifecycle import OPEN_STATES
+from worker import planning, timing
+from worker.config import OperatorConfig
+
+log = logging.getLogger(__name__)
+S = SurveyState
+
+
+@dataclass
+class TickReport:
+    replanned: int = 0
+    anchored: int = 0
+    queued: int = 0
+    deferred: int = 0
+    stopped: int = 0
+    requeued: int = 0
+    closed: int = 0
+    enqueued: list[int] = field(default_factory=list)
+
+    def total(self) -> int:
+        return (
+            self.replanned
+            + self.anchored
+            + self.queued
+            + self.deferred
+            + self.stopped
+            + self.requeued
+            + self.closed
+        )
+
+
+class Scheduler:
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        enqueue: Callable[[int], object],
+        *,
+        batch_size: int = 500,
+        stuck_after: timedelta = timedelta(minutes=10),
+    ) -> None:
+        self.factory = factory
+        self.enqueue = enqueue
+        self.batch_size = batch_size
+        self.stuck_after = stuck_after
+
+    def tick(self, config: OperatorConfig, now: datetime | None = None) -> TickReport:
+        now = now or utcnow()
+        report = TickReport()
+        self._replan_stale(config, now, report)
+        self._anchor_timeouts(config, now, report)
+        while self._claim_due_batch(config, now, report) == self.batch_size:
+            pass
+        self._requeue_stuck(now, report)
+        self._close_windows(now, report)
+        return report
+
+    def _replan_stale(self, config: OperatorConfig, now: datetime, report: TickReport) -> None:
+        """Surveys planned under another config version and not yet queued are planned again,
+        so an operator's edit of the delay reaches every survey not yet sent."""
+        with self.factory() as session, session.begin():
+            rows = session.scalars(
+                select(Survey)
+                .where(
+                    Survey.state.in_([S.waiting_anchor.value, S.scheduled.value]),
+                    Survey.config_version != config.version,
+                )
+                .limit(self.batch_size * 4)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for survey in rows:
+                planning.replan(session, survey, config, now)
+                report.replanned += 1
+
+    def _anchor_timeouts(self, config: OperatorConfig, now: datetime, report: TickReport) -> None:
+        with self.factory() as session, session.begin():
+            rows = session.scalars(
+                select(Survey)
+                .where(Survey.state == S.waiting_anchor, Survey.due_at <= now)
+                .order_by(Survey.due_at)
+                .limit(self.batch_size)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for survey in rows:
+                planning.replan(session, survey, config, now)
+                report.anchored += 1
+
+    def _claim_due_batch(self, config: OperatorConfig, now: datetime, report: TickReport) -> int:
+        to_enqueue: list[int] = []
+        with self.factory() as session, session.begin():
+            rows = session.execute(
+                select(Survey, Order, Customer)
+                .join(Order, Order.id == Survey.order_id)
+                .join(Customer, Customer.id == Survey.customer_id)
+                .where(Survey.state == S.scheduled, Survey.due_at <= now)
+                .order_by(Survey.due_at)
+                .limit(self.batch_size)
+                .with_for_update(of=Survey, skip_locked=True)
+            ).all()
+            for survey, order, customer in rows:
+                if order.cancelled_at is not None or customer.erased_at is not None:
+                    reason = (
+                        "customer erased" if customer.erased_at else f"order {order.cancel_kind}"
+                    )
+                    move(
+                        session,
+                        survey.id,
+                        S.withdrawn,
+                        reason=reason,
+                        only_from=[S.scheduled],
+                        now=now,
+                        final_reason=reason,
+                    )
+                    report.stopped += 1
+                    continue
+                if not current_consent(session, customer.id, survey.channel):
+                    planning.on_consent_revoked(session, customer, survey.channel, config, now)
+                    report.stopped += 1
+                    continue
+                tz = timing.resolve_timezone(
+                    survey.timezone, None, None, config.schedule.default_timezone
+                )
+                allowed = timing.next_allowed_moment(
+                    now, tz, config.schedule.quiet_hours, config.schedule.send_days
+                )
+                if allowed > now:
+                    # Due while the scheduler was down, and now it is night there: wait.
+                    move(
+                        session,
+                        survey.id,
+                        S.scheduled,
+                        reason="quiet hours at claim time",
+                        only_from=[S.scheduled],
+                        now=now,
+                        due_at=allowed,
+                    )
+                    report.deferred += 1
+                    continue
+                if move(
+                    session, survey.id, S.queued, only_from=[S.scheduled], now=now, queued_at=now
+                ):
+                    to_enqueue.append(survey.id)
+        # Enqueue only after the commit: a crash in between leaves `queued` rows that
+        # _requeue_stuck finds; the reverse order could send a survey still marked scheduled.
+        for survey_id in to_enqueue:
+            self.enqueue(survey_id)
+        report.queued += len(to_enqueue)
+        report.enqueued.extend(to_enqueue)
+        return len(rows)
+
+    def _requeue_stuck(self, now: datetime, report: TickReport) -> None:
+        cutoff = now - self.stuck_after
+        with self.factory() as session, session.begin():
+            ids = list(
+                session.scalars(
+                    select(Survey.id)
+                    .where(Survey.state == S.queued, Survey.queued_at < cutoff)
+                    .limit(self.batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            if ids:
+                session.execute(
+                    update(Survey)
+                    .where(Survey.id.in_(ids), Survey.state == S.queued)
+                    .values(queued_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+        for survey_id in ids:
+            log.warning(
+                "survey %s was queued for over %s: enqueued again", survey_id, self.stuck_after
+            )
+            self.enqueue(survey_id)
+        report.requeued += len(ids)
+        report.enqueued.extend(ids)
+
+    def _close_windows(self, now: datetime, report: TickReport) -> None:
+        with self.factory() as session, session.begin():
+            ids = list(
+                session.scalars(
+                    select(Survey.id)
+                    .where(
+                        Survey.state.in_([s.value for s in OPEN_STATES]), Survey.closes_at <= now
+                    )
+                    .limit(self.batch_size * 10)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            report.closed += len(
+                move(
+                    session,
+                    ids,
+                    S.no_response,
+                    reason="response window closed",
+                    only_from=OPEN_STATES,
+                    now=now,
+                    final_reason="response window closed",
+                )
+            )
+
+
+def run_forever(
+    scheduler: Scheduler,
+    config_source: Callable[[], OperatorConfig],
+    interval_seconds: float = 5.0,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> None:
+    """The `nps-dispatch scheduler` loop: a pass, then a pause unless the pass was busy."""
+    while not should_stop():
+        try:
+            report = scheduler.tick(config_source())
+        except Exception:
+            log.exception("scheduler pass failed; retrying")
+            report = TickReport()
+        if report.total() == 0:
+            time.sleep(interval_seconds)

@@ -1,0 +1,53 @@
+"""Secrets and wiring from the environment (CONTRACT §3). Secrets come from nowhere else."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from models.session import DEFAULT_DATABASE_URL
+
+
+class SettingsError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    broker_url: str | None = None
+    config_path: str = "./nps-dispatch.toml"
+    public_base_url: str = "http://localhost:8000"
+    secret_key: str | None = None
+    ingest_token: str | None = None
+    dashboard_password: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        return cls(
+            database_url=env.get("NPS_DATABASE_URL") or DEFAULT_DATABASE_URL,
+            broker_url=env.get("NPS_BROKER_URL") or None,
+            config_path=env.get("NPS_CONFIG") or "./nps-dispatch.toml",
+            public_base_url=(env.get("NPS_PUBLIC_BASE_URL") or "http://localhost:8000").rstrip("/"),
+            secret_key=env.get("NPS_SECRET_KEY") or None,
+            ingest_token=env.get("NPS_INGEST_TOKEN") or None,
+            dashboard_password=env.get("NPS_DASHBOARD_PASSWORD") or None,
+            env=env,
+        )
+
+    def require_production_secrets(self) -> None:
+        """Outside `demo`, running without these would leave a public route unprotected."""
+        missing = [
+            name
+            for name, value in (
+                ("NPS_SECRET_KEY", self.secret_key),
+                ("NPS_INGEST_TOKEN", self.ingest_token),
+                ("NPS_DASHBOARD_PASSWORD", self.dashboard_password),
+            )
+            if not value
+        ]
+        if missing:
+            raise SettingsError(f"missing required environment variables: {', '.join(missing)}")
