@@ -2,8 +2,9 @@
 
 SMS goes through Twilio when ``TWILIO_ACCOUNT_SID``, ``TWILIO_AUTH_TOKEN`` and ``TWILIO_FROM`` or
 ``TWILIO_MESSAGING_SERVICE_SID`` are set; email through SendGrid when ``SENDGRID_API_KEY`` and
-``SENDGRID_FROM`` are set. A channel without its provider falls back to the console channel, so
-everything runs with no account anywhere.
+``SENDGRID_FROM`` are set. With neither provider configured, both channels go to the console, so
+everything runs with no account anywhere. With one provider configured, the other channel is off
+(CONTRACT §3): production must never "send" a real customer's survey to a console.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from channels.sendgrid_email.send import SendGridEmailChannel
 from channels.twilio_sms.http import DEFAULT_API_BASE as TWILIO_DEFAULT_API_BASE
 from channels.twilio_sms.send import TwilioSmsChannel
 
-__all__ = ["DEFAULT_TIMEOUT", "channels_from_env"]
+__all__ = ["DEFAULT_TIMEOUT", "channels_from_env", "enabled_channels"]
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -66,14 +67,30 @@ def _sendgrid(env: Mapping[str, str]) -> Channel | None:
 
 
 def channels_from_env(env: Mapping[str, str]) -> dict[ChannelName, Channel]:
-    """One channel per :class:`ChannelName`: the provider when configured, else the console."""
+    """The channels that are on: the configured providers, or the console for both when none is."""
     configured = {ChannelName.sms: _twilio(env), ChannelName.email: _sendgrid(env)}
+    if all(channel is None for channel in configured.values()):
+        log.info("no provider configured: both channels print to the console")
+        return {name: ConsoleChannel(name) for name in configured}
     result: dict[ChannelName, Channel] = {}
     for name, channel in configured.items():
         if channel is None:
-            log.info("channel %s: no provider configured, using the console", name)
-            result[name] = ConsoleChannel(name)
+            log.info("channel %s: off (its provider is not configured)", name)
         else:
             log.info("channel %s: %s", name, channel.provider)
             result[name] = channel
     return result
+
+
+def enabled_channels(env: Mapping[str, str]) -> frozenset[str]:
+    """Names of the channels that are on, without building clients (for planning)."""
+    twilio = all(_get(env, k) for k in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN")) and any(
+        _get(env, k) for k in ("TWILIO_FROM", "TWILIO_MESSAGING_SERVICE_SID")
+    )
+    sendgrid = all(_get(env, k) for k in ("SENDGRID_API_KEY", "SENDGRID_FROM"))
+    if not (twilio or sendgrid):
+        return frozenset({ChannelName.sms.value, ChannelName.email.value})
+    return frozenset(
+        name for name, on in ((ChannelName.sms.value, twilio), (ChannelName.email.value, sendgrid))
+        if on
+    )

@@ -84,9 +84,12 @@ TRANSITIONS: dict[SurveyState, frozenset[SurveyState]] = {
     S.queued: frozenset({S.sending, S.scheduled, S.queued, *_BEFORE_SEND_STOPS}),
     # sending -> scheduled: a transient error; the row carries the retry time (the database is
     # the schedule, not the broker's delay queue). sending -> queued: a fallback channel, now.
+    # sending -> delivered/answered: the provider's callback or the reply overtook our own commit.
     S.sending: frozenset(
         {
             S.sent,
+            S.delivered,
+            S.answered,
             S.scheduled,
             S.queued,
             S.failed,

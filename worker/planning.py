@@ -8,12 +8,14 @@ lives in :mod:`worker.timing`; this module reads and writes rows.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from channels.registry import enabled_channels
 from models import Customer, Order, SkipReason, Survey, SurveyState, current_consent, move
 from models.customers import ContactStatus
 from models.lifecycle import PENDING_STATES, UNSENT_STATES
@@ -43,13 +45,18 @@ class ChannelChoice:
 def choose_channel(
     session: Session, customer: Customer, config: OperatorConfig, exclude: tuple[str, ...] = ()
 ) -> ChannelChoice:
-    """The first channel in the operator's preference with a current grant and a valid contact."""
+    """The first channel in the operator's preference with a current grant and a valid contact,
+    among the channels whose provider is configured in this deployment."""
+    enabled = enabled_channels(os.environ)
     consented_without_contact: SkipReason | None = None
     for channel in config.contact.channels:
         if channel in exclude or not current_consent(session, customer.id, channel):
             continue
         _, status = customer.contact_for(channel)
         if status == ContactStatus.valid:
+            if channel not in enabled:
+                consented_without_contact = consented_without_contact or SkipReason.no_channel
+                continue
             return ChannelChoice(channel, None)
         if status == ContactStatus.invalid or consented_without_contact is None:
             consented_without_contact = (

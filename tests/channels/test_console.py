@@ -11,7 +11,7 @@ import pytest
 from channels.base import Channel, ChannelName, OutboundMessage
 from channels.console.send import ConsoleChannel
 from channels.masking import mask_email, mask_phone, mask_text
-from channels.registry import channels_from_env
+from channels.registry import channels_from_env, enabled_channels
 from channels.sendgrid_email.send import SendGridEmailChannel
 from channels.twilio_sms.send import TwilioSmsChannel
 
@@ -134,7 +134,9 @@ def test_twilio_on_with_sid_token_and_a_sender(sender):
     sms_channel = channels[ChannelName.sms]
     assert isinstance(sms_channel, TwilioSmsChannel)
     assert sms_channel.http_client.api_base == "https://api.twilio.com"
-    assert isinstance(channels[ChannelName.email], ConsoleChannel)
+    # One provider configured: the other channel is off, never silently a console in production.
+    assert ChannelName.email not in channels
+    assert enabled_channels({**TWILIO, **sender}) == {"sms"}
 
 
 @pytest.mark.parametrize(
@@ -148,6 +150,7 @@ def test_twilio_on_with_sid_token_and_a_sender(sender):
 )
 def test_twilio_incomplete_falls_back_to_console(env):
     assert isinstance(channels_from_env(env)[ChannelName.sms], ConsoleChannel)
+    assert enabled_channels(env) == {"sms", "email"}
 
 
 def test_sendgrid_on_with_key_and_sender():
@@ -156,7 +159,7 @@ def test_sendgrid_on_with_key_and_sender():
     assert isinstance(email_channel, SendGridEmailChannel)
     assert email_channel.unsubscribe_group_id == 99
     assert email_channel.url == "https://api.sendgrid.com/v3/mail/send"
-    assert isinstance(channels[ChannelName.sms], ConsoleChannel)
+    assert ChannelName.sms not in channels
 
 
 @pytest.mark.parametrize("env", [{"SENDGRID_API_KEY": "k"}, {"SENDGRID_FROM": "a@b.example"}])

@@ -223,3 +223,19 @@ def test_late_event_about_erased_customer_brings_no_data_back(db: Database, conf
     with db.session() as s:
         assert s.scalar(select(func.count()).select_from(Customer)) == 0
         assert s.scalar(select(SkippedPurchase.reason)) == "erased"
+
+
+def test_channel_without_provider_is_not_planned(db: Database, config, now, monkeypatch):
+    # Only SendGrid is configured: SMS is off, so an SMS-only customer is skipped, not consoled.
+    monkeypatch.setenv("SENDGRID_API_KEY", "SG.test")
+    monkeypatch.setenv("SENDGRID_FROM", "surveys@shop.example")
+    ingest_event(db.factory, purchase("N-1", consent={"sms": True}), config, now)
+    ingest_event(
+        db.factory,
+        purchase("N-2", customer_id="c-2", consent={"sms": True, "email": True}),
+        config,
+        now,
+    )
+    with db.session() as s:
+        assert s.scalar(select(SkippedPurchase.reason)) == "no_channel"
+    assert survey_of(db, "N-2").channel == "email"
