@@ -91,6 +91,7 @@ def enabled_channels(env: Mapping[str, str]) -> frozenset[str]:
     if not (twilio or sendgrid):
         return frozenset({ChannelName.sms.value, ChannelName.email.value})
     return frozenset(
-        name for name, on in ((ChannelName.sms.value, twilio), (ChannelName.email.value, sendgrid))
+        name
+        for name, on in ((ChannelName.sms.value, twilio), (ChannelName.email.value, sendgrid))
         if on
     )
