@@ -192,7 +192,12 @@ def move(
                 for sid, source in moved
             ],
         )
-        session.expire_all()
+        # Loaded Survey objects for these rows are stale now; expire only those (expiring the
+        # whole session would reload every customer and order the caller holds).
+        moved_ids = {sid for sid, _ in moved}
+        for obj in list(session.identity_map.values()):
+            if isinstance(obj, Survey) and obj.id in moved_ids:
+                session.expire(obj)
     return [sid for sid, _ in moved]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -114,7 +114,10 @@ def redis_url() -> str:
 @pytest.fixture
 def config() -> OperatorConfig:
     """The built-in defaults, with no jitter so that due times are exact in assertions."""
-    return load_config(None)
+    defaults = load_config(None)
+    return defaults.model_copy(
+        update={"schedule": defaults.schedule.model_copy(update={"jitter": timedelta(0)})}
+    )
 
 
 NOW = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)

@@ -37,9 +37,18 @@ def dead_letter_event(message_data: dict[str, Any], exception_data: dict[str, An
 @actor(SENDS_QUEUE, max_retries=3, min_backoff=1000)
 def send_survey(survey_id: int) -> None:
     """Send one invitation. Safe to receive twice: the row is claimed before anything is sent."""
-    from worker.sending_runtime import sender
+    from worker.wiring import sender
 
     runtime = get_runtime()
     outcome = sender(runtime).send(survey_id, runtime.config)
     if outcome.requeue:
         send_survey.send(survey_id)
+
+
+@actor(SENDS_QUEUE, max_retries=0)
+def send_reminder(survey_id: int, expected_sent: int) -> None:
+    """Send reminder number ``expected_sent + 1``; a copy of this message sends nothing."""
+    from worker.wiring import sender
+
+    runtime = get_runtime()
+    sender(runtime).send_reminder(survey_id, expected_sent, runtime.config)

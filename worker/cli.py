@@ -153,16 +153,15 @@ def cmd_deadletters(args: argparse.Namespace) -> int:
 
 
 def cmd_tick(args: argparse.Namespace) -> int:
-    from worker.actors import send_survey
     from worker.runtime import get_runtime
-    from worker.scheduler import Scheduler
+    from worker.wiring import scheduler
 
     runtime = get_runtime()
-    report = Scheduler(runtime.factory, send_survey.send).tick(runtime.config)
+    report = scheduler(runtime).tick(runtime.config)
     console.print(
         f"re-planned {report.replanned}, anchored {report.anchored}, queued {report.queued}, "
         f"deferred {report.deferred}, stopped {report.stopped}, requeued {report.requeued}, "
-        f"closed {report.closed}"
+        f"closed {report.closed}, settled {report.settled}, reminders {report.reminders}"
     )
     return 0
 
@@ -178,9 +177,9 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if not _require_broker(settings):
         return 2
-    from worker.actors import send_survey
     from worker.runtime import get_runtime
-    from worker.scheduler import Scheduler, run_forever
+    from worker.scheduler import run_forever
+    from worker.wiring import scheduler
 
     runtime = get_runtime()
     runtime.config_holder.install_sighup_handler()
@@ -190,7 +189,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     console.print(f"scheduler running (config {runtime.config.version}); Ctrl-C to stop")
     with contextlib.suppress(KeyboardInterrupt):
         run_forever(
-            Scheduler(runtime.factory, send_survey.send),
+            scheduler(runtime),
             lambda: runtime.config,
             args.interval,
             stop.is_set,

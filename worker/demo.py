@@ -85,8 +85,8 @@ def run_demo(events: int = 300, seed: int = 7, database: str | None = None) -> i
     from worker.broker import broker
     from worker.runtime import set_runtime
     from worker.sending import Sender
-    from worker.sending_runtime import answer_links
     from worker.settings import Settings
+    from worker.wiring import answer_links
 
     settings = Settings.from_env(
         {
@@ -217,11 +217,10 @@ def _state_table(runtime: Runtime) -> Table:
 
 
 def _schedule_phase(console: Console, runtime: Runtime) -> None:
-    from worker.actors import send_survey
     from worker.broker import SENDS_QUEUE, broker
-    from worker.scheduler import Scheduler
+    from worker.wiring import scheduler as build_scheduler
 
-    scheduler = Scheduler(runtime.factory, send_survey.send)
+    scheduler = build_scheduler(runtime)
     deadline = time.monotonic() + 40
     with Live(_state_table(runtime), console=console, refresh_per_second=4) as live:
         while time.monotonic() < deadline:

@@ -48,7 +48,10 @@ _current: dict[str, Runtime] = {}
 def get_runtime() -> Runtime:
     with _lock:
         if "runtime" not in _current:
-            _current["runtime"] = Runtime.from_settings(Settings.from_env())
+            runtime = Runtime.from_settings(Settings.from_env())
+            # Long-running processes pick up an edited config file within a minute.
+            runtime.config_holder.start_watching()
+            _current["runtime"] = runtime
         return _current["runtime"]
 
 

@@ -11,6 +11,8 @@ Each pass (`nps-dispatch tick`, or every few seconds under `nps-dispatch schedul
 - ``queued`` rows older than ``stuck_after`` are enqueued again: a message lost by the broker,
   or a scheduler killed between its commit and its enqueue. A duplicate is harmless because the
   worker claims ``queued -> sending`` before sending;
+- sends left in ``sending`` past a timeout are settled from the provider (never re-sent);
+- due reminders are enqueued (each claimed by its count, so at most one per reminder);
 - invitations whose response window has closed end as ``no_response``.
 """
 
@@ -43,6 +45,8 @@ class TickReport:
     stopped: int = 0
     requeued: int = 0
     closed: int = 0
+    settled: int = 0
+    reminders: int = 0
     enqueued: list[int] = field(default_factory=list)
 
     def total(self) -> int:
@@ -63,13 +67,19 @@ class Scheduler:
         factory: sessionmaker[Session],
         enqueue: Callable[[int], object],
         *,
+        enqueue_reminder: Callable[[int, int], object] | None = None,
+        settle: Callable[[int, datetime], object] | None = None,
         batch_size: int = 500,
         stuck_after: timedelta = timedelta(minutes=10),
+        sending_timeout: timedelta = timedelta(minutes=2),
     ) -> None:
         self.factory = factory
         self.enqueue = enqueue
+        self.enqueue_reminder = enqueue_reminder
+        self.settle = settle
         self.batch_size = batch_size
         self.stuck_after = stuck_after
+        self.sending_timeout = sending_timeout
 
     def tick(self, config: OperatorConfig, now: datetime | None = None) -> TickReport:
         now = now or utcnow()
@@ -79,6 +89,8 @@ class Scheduler:
         while self._claim_due_batch(config, now, report) == self.batch_size:
             pass
         self._requeue_stuck(now, report)
+        self._reconcile_sending(now, report)
+        self._due_reminders(now, report)
         self._close_windows(now, report)
         return report
 
@@ -200,6 +212,52 @@ class Scheduler:
             self.enqueue(survey_id)
         report.requeued += len(ids)
         report.enqueued.extend(ids)
+
+    def _reconcile_sending(self, now: datetime, report: TickReport) -> None:
+        """Sends left in ``sending`` past the timeout: a worker died, or the provider's answer was
+        lost. The settle hook resolves each one without ever sending again."""
+        if self.settle is None:
+            return
+        with self.factory() as session:
+            ids = list(
+                session.scalars(
+                    select(Survey.id)
+                    .where(
+                        Survey.state == S.sending, Survey.sending_at < now - self.sending_timeout
+                    )
+                    .order_by(Survey.sending_at)
+                    .limit(self.batch_size)
+                )
+            )
+        for survey_id in ids:
+            self.settle(survey_id, now)
+        report.settled += len(ids)
+
+    def _due_reminders(self, now: datetime, report: TickReport) -> None:
+        """Enqueue due reminders. The row's next_reminder_at is leased forward while the message
+        is on its way; the reminder itself is claimed by its count, so a copy sends nothing."""
+        if self.enqueue_reminder is None:
+            return
+        with self.factory() as session, session.begin():
+            rows = session.execute(
+                select(Survey.id, Survey.reminders_sent)
+                .where(
+                    Survey.state.in_([s.value for s in OPEN_STATES]),
+                    Survey.next_reminder_at <= now,
+                )
+                .limit(self.batch_size)
+                .with_for_update(skip_locked=True)
+            ).all()
+            if rows:
+                session.execute(
+                    update(Survey)
+                    .where(Survey.id.in_([r[0] for r in rows]))
+                    .values(next_reminder_at=now + self.stuck_after)
+                    .execution_options(synchronize_session=False)
+                )
+        for survey_id, sent in rows:
+            self.enqueue_reminder(survey_id, sent)
+        report.reminders += len(rows)
 
     def _close_windows(self, now: datetime, report: TickReport) -> None:
         with self.factory() as session, session.begin():

@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from channels.base import (
@@ -47,9 +47,11 @@ from models import (
     utcnow,
 )
 from models.customers import ContactStatus
+from models.lifecycle import OPEN_STATES
 from worker import timing
 from worker.config import OperatorConfig
 from worker.planning import choose_channel
+from worker.ratelimit import InProcessRateLimiter, RateLimiter
 
 log = logging.getLogger(__name__)
 S = SurveyState
@@ -86,11 +88,13 @@ class Sender:
         channels: dict[ChannelName, Channel],
         links: AnswerLinks,
         public_base_url: str,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         self.factory = factory
         self.channels = channels
         self.links = links
         self.public_base_url = public_base_url.rstrip("/")
+        self.rate_limiter = rate_limiter or InProcessRateLimiter()
 
     # -- step 1 and 2 ---------------------------------------------------------------------------
     def _claim(
@@ -272,7 +276,19 @@ class Sender:
                     now=now,
                 )
             raise
-        channel = self.channels[message.channel]
+        channel = self.channels.get(message.channel)
+        if channel is None:
+            # The provider was switched off after planning: try the next channel, else fail.
+            return self._permanent(
+                survey,
+                customer,
+                config,
+                now,
+                PermanentSendError(f"channel {message.channel} is off", provider="config"),
+            )
+        self.rate_limiter.acquire(
+            message.channel, config.rate_limits.for_channel(message.channel) or 1.0
+        )
         try:
             receipt = channel.send(message)
         except OutcomeUnknownError as exc:
@@ -395,10 +411,165 @@ class Sender:
         log.warning("survey %s: permanent send error: %s", survey.id, why)
         return outcome
 
+    # -- the reconciler --------------------------------------------------------------------------
+    def settle(
+        self, survey_id: int, config: OperatorConfig, now: datetime, give_up_after: timedelta
+    ) -> str:
+        """Resolve a send left in ``sending`` (a crash or a timeout after the provider call).
 
-def pending_in_sending(session: Session, older_than: datetime) -> list[Survey]:
-    return list(
-        session.scalars(
-            select(Survey).where(Survey.state == S.sending, Survey.sending_at < older_than)
+        A provider callback may already have moved it on. Otherwise ask the provider when it can
+        be asked (Twilio's message list, by recipient and time); found: ``sent``. Not found and
+        older than ``give_up_after``: ``send_unknown`` (never re-sent: a second copy is worse
+        than an unknown outcome, and a late callback can still move it to sent).
+        """
+        with self.factory() as session:
+            survey = session.get(Survey, survey_id)
+            if survey is None or survey.state != S.sending:
+                return "settled already"
+            customer = session.get(Customer, survey.customer_id)
+            assert customer is not None
+            contact, _ = customer.contact_for(survey.channel)
+            started = survey.sending_at or now
+        channel = self.channels.get(ChannelName(survey.channel))
+        lookup = getattr(channel, "find_recent_messages", None)
+        if lookup is not None and contact is not None:
+            try:
+                found = lookup(contact, started - timedelta(minutes=1))
+            except (TransientSendError, PermanentSendError) as exc:
+                log.warning(
+                    "survey %s: provider lookup failed (%s); will try again", survey_id, exc
+                )
+                found = None
+            if found:
+                newest = found[0]
+                with self.factory() as session, session.begin():
+                    move(
+                        session,
+                        survey_id,
+                        S.sent,
+                        reason="found in the provider's log",
+                        only_from=[S.sending],
+                        now=now,
+                        sent_at=newest.date_created or started,
+                        provider=getattr(channel, "provider", None),
+                        provider_message_id=newest.sid,
+                        closes_at=now + config.survey.response_window,
+                    )
+                return "sent (found by lookup)"
+            if found is None:
+                return "lookup failed"
+        if now - started < give_up_after:
+            return "waiting for a callback"
+        why = f"no callback and no provider record {give_up_after} after sending began"
+        with self.factory() as session, session.begin():
+            move(
+                session,
+                survey_id,
+                S.send_unknown,
+                reason=why,
+                only_from=[S.sending],
+                now=now,
+                final_reason=why,
+            )
+        log.error("ALERT survey %s: send outcome unknown; not re-sent", survey_id)
+        return "send_unknown"
+
+    # -- reminders -------------------------------------------------------------------------------
+    def send_reminder(
+        self,
+        survey_id: int,
+        expected_sent: int,
+        config: OperatorConfig,
+        now: datetime | None = None,
+    ) -> str:
+        """One reminder, at most once: the row's reminder count is compare-and-set before the
+        provider call, so a duplicate message (same ``expected_sent``) does nothing."""
+        now = now or utcnow()
+        reminder = config.survey.reminder
+        with self.factory() as session, session.begin():
+            survey = session.get(Survey, survey_id)
+            if survey is None or survey.state not in OPEN_STATES:
+                return "not open: no reminder"  # answered, opted out, bounced or closed
+            customer = session.get(Customer, survey.customer_id)
+            assert customer is not None
+            _, status = customer.contact_for(survey.channel)
+            if not current_consent(session, customer.id, survey.channel) or (
+                status != ContactStatus.valid
+            ):
+                survey.next_reminder_at = None
+                return "no consent or contact: no reminder"
+            if expected_sent >= reminder.max:
+                survey.next_reminder_at = None
+                return "reminders used up"
+            tz = timing.resolve_timezone(
+                survey.timezone, None, None, config.schedule.default_timezone
+            )
+            allowed = timing.next_allowed_moment(
+                now, tz, config.schedule.quiet_hours, config.schedule.send_days
+            )
+            if allowed > now:
+                survey.next_reminder_at = allowed
+                return f"quiet hours: reminder at {allowed.isoformat()}"
+            claimed = session.execute(
+                update(Survey)
+                .where(
+                    Survey.id == survey_id,
+                    Survey.reminders_sent == expected_sent,
+                    Survey.state.in_([st.value for st in OPEN_STATES]),
+                )
+                .values(
+                    reminders_sent=expected_sent + 1,
+                    next_reminder_at=(
+                        now + reminder.after if expected_sent + 1 < reminder.max else None
+                    ),
+                )
+                .returning(Survey.id)
+                .execution_options(synchronize_session=False)
+            ).first()
+            if claimed is None:
+                return "reminder already sent"
+            session.refresh(survey)
+            message = self._message(survey, customer, config, now, is_reminder=True)
+        channel = self.channels.get(message.channel)
+        if channel is None:
+            return "channel off"
+        self.rate_limiter.acquire(
+            message.channel, config.rate_limits.for_channel(message.channel) or 1.0
         )
-    )
+        try:
+            receipt = channel.send(message)
+        except (TransientSendError, PermanentSendError, OutcomeUnknownError) as exc:
+            # A reminder is best effort: never retried (a retry could be a second copy).
+            log.warning("survey %s: reminder not sent: %s", survey_id, exc)
+            with self.factory() as session, session.begin():
+                session.add(
+                    MessageRecord(
+                        survey_id=survey_id,
+                        kind="reminder",
+                        channel=message.channel.value,
+                        provider=exc.provider,
+                        status="failed",
+                        error=str(exc)[:500],
+                    )
+                )
+            return "reminder failed"
+        with self.factory() as session, session.begin():
+            session.add(
+                MessageRecord(
+                    survey_id=survey_id,
+                    kind="reminder",
+                    channel=message.channel.value,
+                    provider=receipt.provider,
+                    provider_message_id=receipt.provider_message_id,
+                    status="accepted",
+                    segments=receipt.segments,
+                    body=message.body_text if receipt.provider == "console" else None,
+                )
+            )
+        log.info(
+            "survey %s: reminder %d sent to %s",
+            survey_id,
+            expected_sent + 1,
+            masked(message.channel, message.to),
+        )
+        return "reminder sent"

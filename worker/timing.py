@@ -121,9 +121,9 @@ def country_zones(country: str) -> tuple[str, ...]:
 
 @lru_cache(maxsize=1)
 def _sample_instants() -> tuple[datetime, ...]:
-    """Every 5 days of last, this and next year: enough to tell apart zones' current rules."""
+    """Every other day of last, this and next year: enough to tell zones' current rules apart."""
     start = datetime(datetime.now(UTC).year - 1, 1, 1, tzinfo=UTC)
-    return tuple(start + timedelta(days=5 * i, hours=12) for i in range(3 * 73 + 1))
+    return tuple(start + timedelta(days=2 * i, hours=12) for i in range(3 * 366 // 2))
 
 
 @lru_cache(maxsize=1024)
@@ -135,12 +135,18 @@ def _behaviour(zone: str) -> tuple[timedelta | None, ...]:
 def _one_behaviour(zones: Sequence[str]) -> ZoneInfo | None:
     """The first zone when every zone given keeps the same clock (e.g. Berlin and Busingen, or
     London and Jersey), else None: an ambiguous list gives no answer."""
+    name = _one_behaviour_name(tuple(zones))
+    return None if name is None else ZoneInfo(name)
+
+
+@lru_cache(maxsize=4096)
+def _one_behaviour_name(zones: tuple[str, ...]) -> str | None:
     usable = [z for z in zones if _zone(z) is not None]
     if not usable:
         return None
     first = _behaviour(usable[0])
     if all(_behaviour(z) == first for z in usable[1:]):
-        return ZoneInfo(usable[0])
+        return usable[0]
     return None
 
 
@@ -386,26 +392,47 @@ def next_allowed_moment(
     else:
         starts = [time(0, 0), quiet_hours.end]
     first_day = candidate.astimezone(tz).date()
-    horizon_days = 15  # a week and a day suffice; the rest is margin for odd DST rules
+    for horizon_days in (2, 9, 16):  # a week and a day always suffice but for odd DST rules
+        found = _first_allowed(candidate, tz, quiet_hours, days, starts, first_day, horizon_days)
+        if found is not None:
+            return found
+    raise ValueError(  # only reachable with a pathological zone and quiet-hours combination
+        f"no allowed moment within 16 days after {candidate.isoformat()} in {tz.key}"
+    )
+
+
+def _first_allowed(
+    candidate: datetime,
+    tz: ZoneInfo,
+    quiet: QuietHours,
+    days: frozenset[int],
+    starts: list[time],
+    first_day: date,
+    horizon_days: int,
+) -> datetime | None:
+    """The first allowed moment after ``candidate`` and before the local midnight that ends the
+    ``horizon_days`` local days from ``first_day``; None if there is none in that span."""
+    end_day = first_day + timedelta(days=horizon_days)
+    boundary = min(
+        datetime.combine(end_day, time(0), tzinfo=tz).replace(fold=fold).astimezone(UTC)
+        for fold in (0, 1)
+    )
     points: set[datetime] = set()
     for offset in range(horizon_days):
-        day: date = first_day + timedelta(days=offset)
+        day = first_day + timedelta(days=offset)
         if day.weekday() not in days:
             continue
         for start in starts:
             for fold in (0, 1):
                 local = datetime.combine(day, start, tzinfo=tz).replace(fold=fold)
                 instant = local.astimezone(UTC)
-                if instant > candidate:
+                if candidate < instant < boundary:
                     points.add(instant)
-    window_end = candidate + timedelta(days=horizon_days + 1)
-    points.update(_transitions(tz, candidate, window_end))
+    points.update(t for t in _transitions(tz, candidate, boundary) if t < boundary)
     for point in sorted(points):
-        if _allowed(point, tz, quiet_hours, days):
+        if _allowed(point, tz, quiet, days):
             return point
-    raise ValueError(  # only reachable with a pathological zone and quiet-hours combination
-        f"no allowed moment within {horizon_days} days after {candidate.isoformat()} in {tz.key}"
-    )
+    return None
 
 
 def plan_due_time(

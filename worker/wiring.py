@@ -1,0 +1,65 @@
+"""Builds a process's services from its runtime: answer links, the sender, the scheduler."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timedelta
+from typing import cast
+
+from channels.links import AnswerLinks
+from channels.registry import channels_from_env
+from worker.ratelimit import InProcessRateLimiter, RateLimiter, RedisRateLimiter
+from worker.runtime import Runtime
+from worker.scheduler import Scheduler
+from worker.sending import Sender
+
+# A send still in `sending` this long after it began, with no callback and nothing in the
+# provider's log, ends `send_unknown`.
+GIVE_UP_AFTER = timedelta(hours=1)
+
+
+def answer_links(runtime: Runtime) -> AnswerLinks:
+    links = runtime.extras.get("links")
+    if links is None:
+        # Only `demo` runs without NPS_SECRET_KEY (the other commands refuse to start): a
+        # per-process key there, since demo links live as long as the process.
+        key = runtime.settings.secret_key or secrets.token_urlsafe(32)
+        links = runtime.extras["links"] = AnswerLinks(key, runtime.settings.public_base_url)
+    return cast(AnswerLinks, links)
+
+
+def _rate_limiter(runtime: Runtime) -> RateLimiter:
+    if runtime.settings.broker_url:
+        import redis
+
+        return RedisRateLimiter(redis.Redis.from_url(runtime.settings.broker_url))
+    return InProcessRateLimiter()
+
+
+def sender(runtime: Runtime) -> Sender:
+    existing = runtime.extras.get("sender")
+    if existing is None:
+        existing = runtime.extras["sender"] = Sender(
+            runtime.factory,
+            channels_from_env(runtime.settings.env),
+            answer_links(runtime),
+            runtime.settings.public_base_url,
+            rate_limiter=_rate_limiter(runtime),
+        )
+    return cast(Sender, existing)
+
+
+def scheduler(runtime: Runtime) -> Scheduler:
+    """The scheduler with its hooks: sends and reminders go to the queue; stuck sends are
+    settled here, in the scheduler process, through the sender's provider lookups."""
+    from worker.actors import send_reminder, send_survey
+
+    def settle(survey_id: int, now: datetime) -> object:
+        return sender(runtime).settle(survey_id, runtime.config, now, GIVE_UP_AFTER)
+
+    return Scheduler(
+        runtime.factory,
+        send_survey.send,
+        enqueue_reminder=send_reminder.send,
+        settle=settle,
+    )
