@@ -163,7 +163,18 @@ def test_three_schedulers_and_duplicate_messages_send_each_survey_once(pg_db: Da
             queue.extend([survey_id, survey_id])
 
     barrier = threading.Barrier(3)
+    errors: list[BaseException] = []
 
+    def guarded(fn):
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # surfaced below: a dead thread must fail the test
+                errors.append(exc)
+
+        return run
+
+    @guarded
     def run_scheduler() -> None:
         scheduler = Scheduler(pg_db.factory, enqueue_twice, batch_size=100)
         barrier.wait()
@@ -174,6 +185,7 @@ def test_three_schedulers_and_duplicate_messages_send_each_survey_once(pg_db: Da
         t.start()
     for t in threads:
         t.join()
+    assert errors == []
     assert len(queue) == 2 * n
     assert Counter(queue) == Counter({sid: 2 for sid in set(queue)})  # each claimed by one
 
@@ -181,6 +193,7 @@ def test_three_schedulers_and_duplicate_messages_send_each_survey_once(pg_db: Da
     work = iter(list(queue))
     work_lock = threading.Lock()
 
+    @guarded
     def run_worker() -> None:
         while True:
             with work_lock:
@@ -194,6 +207,7 @@ def test_three_schedulers_and_duplicate_messages_send_each_survey_once(pg_db: Da
         t.start()
     for t in workers:
         t.join()
+    assert errors == []
     sent = [m.survey_id for c in channels for m in c.sent]
     assert len(sent) == n and len(set(sent)) == n
     assert states(pg_db) == Counter({"sent": n})
