@@ -47,7 +47,8 @@ class RedisRateLimiter:
         self._client = client
         self._prefix = prefix
 
-    def acquire(self, channel: str, per_second: float) -> None:
+    def acquire(self, channel: str, per_second: float) -> int:
+        """Returns the second (epoch) whose budget the message was counted in."""
         limit = max(int(per_second), 1)
         while True:
             now = time.time()
@@ -58,5 +59,5 @@ class RedisRateLimiter:
             pipe.expire(key, 2)
             count = int(pipe.execute()[0])
             if count <= limit:
-                return
+                return second
             time.sleep(max(second + 1 - now, 0.001))
