@@ -133,7 +133,7 @@ def test_bad_counts_rejected():
     with pytest.raises(ValueError):
         Dispositions(I=-1, P=0, R=0, NC=0, O=0, UH=0, UO=0, NE=0)
     with pytest.raises(TypeError):
-        Dispositions(I=1.5, P=0, R=0, NC=0, O=0, UH=0, UO=0, NE=0)  # type: ignore[arg-type]
+        Dispositions(I=1.5, P=0, R=0, NC=0, O=0, UH=0, UO=0, NE=0)
     assert TABLE.total == 1000
 
 

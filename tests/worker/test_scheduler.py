@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
@@ -165,7 +166,7 @@ def test_three_schedulers_and_duplicate_messages_send_each_survey_once(pg_db: Da
     barrier = threading.Barrier(3)
     errors: list[BaseException] = []
 
-    def guarded(fn):
+    def guarded(fn: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
             try:
                 fn()
