@@ -14,7 +14,7 @@ from typing import Protocol
 
 
 class RateLimiter(Protocol):
-    def acquire(self, channel: str, per_second: float) -> None:
+    def acquire(self, channel: str, per_second: float) -> object:
         """Block until one more message on ``channel`` fits within ``per_second``."""
 
 
