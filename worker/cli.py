@@ -321,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = customer_sub.add_parser(action)
         p.add_argument("id", help="the shop's customer id")
         p.set_defaults(func=cmd_customer)
+
+    from reports.cli import add_report_parser
+
+    add_report_parser(sub)
     return parser
 
 

@@ -1,0 +1,256 @@
+"""Benchmark: the report over one million invitations on PostgreSQL.
+
+    python -m bench.report_million          (or: make bench)
+
+Needs ``NPS_BENCH_POSTGRES_URL`` or ``NPS_TEST_POSTGRES_URL``. The benchmark runs in its own
+database, ``nps_bench`` on the same server (created when missing; with NPS_BENCH_POSTGRES_URL
+its own database name is used as given), never in the test database. It rebuilds the schema
+with the real migrations, seeds 1,000,000 invitations (plus 50,000 surveys never sent and
+100,000 skipped purchases) with ``INSERT ... SELECT generate_series`` and random covariates in
+SQL, then times, each the best of ``--repeat`` runs:
+
+- the bare baseline: ``SELECT count(*), avg(score) FROM surveys``, and the raw per-invitee
+  covariate fetch alone (:func:`reports.query.fetch_covariates`);
+- ``build_report`` overall and ``--by channel``;
+- the overall report's parts: the GROUP BY aggregates, the covariate fetch, the model.
+
+It prints absolute seconds and the ratios to the baseline. It is not a test: nothing asserts
+on the figures, which depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, make_url, text
+
+from migrations.runner import upgrade
+from models.session import make_engine, make_session_factory
+from reports.build import adjust, bands_of, build_report, tally
+from reports.query import Period, fetch_covariates, survey_grid
+from worker.config import load_config
+
+INVITATIONS = 1_000_000
+NOT_SENT = 50_000
+SKIPPED = 100_000
+CUSTOMERS = 300_000
+
+SEED_SQL = [
+    "SELECT setseed(0.20261120)",
+    f"""
+    INSERT INTO customers (id, external_id, email_status, phone_status, created_at, updated_at)
+    SELECT g, 'bench-c-' || g, 'valid', 'missing', now(), now()
+    FROM generate_series(1, {CUSTOMERS}) AS g
+    """,
+    f"""
+    INSERT INTO orders (id, external_id, customer_id, purchased_at, total_amount, currency,
+                        category, sales_channel, country, previous_orders, is_test, created_at)
+    SELECT g, 'bench-o-' || g, 1 + (g % {CUSTOMERS}),
+           timestamptz '2026-08-03 00:00+00' + random() * interval '84 days',
+           round(exp(2.5 + 3 * random())::numeric, 2), 'EUR',
+           (ARRAY['electronics', 'fashion', 'home', 'books', 'toys'])[1 + floor(random() * 5)::int],
+           'web',
+           (ARRAY['DE', 'RO', 'FR', 'AT', 'PL', 'NL'])[1 + floor(random() * 6)::int],
+           CASE WHEN random() < 0.35 THEN 1 + floor(random() * 12)::int ELSE 0 END,
+           false, now()
+    FROM generate_series(1, {INVITATIONS + NOT_SENT + SKIPPED}) AS g
+    """,
+    # Invitations: repeat buyers and email answer more often and score higher (a biased sample).
+    f"""
+    INSERT INTO surveys (order_id, customer_id, channel, state, state_changed_at, planned_at,
+                         anchor_kind, anchor_at, delay_seconds, arm, sent_at, delivered_at,
+                         score, closes_at, attempts, reminders_sent)
+    SELECT id, customer_id, channel,
+           CASE WHEN u_resp < p_resp THEN (CASE WHEN u_state < 0.8 THEN 'completed'
+                                                ELSE 'answered' END)
+                WHEN u_state < 0.05 THEN 'undeliverable'
+                WHEN u_state < 0.08 THEN 'opted_out'
+                WHEN u_state < 0.10 THEN 'sent'
+                WHEN u_state < 0.12 THEN 'delivered'
+                ELSE 'no_response' END,
+           now(), purchased_at, 'delivered', anchor_at, delay_days * 86400, delay_days || 'd',
+           sent_at,
+           CASE WHEN u_state >= 0.05 AND u_del < 0.9 THEN sent_at + interval '2 minutes' END,
+           CASE WHEN u_resp < p_resp THEN
+                CASE WHEN repeat THEN 5 + floor(u_score * 6)::int
+                     ELSE floor(u_score * 11)::int END END,
+           CASE WHEN u_resp >= p_resp AND u_state >= 0.08 AND u_state < 0.12
+                THEN timestamptz '2099-01-01 00:00+00'
+                ELSE sent_at + interval '14 days' END,
+           1, 0
+    FROM (
+        SELECT b.*, b.anchor_at + b.delay_days * interval '1 day' + b.u_del * interval '9 hours'
+                    AS sent_at,
+               0.15 + 0.30 * b.repeat::int + 0.10 * (b.channel = 'email')::int
+                    - 0.05 * (b.delay_days = 7)::int AS p_resp
+        FROM (
+            SELECT o.id, o.customer_id, o.purchased_at, o.previous_orders > 0 AS repeat,
+                   o.purchased_at + interval '2 days' + random() * interval '2 days' AS anchor_at,
+                   CASE WHEN random() < 0.6 THEN 'email' ELSE 'sms' END AS channel,
+                   CASE WHEN random() < 0.5 THEN 2 ELSE 7 END AS delay_days,
+                   random() AS u_resp, random() AS u_state, random() AS u_score,
+                   random() AS u_del
+            FROM orders o WHERE o.id <= {INVITATIONS}
+        ) AS b
+    ) AS s
+    """,
+    f"""
+    INSERT INTO surveys (order_id, customer_id, channel, state, state_changed_at, planned_at,
+                         anchor_kind, attempts, reminders_sent)
+    SELECT id, customer_id, 'email',
+           (ARRAY['withdrawn', 'suppressed', 'failed', 'send_unknown', 'scheduled',
+                  'waiting_anchor'])[1 + (id % 6)::int],
+           now(), purchased_at, 'delivered', 0, 0
+    FROM orders WHERE id > {INVITATIONS} AND id <= {INVITATIONS + NOT_SENT}
+    """,
+    f"""
+    INSERT INTO skipped_purchases (order_id, reason, created_at)
+    SELECT id, (ARRAY['no_consent', 'invalid_contact', 'frequency_cap', 'sampled_out',
+                      'cancelled'])[1 + (id % 5)::int], now()
+    FROM orders WHERE id > {INVITATIONS + NOT_SENT}
+    """,
+    *(
+        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))"
+        for table in ("customers", "orders", "surveys", "skipped_purchases")
+    ),
+    "ANALYZE",
+]
+
+
+def bench_url() -> str:
+    explicit = os.environ.get("NPS_BENCH_POSTGRES_URL")
+    if explicit:
+        return explicit
+    base = os.environ.get("NPS_TEST_POSTGRES_URL")
+    if not base:
+        sys.exit("set NPS_BENCH_POSTGRES_URL or NPS_TEST_POSTGRES_URL (e.g. `make bench`)")
+    return make_url(base).set(database="nps_bench").render_as_string(hide_password=False)
+
+
+def ensure_database(url: str) -> None:
+    """CREATE DATABASE when missing, from an autocommit connection to the same server."""
+    target = make_url(url)
+    name = target.database
+    if not name:
+        sys.exit(f"no database name in {target.render_as_string(hide_password=True)}")
+    admin = make_engine(
+        target.set(database="postgres").render_as_string(hide_password=False),
+        isolation_level="AUTOCOMMIT",
+    )
+    try:
+        with admin.connect() as conn:
+            exists = conn.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+            ).scalar()
+            if not exists:
+                quoted = admin.dialect.identifier_preparer.quote(name)
+                conn.execute(text(f"CREATE DATABASE {quoted}"))
+    finally:
+        admin.dispose()
+
+
+def rebuild_and_seed(engine: Engine) -> float:
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(text("SET LOCAL synchronous_commit = off"))
+        for statement in SEED_SQL:
+            conn.execute(text(statement))
+    return time.perf_counter() - started
+
+
+def best_of(repeat: int, fn: Callable[[], Any]) -> tuple[float, Any]:
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - started)
+    return best, result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.report_million")
+    parser.add_argument("--repeat", type=int, default=2, help="runs per timing (best is kept)")
+    parser.add_argument("--no-seed", action="store_true", help="reuse the data of a last run")
+    args = parser.parse_args(argv)
+
+    url = bench_url()
+    ensure_database(url)
+    engine = make_engine(url)
+    factory = make_session_factory(engine)
+    shown = make_url(url).render_as_string(hide_password=True)
+    print(f"database: {shown}")
+    if not args.no_seed:
+        print(f"seeding {INVITATIONS:,} invitations ...", flush=True)
+        print(f"  seeded in {rebuild_and_seed(engine):.1f} s")
+    with engine.connect() as conn:
+        version = conn.execute(text("SHOW server_version")).scalar()
+        counts = conn.execute(
+            text("SELECT count(*), count(*) FILTER (WHERE sent_at IS NOT NULL) FROM surveys")
+        ).one()
+    print(f"PostgreSQL {version}; {counts[0]:,} surveys, {counts[1]:,} sent; {os.cpu_count()} CPUs")
+
+    config = load_config(None)
+    bands = bands_of(config)
+    now = datetime.now(UTC)
+    period = Period()
+
+    def baseline_count() -> Any:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT count(*), avg(score) FROM surveys")).one()
+
+    def covariates() -> Any:
+        with factory() as session:
+            return fetch_covariates(session, period, now)
+
+    def aggregates() -> Any:
+        with factory() as session:
+            return tally(survey_grid(session, period, ("arm", "delay"), bands, now))
+
+    def report(by: str | None) -> Callable[[], Any]:
+        return lambda: build_report(factory, config, by=by, now=now)
+
+    t_count, _ = best_of(args.repeat, baseline_count)
+    t_fetch, table = best_of(args.repeat, covariates)
+    t_grid, _ = best_of(args.repeat, aggregates)
+    t_model, adjusted = best_of(args.repeat, lambda: adjust(table, bands))
+    t_overall, overall = best_of(args.repeat, report(None))
+    t_channel, by_channel = best_of(args.repeat, report("channel"))
+
+    print()
+    print(
+        f"invitees in the model: {table.n:,}; adjusted NPS {adjusted.nps:.2f} (fit {adjusted.fit})"
+    )
+    print(
+        f"report: NPS {overall['nps']:.2f} [{overall['nps_ci95'][0]:.2f}, "
+        f"{overall['nps_ci95'][1]:.2f}], adjusted "
+        f"{overall['adjusted']['nps']:.2f}, n_eff {overall['adjusted']['n_eff']:.0f}, "
+        f"{len(by_channel['segments'])} channel segments"
+    )
+    print()
+    rows = [
+        ("baseline: SELECT count(*), avg(score) FROM surveys", t_count),
+        ("baseline: raw covariate fetch (1 row per invitee)", t_fetch),
+        ("part: the GROUP BY aggregates (state x band x arm x delay)", t_grid),
+        ("part: propensity model + Hajek + SMD (numpy/statsmodels)", t_model),
+        ("build_report, overall", t_overall),
+        ("build_report, --by channel", t_channel),
+    ]
+    print(f"{'':58} {'seconds':>8} {'x count':>8} {'x fetch':>8}")
+    for label, seconds in rows:
+        print(f"{label:58} {seconds:8.2f} {seconds / t_count:8.1f} {seconds / t_fetch:8.2f}")
+    engine.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

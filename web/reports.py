@@ -1,0 +1,77 @@
+"""``GET /v1/reports/nps``: the report JSON of ``nps-dispatch report --format json``.
+
+Basic auth with ``NPS_DASHBOARD_PASSWORD``. Query parameters, as the CLI flags:
+``since``, ``until`` (``YYYY-MM-DD``, UTC; since inclusive, until exclusive), ``by``
+(channel, category, arm, delay, country, week), ``compare_since``, ``compare_until``,
+``compare`` (``false`` for none; default: the previous period when since and until are given)
+and ``format`` (``json``, the default, or ``csv``). A bad parameter is answered 422 with
+``{"error": "<parameter>: <reason>"}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from reports.build import ReportError, build_report, parse_by, parse_date
+from reports.render import render_csv
+from web.auth import require_basic
+from web.deps import runtime_of
+
+router = APIRouter()
+
+KNOWN_PARAMS = frozenset(
+    {"since", "until", "by", "compare_since", "compare_until", "compare", "format"}
+)
+_TRUE = {"1", "true", "yes", "on", "previous"}
+_FALSE = {"0", "false", "no", "off", "none"}
+
+
+def _error(message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=422)
+
+
+def _params(request: Request) -> dict[str, Any]:
+    """Validated keyword arguments of :func:`build_report` (ReportError on a bad one)."""
+    query = request.query_params
+    unknown = sorted(set(query) - KNOWN_PARAMS)
+    if unknown:
+        raise ReportError(
+            f"{unknown[0]}: unknown parameter; known: {', '.join(sorted(KNOWN_PARAMS))}"
+        )
+    for name in KNOWN_PARAMS:
+        if len(query.getlist(name)) > 1:
+            raise ReportError(f"{name}: given more than once")
+    compare_raw = query.get("compare", "true").strip().lower()
+    if compare_raw not in _TRUE | _FALSE:
+        raise ReportError(f"compare: {query.get('compare')!r} is not true or false")
+    return {
+        "since": parse_date(query.get("since"), "since"),
+        "until": parse_date(query.get("until"), "until"),
+        "by": parse_by(query.get("by")),
+        "compare": compare_raw in _TRUE,
+        "compare_since": parse_date(query.get("compare_since"), "compare_since"),
+        "compare_until": parse_date(query.get("compare_until"), "compare_until"),
+    }
+
+
+@router.get("/v1/reports/nps")
+async def get_nps_report(request: Request) -> Response:
+    runtime = runtime_of(request)
+    require_basic(request, runtime.settings.dashboard_password)
+    fmt = request.query_params.get("format", "json")
+    if fmt not in ("json", "csv"):
+        return _error(f"format: {fmt!r} is not json or csv")
+    try:
+        params = _params(request)
+        report = await run_in_threadpool(
+            lambda: build_report(runtime.factory, runtime.config, **params)
+        )
+    except ReportError as exc:
+        return _error(str(exc))
+    if fmt == "csv":
+        return PlainTextResponse(render_csv(report), media_type="text/csv; charset=utf-8")
+    return JSONResponse(report)
