@@ -111,7 +111,9 @@ TRANSITIONS: dict[SurveyState, frozenset[SurveyState]] = {
     S.withdrawn: frozenset(),
     S.suppressed: frozenset(),
     S.failed: frozenset(),
-    S.undeliverable: frozenset({S.answered}),  # an answer proves it arrived after all
+    # An answer proves it arrived after all; so does an SMS delivery receipt that arrives after a
+    # failure report (callbacks come out of order; SMS_RANK puts delivered above undelivered).
+    S.undeliverable: frozenset({S.answered, S.delivered}),
     S.opted_out: frozenset(),
     S.no_response: frozenset(),
 }

@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("tick", help="one scheduler pass").set_defaults(func=cmd_tick)
 
     demo = sub.add_parser("demo", help="everything in one process with a simulated shop")
-    demo.add_argument("--events", type=int, default=300, help="purchases to simulate")
+    demo.add_argument("--events", type=int, default=500, help="purchases to simulate")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--database", default=None, help="default: a fresh temporary SQLite file")
     demo.set_defaults(func=cmd_demo)

@@ -24,7 +24,9 @@ from rich.table import Table
 from sqlalchemy import func, select
 
 from models import DeadLetter, InboundEvent, Order, SkippedPurchase, Survey
+from worker.demo_customers import DEMO_TWILIO_TOKEN, DemoSigner, simulate_customers
 from worker.runtime import Runtime
+from worker.simulation import SimulatedCustomer
 
 DEMO_CONFIG = """
 [survey]
@@ -88,11 +90,16 @@ def run_demo(events: int = 300, seed: int = 7, database: str | None = None) -> i
     from worker.settings import Settings
     from worker.wiring import answer_links
 
+    signer = DemoSigner.create("http://localhost:8000")
     settings = Settings.from_env(
         {
             "NPS_DATABASE_URL": db_url,
             "NPS_CONFIG": str(config_path),
             "NPS_PUBLIC_BASE_URL": "http://localhost:8000",
+            # Only to verify the demo's own simulated, correctly signed provider callbacks; no
+            # provider is configured for sending, so every message goes to the console.
+            "TWILIO_AUTH_TOKEN": DEMO_TWILIO_TOKEN,
+            "SENDGRID_WEBHOOK_PUBLIC_KEY": signer.sendgrid_public_key,
         }
     )
     runtime = Runtime.from_settings(settings)
@@ -118,11 +125,13 @@ def run_demo(events: int = 300, seed: int = 7, database: str | None = None) -> i
     worker.start()
     started = time.monotonic()
     try:
-        _ingest_phase(console, runtime, events, seed)
+        shop = _ingest_phase(console, runtime, events, seed)
         _summary_table(console, runtime)
         _schedule_phase(console, runtime)
         _show_messages(console, [m for c in consoles.values() for m in c.sent])
         _timing_table(console, runtime)
+        _answer_phase(console, runtime, signer, shop, seed)
+        _report_phase(console, runtime)
     finally:
         worker.stop()
         set_runtime(None)
@@ -137,12 +146,15 @@ def _count(runtime: Runtime, query: Any) -> int:
         return int(session.scalar(query) or 0)
 
 
-def _ingest_phase(console: Console, runtime: Runtime, events: int, seed: int) -> None:
+def _ingest_phase(
+    console: Console, runtime: Runtime, events: int, seed: int
+) -> dict[str, SimulatedCustomer]:
     from worker.actors import ingest_event
     from worker.broker import EVENTS_QUEUE, broker
     from worker.simulation import SimulatedShop
 
-    stream = SimulatedShop(seed=seed).events(events)
+    simulated = SimulatedShop(seed=seed)
+    stream = simulated.events(events)
     junk: list[dict[str, Any]] = [
         {"type": "purchase.completed", "event_id": "sim-junk-1", "occurred_at": "yesterday"},
         {"type": "order.teleported", "event_id": "sim-junk-2"},
@@ -172,6 +184,7 @@ def _ingest_phase(console: Console, runtime: Runtime, events: int, seed: int) ->
         f"{len(stream)} events sent, {duplicates} of them twice; {len(junk)} malformed events "
         "went to the dead-letter store (`nps-dispatch deadletters list`)."
     )
+    return {customer.id: customer for customer in simulated.customers}
 
 
 def _summary_table(console: Console, runtime: Runtime) -> None:
@@ -276,3 +289,54 @@ def _timing_table(console: Console, runtime: Runtime) -> None:
         )
     console.print(table)
     console.print("anchors used: " + ", ".join(f"{k} {v}" for k, v in anchors.most_common()))
+
+
+def _answer_phase(
+    console: Console,
+    runtime: Runtime,
+    signer: DemoSigner,
+    customers: dict[str, SimulatedCustomer],
+    seed: int,
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from web.app import create_app
+
+    console.rule("Customers answer, through the real HTTP routes")
+    with TestClient(create_app(runtime)) as client:
+        happened = simulate_customers(runtime, client, signer, customers, seed)
+    table = Table(title="What the simulated customers did (signed webhooks, the answer page)")
+    table.add_column("event")
+    table.add_column("count", justify="right")
+    for kind, count in sorted(happened.items()):
+        table.add_row(kind, str(count))
+    console.print(table)
+    console.print(_state_table(runtime))
+
+
+def _report_phase(console: Console, runtime: Runtime) -> None:
+    from models import utcnow
+    from reports.build import build_report
+    from reports.render import render_table
+    from worker.wiring import scheduler as build_scheduler
+
+    # Close every response window now, as the scheduler would when it ends: silence becomes a
+    # recorded no_response, which is what the report weighs the answers against.
+    build_scheduler(runtime).tick(runtime.config, utcnow() + runtime.config.survey.response_window)
+    console.rule("The report: `nps-dispatch report`")
+    report = build_report(
+        runtime.factory,
+        runtime.config,
+        by="channel",
+        now=utcnow() + runtime.config.survey.response_window,
+    )
+    render_table(report, console)
+    adjusted = report["adjusted"] or {}
+    if report["nps"] is not None and adjusted.get("nps") is not None:
+        raw, fair = report["nps"], adjusted["nps"]
+        console.print(
+            f"[bold]Raw NPS {raw:.1f}, adjusted {fair:.1f}[/]. In this simulated shop repeat "
+            "buyers answer more often and score higher, so the answers over-represent them; "
+            "the adjusted NPS weighs each answer by how unlikely its kind of customer was to "
+            f"reply{' and comes out lower' if fair < raw else ''}."
+        )

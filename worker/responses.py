@@ -749,6 +749,7 @@ def _open_sms_survey(
             Survey.channel == "sms",
             Survey.state.in_(states),
         )
+        .order_by(Survey.id)  # one lock order for every transaction: no deadlock
         .with_for_update()
     ).all()
     candidates = [s for s in rows if _window_end(s, config) > now]

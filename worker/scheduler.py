@@ -13,7 +13,8 @@ Each pass (`nps-dispatch tick`, or every few seconds under `nps-dispatch schedul
   worker claims ``queued -> sending`` before sending;
 - sends left in ``sending`` past a timeout are settled from the provider (never re-sent);
 - due reminders are enqueued (each claimed by its count, so at most one per reminder);
-- invitations whose response window has closed end as ``no_response``.
+- invitations whose response window has closed end as ``no_response``;
+- provider webhooks that were stored but failed while being applied are applied again.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class Scheduler:
         *,
         enqueue_reminder: Callable[[int, int], object] | None = None,
         settle: Callable[[int, datetime], object] | None = None,
+        replay_webhooks: Callable[[datetime], object] | None = None,
         batch_size: int = 500,
         stuck_after: timedelta = timedelta(minutes=10),
         sending_timeout: timedelta = timedelta(minutes=2),
@@ -77,6 +79,7 @@ class Scheduler:
         self.enqueue = enqueue
         self.enqueue_reminder = enqueue_reminder
         self.settle = settle
+        self.replay_webhooks = replay_webhooks
         self.batch_size = batch_size
         self.stuck_after = stuck_after
         self.sending_timeout = sending_timeout
@@ -92,6 +95,9 @@ class Scheduler:
         self._reconcile_sending(now, report)
         self._due_reminders(now, report)
         self._close_windows(now, report)
+        if self.replay_webhooks is not None:
+            # Webhooks stored but not applied (a failure mid-apply) are applied again.
+            self.replay_webhooks(now)
         return report
 
     def _replan_stale(self, config: OperatorConfig, now: datetime, report: TickReport) -> None:

@@ -12,11 +12,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 CATEGORIES = ["electronics", "fashion", "home", "books", "toys"]
+# (country, mobile prefix, digits after it, locale, zone): valid mobile numbers by construction.
 COUNTRIES = [
-    ("RO", "+4072", "ro-RO", "Europe/Bucharest"),
-    ("DE", "+49151", "de-DE", "Europe/Berlin"),
-    ("FR", "+3361", "fr-FR", "Europe/Paris"),
-    ("GB", "+447700", "en-GB", "Europe/London"),
+    ("RO", "+4072", 7, "ro-RO", "Europe/Bucharest"),
+    ("DE", "+49151", 8, "de-DE", "Europe/Berlin"),
+    ("FR", "+336", 8, "fr-FR", "Europe/Paris"),
+    ("GB", "+447911", 6, "en-GB", "Europe/London"),
 ]
 FIRST_NAMES = ["Ana", "Jonas", "Claire", "Oliver", "Ioana", "Lena", "Hugo", "Mia"]
 
@@ -54,8 +55,8 @@ class SimulatedShop:
 
     def _customer(self, index: int) -> SimulatedCustomer:
         rng = self.rng
-        country, prefix, locale, tz = rng.choice(COUNTRIES)
-        digits = "".join(str(rng.randrange(10)) for _ in range(12 - len(prefix) + 1))
+        country, prefix, length, locale, tz = rng.choice(COUNTRIES)
+        digits = "".join(str(rng.randrange(10)) for _ in range(length))
         phone: str | None = prefix + digits
         if rng.random() < 0.07:
             phone = "+00 123"  # not a phone number at all

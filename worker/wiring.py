@@ -53,13 +53,18 @@ def scheduler(runtime: Runtime) -> Scheduler:
     """The scheduler with its hooks: sends and reminders go to the queue; stuck sends are
     settled here, in the scheduler process, through the sender's provider lookups."""
     from worker.actors import send_reminder, send_survey
+    from worker.responses import replay_unhandled_webhooks
 
     def settle(survey_id: int, now: datetime) -> object:
         return sender(runtime).settle(survey_id, runtime.config, now, GIVE_UP_AFTER)
+
+    def replay(now: datetime) -> object:
+        return replay_unhandled_webhooks(runtime.factory, runtime.config, now=now)
 
     return Scheduler(
         runtime.factory,
         send_survey.send,
         enqueue_reminder=send_reminder.send,
         settle=settle,
+        replay_webhooks=replay,
     )

@@ -172,3 +172,15 @@ def test_rejected_item_leaves_no_customer_behind(sqlite_client, sqlite_db):
     assert response.json()["results"][0]["status"] == "rejected"
     with sqlite_db.session() as s:
         assert s.scalar(select(func.count()).select_from(Customer)) == 0
+
+
+def test_health_and_metrics(sqlite_client, sqlite_db):
+    sqlite_client.post(
+        "/v1/events", json=[purchase("M-1"), purchase("M-2", test=True)], headers=AUTH
+    )
+    health = sqlite_client.get("/healthz")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    metrics = sqlite_client.get("/metrics").text
+    assert 'nps_surveys{state="waiting_anchor"} 1.0' in metrics
+    assert 'nps_skipped_purchases{reason="excluded_test_order"} 1.0' in metrics
+    assert "nps_dead_letters 0.0" in metrics

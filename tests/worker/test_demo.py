@@ -38,6 +38,8 @@ def test_demo_runs_and_accounts_for_every_purchase(tmp_path: Path):
     assert "Every purchase accounted for" in result.stdout
     assert "skipped: no_consent" in result.stdout
     assert "Time from anchor to send" in result.stdout
+    assert "through the real HTTP routes" in result.stdout
+    assert "non-response adjusted NPS" in result.stdout
     engine = make_engine(f"sqlite:///{db_path}")
     database = Database(engine, make_session_factory(engine))
     with database.session() as s:
@@ -51,7 +53,15 @@ def test_demo_runs_and_accounts_for_every_purchase(tmp_path: Path):
             .select_from(Survey)
             .where(Survey.state.in_(["waiting_anchor", "scheduled", "queued", "sending"]))
         )
-        sent = s.scalar(select(func.count()).select_from(Survey).where(Survey.state == "sent"))
+        answered = s.scalar(
+            select(func.count())
+            .select_from(Survey)
+            .where(Survey.state.in_(["answered", "completed"]))
+        )
+        silent = s.scalar(
+            select(func.count()).select_from(Survey).where(Survey.state == "no_response")
+        )
     assert purchases == 120
     assert surveys + skips == purchases  # every purchase: a survey or a recorded reason
-    assert pending == 0 and sent > 0
+    assert pending == 0
+    assert answered > 0 and silent > 0  # answers came in by HTTP; the rest were closed

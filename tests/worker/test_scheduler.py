@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -32,8 +33,8 @@ def states(db: Database) -> Counter[str]:
 
 
 def make_sender(db: Database) -> tuple[Sender, list]:
-    email = ConsoleChannel(ChannelName.email, stream=_Null())
-    sms = ConsoleChannel(ChannelName.sms, stream=_Null())
+    email = ConsoleChannel(ChannelName.email, stream=io.StringIO())
+    sms = ConsoleChannel(ChannelName.sms, stream=io.StringIO())
     sender = Sender(
         db.factory,
         {ChannelName.email: email, ChannelName.sms: sms},
@@ -43,14 +44,6 @@ def make_sender(db: Database) -> tuple[Sender, list]:
         rate_limiter=InProcessRateLimiter(sleep=lambda _seconds: None),
     )
     return sender, [email, sms]
-
-
-class _Null:
-    def write(self, _text: str) -> int:
-        return 0
-
-    def flush(self) -> None:
-        pass
 
 
 def test_due_surveys_are_queued_then_enqueued(db: Database, config):

@@ -1,0 +1,190 @@
+"""Per-client rate limits for the public routes, and per-route body caps.
+
+:class:`RateLimit` is ASGI middleware with a small in-process token bucket per client and rule:
+each client may make ``burst`` requests at once, refilled at ``per_second``. Over the limit it
+answers 429 with ``Retry-After`` before the route reads anything.
+
+- **Which routes.** By default the answer page ``/s/...`` (people and mail scanners; its
+  unsubscribe URL has a separate, looser bucket, because mailbox providers send RFC 8058 one-click
+  unsubscribes for many users from a few addresses) and ``POST /v1/events`` (the shop; generous,
+  batches of up to 1000 events are the intended use). Provider webhooks are not limited here: they
+  come from the providers' many addresses and are refused by their signature check.
+- **Which client.** The connection's address (``scope["client"]``), IPv6 by its /64 (one host
+  usually owns a whole /64). Behind a load balancer run uvicorn with ``--proxy-headers
+  --forwarded-allow-ips=<the balancer>`` so that address is the real client; ``X-Forwarded-For``
+  is never read here, since anyone can send it. A request without an IP address (a Unix socket
+  behind a proxy that passes no client address, an in-process client such as the demo's) is not
+  limited: one shared bucket for everyone would lock every customer out at once.
+- **Several web copies.** Every process keeps its own buckets (nothing shared, no Redis round
+  trip per request): with N copies behind a balancer a client gets up to N times the limit. The
+  limit is a guard against floods and scripted guessing, not an exact quota.
+- Memory is bounded: at most ``max_clients`` buckets per rule, the least recently seen dropped
+  first (a dropped client starts again with a full bucket).
+
+:func:`read_limited_body` caps one route's body below the app-wide ``web.limits.BodySizeLimit``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from fastapi import HTTPException, Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+__all__ = [
+    "DEFAULT_RULES",
+    "RateLimit",
+    "RateRule",
+    "TokenBuckets",
+    "client_key",
+    "read_limited_body",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RateRule:
+    """Requests whose path starts with ``prefix`` (and ends with ``suffix``, when given)."""
+
+    name: str
+    prefix: str
+    per_second: float
+    burst: int
+    suffix: str | None = None
+
+    def matches(self, path: str) -> bool:
+        return path.startswith(self.prefix) and (self.suffix is None or path.endswith(self.suffix))
+
+
+DEFAULT_RULES: tuple[RateRule, ...] = (
+    RateRule("unsubscribe", "/s/", per_second=5.0, burst=200, suffix="/unsubscribe"),
+    RateRule("answer-page", "/s/", per_second=1.0, burst=30),
+    RateRule("events", "/v1/events", per_second=200.0, burst=400),
+)
+"""First match wins. A person answering makes about five requests; a shop sends batches."""
+
+
+class TokenBuckets:
+    """One token bucket per key; thread-safe; at most ``max_keys`` keys (LRU)."""
+
+    def __init__(
+        self,
+        per_second: float,
+        burst: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 100_000,
+    ) -> None:
+        if per_second <= 0 or burst < 1:
+            raise ValueError("a rate limit needs per_second > 0 and burst >= 1")
+        self.per_second = per_second
+        self.burst = float(burst)
+        self.clock = clock
+        self.max_keys = max_keys
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def take(self, key: str) -> float:
+        """Take one token: ``0.0`` when allowed, else the seconds until one is available."""
+        now = self.clock()
+        with self._lock:
+            tokens, stamp = self._buckets.pop(key, (self.burst, now))
+            tokens = min(self.burst, tokens + max(now - stamp, 0.0) * self.per_second)
+            wait = 0.0
+            if tokens >= 1.0:
+                tokens -= 1.0
+            else:
+                wait = (1.0 - tokens) / self.per_second
+            self._buckets[key] = (tokens, now)
+            while len(self._buckets) > self.max_keys:
+                self._buckets.popitem(last=False)
+        return wait
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+def client_key(scope: Scope) -> str | None:
+    """The client's address; IPv6 by /64, an IPv4-mapped IPv6 address as IPv4; ``None`` when
+    the connection has no IP address."""
+    client = scope.get("client")
+    if not client:
+        return None
+    try:
+        address = ipaddress.ip_address(str(client[0]))
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network(f"{address}/64", strict=False))
+    return str(address)
+
+
+class RateLimit:
+    """ASGI middleware: 429 with ``Retry-After`` for a client over its rule's limit."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        rules: Sequence[RateRule] = DEFAULT_RULES,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_clients: int = 100_000,
+    ) -> None:
+        self.app = app
+        self.rules = tuple(rules)
+        self._buckets = {
+            rule.name: TokenBuckets(rule.per_second, rule.burst, clock=clock, max_keys=max_clients)
+            for rule in self.rules
+        }
+
+    def _rule_for(self, path: str) -> RateRule | None:
+        return next((rule for rule in self.rules if rule.matches(path)), None)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rule = self._rule_for(str(scope.get("path", "")))
+        key = client_key(scope) if rule is not None else None
+        if rule is not None and key is not None:
+            wait = self._buckets[rule.name].take(key)
+            if wait > 0:
+                await self._refuse(send, wait)
+                return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _refuse(send: Send, wait: float) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 429,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"retry-after", str(max(1, math.ceil(wait))).encode()),
+                    (b"cache-control", b"no-store"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"Too many requests. Try again later.\n"})
+
+
+async def read_limited_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 past ``limit`` bytes (checked on ``Content-Length``
+    and while streaming, so an oversized body is never buffered whole)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(status_code=413, detail=f"request body larger than {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(status_code=413, detail=f"request body larger than {limit} bytes")
+    return bytes(body)

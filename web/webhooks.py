@@ -1,0 +1,143 @@
+"""Provider webhooks: ``POST /webhooks/twilio/status``, ``/webhooks/twilio/inbound``,
+``/webhooks/sendgrid/events``.
+
+Each route, in this order: read the body under a cap; **verify** the signature (fail closed: 403
+and nothing written, also when the provider's secret is not configured); parse; **store** the raw
+event keyed by the provider's id; **apply** it idempotently (``worker.responses``). A failure
+while applying leaves the raw row unhandled for replay and answers 500, so a provider that retries
+(SendGrid does, for 24 hours) brings it back too; its other events are duplicates by then.
+
+Twilio signs the URL it called: it is rebuilt from ``NPS_PUBLIC_BASE_URL`` plus the request's
+path and raw query, never from the request's own host (a proxy changes it). SendGrid signs
+timestamp + raw body; a timestamp older than 10 minutes is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+
+from channels.sendgrid_email.webhooks import SIGNATURE_HEADER as SENDGRID_SIGNATURE
+from channels.sendgrid_email.webhooks import TIMESTAMP_HEADER as SENDGRID_TIMESTAMP
+from channels.sendgrid_email.webhooks import verify_sendgrid_signature
+from channels.twilio_sms.webhooks import SIGNATURE_HEADER as TWILIO_SIGNATURE
+from channels.twilio_sms.webhooks import public_url, twiml_message, verify_twilio_signature
+from channels.webhook_errors import WebhookPayloadError
+from models import utcnow
+from web.answers import sms_reply_text
+from web.deps import runtime_of
+from web.limits import DEFAULT_MAX_BODY
+from web.ratelimit import read_limited_body
+from worker import responses
+
+__all__ = ["SENDGRID_MAX_BODY", "TWILIO_MAX_BODY", "router"]
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+TWILIO_MAX_BODY = 64 * 1024  # an inbound SMS of 1600 characters plus Twilio's fields, encoded
+SENDGRID_MAX_BODY = DEFAULT_MAX_BODY  # SendGrid batches up to ~768 KB
+
+_FORBIDDEN = "signature check failed\n"
+
+
+def _forbidden(provider: str) -> Response:
+    log.warning("%s webhook refused: missing, invalid or stale signature", provider)
+    return Response(_FORBIDDEN, status_code=403, media_type="text/plain")
+
+
+async def _verified_twilio_form(request: Request) -> list[tuple[str, str]] | None:
+    """Every POSTed (name, value) pair if Twilio's signature holds, else ``None``."""
+    body = await read_limited_body(request, TWILIO_MAX_BODY)
+    try:
+        pairs = parse_qsl(
+            body.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=500
+        )
+    except (UnicodeDecodeError, ValueError):
+        return None
+    runtime = runtime_of(request)
+    url = public_url(
+        runtime.settings.public_base_url,
+        request.url.path,
+        request.scope.get("query_string", b"").decode("latin-1"),
+    )
+    token = runtime.settings.env.get("TWILIO_AUTH_TOKEN", "")
+    if not verify_twilio_signature(token, url, pairs, request.headers.get(TWILIO_SIGNATURE)):
+        return None
+    return pairs
+
+
+def _failed(results: list[responses.Handled]) -> bool:
+    return any(r.status == "failed" for r in results)
+
+
+@router.post("/webhooks/twilio/status")
+async def twilio_status(request: Request) -> Response:
+    pairs = await _verified_twilio_form(request)
+    if pairs is None:
+        return _forbidden("twilio status")
+    runtime = runtime_of(request)
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    try:
+        raw = responses.raw_twilio_status(dict(pairs), query)
+    except WebhookPayloadError as exc:
+        return Response(f"{exc}\n", status_code=400, media_type="text/plain")
+    results = await run_in_threadpool(
+        responses.ingest_webhooks, runtime.factory, runtime.config, [raw]
+    )
+    if _failed(results):
+        return Response("stored; not applied yet\n", status_code=500, media_type="text/plain")
+    return Response(status_code=204)
+
+
+@router.post("/webhooks/twilio/inbound")
+async def twilio_inbound(request: Request) -> Response:
+    pairs = await _verified_twilio_form(request)
+    if pairs is None:
+        return _forbidden("twilio inbound")
+    runtime = runtime_of(request)
+    try:
+        raw = responses.raw_twilio_inbound(dict(pairs))
+    except WebhookPayloadError as exc:
+        return Response(f"{exc}\n", status_code=400, media_type="text/plain")
+    [handled] = await run_in_threadpool(
+        responses.ingest_webhooks, runtime.factory, runtime.config, [raw]
+    )
+    if handled.status == "failed":
+        return Response(twiml_message(None), status_code=500, media_type="application/xml")
+    # A duplicate delivery gets no second reply: the customer must not be texted twice.
+    text = sms_reply_text(handled.reply, runtime.config) if handled.reply else None
+    return Response(twiml_message(text), media_type="application/xml")
+
+
+@router.post("/webhooks/sendgrid/events")
+async def sendgrid_events(request: Request) -> Response:
+    body = await read_limited_body(request, SENDGRID_MAX_BODY)
+    runtime = runtime_of(request)
+    key = runtime.settings.env.get("SENDGRID_WEBHOOK_PUBLIC_KEY", "")
+    if not verify_sendgrid_signature(
+        key,
+        body,
+        request.headers.get(SENDGRID_SIGNATURE),
+        request.headers.get(SENDGRID_TIMESTAMP),
+        utcnow(),
+    ):
+        return _forbidden("sendgrid")
+    try:
+        raws = responses.raw_sendgrid_events(body)
+    except WebhookPayloadError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+    results = await run_in_threadpool(
+        responses.ingest_webhooks, runtime.factory, runtime.config, raws
+    )
+    counts = {
+        "received": len(results),
+        "applied": sum(r.status == "applied" for r in results),
+        "duplicates": sum(r.status in ("duplicate", "already") for r in results),
+        "failed": sum(r.status == "failed" for r in results),
+    }
+    return JSONResponse(counts, status_code=500 if counts["failed"] else 200)
