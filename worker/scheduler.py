@@ -14,7 +14,8 @@ Each pass (`nps-dispatch tick`, or every few seconds under `nps-dispatch schedul
 - sends left in ``sending`` past a timeout are settled from the provider (never re-sent);
 - due reminders are enqueued (each claimed by its count, so at most one per reminder);
 - invitations whose response window has closed end as ``no_response``;
-- provider webhooks that were stored but failed while being applied are applied again.
+- provider webhooks that were stored but failed while being applied are applied again;
+- raw webhook payloads older than the retention period are emptied (personal data).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import Customer, Order, Survey, SurveyState, current_consent, move, utcnow
+from models import Customer, InboundEvent, Order, Survey, SurveyState, current_consent, move, utcnow
 from models.lifecycle import OPEN_STATES
 from worker import planning, timing
 from worker.config import OperatorConfig
@@ -48,6 +49,7 @@ class TickReport:
     closed: int = 0
     settled: int = 0
     reminders: int = 0
+    pruned: int = 0
     enqueued: list[int] = field(default_factory=list)
 
     def total(self) -> int:
@@ -74,6 +76,7 @@ class Scheduler:
         batch_size: int = 500,
         stuck_after: timedelta = timedelta(minutes=10),
         sending_timeout: timedelta = timedelta(minutes=2),
+        payload_retention: timedelta = timedelta(days=30),
     ) -> None:
         self.factory = factory
         self.enqueue = enqueue
@@ -83,6 +86,7 @@ class Scheduler:
         self.batch_size = batch_size
         self.stuck_after = stuck_after
         self.sending_timeout = sending_timeout
+        self.payload_retention = payload_retention
 
     def tick(self, config: OperatorConfig, now: datetime | None = None) -> TickReport:
         now = now or utcnow()
@@ -98,6 +102,7 @@ class Scheduler:
         if self.replay_webhooks is not None:
             # Webhooks stored but not applied (a failure mid-apply) are applied again.
             self.replay_webhooks(now)
+        self._prune_raw_payloads(now, report)
         return report
 
     def _replan_stale(self, config: OperatorConfig, now: datetime, report: TickReport) -> None:
@@ -264,6 +269,30 @@ class Scheduler:
         for survey_id, sent in rows:
             self.enqueue_reminder(survey_id, sent)
         report.reminders += len(rows)
+
+    def _prune_raw_payloads(self, now: datetime, report: TickReport) -> None:
+        """Raw webhook payloads hold phone numbers and addresses: once applied, they are kept
+        for ``payload_retention`` (to debug and replay) and then emptied; the ledger row stays,
+        so a late duplicate is still recognised."""
+        cutoff = now - self.payload_retention
+        with self.factory() as session, session.begin():
+            ids = (
+                select(InboundEvent.id)
+                .where(
+                    InboundEvent.payload.is_not(None),
+                    InboundEvent.handled_at.is_not(None),
+                    InboundEvent.received_at < cutoff,
+                )
+                .limit(self.batch_size * 10)
+            )
+            pruned = session.execute(
+                update(InboundEvent)
+                .where(InboundEvent.id.in_(ids.scalar_subquery()))
+                .values(payload=None)
+                .returning(InboundEvent.id)
+                .execution_options(synchronize_session=False)
+            ).all()
+        report.pruned += len(pruned)
 
     def _close_windows(self, now: datetime, report: TickReport) -> None:
         with self.factory() as session, session.begin():

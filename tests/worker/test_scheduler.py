@@ -205,3 +205,31 @@ def test_three_schedulers_and_duplicate_messages_send_each_survey_once(pg_db: Da
     sent = [m.survey_id for c in channels for m in c.sent]
     assert len(sent) == n and len(set(sent)) == n
     assert states(pg_db) == Counter({"sent": n})
+
+
+def test_raw_webhook_payloads_are_emptied_after_retention(db: Database, config):
+    from models import InboundEvent
+
+    def stored(key: str, age_days: int, handled: bool) -> None:
+        received = NOON - timedelta(days=age_days)
+        with db.session() as s, s.begin():
+            s.add(
+                InboundEvent(
+                    source="twilio_inbound",
+                    external_id=key,
+                    event_type="inbound",
+                    payload={"From": "+40721000111", "Body": "9"},
+                    received_at=received,
+                    handled_at=received if handled else None,
+                )
+            )
+
+    stored("old", 31, True)
+    stored("recent", 29, True)
+    stored("old-unhandled", 31, False)  # still needed for its replay
+    report = Scheduler(db.factory, lambda _i: None).tick(config, NOON)
+    assert report.pruned == 1
+    with db.session() as s:
+        payloads = dict(s.execute(select(InboundEvent.external_id, InboundEvent.payload)).all())
+    assert payloads["old"] is None
+    assert payloads["recent"] is not None and payloads["old-unhandled"] is not None
