@@ -153,6 +153,9 @@ def cmd_deadletters(args: argparse.Namespace) -> int:
 
 
 def cmd_tick(args: argparse.Namespace) -> int:
+    # Without Redis the queued ids would go to an in-process queue that dies with this command.
+    if not _require_broker(Settings.from_env()):
+        return 2
     from worker.runtime import get_runtime
     from worker.wiring import scheduler
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from models import InboundEvent, Order, Survey
@@ -56,10 +57,11 @@ def test_db_upgrade_creates_the_schema(tmp_path: Path):
     assert db_path.exists()
 
 
-def test_worker_refuses_to_start_without_a_broker(tmp_path: Path):
+@pytest.mark.parametrize("command", ["worker", "scheduler", "tick"])
+def test_queue_processes_refuse_to_start_without_a_broker(command: str):
     env = {k: v for k, v in os.environ.items() if k != "NPS_BROKER_URL"}
     result = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "worker"],
+        [sys.executable, "-m", "worker.cli", command],
         env=env,
         capture_output=True,
         text=True,
