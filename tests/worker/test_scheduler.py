@@ -230,6 +230,8 @@ def test_raw_webhook_payloads_are_emptied_after_retention(db: Database, config):
     report = Scheduler(db.factory, lambda _i: None).tick(config, NOON)
     assert report.pruned == 1
     with db.session() as s:
-        payloads = dict(s.execute(select(InboundEvent.external_id, InboundEvent.payload)).all())
+        payloads: dict[str, object] = dict(
+            s.execute(select(InboundEvent.external_id, InboundEvent.payload)).all()
+        )
     assert payloads["old"] is None
     assert payloads["recent"] is not None and payloads["old-unhandled"] is not None
