@@ -174,7 +174,8 @@ def test_rejected_item_leaves_no_customer_behind(sqlite_client, sqlite_db):
         assert s.scalar(select(func.count()).select_from(Customer)) == 0
 
 
-def test_health_and_metrics(sqlite_client, sqlite_db):
+def test_health_and_metrics(sqlite_client, sqlite_db, frozen_clock):
+    # Planned at NOW, before the anchor time-out has passed: the survey still waits for delivery.
     sqlite_client.post(
         "/v1/events", json=[purchase("M-1"), purchase("M-2", test=True)], headers=AUTH
     )
