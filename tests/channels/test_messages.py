@@ -8,11 +8,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import channels
 from channels.links import AnswerLinks
 from channels.messages import LOCALES, RenderedEmail, render_email, render_sms, resolve_locale
-from channels.twilio_sms.send import sms_segments
+from channels.twilio_sms.send import GSM7_BASIC, GSM7_EXTENSION, sms_segments
 
 SHOP_20 = "Northwind Home Goods"  # 20 characters
 assert len(SHOP_20) == 20
@@ -66,6 +68,65 @@ def test_sms_name_cannot_break_lines():
     text = render_sms("en", "Shop\nName", "Ana\r\nBob", False)
     assert "\n" not in text and "\r" not in text
     assert "Shop Name" in text
+
+
+def is_gsm7(text: str) -> bool:
+    return all(ch in GSM7_BASIC or ch in GSM7_EXTENSION for ch in text)
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+@pytest.mark.parametrize(
+    ("first_name", "shown"),
+    [
+        ("Ștefan", "Stefan"),  # ș is not GSM-7: as given it made a 3-segment UCS-2 SMS
+        ("Zoë", "Zoe"),
+        ("Łukasz", "Lukasz"),
+        ("S\u0326tefan", "Stefan"),  # decomposed: S + combining comma below
+        ("Jürgen", "Jürgen"),  # ü, é, ñ are GSM-7 letters: kept as they are
+        ("e\u0301lodie", "élodie"),
+        ("Ana 🙂", "Ana"),
+        ("王小明", "WangXiaoMing"),
+        ("Ana\u200b", "Ana"),  # zero-width space
+    ],
+)
+def test_sms_name_is_transliterated_into_gsm7(locale, first_name, shown):
+    text = render_sms(locale, SHOP_20, first_name, False)
+
+    assert sms_segments(text) == 1, text
+    assert is_gsm7(text), text
+    assert f" {shown}," in text, text
+    assert text == render_sms(locale, SHOP_20, shown, False)
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+@pytest.mark.parametrize("is_reminder", [False, True])
+@pytest.mark.parametrize("first_name", ["Alexandra" * 6, "Ștefan-" * 12, "🙂🙂", "\u200b"])
+def test_sms_leaves_out_a_name_too_long_or_empty_in_gsm7(locale, is_reminder, first_name):
+    text = render_sms(locale, SHOP_20, first_name, is_reminder)
+    assert text == render_sms(locale, SHOP_20, None, is_reminder)
+    assert sms_segments(text) == 1
+
+
+SHOPS = st.sampled_from([SHOP_20, "Shop", "Café Ñoño & Söhne", "{EU} [Store] €"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    first_name=st.one_of(st.none(), st.text(max_size=80)),
+    locale=st.sampled_from([*LOCALES, "ro-RO", "pt-BR"]),
+    is_reminder=st.booleans(),
+    shop=SHOPS,
+)
+def test_sms_is_one_segment_whatever_the_name(first_name, locale, is_reminder, shop):
+    nameless = render_sms(locale, shop, None, is_reminder)
+    assert is_gsm7(nameless) and sms_segments(nameless) == 1  # the templates themselves
+
+    text = render_sms(locale, shop, first_name, is_reminder)
+
+    assert sms_segments(text) == 1, text
+    assert is_gsm7(text), text
+    assert "\n" not in text and "\r" not in text
+    assert shop in text and "STOP" in text
 
 
 # -- locale resolution ----------------------------------------------------------------------------
