@@ -11,14 +11,19 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from worker.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from worker.runtime import Runtime
+    from worker.scheduler import Scheduler
 
 console = Console()
 err_console = Console(stderr=True)
@@ -176,6 +181,39 @@ def _require_broker(settings: Settings) -> bool:
     return True
 
 
+def _seconds(text: str) -> float:
+    """A positive number of seconds (an argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
+def tuned_scheduler(sched: Scheduler, runtime: Runtime, args: argparse.Namespace) -> Scheduler:
+    """Apply the scheduler's timing flags; a flag left out keeps the built-in default.
+
+    The defaults suit production (a send is given up after an hour); a test bed that compresses
+    days into seconds needs the same recovery paths to run within seconds too.
+    """
+    if getattr(args, "stuck_after", None) is not None:
+        sched.stuck_after = timedelta(seconds=args.stuck_after)
+    if getattr(args, "sending_timeout", None) is not None:
+        sched.sending_timeout = timedelta(seconds=args.sending_timeout)
+    if getattr(args, "give_up_after", None) is not None:
+        from worker.wiring import sender
+
+        give_up = timedelta(seconds=args.give_up_after)
+
+        def settle(survey_id: int, now: datetime) -> object:
+            return sender(runtime).settle(survey_id, runtime.config, now, give_up)
+
+        sched.settle = settle
+    return sched
+
+
 def cmd_scheduler(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if not _require_broker(settings):
@@ -192,7 +230,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     console.print(f"scheduler running (config {runtime.config.version}); Ctrl-C to stop")
     with contextlib.suppress(KeyboardInterrupt):
         run_forever(
-            scheduler(runtime),
+            tuned_scheduler(scheduler(runtime), runtime, args),
             lambda: runtime.config,
             args.interval,
             stop.is_set,
@@ -287,6 +325,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     scheduler = sub.add_parser("scheduler", help="due surveys to the queue, in a loop")
     scheduler.add_argument("--interval", type=float, default=5.0, help="seconds between passes")
+    scheduler.add_argument(
+        "--stuck-after",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="enqueue again a survey queued this long (default: 600)",
+    )
+    scheduler.add_argument(
+        "--sending-timeout",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="settle from the provider a send left in 'sending' this long (default: 120)",
+    )
+    scheduler.add_argument(
+        "--give-up-after",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="a send still unresolved this long after it began ends send_unknown (default: 3600)",
+    )
     scheduler.set_defaults(func=cmd_scheduler)
 
     sub.add_parser("tick", help="one scheduler pass").set_defaults(func=cmd_tick)
