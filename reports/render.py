@@ -13,12 +13,18 @@ CSV: one row per segment plus a first row whose ``segment`` is ``all``; columns
 - ``RR1`` .. ``RR6``, ``COOP1`` .. ``COOP4``, ``REF1`` .. ``REF3``, ``CON1`` .. ``CON3``
 - ``adjusted_nps``, ``adjusted_ci95_low``, ``adjusted_ci95_high``, ``n_eff``
 - ``bound_worst``, ``bound_best``
+
+Segment names come from shop data (a category, a country), and spreadsheets run a cell that
+starts with ``=``, ``+``, ``-`` or ``@`` (or a tab or carriage return) as a formula. Such a text
+cell is written with a leading single quote (OWASP's advice against CSV injection), so
+``=HYPERLINK(...)`` stays text; numbers, negative ones included, stay numbers.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -281,6 +287,20 @@ def render_table(report: Mapping[str, Any], console: Console) -> None:
 # --------------------------------------------------------------------------- CSV
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)
+
+
+def csv_cell(value: object) -> object:
+    """``value`` safe to open in a spreadsheet: text that would start a formula gets a leading
+    single quote; numbers, and text that is just a number such as ``-12.5``, are left alone."""
+    if not isinstance(value, str) or not value.startswith(_FORMULA_START):
+        return value
+    if _PLAIN_NUMBER.fullmatch(value):
+        return value
+    return "'" + value
+
+
 def _csv_row(key: str, entry: Mapping[str, Any]) -> dict[str, object]:
     counts = entry["counts"]
     rate = entry["response_rate"]
@@ -312,13 +332,14 @@ def _csv_row(key: str, entry: Mapping[str, Any]) -> dict[str, object]:
         "bound_worst": bounds.get("worst"),
         "bound_best": bounds.get("best"),
     }
-    return {k: ("" if v is None else v) for k, v in row.items()}
+    return {k: ("" if v is None else csv_cell(v)) for k, v in row.items()}
 
 
 def render_csv(report: Mapping[str, Any]) -> str:
-    """The ``all`` row, then one row per segment (columns: :data:`CSV_COLUMNS`)."""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    """The ``all`` row, then one row per segment (columns: :data:`CSV_COLUMNS`); lines end in
+    CRLF, so that a cell holding a line break or carriage return is quoted and stays one cell."""
+    out = io.StringIO(newline="")
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\r\n")
     writer.writeheader()
     writer.writerow(_csv_row("all", report))
     for seg in report.get("segments", []):

