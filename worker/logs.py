@@ -132,8 +132,12 @@ class Redactor:
             if secret in text:
                 text = text.replace(secret, "[secret]")
         text = mask_log_text(text)
-        text = _AUTH_SCHEME.sub(r"\1\2[secret]", text)
-        return _URL_PASSWORD.sub(r"\1[secret]@", text)
+        lowered = text.lower()
+        if "bearer" in lowered or "basic" in lowered or "token" in lowered:
+            text = _AUTH_SCHEME.sub(r"\1\2[secret]", text)
+        if "://" in text:
+            text = _URL_PASSWORD.sub(r"\1[secret]@", text)
+        return text
 
 
 class _Shown:
@@ -150,8 +154,11 @@ class _Shown:
     __repr__ = __str__
 
 
+_MESSAGE_TYPES = (dramatiq.Message, MessageProxy)
+
+
 def _safe_argument(value: object) -> object:
-    if isinstance(value, dramatiq.Message | MessageProxy):
+    if isinstance(value, _MESSAGE_TYPES):
         return _Shown(f"{value.actor_name}[{value.message_id}]")
     return value
 

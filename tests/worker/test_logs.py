@@ -732,7 +732,7 @@ def test_no_personal_data_or_secret_in_any_log_line_of_a_full_flow(
         failing = _event_of(SMS_PERSON, "Z-3", sms=True)
         failing["customer"]["id"] = "c-refused"
         with _refusing_customer(db, "c-refused"):
-            ingest_event.send_with_options(
+            refused = ingest_event.send_with_options(
                 args=(failing,), max_retries=1, min_backoff=10, max_backoff=50
             )
             broker.join(EVENTS_QUEUE, fail_fast=False)
@@ -744,6 +744,12 @@ def test_no_personal_data_or_secret_in_any_log_line_of_a_full_flow(
         answered = s.scalar(select(func.count()).select_from(Survey).where(Survey.score == 9))
     assert answered == 2, states
     assert [letter.event_id for letter in letters] == [failing["event_id"]]
+    retried = [
+        r
+        for r in captured.recorder.records
+        if r.msg == "Retrying message %r in %d milliseconds." and r.args[0] == refused.message_id
+    ]
+    assert len(retried) == 1
 
     tokens = sorted(set(TOKEN_IN_TEXT.findall(html)) | set(TOKEN_IN_TEXT.findall(sms["Body"][0])))
     assert tokens
