@@ -1,24 +1,60 @@
-"""The ASGI application (`nps-dispatch web`)."""
+"""The ASGI application (`nps-dispatch web`).
+
+The public edge, outermost first: the real client address behind ``NPS_TRUSTED_PROXIES``
+(:mod:`web.proxy`), per-client rate limits shared through Redis when ``NPS_BROKER_URL`` is set
+(:mod:`web.ratelimit`), body size caps (:mod:`web.limits`), then the routes. ``GET /healthz``
+answers ``ok`` or ``failing`` and nothing more; ``GET /metrics`` needs the operators' password
+(HTTP basic) or ``NPS_METRICS_TOKEN`` (bearer).
+"""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import logging
+
+import redis
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy import text
 
 from web import answers, dashboard, events, reports, webhooks
+from web.auth import require_basic_or_bearer
 from web.limits import BodySizeLimit
 from web.metrics import DatabaseCollector
+from web.proxy import TrustedProxies, parse_networks
 from web.ratelimit import RateLimit
 from worker.runtime import Runtime, get_runtime
+
+log = logging.getLogger(__name__)
+
+# A limited request waits for Redis: a slow Redis must cost little before the process falls
+# back to its own buckets.
+RATE_LIMIT_REDIS_TIMEOUT = 0.25
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def rate_limit_redis(url: str) -> redis.Redis:
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=RATE_LIMIT_REDIS_TIMEOUT,
+        socket_connect_timeout=RATE_LIMIT_REDIS_TIMEOUT,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=30,
+    )
 
 
 def create_app(runtime: Runtime | None = None) -> FastAPI:
     app = FastAPI(title="nps-dispatch", docs_url=None, redoc_url=None)
-    app.state.runtime = runtime or get_runtime()
+    app.state.runtime = runtime = runtime or get_runtime()
+    settings = runtime.settings
+    trusted = parse_networks(settings.trusted_proxies)  # a bad entry refuses to start
+    shared = rate_limit_redis(settings.broker_url) if settings.broker_url else None
+    # Starlette runs the middleware added last first.
     app.add_middleware(BodySizeLimit)
-    app.add_middleware(RateLimit)  # outermost: refuses before any body is read
+    app.add_middleware(RateLimit, redis_client=shared)  # refuses before any body is read
+    app.add_middleware(TrustedProxies, trusted=trusted)  # outermost: the real client first
     app.include_router(events.router)
     app.include_router(webhooks.router)
     app.include_router(answers.router)
@@ -27,18 +63,24 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
+        # The body is public: a status only, never an error text, a URL or a version.
         try:
             with app.state.runtime.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
         except Exception as exc:  # the load balancer needs an answer, not a traceback
-            return JSONResponse({"status": "error", "database": str(exc)[:200]}, status_code=503)
-        return JSONResponse({"status": "ok", "config_version": app.state.runtime.config.version})
+            log.warning("health check: database unreachable (%s)", exc.__class__.__name__)
+            return JSONResponse({"status": "failing"}, status_code=503, headers=NO_STORE)
+        return JSONResponse({"status": "ok"}, headers=NO_STORE)
 
     registry = CollectorRegistry()
     registry.register(DatabaseCollector(app.state.runtime.factory))
 
     @app.get("/metrics")
-    def metrics() -> PlainTextResponse:
-        return PlainTextResponse(generate_latest(registry).decode(), media_type=CONTENT_TYPE_LATEST)
+    def metrics(request: Request) -> PlainTextResponse:
+        settings = app.state.runtime.settings
+        require_basic_or_bearer(request, settings.dashboard_password, settings.metrics_token)
+        return PlainTextResponse(
+            generate_latest(registry).decode(), media_type=CONTENT_TYPE_LATEST, headers=NO_STORE
+        )
 
     return app

@@ -24,19 +24,49 @@ def require_bearer(request: Request, expected: str | None) -> None:
         )
 
 
+def _basic_password_is(encoded: str, password: str) -> bool:
+    """Whether HTTP basic credentials carry ``password`` (any user name, as operators use one
+    shared password)."""
+    try:
+        _, _, given = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    return _equal(given, password)
+
+
+BASIC_CHALLENGE = 'Basic realm="nps-dispatch"'
+
+
 def require_basic(request: Request, password: str | None) -> None:
     header = request.headers.get("authorization", "")
     scheme, _, encoded = header.partition(" ")
-    ok = False
-    if password is not None and scheme.lower() == "basic":
-        try:
-            _, _, given = base64.b64decode(encoded, validate=True).decode().partition(":")
-            ok = _equal(given, password)
-        except (binascii.Error, UnicodeDecodeError):
-            ok = False
+    ok = (
+        password is not None and scheme.lower() == "basic" and _basic_password_is(encoded, password)
+    )
     if not ok:
         raise HTTPException(
             status_code=401,
             detail="operator password required",
-            headers={"WWW-Authenticate": 'Basic realm="nps-dispatch"'},
+            headers={"WWW-Authenticate": BASIC_CHALLENGE},
         )
+
+
+def require_basic_or_bearer(request: Request, password: str | None, token: str | None) -> None:
+    """HTTP basic with the operators' ``password``, or ``Authorization: Bearer <token>`` when a
+    token is configured (Prometheus can send either). 401 names both schemes it would accept;
+    with neither configured every request is refused."""
+    header = request.headers.get("authorization", "")
+    scheme, _, credentials = header.partition(" ")
+    scheme = scheme.lower()
+    if scheme == "bearer" and token is not None and _equal(credentials.strip(), token):
+        return
+    if scheme == "basic" and password is not None and _basic_password_is(credentials, password):
+        return
+    challenges = [BASIC_CHALLENGE]
+    if token is not None:
+        challenges.append('Bearer realm="nps-dispatch"')
+    raise HTTPException(
+        status_code=401,
+        detail="operator password or metrics token required",
+        headers={"WWW-Authenticate": ", ".join(challenges)},
+    )

@@ -4,7 +4,8 @@ Basic auth with ``NPS_DASHBOARD_PASSWORD``. Query parameters, as the CLI flags:
 ``since``, ``until`` (``YYYY-MM-DD``, UTC; since inclusive, until exclusive), ``by``
 (channel, category, arm, delay, country, week), ``compare_since``, ``compare_until``,
 ``compare`` (``false`` for none; default: the previous period when since and until are given)
-and ``format`` (``json``, the default, or ``csv``). A bad parameter is answered 422 with
+and ``format`` (``json``, the default, or ``csv``: a download whose text cells that would start a
+spreadsheet formula are escaped, see ``reports/render.py``). A bad parameter is answered 422 with
 ``{"error": "<parameter>: <reason>"}``.
 """
 
@@ -73,5 +74,13 @@ async def get_nps_report(request: Request) -> Response:
     except ReportError as exc:
         return _error(str(exc))
     if fmt == "csv":
-        return PlainTextResponse(render_csv(report), media_type="text/csv; charset=utf-8")
+        # Formula-like cells are escaped by render_csv; served as a download, never sniffed.
+        return PlainTextResponse(
+            render_csv(report),
+            media_type="text/csv; charset=utf-8",
+            headers={
+                "Content-Disposition": 'attachment; filename="nps-report.csv"',
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
     return JSONResponse(report)

@@ -22,6 +22,8 @@ class Settings:
     secret_key: str | None = None
     ingest_token: str | None = None
     dashboard_password: str | None = None
+    metrics_token: str | None = None  # bearer token for GET /metrics, besides basic auth
+    trusted_proxies: tuple[str, ...] = ()  # addresses/networks whose X-Forwarded-For is believed
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -35,6 +37,12 @@ class Settings:
             secret_key=env.get("NPS_SECRET_KEY") or None,
             ingest_token=env.get("NPS_INGEST_TOKEN") or None,
             dashboard_password=env.get("NPS_DASHBOARD_PASSWORD") or None,
+            metrics_token=env.get("NPS_METRICS_TOKEN") or None,
+            trusted_proxies=tuple(
+                item.strip()
+                for item in env.get("NPS_TRUSTED_PROXIES", "").split(",")
+                if item.strip()
+            ),
             env=env,
         )
 
