@@ -1,9 +1,18 @@
 """The one vocabulary every channel speaks.
 
 A channel sends an :class:`OutboundMessage` and hands back a :class:`SendReceipt`, or raises a
-:class:`SendError` subclass that says whether trying again can help. Webhook parsers turn provider
-payloads into :class:`DeliveryEvent` objects. Nothing outside ``channels/`` knows a provider's field
-names or error codes (the approach of django-anymail).
+:class:`SendError` subclass that says what the provider's answer proves:
+
+- :class:`TransientSendError`: nothing was created (a 429, a refused connection), so trying again
+  later sends one message, not two;
+- :class:`PermanentSendError`: nothing was created and trying again cannot help;
+- :class:`OutcomeUnknownError`: the message may exist (a 5xx, a 408, a connection lost after the
+  request was written, a success answer we cannot read). Neither provider takes an idempotency
+  key, so this is never retried: only the provider's own evidence (a status callback, an event,
+  a :class:`MessageLookup`) settles it.
+
+Webhook parsers turn provider payloads into :class:`DeliveryEvent` objects. Nothing outside
+``channels/`` knows a provider's field names or error codes (the approach of django-anymail).
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class ChannelName(enum.StrEnum):
@@ -36,8 +45,11 @@ class OutboundMessage:
 
 @dataclass(frozen=True, slots=True)
 class SendReceipt:
+    """The provider accepted the message. ``provider_message_id`` is ``None`` when the provider
+    accepted it without naming it (its events still find the survey by our survey id)."""
+
     provider: str
-    provider_message_id: str
+    provider_message_id: str | None
     segments: int | None = None  # SMS only
 
 
@@ -51,7 +63,8 @@ class SendError(Exception):
 
 
 class TransientSendError(SendError):
-    """Trying again later may succeed (timeouts before the request left, 429, 5xx)."""
+    """Nothing was created and trying again later may succeed (429, a connection refused or
+    timed out before the request was written, our own credentials)."""
 
     def __init__(
         self,
@@ -82,8 +95,9 @@ class PermanentSendError(SendError):
 
 
 class OutcomeUnknownError(SendError):
-    """The request may have reached the provider (a read timeout after sending). Never retried
-    blindly: the reconciler resolves it from callbacks or a provider lookup."""
+    """The provider may have created the message: a 5xx or 408 answer, a connection lost or timed
+    out after the request was written, a success answer without the message's id or that cannot
+    be read. Never retried: the reconciler settles it from callbacks or a provider lookup."""
 
 
 class DeliveryEventKind(enum.StrEnum):
@@ -115,8 +129,30 @@ class DeliveryEvent:
     raw: dict[str, object] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class FoundMessage:
+    """A message found in the provider's own log by a :class:`MessageLookup`."""
+
+    provider_message_id: str
+    status: str
+    created_at: datetime | None
+
+
 class Channel(Protocol):
     name: ChannelName
     provider: str
 
     def send(self, message: OutboundMessage) -> SendReceipt: ...
+
+
+@runtime_checkable
+class MessageLookup(Protocol):
+    """A channel whose provider can be asked what it created, to settle an unknown outcome."""
+
+    def find_sent_messages(
+        self, message: OutboundMessage, sent_after: datetime
+    ) -> list[FoundMessage]:
+        """Messages the provider created at or after ``sent_after`` that are exactly
+        ``message``: same recipient, same sender, same body. Raises :class:`SendError` when
+        the provider cannot be asked."""
+        ...

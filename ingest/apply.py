@@ -202,7 +202,15 @@ def apply_consent_event(session: Session, event: ConsentEvent, ctx: ApplyContext
 
 
 def apply_erasure(session: Session, event: CustomerErased, ctx: ApplyContext) -> str:
-    """GDPR art. 17: remove personal data; keep anonymised counts (orders, scores, outcomes)."""
+    """GDPR art. 17: remove personal data; keep anonymised counts (orders, scores, outcomes).
+
+    Unsent surveys end ``withdrawn``. A survey in ``sending`` is left to its sender, which
+    re-checks after its rate limit wait (still unsent: ``withdrawn``) and, when the provider took
+    the message meanwhile, records ``sent`` without the provider's message id or the body: the
+    invitation went out and is counted, nothing personal is kept. The sender reads the customer
+    row under a share lock, and this erasure holds it ``FOR UPDATE``, so the sender either sees
+    the erasure or commits first and has its personal columns emptied below. No reminder goes to
+    an erased customer."""
     key = event.customer.id
     session.merge(ErasedSubject(subject_hash=subject_hash(key), erased_at=event.occurred_at))
     customer = _lock_customer(session, key)
@@ -228,7 +236,7 @@ def apply_erasure(session: Session, event: CustomerErased, ctx: ApplyContext) ->
         session.execute(
             update(Survey)
             .where(Survey.id.in_(survey_ids))
-            .values(comment=None, provider_message_id=None)
+            .values(comment=None, provider_message_id=None, next_reminder_at=None)
         )
         session.execute(update(Answer).where(Answer.survey_id.in_(survey_ids)).values(comment=None))
         session.execute(

@@ -1,35 +1,52 @@
-"""Sending one survey invitation: claim, re-check, send, record. Never twice, never without consent.
+"""Sending one survey invitation: claim, re-check, wait, re-check, send, record. Never twice,
+never without consent, never silently lost.
 
 The order of steps is the product's promise:
 
 1. **Claim** the row with a conditional update ``queued -> sending`` and commit. A duplicate
    queue message, or a second worker, finds the row already claimed and does nothing.
-2. **Re-check** at this moment: the order is not cancelled, consent for the channel still stands,
-   the contact is valid, and it is not the recipient's quiet hours.
-3. **Send** through the channel. Twilio has no idempotency key, so a request that may have reached
-   the provider (a read timeout) is *not* retried: the row stays ``sending`` and the reconciler
-   resolves it from the provider's callback or a lookup, else it ends ``send_unknown``.
-4. **Record** ``sending -> sent`` with the provider's message id.
+2. **Re-check** at this moment: the order is not cancelled, the customer not erased, consent for
+   the channel still stands, the contact is valid, and it is not the recipient's quiet hours.
+3. **Wait** for a slot of the channel's rate limit, then **re-check again** in a fresh short
+   transaction: a revocation, cancellation or erasure committed while the worker waited stops
+   the send (``suppressed``, or the next consented channel; ``withdrawn``) before any provider
+   request. The message is built from these fresh rows.
+4. **Send** through the channel. Only an answer that proves nothing was created (429, a refused
+   connection, a validation error) is retried or failed. Any other answer (5xx, 408, a connection
+   lost after the request was written, a success without the message's id) may mean the message
+   exists, and neither provider takes an idempotency key: the row stays ``sending`` and
+   :meth:`Sender.settle` resolves it from the provider's evidence, never by sending again.
+5. **Record** ``sending -> sent`` with the provider's message id. A customer erased during the
+   provider call still counts as invited (the message did go out) but nothing personal is kept:
+   no provider message id (it leads to the provider's copy, with the contact) and no body.
 
 Transient errors put the row back to ``scheduled`` with its retry time in the row, so the
 scheduler, not the broker's in-memory delay queue, brings it back.
+
+Reminders (:meth:`Sender.send_reminder`) follow the same steps on an open invitation: claimed by
+their count, re-checked after the rate limit wait (still open, so neither answered nor opted out;
+consent, contact, order, erasure), never retried.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from channels.base import (
     Channel,
     ChannelName,
+    FoundMessage,
+    MessageLookup,
     OutboundMessage,
     OutcomeUnknownError,
     PermanentSendError,
+    SendError,
     SendReceipt,
     TransientSendError,
 )
@@ -60,6 +77,13 @@ MAX_SEND_ATTEMPTS = 8
 BASE_BACKOFF = timedelta(seconds=30)
 MAX_BACKOFF = timedelta(hours=1)
 
+#: A lookup asks for messages created from this long before the send began (clock skew).
+LOOKUP_MARGIN = timedelta(minutes=1)
+#: Lookups for one unsettled send are spaced out, doubling from the first to the longest
+#: interval; one last lookup is always made when the settle window ends.
+LOOKUP_FIRST_INTERVAL = timedelta(minutes=1)
+LOOKUP_MAX_INTERVAL = timedelta(minutes=15)
+
 
 @dataclass(frozen=True, slots=True)
 class SendOutcome:
@@ -81,6 +105,23 @@ def masked(channel: str, contact: str) -> str:
     return mask_email(contact) if channel == ChannelName.email else mask_phone(contact)
 
 
+def erased_customer(session: Session, survey_id: int) -> bool:
+    """Whether the survey's customer is erased, read under a share lock of the customer row.
+
+    The erasure takes that row ``FOR UPDATE`` before it empties the survey's and messages'
+    personal columns, so a writer holding this lock either sees the erasure, or commits first and
+    has its personal data emptied by it (SQLite has a single writer anyway)."""
+    customer_id = session.scalar(select(Survey.customer_id).where(Survey.id == survey_id))
+    if customer_id is None:
+        return True
+    row = session.execute(
+        select(Customer.id, Customer.erased_at)
+        .where(Customer.id == customer_id)
+        .with_for_update(read=True)
+    ).first()
+    return row is None or row.erased_at is not None
+
+
 class Sender:
     def __init__(
         self,
@@ -95,6 +136,9 @@ class Sender:
         self.links = links
         self.public_base_url = public_base_url.rstrip("/")
         self.rate_limiter = rate_limiter or InProcessRateLimiter()
+        # survey id -> (next lookup at, current interval); only the settling process uses it.
+        self._lookups: dict[int, tuple[datetime, timedelta]] = {}
+        self._lookups_lock = threading.Lock()
 
     # -- step 1 and 2 ---------------------------------------------------------------------------
     def _claim(
@@ -207,6 +251,29 @@ class Sender:
         return SendOutcome(final, why)
 
     # -- step 3 ---------------------------------------------------------------------------------
+    def _wait_for_slot(self, channel: ChannelName, config: OperatorConfig) -> None:
+        self.rate_limiter.acquire(channel, config.rate_limits.for_channel(channel) or 1.0)
+
+    def _recheck_after_wait(
+        self, survey_id: int, attempt: int, config: OperatorConfig, now: datetime
+    ) -> SendOutcome | tuple[Survey, Customer]:
+        """The claim-time checks again, on fresh rows, in a short transaction of its own: what
+        was committed while this worker waited for its slot counts."""
+        with self.factory() as session, session.begin():
+            survey = session.get(Survey, survey_id)
+            if survey is None:
+                return SendOutcome("missing", "no such survey")
+            if survey.state != S.sending or survey.attempts != attempt:
+                return SendOutcome(survey.state, "moved on while waiting for a slot: nothing to do")
+            order = session.get(Order, survey.order_id)
+            customer = session.get(Customer, survey.customer_id)
+            assert order is not None and customer is not None
+            stop = self._recheck(session, survey, order, customer, config, now)
+            if stop is not None:
+                log.info("survey %s: stopped after the rate limit wait: %s", survey_id, stop.detail)
+                return stop
+            return survey, customer
+
     def _message(
         self,
         survey: Survey,
@@ -263,6 +330,21 @@ class Sender:
         if isinstance(claimed, SendOutcome):
             return claimed
         survey, customer = claimed
+        channel = self.channels.get(ChannelName(survey.channel))
+        if channel is None:
+            # The provider was switched off after planning: try the next channel, else fail.
+            return self._permanent(
+                survey,
+                customer,
+                config,
+                now,
+                PermanentSendError(f"channel {survey.channel} is off", provider="config"),
+            )
+        self._wait_for_slot(ChannelName(survey.channel), config)
+        fresh = self._recheck_after_wait(survey_id, survey.attempts, config, now)
+        if isinstance(fresh, SendOutcome):
+            return fresh
+        survey, customer = fresh
         try:
             message = self._message(survey, customer, config, now)
         except Exception:
@@ -276,23 +358,10 @@ class Sender:
                     now=now,
                 )
             raise
-        channel = self.channels.get(message.channel)
-        if channel is None:
-            # The provider was switched off after planning: try the next channel, else fail.
-            return self._permanent(
-                survey,
-                customer,
-                config,
-                now,
-                PermanentSendError(f"channel {message.channel} is off", provider="config"),
-            )
-        self.rate_limiter.acquire(
-            message.channel, config.rate_limits.for_channel(message.channel) or 1.0
-        )
         try:
             receipt = channel.send(message)
         except OutcomeUnknownError as exc:
-            # Maybe sent. Never retried blindly: the reconciler settles it.
+            # Maybe sent. Never sent again: the reconciler settles it from the provider.
             log.warning(
                 "survey %s: send outcome unknown (%s); left for the reconciler", survey_id, exc
             )
@@ -304,6 +373,56 @@ class Sender:
         return self._record_sent(survey, message, receipt, config, now)
 
     # -- step 4 ---------------------------------------------------------------------------------
+    def _commit_sent(
+        self,
+        survey_id: int,
+        *,
+        channel: str,
+        provider: str,
+        provider_message_id: str | None,
+        segments: int | None,
+        body: str | None,
+        sent_at: datetime,
+        reason: str,
+        config: OperatorConfig,
+        now: datetime,
+    ) -> tuple[bool, bool]:
+        """``sending -> sent`` and the invitation's message row. For a customer erased
+        meanwhile, the fact and the counts only: no provider id, no body, no reminder.
+        Returns (moved, erased)."""
+        reminder = config.survey.reminder
+        with self.factory() as session, session.begin():
+            erased = erased_customer(session, survey_id)
+            kept_id = None if erased else provider_message_id
+            moved = move(
+                session,
+                survey_id,
+                S.sent,
+                reason=reason,
+                only_from=[S.sending],
+                now=now,
+                sent_at=sent_at,
+                provider=provider,
+                provider_message_id=kept_id,
+                closes_at=sent_at + config.survey.response_window,
+                next_reminder_at=(
+                    sent_at + reminder.after if reminder.max > 0 and not erased else None
+                ),
+            )
+            session.add(
+                MessageRecord(
+                    survey_id=survey_id,
+                    kind="invitation",
+                    channel=channel,
+                    provider=provider,
+                    provider_message_id=kept_id,
+                    status="accepted",
+                    segments=segments,
+                    body=None if erased else body,
+                )
+            )
+        return bool(moved), erased
+
     def _record_sent(
         self,
         survey: Survey,
@@ -312,32 +431,22 @@ class Sender:
         config: OperatorConfig,
         now: datetime,
     ) -> SendOutcome:
-        reminder = config.survey.reminder
-        with self.factory() as session, session.begin():
-            moved = move(
-                session,
-                survey.id,
-                S.sent,
-                reason=f"accepted by {receipt.provider}",
-                only_from=[S.sending],
-                now=now,
-                sent_at=now,
-                provider=receipt.provider,
-                provider_message_id=receipt.provider_message_id,
-                closes_at=now + config.survey.response_window,
-                next_reminder_at=(now + reminder.after) if reminder.max > 0 else None,
-            )
-            session.add(
-                MessageRecord(
-                    survey_id=survey.id,
-                    kind="invitation",
-                    channel=message.channel.value,
-                    provider=receipt.provider,
-                    provider_message_id=receipt.provider_message_id,
-                    status="accepted",
-                    segments=receipt.segments,
-                    body=message.body_text if receipt.provider == "console" else None,
-                )
+        moved, erased = self._commit_sent(
+            survey.id,
+            channel=message.channel.value,
+            provider=receipt.provider,
+            provider_message_id=receipt.provider_message_id,
+            segments=receipt.segments,
+            # Only the console keeps what it "sent" (there is no provider copy to look at).
+            body=message.body_text if receipt.provider == "console" else None,
+            sent_at=now,
+            reason=f"accepted by {receipt.provider}",
+            config=config,
+            now=now,
+        )
+        if erased:
+            log.info(
+                "survey %s: sent while the customer was erased; nothing personal kept", survey.id
             )
         if not moved:
             # A callback for this message already moved the row on (sent/delivered): fine.
@@ -348,7 +457,7 @@ class Sender:
             receipt.provider,
             masked(message.channel, message.to),
         )
-        return SendOutcome(S.sent, receipt.provider_message_id)
+        return SendOutcome(S.sent, receipt.provider_message_id or "accepted without an id")
 
     def _transient(self, survey: Survey, now: datetime, exc: TransientSendError) -> SendOutcome:
         with self.factory() as session, session.begin():
@@ -415,51 +524,62 @@ class Sender:
     def settle(
         self, survey_id: int, config: OperatorConfig, now: datetime, give_up_after: timedelta
     ) -> str:
-        """Resolve a send left in ``sending`` (a crash or a timeout after the provider call).
+        """Resolve a send left in ``sending`` (an ambiguous provider answer, a crash or a timeout
+        after the provider call); returns what it did and never raises for a provider problem.
 
-        A provider callback may already have moved it on. Otherwise ask the provider when it can
-        be asked (Twilio's message list, by recipient and time); found: ``sent``. Not found and
-        older than ``give_up_after``: ``send_unknown`` (never re-sent: a second copy is worse
-        than an unknown outcome, and a late callback can still move it to sent).
+        A provider callback may already have moved it on. Otherwise, when the channel can be
+        asked (:class:`~channels.base.MessageLookup`, Twilio's message list), look for *this*
+        message: same recipient, same sender, the exact body (rendered again here, the way the
+        send rendered it, and compared in memory), created after the send began, and not already
+        recorded for another survey. Found: ``sent``. Lookups are spaced out while waiting; one
+        that fails is logged and the clock keeps running. Nothing found ``give_up_after`` after
+        the send began: ``send_unknown``, never a second send (a late callback can still move it
+        to sent).
         """
         with self.factory() as session:
             survey = session.get(Survey, survey_id)
             if survey is None or survey.state != S.sending:
+                self._forget_lookups(survey_id)
                 return "settled already"
             customer = session.get(Customer, survey.customer_id)
-            assert customer is not None
-            contact, _ = customer.contact_for(survey.channel)
             started = survey.sending_at or now
-        channel = self.channels.get(ChannelName(survey.channel))
-        lookup = getattr(channel, "find_recent_messages", None)
-        if lookup is not None and contact is not None:
+            channel_name = ChannelName(survey.channel)
+            channel = self.channels.get(channel_name)
+            expected = (
+                self._expected_message(survey, customer, config, now)
+                if isinstance(channel, MessageLookup)
+                else None
+            )
+        overdue = now - started >= give_up_after
+        lookup_failed = False
+        if (
+            expected is not None
+            and isinstance(channel, MessageLookup)
+            and (overdue or self._lookup_due(survey_id, now))
+        ):
             try:
-                found = lookup(contact, started - timedelta(minutes=1))
-            except (TransientSendError, PermanentSendError) as exc:
+                hits = channel.find_sent_messages(expected, started - LOOKUP_MARGIN)
+            except Exception as exc:  # whatever the provider or its client raised
+                lookup_failed = True
                 log.warning(
-                    "survey %s: provider lookup failed (%s); will try again", survey_id, exc
+                    "survey %s: provider lookup failed (%s: %s); the settle clock keeps running",
+                    survey_id,
+                    type(exc).__name__,
+                    exc if isinstance(exc, SendError) else "",
                 )
-                found = None
-            if found:
-                newest = found[0]
-                with self.factory() as session, session.begin():
-                    move(
-                        session,
-                        survey_id,
-                        S.sent,
-                        reason="found in the provider's log",
-                        only_from=[S.sending],
-                        now=now,
-                        sent_at=newest.date_created or started,
-                        provider=getattr(channel, "provider", None),
-                        provider_message_id=newest.sid,
-                        closes_at=now + config.survey.response_window,
+            else:
+                ours = self._not_recorded_elsewhere(survey_id, hits)
+                if ours is not None:
+                    provider = str(getattr(channel, "provider", "unknown"))
+                    return self._record_found(
+                        survey_id, channel_name, provider, ours, started, config, now
                     )
-                return "sent (found by lookup)"
-            if found is None:
-                return "lookup failed"
-        if now - started < give_up_after:
-            return "waiting for a callback"
+        if not overdue:
+            return (
+                "lookup failed; waiting for a callback"
+                if lookup_failed
+                else "waiting for a callback"
+            )
         why = f"no callback and no provider record {give_up_after} after sending began"
         with self.factory() as session, session.begin():
             move(
@@ -471,33 +591,131 @@ class Sender:
                 now=now,
                 final_reason=why,
             )
+        self._forget_lookups(survey_id)
         log.error("ALERT survey %s: send outcome unknown; not re-sent", survey_id)
         return "send_unknown"
 
-    # -- reminders -------------------------------------------------------------------------------
-    def send_reminder(
+    def _expected_message(
+        self, survey: Survey, customer: Customer | None, config: OperatorConfig, now: datetime
+    ) -> OutboundMessage | None:
+        """The invitation as the send rendered it, or ``None`` when it cannot be looked for (an
+        erased customer, no valid contact any more)."""
+        if customer is None or customer.erased_at is not None:
+            return None
+        contact, _ = customer.contact_for(survey.channel)
+        if contact is None:
+            return None
+        try:
+            return self._message(survey, customer, config, now)
+        except Exception as exc:
+            log.warning("survey %s: cannot render the message to look for: %s", survey.id, exc)
+            return None
+
+    def _lookup_due(self, survey_id: int, now: datetime) -> bool:
+        with self._lookups_lock:
+            entry = self._lookups.get(survey_id)
+            if entry is not None and now < entry[0]:
+                return False
+            interval = (
+                LOOKUP_FIRST_INTERVAL if entry is None else min(entry[1] * 2, LOOKUP_MAX_INTERVAL)
+            )
+            self._lookups[survey_id] = (now + interval, interval)
+            # Sends settled by a callback are never asked about again: drop stale entries.
+            stale = [
+                k for k, (at, _) in self._lookups.items() if at < now - LOOKUP_MAX_INTERVAL * 4
+            ]
+            for key in stale:
+                del self._lookups[key]
+            return True
+
+    def _forget_lookups(self, survey_id: int) -> None:
+        with self._lookups_lock:
+            self._lookups.pop(survey_id, None)
+
+    def _not_recorded_elsewhere(
+        self, survey_id: int, hits: list[FoundMessage]
+    ) -> FoundMessage | None:
+        """The first hit whose id no other survey's row or message already holds."""
+        if not hits:
+            return None
+        ids = [hit.provider_message_id for hit in hits]
+        with self.factory() as session:
+            taken = set(
+                session.scalars(
+                    select(Survey.provider_message_id).where(
+                        Survey.provider_message_id.in_(ids), Survey.id != survey_id
+                    )
+                )
+            ) | set(
+                session.scalars(
+                    select(MessageRecord.provider_message_id).where(
+                        MessageRecord.provider_message_id.in_(ids),
+                        MessageRecord.survey_id != survey_id,
+                    )
+                )
+            )
+        return next((hit for hit in hits if hit.provider_message_id not in taken), None)
+
+    def _record_found(
         self,
         survey_id: int,
-        expected_sent: int,
+        channel: ChannelName,
+        provider: str,
+        found: FoundMessage,
+        started: datetime,
         config: OperatorConfig,
-        now: datetime | None = None,
+        now: datetime,
     ) -> str:
-        """One reminder, at most once: the row's reminder count is compare-and-set before the
-        provider call, so a duplicate message (same ``expected_sent``) does nothing."""
-        now = now or utcnow()
+        self._commit_sent(
+            survey_id,
+            channel=channel.value,
+            provider=provider,
+            provider_message_id=found.provider_message_id,
+            segments=None,
+            body=None,
+            sent_at=found.created_at or started,
+            reason="found in the provider's log",
+            config=config,
+            now=now,
+        )
+        self._forget_lookups(survey_id)
+        log.info(
+            "survey %s: found in %s's log as %s", survey_id, provider, found.provider_message_id
+        )
+        return "sent (found by lookup)"
+
+    # -- reminders -------------------------------------------------------------------------------
+    def _reminder_stop(self, session: Session, survey: Survey | None) -> str | None:
+        """Why no reminder may go now, or ``None``: the invitation must still be open (not
+        answered, opted out, bounced or closed), the order standing, the customer not erased,
+        consent for the channel current and the contact valid."""
+        if survey is None or survey.state not in OPEN_STATES:
+            return "not open: no reminder"
+        order = session.get(Order, survey.order_id)
+        customer = session.get(Customer, survey.customer_id)
+        if customer is None or customer.erased_at is not None:
+            return "customer erased: no reminder"
+        if order is not None and order.cancelled_at is not None:
+            return f"order {order.cancel_kind}: no reminder"
+        _, status = customer.contact_for(survey.channel)
+        if not current_consent(session, customer.id, survey.channel) or (
+            status != ContactStatus.valid
+        ):
+            return "no consent or contact: no reminder"
+        return None
+
+    def _claim_reminder(
+        self, survey_id: int, expected_sent: int, config: OperatorConfig, now: datetime
+    ) -> str | ChannelName:
         reminder = config.survey.reminder
         with self.factory() as session, session.begin():
             survey = session.get(Survey, survey_id)
-            if survey is None or survey.state not in OPEN_STATES:
-                return "not open: no reminder"  # answered, opted out, bounced or closed
-            customer = session.get(Customer, survey.customer_id)
-            assert customer is not None
-            _, status = customer.contact_for(survey.channel)
-            if not current_consent(session, customer.id, survey.channel) or (
-                status != ContactStatus.valid
-            ):
-                survey.next_reminder_at = None
-                return "no consent or contact: no reminder"
+            stop = self._reminder_stop(session, survey)
+            if stop is not None:
+                if survey is not None:
+                    survey.next_reminder_at = None
+                return stop
+            assert survey is not None
             if expected_sent >= reminder.max:
                 survey.next_reminder_at = None
                 return "reminders used up"
@@ -528,17 +746,56 @@ class Sender:
             ).first()
             if claimed is None:
                 return "reminder already sent"
-            session.refresh(survey)
-            message = self._message(survey, customer, config, now, is_reminder=True)
-        channel = self.channels.get(message.channel)
+            return ChannelName(survey.channel)
+
+    def _recheck_reminder(
+        self, survey_id: int, expected_sent: int, config: OperatorConfig, now: datetime
+    ) -> str | OutboundMessage:
+        """After the rate limit wait, in a fresh transaction: the reminder still wanted, built
+        from fresh rows; else the claimed count handed back and no more reminders."""
+        with self.factory() as session, session.begin():
+            survey = session.get(Survey, survey_id)
+            stop = self._reminder_stop(session, survey)
+            if stop is not None:
+                session.execute(
+                    update(Survey)
+                    .where(Survey.id == survey_id, Survey.reminders_sent == expected_sent + 1)
+                    .values(reminders_sent=expected_sent, next_reminder_at=None)
+                    .execution_options(synchronize_session=False)
+                )
+                log.info(
+                    "survey %s: reminder stopped after the rate limit wait: %s", survey_id, stop
+                )
+                return stop
+            assert survey is not None
+            customer = session.get(Customer, survey.customer_id)
+            assert customer is not None
+            return self._message(survey, customer, config, now, is_reminder=True)
+
+    def send_reminder(
+        self,
+        survey_id: int,
+        expected_sent: int,
+        config: OperatorConfig,
+        now: datetime | None = None,
+    ) -> str:
+        """One reminder, at most once: the row's reminder count is compare-and-set before the
+        provider call, so a duplicate message (same ``expected_sent``) does nothing. Checked
+        again after the rate limit wait; never retried (a retry could be a second copy)."""
+        now = now or utcnow()
+        claimed = self._claim_reminder(survey_id, expected_sent, config, now)
+        if not isinstance(claimed, ChannelName):
+            return claimed
+        channel = self.channels.get(claimed)
         if channel is None:
             return "channel off"
-        self.rate_limiter.acquire(
-            message.channel, config.rate_limits.for_channel(message.channel) or 1.0
-        )
+        self._wait_for_slot(claimed, config)
+        message = self._recheck_reminder(survey_id, expected_sent, config, now)
+        if not isinstance(message, OutboundMessage):
+            return message
         try:
             receipt = channel.send(message)
-        except (TransientSendError, PermanentSendError, OutcomeUnknownError) as exc:
+        except SendError as exc:
             # A reminder is best effort: never retried (a retry could be a second copy).
             log.warning("survey %s: reminder not sent: %s", survey_id, exc)
             with self.factory() as session, session.begin():
@@ -548,22 +805,25 @@ class Sender:
                         kind="reminder",
                         channel=message.channel.value,
                         provider=exc.provider,
-                        status="failed",
+                        status="unknown" if isinstance(exc, OutcomeUnknownError) else "failed",
                         error=str(exc)[:500],
                     )
                 )
             return "reminder failed"
         with self.factory() as session, session.begin():
+            erased = erased_customer(session, survey_id)
             session.add(
                 MessageRecord(
                     survey_id=survey_id,
                     kind="reminder",
                     channel=message.channel.value,
                     provider=receipt.provider,
-                    provider_message_id=receipt.provider_message_id,
+                    provider_message_id=None if erased else receipt.provider_message_id,
                     status="accepted",
                     segments=receipt.segments,
-                    body=message.body_text if receipt.provider == "console" else None,
+                    body=(
+                        message.body_text if receipt.provider == "console" and not erased else None
+                    ),
                 )
             )
         log.info(

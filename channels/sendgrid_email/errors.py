@@ -1,10 +1,19 @@
 """SendGrid ``/v3/mail/send`` errors -> the normalised :mod:`channels.base` errors.
 
-429 and 5xx are transient (``Retry-After`` honoured); 401/403 are our credentials or sender
-verification (an operator's mistake: transient, so the survey waits instead of failing); any
-other 4xx is permanent, reported with SendGrid's own error messages from the JSON body, scrubbed
-of addresses. A connect error never reached SendGrid (transient); a failure after the request
-was written may have queued the mail (:class:`OutcomeUnknownError`).
+SendGrid's Mail Send takes no idempotency key, so the question for every answer is whether it
+proves that the mail was not accepted:
+
+- 429: refused before accepting anything; transient, honouring ``Retry-After``.
+- 401/403: our API key or sender verification (an operator's mistake, not the recipient's):
+  transient, so the survey waits instead of failing.
+- any other 4xx: a validation error, permanent, reported with SendGrid's own error messages from
+  the JSON body, scrubbed of addresses.
+- 408, every 5xx and anything else that is not a 4xx: SendGrid (or a proxy in front of it) may
+  have queued the mail before the error, so the outcome is unknown
+  (:class:`OutcomeUnknownError`) and the survey waits for SendGrid's events.
+
+A connect error never reached SendGrid (transient); a failure after the request was written may
+have queued the mail (:class:`OutcomeUnknownError`).
 """
 
 from __future__ import annotations
@@ -26,8 +35,12 @@ from channels.masking import mask_text
 
 PROVIDER: Final = "sendgrid"
 
-#: HTTP statuses worth retrying later.
-TRANSIENT_STATUSES: Final[frozenset[int]] = frozenset({408, 429, 500, 502, 503, 504})
+#: HTTP statuses of a refusal that accepted nothing and is worth retrying later.
+TRANSIENT_STATUSES: Final[frozenset[int]] = frozenset({429})
+
+#: 4xx statuses after which the mail may have been accepted (like every status outside 4xx): a
+#: request timeout may be answered by a proxy while SendGrid carries on with the request.
+AMBIGUOUS_STATUSES: Final[frozenset[int]] = frozenset({408})
 
 #: HTTP statuses that are our configuration (API key, sender identity), not the recipient.
 CONFIGURATION_STATUSES: Final[frozenset[int]] = frozenset({401, 403})
@@ -86,7 +99,11 @@ def from_response(response: httpx.Response) -> SendError:
     detail = error_messages(response.text) or response.reason_phrase or "error"
     message = f"HTTP {status}: {detail}"
     code = str(status)
-    if status in TRANSIENT_STATUSES or status >= 500:
+    if not 400 <= status < 500 or status in AMBIGUOUS_STATUSES:
+        return OutcomeUnknownError(
+            f"{message}: the mail may have been accepted", code=code, provider=PROVIDER
+        )
+    if status in TRANSIENT_STATUSES:
         return TransientSendError(
             message,
             code=code,
@@ -102,7 +119,9 @@ def from_response(response: httpx.Response) -> SendError:
     return PermanentSendError(message, code=code, provider=PROVIDER)
 
 
-def from_transport_error(exc: httpx.TransportError) -> SendError:
+def from_transport_error(exc: httpx.HTTPError) -> SendError:
+    """Transient when the request never left; unknown outcome once it may have been sent (any
+    other transport error, or an answer that could not be read)."""
     kind = type(exc).__name__
     if isinstance(exc, NOT_SENT_ERRORS):
         return TransientSendError(f"{kind}: the request did not reach SendGrid", provider=PROVIDER)

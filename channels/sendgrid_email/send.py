@@ -4,12 +4,20 @@ The body is built with ``sendgrid.helpers.mail.Mail`` and POSTed with httpx (the
 client uses urllib, which respx cannot mock) to ``{api_base}/v3/mail/send``; SendGrid answers
 202 with an ``X-Message-Id`` header. ``custom_args`` carries our survey id and nothing else:
 SendGrid keeps custom args and categories for good, so no personal data ever goes there.
+
+Any 2xx answer is taken as accepted, with or without ``X-Message-Id``. A 2xx is SendGrid saying
+it took the mail (sandbox mode answers 200 without an id), so sending again would be the second
+copy we promise never to send, and treating it as unknown would end a mail that was taken as
+``send_unknown``. Without the id nothing is lost for tracking: every event SendGrid sends about
+the mail carries our ``survey_id`` custom arg, which is how the events find the survey. The
+receipt then has no provider message id (a made-up one would not match the ``sg_message_id`` of
+the events). Error answers are classified in :mod:`channels.sendgrid_email.errors`: only those
+that prove the mail was not accepted are retried.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
 from email.utils import parseaddr
 from typing import Any
 
@@ -99,7 +107,7 @@ class SendGridEmailChannel:
             response = self._http.post(
                 self.url, json=body, headers=self._headers, timeout=self._timeout
             )
-        except httpx.TransportError as exc:
+        except httpx.HTTPError as exc:
             error = from_transport_error(exc)
             log.warning(
                 "sendgrid: survey %s to %s: %s", message.survey_id, mask_email(message.to), error
@@ -108,18 +116,16 @@ class SendGridEmailChannel:
         if not response.is_success:
             error = from_response(response)
             log.warning(
-                "sendgrid: survey %s to %s refused: %s %s",
+                "sendgrid: survey %s to %s: %s %s",
                 message.survey_id,
                 mask_email(message.to),
                 type(error).__name__,
                 error,
             )
             raise error
-        message_id = response.headers.get("X-Message-Id")
-        if not message_id:
-            # Accepted (sandbox mode answers 200 without an id). Events still find the survey
-            # through custom_args, so record a local id rather than send twice.
-            message_id = f"sendgrid-noid-{uuid.uuid4().hex}"
+        message_id = response.headers.get("X-Message-Id") or None
+        if message_id is None:
+            # Accepted all the same (see the module docstring): never sent again.
             log.warning(
                 "sendgrid: survey %s accepted (HTTP %s) without X-Message-Id",
                 message.survey_id,

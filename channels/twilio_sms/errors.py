@@ -1,14 +1,20 @@
 """Twilio send errors -> the normalised :mod:`channels.base` errors, by lookup table.
 
-Synchronous errors of ``POST .../Messages.json`` (HTTP 4xx with a Twilio ``code``):
-the codes below are about the recipient and permanent; 21610 (the recipient replied STOP) also
-revokes consent. Any other 4xx is permanent too, except 401/403 (our credentials or account
-permissions: an operator's mistake, not the recipient's, so the survey waits and retries).
-429 and 5xx are transient, honouring ``Retry-After``.
+Twilio's message create has no idempotency key, so the question for every answer is whether it
+proves that no message was created:
+
+- 429 (or code 20429): refused before creating anything; transient, honouring ``Retry-After``.
+- 4xx with a Twilio ``code``: a validation error, nothing created. The codes below are about the
+  recipient and permanent; 21610 (the recipient replied STOP) also revokes consent. Any other 4xx
+  is permanent too, except 401/403 (our credentials or account permissions: an operator's
+  mistake, not the recipient's, so the survey waits and retries).
+- 408, every 5xx and anything else that is not a 4xx: Twilio (or a proxy in front of it) may have
+  created the message before the error, so the outcome is unknown
+  (:class:`OutcomeUnknownError`), whatever the body says.
 
 Transport errors: a connect error means the request never left (transient); a failure after the
 request was written (read timeout, dropped connection) means Twilio may have created the message,
-and its create call has no idempotency key, so it is :class:`OutcomeUnknownError`.
+so it is :class:`OutcomeUnknownError` as well.
 """
 
 from __future__ import annotations
@@ -43,12 +49,14 @@ CONSENT_REVOKING_CODES: Final[dict[int, str]] = {
     21610: "the recipient has unsubscribed (replied STOP)",
 }
 
-#: Codes that are worth retrying later whatever their HTTP status.
+#: Codes of a refusal that created nothing and is worth retrying later.
 TRANSIENT_CODES: Final[dict[int, str]] = {
     20429: "too many requests",
-    20500: "Twilio internal error",
-    20503: "Twilio service unavailable",
 }
+
+#: 4xx statuses after which the message may exist (like every status outside 4xx): a request
+#: timeout may be answered by a proxy while Twilio carries on with the request.
+AMBIGUOUS_STATUSES: Final[frozenset[int]] = frozenset({408})
 
 #: HTTP statuses that are our configuration, not the recipient: retried (and alerting) rather
 #: than ending every survey as ``failed``.
@@ -88,9 +96,16 @@ def from_http_error(
     message: str,
     retry_after: str | None = None,
 ) -> SendError:
-    """The normalised error for an HTTP error answer of Twilio's REST API."""
+    """The normalised error for an HTTP error answer of Twilio's message create."""
     text = mask_text(message or f"HTTP {status}")
     code_str = str(code) if code is not None else None
+    if not 400 <= status < 500 or status in AMBIGUOUS_STATUSES:
+        # Only a 4xx proves the request was refused; anything else may have created it.
+        return OutcomeUnknownError(
+            f"HTTP {status}, the message may have been created: {text}",
+            code=code_str,
+            provider=PROVIDER,
+        )
     if code is not None and code in CONSENT_REVOKING_CODES:
         return PermanentSendError(
             f"{CONSENT_REVOKING_CODES[code]}: {text}",
@@ -102,7 +117,7 @@ def from_http_error(
         return PermanentSendError(
             f"{PERMANENT_CODES[code]}: {text}", code=code_str, provider=PROVIDER
         )
-    if code in TRANSIENT_CODES or status == 429 or status >= 500:
+    if code in TRANSIENT_CODES or status == 429:
         return TransientSendError(
             f"HTTP {status}: {text}",
             code=code_str,

@@ -5,7 +5,8 @@ carries them, so tests mock Twilio at the HTTP boundary with respx, and ``TWILIO
 (a sandbox, a mock server) replaces the ``https://api.twilio.com`` prefix. Transport exceptions
 (``httpx.ConnectError``, ``httpx.ReadTimeout``...) propagate unchanged: the channel classifies
 them. The last response of the current thread is kept, because ``TwilioRestException`` drops
-the headers and a 429's ``Retry-After`` lives there.
+the headers and a 429's ``Retry-After`` lives there; so is whether a request was handed to httpx
+since :meth:`HttpxTwilioClient.reset`, because an error raised before that proves nothing left.
 """
 
 from __future__ import annotations
@@ -45,6 +46,16 @@ class HttpxTwilioClient(HttpClient):  # type: ignore[misc]  # twilio is untyped 
             return self.api_base + uri[len(DEFAULT_API_BASE) :]
         return uri
 
+    def reset(self) -> None:
+        """Forget the calling thread's last request (call before each API call)."""
+        self._local.response = None
+        self._local.attempted = False
+
+    @property
+    def attempted(self) -> bool:
+        """Whether the calling thread handed a request to httpx since :meth:`reset`."""
+        return bool(getattr(self._local, "attempted", False))
+
     @property
     def last_response(self) -> Response | None:
         """The last response received by the calling thread (``None`` after a transport error)."""
@@ -74,6 +85,7 @@ class HttpxTwilioClient(HttpClient):  # type: ignore[misc]  # twilio is untyped 
             kwargs["timeout"] = effective_timeout
         if data:
             kwargs["data"] = data
+        self._local.attempted = True
         reply = self._client.request(method, self.rewrite(uri), **kwargs)
         response = Response(reply.status_code, reply.text, reply.headers)
         self._local.response = response

@@ -3,26 +3,40 @@
 ``POST {api_base}/2010-04-01/Accounts/{sid}/Messages.json`` with ``To``, ``From`` or
 ``MessagingServiceSid``, ``Body`` and ``StatusCallback`` (our survey id rides in its URL).
 Errors are classified in :mod:`channels.twilio_sms.errors`. Twilio's create has no idempotency key,
-so an outcome we cannot know is reported as such and settled by the reconciler with
-:meth:`TwilioSmsChannel.find_recent_messages`.
+so every answer that does not prove "nothing was created" is :class:`OutcomeUnknownError`: a 5xx
+or 408, a connection lost after the request was written, and also a 2xx without a message SID or
+whose body cannot be read (Twilio created the message but we cannot name it).
+
+Such a send is settled by :meth:`TwilioSmsChannel.find_sent_messages`: Twilio's message list
+filtered by recipient, sender (``From``, when we send from a number) and send time, of which only
+messages with our exact body, from our sender, created after the send began, are taken. Another
+message to the same number (another text, another sender, earlier) is never taken as ours.
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import httpx
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.rest import Client
 
-from channels.base import ChannelName, OutboundMessage, SendReceipt, TransientSendError
+from channels.base import (
+    ChannelName,
+    FoundMessage,
+    OutboundMessage,
+    OutcomeUnknownError,
+    SendError,
+    SendReceipt,
+    TransientSendError,
+)
 from channels.masking import mask_phone
 from channels.twilio_sms.errors import PROVIDER, from_http_error, from_transport_error
 from channels.twilio_sms.http import DEFAULT_API_BASE, HttpxTwilioClient
 
-__all__ = ["RecentMessage", "TwilioSmsChannel", "sms_segments"]
+__all__ = ["TwilioSmsChannel", "sms_segments"]
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +77,8 @@ def sms_segments(text: str) -> int:
     return segments
 
 
-class RecentMessage(NamedTuple):
-    """One message found by :meth:`TwilioSmsChannel.find_recent_messages`."""
-
-    sid: str
-    status: str
-    date_created: datetime | None
+#: How many of the newest matching list entries one lookup reads (one page).
+LOOKUP_LIMIT = 50
 
 
 class TwilioSmsChannel:
@@ -110,33 +120,40 @@ class TwilioSmsChannel:
             fields["from_"] = self.from_number
         if message.status_callback_url:
             fields["status_callback"] = message.status_callback_url
+        self.http_client.reset()
         try:
             created = self.client.messages.create(**fields)
         except TwilioRestException as exc:
-            last = self.http_client.last_response
-            retry_after = last.headers.get("Retry-After") if last is not None else None
-            error = from_http_error(exc.status, exc.code, str(exc.msg or ""), retry_after)
-            log.warning(
-                "twilio: survey %s to %s refused: %s %s",
-                message.survey_id,
-                mask_phone(message.to),
-                type(error).__name__,
-                error,
-            )
-            raise error from None
+            error = from_http_error(exc.status, exc.code, str(exc.msg or ""), self._retry_after())
+        except TwilioServiceException as exc:
+            # Twilio's newer problem documents (RFC 9457): the same status and code.
+            detail = f"{exc.title}: {exc.detail}" if exc.detail else str(exc.title)
+            error = from_http_error(exc.status, exc.code, detail, self._retry_after())
         except httpx.TransportError as exc:
             error = from_transport_error(exc)
-            log.warning(
-                "twilio: survey %s to %s: %s",
-                message.survey_id,
-                mask_phone(message.to),
-                error,
+        except Exception as exc:
+            if not self.http_client.attempted:
+                raise  # failed while building the request: nothing left
+            error = self._unreadable_answer(exc)
+        else:
+            sid = getattr(created, "sid", None)
+            if sid:
+                return self._receipt(message, str(sid))
+            error = OutcomeUnknownError(
+                f"Twilio answered HTTP {self._last_status()} without a message SID: "
+                "the message was probably created",
+                provider=PROVIDER,
             )
-            raise error from exc
-        sid = getattr(created, "sid", None)
-        if not sid:
-            # Accepted but no SID: the message probably exists; let the reconciler decide.
-            raise TransientSendError("Twilio answered without a message SID", provider=PROVIDER)
+        log.warning(
+            "twilio: survey %s to %s: %s %s",
+            message.survey_id,
+            mask_phone(message.to),
+            type(error).__name__,
+            error,
+        )
+        raise error
+
+    def _receipt(self, message: OutboundMessage, sid: str) -> SendReceipt:
         segments = sms_segments(message.body_text)
         log.info(
             "twilio: survey %s to %s accepted as %s (%d segment%s)",
@@ -146,35 +163,95 @@ class TwilioSmsChannel:
             segments,
             "" if segments == 1 else "s",
         )
-        return SendReceipt(provider=PROVIDER, provider_message_id=str(sid), segments=segments)
+        return SendReceipt(provider=PROVIDER, provider_message_id=sid, segments=segments)
 
-    def find_recent_messages(self, to: str, sent_after: datetime) -> list[RecentMessage]:
-        """Messages to ``to`` sent at or after ``sent_after`` (Messages list API, ``To`` and
-        ``DateSent>=``), newest first; the reconciler matches a send of unknown outcome."""
+    def _retry_after(self) -> str | None:
+        last = self.http_client.last_response
+        value = last.headers.get("Retry-After") if last is not None else None
+        return str(value) if value is not None else None
+
+    def _last_status(self) -> str:
+        last = self.http_client.last_response
+        return str(last.status_code) if last is not None else "(none)"
+
+    def _unreadable_answer(self, exc: Exception) -> SendError:
+        """An exception after the request was handed to httpx that is neither a Twilio error
+        answer nor a transport error: the answer could not be read (a 2xx that is not JSON, an
+        error of the client library), so the message may exist."""
+        last = self.http_client.last_response
+        if last is not None and 400 <= last.status_code < 500:
+            return from_http_error(last.status_code, None, type(exc).__name__, self._retry_after())
+        return OutcomeUnknownError(
+            f"{type(exc).__name__} reading Twilio's answer (HTTP {self._last_status()}): "
+            "the message may have been created",
+            provider=PROVIDER,
+        )
+
+    def find_sent_messages(
+        self, message: OutboundMessage, sent_after: datetime
+    ) -> list[FoundMessage]:
+        """Messages Twilio created at or after ``sent_after`` that are exactly ``message``, oldest
+        first. Asks the Messages list API for messages to ``message.to`` (and from our number,
+        when we send from one) sent since ``sent_after``, then keeps only outbound API messages
+        from our sender (number or messaging service) whose body is exactly ours; the bodies are
+        compared here, in memory, and never stored or logged.
+
+        Raises :class:`TransientSendError` for any failure to ask (HTTP error, unreadable
+        answer, transport error): the caller keeps its own clock."""
         if sent_after.tzinfo is None:
             sent_after = sent_after.replace(tzinfo=UTC)
+        sent_after = sent_after.astimezone(UTC)
+        query: dict[str, Any] = {
+            "to": message.to,
+            "date_sent_after": sent_after,
+            "page_size": LOOKUP_LIMIT,
+            "limit": LOOKUP_LIMIT,
+        }
+        if not self.messaging_service_sid:
+            query["from_"] = self.from_number
+        self.http_client.reset()
         try:
-            found = self.client.messages.list(
-                to=to, date_sent_after=sent_after.astimezone(UTC), page_size=50, limit=50
-            )
-        except TwilioRestException as exc:
-            raise from_http_error(exc.status, exc.code, str(exc.msg or "")) from None
-        except httpx.TransportError as exc:
+            listed = self.client.messages.list(**query)
+        except Exception as exc:
             raise TransientSendError(
-                f"{type(exc).__name__}: Twilio lookup failed", provider=PROVIDER
-            ) from exc
-        result = [
-            RecentMessage(
-                sid=str(item.sid),
-                status=str(item.status),
-                date_created=getattr(item, "date_created", None),
-            )
-            for item in found
-        ]
-        log.info(
-            "twilio: %d recent message(s) to %s since %s",
-            len(result),
-            mask_phone(to),
-            sent_after.isoformat(),
+                f"Twilio lookup failed: {type(exc).__name__} (HTTP {self._last_status()})",
+                provider=PROVIDER,
+            ) from None
+        found = sorted(
+            (hit for item in listed if (hit := self._as_ours(item, message, sent_after))),
+            key=lambda hit: (hit.created_at or sent_after, hit.provider_message_id),
         )
-        return result
+        log.info(
+            "twilio: %d of %d listed message(s) to %s since %s are survey %s's",
+            len(found),
+            len(listed),
+            mask_phone(message.to),
+            sent_after.isoformat(),
+            message.survey_id,
+        )
+        return found
+
+    def _as_ours(
+        self, item: Any, message: OutboundMessage, sent_after: datetime
+    ) -> FoundMessage | None:
+        sid = getattr(item, "sid", None)
+        created = getattr(item, "date_created", None) or getattr(item, "date_sent", None)
+        if self.messaging_service_sid:
+            ours = getattr(item, "messaging_service_sid", None) == self.messaging_service_sid
+        else:
+            ours = getattr(item, "from_", None) == self.from_number
+        if not (
+            sid
+            and ours
+            and getattr(item, "direction", None) == "outbound-api"
+            and getattr(item, "to", None) == message.to
+            and getattr(item, "body", None) == message.body_text
+            and isinstance(created, datetime)
+            and created >= sent_after
+        ):
+            return None
+        return FoundMessage(
+            provider_message_id=str(sid),
+            status=str(getattr(item, "status", "")),
+            created_at=created,
+        )

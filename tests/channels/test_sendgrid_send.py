@@ -137,17 +137,22 @@ def test_400_is_permanent_with_the_message_but_never_the_address(respx_mock):
     assert not caught.value.revokes_consent
 
 
-def test_503_is_transient(respx_mock):
-    respx_mock.post(URL).respond(503, text="unavailable")
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 408])
+def test_5xx_and_408_are_outcome_unknown(respx_mock, status):
+    # SendGrid (or a proxy in front of it) may have accepted the mail before failing: sending
+    # again could deliver a second copy, so the outcome is unknown, never transient.
+    respx_mock.post(URL).respond(status, text="unavailable")
 
-    with pytest.raises(TransientSendError) as caught:
+    with pytest.raises(OutcomeUnknownError) as caught:
         make_channel().send(make_message())
 
-    assert caught.value.retry_after_seconds is None
+    assert caught.value.code == str(status)
+    assert caught.value.provider == "sendgrid"
 
 
-def test_connect_timeout_is_transient(respx_mock):
-    respx_mock.post(URL).mock(side_effect=httpx.ConnectTimeout)
+@pytest.mark.parametrize("status", [401, 403])
+def test_our_credentials_wait_instead_of_failing_the_recipient(respx_mock, status):
+    respx_mock.post(URL).respond(status, json={"errors": [{"message": "forbidden"}]})
 
     with pytest.raises(TransientSendError) as caught:
         make_channel().send(make_message())
@@ -155,8 +160,30 @@ def test_connect_timeout_is_transient(respx_mock):
     assert not isinstance(caught.value, OutcomeUnknownError)
 
 
-def test_read_timeout_is_outcome_unknown(respx_mock):
-    respx_mock.post(URL).mock(side_effect=httpx.ReadTimeout)
+def test_2xx_without_message_id_is_accepted_without_an_id(respx_mock):
+    route = respx_mock.post(URL).respond(200)  # sandbox mode
+
+    receipt = make_channel().send(make_message())
+
+    assert (receipt.provider, receipt.provider_message_id) == ("sendgrid", None)
+    assert route.call_count == 1
+
+
+@pytest.mark.parametrize("error", [httpx.ConnectTimeout, httpx.ConnectError])
+def test_connect_failures_are_transient(respx_mock, error):
+    respx_mock.post(URL).mock(side_effect=error)
+
+    with pytest.raises(TransientSendError) as caught:
+        make_channel().send(make_message())
+
+    assert not isinstance(caught.value, OutcomeUnknownError)
+
+
+@pytest.mark.parametrize(
+    "error", [httpx.ReadTimeout, httpx.WriteTimeout, httpx.RemoteProtocolError, httpx.ReadError]
+)
+def test_failures_after_the_request_was_written_are_outcome_unknown(respx_mock, error):
+    respx_mock.post(URL).mock(side_effect=error)
 
     with pytest.raises(OutcomeUnknownError):
         make_channel().send(make_message())

@@ -12,6 +12,7 @@ import pytest
 
 from channels.base import (
     ChannelName,
+    FoundMessage,
     OutboundMessage,
     OutcomeUnknownError,
     PermanentSendError,
@@ -19,7 +20,7 @@ from channels.base import (
 )
 from channels.twilio_sms.errors import parse_retry_after
 from channels.twilio_sms.http import HttpxTwilioClient
-from channels.twilio_sms.send import RecentMessage, TwilioSmsChannel, sms_segments
+from channels.twilio_sms.send import TwilioSmsChannel, sms_segments
 
 BASE = "https://twilio.test"
 SID = "AC" + "a1" * 16
@@ -197,19 +198,70 @@ def test_bad_credentials_wait_instead_of_failing_the_recipient(respx_mock):
         make_channel().send(make_message())
 
 
-def test_500_is_transient(respx_mock):
-    respx_mock.post(URL).respond(500, json=twilio_error(20500, "Internal Server Error", 500))
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 408])
+def test_5xx_and_408_are_outcome_unknown(respx_mock, status):
+    # Twilio (or a proxy in front of it) may have created the message before failing, and its
+    # create has no idempotency key: sending again could deliver a second copy.
+    respx_mock.post(URL).respond(status, json=twilio_error(20500, "Internal Server Error", status))
 
-    with pytest.raises(TransientSendError) as caught:
+    with pytest.raises(OutcomeUnknownError) as caught:
         make_channel().send(make_message())
 
-    assert caught.value.retry_after_seconds is None
+    assert caught.value.provider == "twilio"
 
 
-def test_503_without_json_is_transient(respx_mock):
+def test_503_without_json_is_outcome_unknown(respx_mock):
     respx_mock.post(URL).respond(503, text="<html>Service Unavailable</html>")
 
-    with pytest.raises(TransientSendError):
+    with pytest.raises(OutcomeUnknownError):
+        make_channel().send(make_message())
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(201, json={"status": "queued", "num_segments": "1"}),
+        httpx.Response(201, text=""),
+        httpx.Response(200, text="<html>Created</html>"),
+    ],
+    ids=["no sid", "empty body", "not JSON"],
+)
+def test_success_without_a_readable_sid_is_outcome_unknown(respx_mock, answer):
+    respx_mock.post(URL).mock(return_value=answer)
+
+    with pytest.raises(OutcomeUnknownError) as caught:
+        make_channel().send(make_message())
+
+    assert f"HTTP {answer.status_code}" in str(caught.value)
+
+
+def problem(status: int, code: int, title: str) -> dict[str, object]:
+    """Twilio's RFC 9457 problem document (raised as TwilioServiceException by the client)."""
+    return {
+        "type": f"https://www.twilio.com/docs/errors/{code}",
+        "title": title,
+        "status": status,
+        "code": code,
+        "detail": f"The 'To' number {TO} is not valid.",
+    }
+
+
+def test_problem_documents_are_classified_like_legacy_errors(respx_mock):
+    route = respx_mock.post(URL)
+    route.respond(400, json=problem(400, 21211, "Invalid 'To' Phone Number"))
+    with pytest.raises(PermanentSendError) as permanent:
+        make_channel().send(make_message())
+    assert permanent.value.code == "21211"
+    assert TO not in str(permanent.value)
+
+    route.respond(429, headers={"Retry-After": "7"}, json=problem(429, 20429, "Too Many"))
+    with pytest.raises(TransientSendError) as transient:
+        make_channel().send(make_message())
+    assert transient.value.retry_after_seconds == 7
+    assert not isinstance(transient.value, OutcomeUnknownError)
+
+    route.respond(503, json=problem(503, 20503, "Service Unavailable"))
+    with pytest.raises(OutcomeUnknownError):
         make_channel().send(make_message())
 
 
@@ -223,7 +275,9 @@ def test_connect_failures_are_transient(respx_mock, error):
     assert not isinstance(caught.value, OutcomeUnknownError)
 
 
-@pytest.mark.parametrize("error", [httpx.ReadTimeout, httpx.RemoteProtocolError])
+@pytest.mark.parametrize(
+    "error", [httpx.ReadTimeout, httpx.WriteTimeout, httpx.RemoteProtocolError, httpx.ReadError]
+)
 def test_failures_after_sending_are_outcome_unknown(respx_mock, error):
     respx_mock.post(URL).mock(side_effect=error)
 
@@ -241,14 +295,24 @@ def test_retry_after_forms():
 
 # -- reconciliation lookup ------------------------------------------------------------------------
 
+SINCE = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 
-def test_find_recent_messages_filters_by_to_and_date_sent(respx_mock):
-    page = {
-        "messages": [
-            {**created("SM1"), "status": "delivered"},
-            {**created("SM2"), "status": "failed", "date_created": None},
-        ],
-        "end": 1,
+
+def listed(sid: str, **overrides: object) -> dict[str, object]:
+    """A list entry: by default our message (same recipient, sender and body, after SINCE)."""
+    return {
+        **created(sid),
+        "status": "delivered",
+        "direction": "outbound-api",
+        "messaging_service_sid": None,
+        **overrides,
+    }
+
+
+def page(*messages: dict[str, object]) -> dict[str, object]:
+    return {
+        "messages": list(messages),
+        "end": len(messages) - 1,
         "first_page_uri": "/x",
         "next_page_uri": None,
         "page": 0,
@@ -257,17 +321,79 @@ def test_find_recent_messages_filters_by_to_and_date_sent(respx_mock):
         "start": 0,
         "uri": "/x",
     }
-    route = respx_mock.get(URL).respond(200, json=page)
 
-    found = make_channel().find_recent_messages(TO, datetime(2026, 11, 20, 10, 0, tzinfo=UTC))
+
+def test_find_sent_messages_asks_by_recipient_sender_and_time_and_matches_the_body(respx_mock):
+    route = respx_mock.get(URL).respond(
+        200,
+        json=page(
+            listed("SM2", date_created="Fri, 20 Nov 2026 10:06:00 +0000"),
+            listed("SMother", body="Your parcel is on its way"),
+            listed("SMprefix", body=BODY[:-1]),
+            listed("SMfrom", **{"from": "+15005550009"}),
+            listed("SMto", to="+40721000999"),
+            listed("SMin", direction="inbound"),
+            listed("SMearly", date_created="Fri, 20 Nov 2026 09:59:59 +0000"),
+            listed("SM1"),
+        ),
+    )
+
+    found = make_channel().find_sent_messages(make_message(), SINCE)
 
     assert found == [
-        RecentMessage("SM1", "delivered", datetime(2026, 11, 20, 10, 4, tzinfo=UTC)),
-        RecentMessage("SM2", "failed", None),
+        FoundMessage("SM1", "delivered", datetime(2026, 11, 20, 10, 4, tzinfo=UTC)),
+        FoundMessage("SM2", "delivered", datetime(2026, 11, 20, 10, 6, tzinfo=UTC)),
     ]
     params = route.calls.last.request.url.params
-    assert params["To"] == TO
+    assert (params["To"], params["From"]) == (TO, FROM)
     assert params["DateSent>"] == "2026-11-20T10:00:00Z"
+    assert "Body" not in params
+
+
+def test_find_sent_messages_through_a_messaging_service_matches_the_service(respx_mock):
+    route = respx_mock.get(URL).respond(
+        200,
+        json=page(
+            listed("SMours", messaging_service_sid=SERVICE, **{"from": "+15005550001"}),
+            listed("SMtheirs", messaging_service_sid="MG" + "00" * 16),
+            listed("SMnone"),
+        ),
+    )
+
+    found = make_channel(from_number=None, messaging_service_sid=SERVICE).find_sent_messages(
+        make_message(), SINCE
+    )
+
+    assert [hit.provider_message_id for hit in found] == ["SMours"]
+    assert "From" not in route.calls.last.request.url.params  # the pool picks the number
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(503, text="<html><h1>Service Unavailable</h1></html>"),
+        httpx.Response(500, json=twilio_error(20500, "Internal Server Error", 500)),
+        httpx.Response(200, text="<html>maintenance</html>"),
+        httpx.Response(401, json=twilio_error(20003, "Authenticate", 401)),
+    ],
+    ids=["503 HTML", "500 JSON", "200 not JSON", "401"],
+)
+def test_a_failed_lookup_is_one_transient_error(respx_mock, answer):
+    respx_mock.get(URL).mock(return_value=answer)
+
+    with pytest.raises(TransientSendError) as caught:
+        make_channel().find_sent_messages(make_message(), SINCE)
+
+    assert f"HTTP {answer.status_code}" in str(caught.value)
+    assert TO not in str(caught.value)
+
+
+@pytest.mark.parametrize("error", [httpx.ConnectError, httpx.ReadTimeout])
+def test_a_lookup_transport_error_is_transient(respx_mock, error):
+    respx_mock.get(URL).mock(side_effect=error)
+
+    with pytest.raises(TransientSendError):
+        make_channel().find_sent_messages(make_message(), SINCE)
 
 
 # -- segments -------------------------------------------------------------------------------------

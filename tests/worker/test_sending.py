@@ -167,7 +167,8 @@ def test_timeout_after_acceptance_is_not_resent_and_settles(db, config, respx_mo
     # A duplicate queue message changes nothing: the row is no longer `queued`.
     assert sender.send(sid, config, NOON).state == "sending"
     assert post.call_count == 1
-    # The reconciler finds the message in Twilio's log: sent, with its sid, no second POST.
+    # The reconciler finds the message in Twilio's log (same recipient, sender and body):
+    # sent, with its sid, no second POST.
     lookup = respx_mock.get(TWILIO_MESSAGES).respond(
         200,
         json={
@@ -175,7 +176,10 @@ def test_timeout_after_acceptance_is_not_resent_and_settles(db, config, respx_mo
                 {
                     "sid": "SM" + "7" * 32,
                     "status": "delivered",
+                    "direction": "outbound-api",
                     "to": "+40721000111",
+                    "from": TWILIO_ENV["TWILIO_FROM"],
+                    "body": parse_qs(post.calls.last.request.content.decode())["Body"][0],
                     "date_created": "Tue, 24 Nov 2026 10:00:01 +0000",
                 }
             ],
@@ -243,9 +247,13 @@ def test_21610_revokes_sms_consent_and_falls_back_to_email(db, config, respx_moc
     assert (row.channel, row.tried_channels, row.provider) == ("email", "sms,email", "sendgrid")
 
 
-def test_5xx_forever_ends_failed_with_reason_and_alert(db, config, respx_mock, caplog):
+def test_429_forever_ends_failed_with_reason_and_alert(db, config, respx_mock, caplog):
+    # A refusal that created nothing is retried with backoff, within a budget of attempts.
+    # (A 5xx is not retried at all: the mail may have been accepted; see test_send_promises.)
     sid = queued_survey(db, config)
-    route = respx_mock.post(SENDGRID_SEND).respond(503, json={"errors": [{"message": "down"}]})
+    route = respx_mock.post(SENDGRID_SEND).respond(
+        429, json={"errors": [{"message": "too many requests"}]}
+    )
     sender = make_sender(db)
     now = NOON
     with caplog.at_level(logging.ERROR):
@@ -298,7 +306,10 @@ def test_crash_between_provider_call_and_commit_yields_one_message(
                 {
                     "sid": "SM" + "9" * 32,
                     "status": "sent",
+                    "direction": "outbound-api",
                     "to": "+40721000111",
+                    "from": TWILIO_ENV["TWILIO_FROM"],
+                    "body": parse_qs(post.calls.last.request.content.decode())["Body"][0],
                     "date_created": "Tue, 24 Nov 2026 10:00:00 +0000",
                 }
             ],
