@@ -25,6 +25,7 @@ from web.limits import BodySizeLimit
 from web.metrics import DatabaseCollector
 from web.proxy import TrustedProxies, parse_networks
 from web.ratelimit import RateLimit
+from worker.logs import RequestIdMiddleware
 from worker.runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     # Starlette runs the middleware added last first.
     app.add_middleware(BodySizeLimit)
     app.add_middleware(RateLimit, redis_client=shared)  # refuses before any body is read
-    app.add_middleware(TrustedProxies, trusted=trusted)  # outermost: the real client first
+    app.add_middleware(TrustedProxies, trusted=trusted)  # the real client before the limits
+    app.add_middleware(RequestIdMiddleware)  # outermost: every answer carries its request id
     app.include_router(events.router)
     app.include_router(webhooks.router)
     app.include_router(answers.router)
