@@ -1,7 +1,10 @@
 """The console channel: prints each message instead of sending it (``demo``, quick starts, and
 any channel whose provider is not configured), and keeps them in ``sent`` for tests.
 
-The summary line masks the recipient; the body is printed as the customer would read it.
+The summary line masks the recipient. The body is printed as the customer would read it only to
+a stream the caller chose (the demo's outbox, a test); on the default stdout, which a production
+process without provider credentials shares with its logs, answer links are masked: a link's token
+both records a score and unsubscribes, so it is a secret of the customer's.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import uuid
 from typing import TextIO
 
 from channels.base import ChannelName, OutboundMessage, SendReceipt
-from channels.masking import mask_email, mask_phone
+from channels.masking import mask_answer_links, mask_email, mask_phone
 
 __all__ = ["PROVIDER", "ConsoleChannel"]
 
@@ -37,7 +40,10 @@ class ConsoleChannel:
         summary = f"[{self.name} {kind}] survey {message.survey_id} -> {self._masked(message.to)}"
         if message.subject:
             summary += f" | {message.subject}"
-        body = "\n".join(f"    {line}" if line else "" for line in message.body_text.splitlines())
+        text = (
+            message.body_text if self.stream is not None else mask_answer_links(message.body_text)
+        )
+        body = "\n".join(f"    {line}" if line else "" for line in text.splitlines())
         stream = self.stream if self.stream is not None else sys.stdout
         with self._lock:
             self.sent.append(message)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -109,6 +110,25 @@ def test_console_ids_are_unique_and_sends_are_thread_safe():
 def test_console_defaults_to_stdout(capsys):
     ConsoleChannel(ChannelName.sms).send(sms())
     assert "+40******111" in capsys.readouterr().out
+
+
+def test_console_on_stdout_masks_answer_links(capsys):
+    from channels.links import AnswerLinks
+
+    link = AnswerLinks("k" * 32, "https://nps.example.test").url_for(
+        7, datetime(2030, 1, 1, tzinfo=UTC), score=9
+    )
+    message = OutboundMessage(
+        survey_id=7,
+        channel=ChannelName.email,
+        to="ana@example.com",
+        subject="How did we do?",
+        body_text=f"Rate us: {link}",
+    )
+    ConsoleChannel(ChannelName.email).send(message)
+    printed = capsys.readouterr().out
+    token = link.split("/s/")[1].split("?")[0]
+    assert token not in printed and "/s/[token]" in printed
 
 
 # -- registry -------------------------------------------------------------------------------------
