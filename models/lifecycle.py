@@ -6,14 +6,17 @@ one function that writes a survey's state, and it refuses any move not listed he
 ::
 
     waiting_anchor -> scheduled -> queued -> sending -> sent -> delivered -> answered -> completed
-          |              |           |         |         |         |
-          +--------------+-----------+--> withdrawn | suppressed            (before sending)
-                                               +--> failed | send_unknown   (the send itself)
+          |              |           |         |         |         |            |
+          +--------------+-----------+--> withdrawn | suppressed                +--> partial
+                                               +--> failed | send_unknown        (window closed)
                                                          +---------+--> undeliverable | opted_out
                                                                    +--> no_response (window closed)
 
-``answered`` means a score arrived; ``completed`` that the follow-up came too. Both are outcomes
-(AAPOR partial and complete); a score may still change within the response window.
+``answered`` means a score arrived; ``completed`` that the follow-up came too; ``partial`` that
+the response window closed after the score and before the follow-up. All three are answers
+(``answered`` and ``partial`` are AAPOR partials, ``completed`` a complete); a score may still
+change within the response window. When the window closes every invitation ends in a final
+state: ``sent``/``delivered`` as ``no_response``, ``answered`` as ``partial``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class SurveyState(enum.StrEnum):
     delivered = "delivered"  # the provider confirmed delivery
     answered = "answered"  # a score arrived
     completed = "completed"  # the follow-up arrived too
+    partial = "partial"  # a score arrived, the follow-up did not, and the window closed
     # Final non-response states.
     withdrawn = "withdrawn"  # order cancelled/refunded, customer erased, before sending
     suppressed = "suppressed"  # consent revoked before sending
@@ -51,14 +55,27 @@ UNSENT_STATES: frozenset[SurveyState] = frozenset({S.waiting_anchor, S.scheduled
 """Nothing has gone to a provider: a cancellation or revocation can still stop it."""
 
 INVITED_STATES: frozenset[SurveyState] = frozenset(
-    {S.sent, S.delivered, S.answered, S.completed, S.undeliverable, S.opted_out, S.no_response}
+    {
+        S.sent,
+        S.delivered,
+        S.answered,
+        S.partial,
+        S.completed,
+        S.undeliverable,
+        S.opted_out,
+        S.no_response,
+    }
 )
 """The provider accepted an invitation at some point."""
 
 OPEN_STATES: frozenset[SurveyState] = frozenset({S.sent, S.delivered})
 """Invited and waiting for an answer."""
 
-ANSWERED_STATES: frozenset[SurveyState] = frozenset({S.answered, S.completed})
+ANSWERED_STATES: frozenset[SurveyState] = frozenset({S.answered, S.partial, S.completed})
+"""A score arrived: counted as an answer (with its score in the NPS) wherever it is reported."""
+
+AWAITING_FOLLOWUP_STATES: frozenset[SurveyState] = frozenset({S.answered})
+"""Scored, follow-up not yet given: ends ``partial`` when the response window closes."""
 
 FINAL_STATES: frozenset[SurveyState] = frozenset(
     {
@@ -69,6 +86,7 @@ FINAL_STATES: frozenset[SurveyState] = frozenset(
         S.opted_out,
         S.send_unknown,
         S.no_response,
+        S.partial,
         S.completed,
     }
 )
@@ -104,10 +122,13 @@ TRANSITIONS: dict[SurveyState, frozenset[SurveyState]] = {
     ),
     S.delivered: frozenset({S.answered, S.undeliverable, S.opted_out, S.no_response, S.delivered}),
     # answered -> answered: a changed mind within the window (history keeps the old score).
-    S.answered: frozenset({S.answered, S.completed}),
+    # answered -> partial: the window closed before the follow-up came.
+    S.answered: frozenset({S.answered, S.completed, S.partial}),
     # A late provider callback can prove that a send we could not confirm did go out.
     S.send_unknown: frozenset({S.sent, S.delivered, S.answered, S.undeliverable}),
     S.completed: frozenset({S.completed}),
+    # The window is closed: neither a changed score nor a late follow-up reopens it.
+    S.partial: frozenset(),
     S.withdrawn: frozenset(),
     S.suppressed: frozenset(),
     S.failed: frozenset(),
@@ -144,6 +165,7 @@ class Disposition(enum.StrEnum):
 DISPOSITION_OF: dict[SurveyState, Disposition] = {
     S.completed: Disposition.I,
     S.answered: Disposition.P,
+    S.partial: Disposition.P,  # a score without the follow-up, window closed
     S.opted_out: Disposition.R,
     S.no_response: Disposition.NC,  # invited (maybe delivered), never answered
     S.undeliverable: Disposition.UO,  # the contact may be wrong: eligibility unknown

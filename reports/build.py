@@ -53,15 +53,8 @@ _INVITED = frozenset(s.value for s in INVITED_STATES)
 _ANSWERED = frozenset(s.value for s in ANSWERED_STATES)
 _OPEN = frozenset(s.value for s in OPEN_STATES)
 # Invited states that prove the invitation reached the person, whatever the receipts say.
-_REACHED = frozenset(
-    s.value
-    for s in (
-        SurveyState.delivered,
-        SurveyState.answered,
-        SurveyState.completed,
-        SurveyState.opted_out,
-    )
-)
+# Every answered state is one (see ANSWERED_STATES), so a new one cannot be forgotten here.
+_REACHED = _ANSWERED | {SurveyState.delivered.value, SurveyState.opted_out.value}
 # Planned surveys not yet handed to a provider, in lifecycle order.
 _BEFORE_SEND = ("waiting_anchor", "scheduled", "queued", "sending")
 

@@ -13,7 +13,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import DeadLetter, InboundEvent, SkippedPurchase, Survey
+from models import DeadLetter, InboundEvent, SkippedPurchase, Survey, SurveyState
+from worker.responses import REPLAY_MAX_ATTEMPTS, given_up_webhooks
 
 
 class DatabaseCollector(Collector):
@@ -22,7 +23,13 @@ class DatabaseCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with self.factory() as session:
-            states = session.execute(select(Survey.state, func.count()).group_by(Survey.state))
+            # Every state is exposed, at zero when no survey is in it, so that a state a
+            # dashboard or an alert refers to never vanishes from the scrape.
+            states: dict[str, int] = dict.fromkeys((s.value for s in SurveyState), 0)
+            for state, count in session.execute(
+                select(Survey.state, func.count()).group_by(Survey.state)
+            ):
+                states[state] = count
             skips = session.execute(
                 select(SkippedPurchase.reason, func.count()).group_by(SkippedPurchase.reason)
             )
@@ -34,8 +41,9 @@ class DatabaseCollector(Collector):
                 .select_from(InboundEvent)
                 .where(InboundEvent.handled_at.is_(None), InboundEvent.source != "shop")
             )
+            given_up = given_up_webhooks(session)
             surveys = GaugeMetricFamily("nps_surveys", "Surveys by state", labels=["state"])
-            for state, count in states:
+            for state, count in states.items():
                 surveys.add_metric([state], count)
             skipped = GaugeMetricFamily(
                 "nps_skipped_purchases", "Purchases without a survey, by reason", labels=["reason"]
@@ -49,4 +57,10 @@ class DatabaseCollector(Collector):
         )
         yield GaugeMetricFamily(
             "nps_unhandled_webhooks", "Stored webhooks not yet applied", value=unhandled or 0
+        )
+        yield GaugeMetricFamily(
+            "nps_webhooks_given_up",
+            f"Stored webhooks no longer replayed after {REPLAY_MAX_ATTEMPTS} failed applications "
+            "(also counted in nps_unhandled_webhooks)",
+            value=given_up,
         )

@@ -18,9 +18,12 @@ Webhooks are **stored, then processed** (:func:`ingest_webhooks`): the web layer
 signature, :func:`store_webhooks` keeps the raw payload once per provider id (``inbound_events``,
 unique on source + external id) and commits; :func:`handle_webhook` applies one stored row in its
 own transaction, holding the row's lock, and stamps ``handled_at``. A failure while applying rolls
-back the effect, keeps the row with ``handled_at`` null and its (masked) error, and
-:func:`replay_unhandled_webhooks` (run it from the scheduler) or the provider's own retry applies it
-again. A row already handled is never applied twice.
+back the effect (a savepoint), keeps the row with ``handled_at`` null and its (masked) error, and
+counts the attempt: :func:`replay_unhandled_webhooks` (run it from the scheduler) applies it again
+after a pause that doubles with each failure (1 minute up to 6 hours), and stops after
+:data:`REPLAY_MAX_ATTEMPTS` failures, leaving the row and its error for an operator. The
+provider's own retry of the same event applies it again at once. A row already handled is never
+applied twice.
 
 No phone number or email address is logged (``channels.masking``).
 """
@@ -36,11 +39,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from channels.base import DeliveryEvent, DeliveryEventKind
-from channels.masking import mask_phone, mask_text
+from channels.masking import mask_phone
 from channels.sendgrid_email import webhooks as sendgrid_hooks
 from channels.sendgrid_email.errors import PROVIDER as SENDGRID
 from channels.twilio_sms import webhooks as twilio_hooks
@@ -61,13 +64,15 @@ from models import (
     utcnow,
 )
 from models.inbound import claim_inbound_event
-from models.lifecycle import ANSWERED_STATES, OPEN_STATES
+from models.lifecycle import AWAITING_FOLLOWUP_STATES, OPEN_STATES
 from worker.config import BandName, OperatorConfig
 from worker.planning import on_consent_revoked
+from worker.scheduler import describe_error
 
 __all__ = [
     "ANSWERABLE_STATES",
     "MAX_COMMENT",
+    "REPLAY_MAX_ATTEMPTS",
     "SMS_REPLY_STATES",
     "SOURCE_SENDGRID",
     "SOURCE_TWILIO_INBOUND",
@@ -83,6 +88,7 @@ __all__ = [
     "apply_delivery_event",
     "apply_inbound_sms",
     "can_answer",
+    "given_up_webhooks",
     "handle_webhook",
     "ingest_webhooks",
     "raw_sendgrid_events",
@@ -90,6 +96,7 @@ __all__ = [
     "raw_twilio_status",
     "record_web_comment",
     "record_web_score",
+    "replay_pause",
     "replay_unhandled_webhooks",
     "store_webhooks",
     "unsubscribe_email",
@@ -107,6 +114,12 @@ WEBHOOK_SOURCES: Final = (SOURCE_TWILIO_STATUS, SOURCE_TWILIO_INBOUND, SOURCE_SE
 MAX_COMMENT: Final = 2000
 """Longest comment kept (characters); longer ones are cut."""
 
+REPLAY_FIRST_PAUSE: Final = timedelta(minutes=1)
+REPLAY_MAX_PAUSE: Final = timedelta(hours=6)
+REPLAY_MAX_ATTEMPTS: Final = 20
+"""A stored webhook whose application failed this many times is no longer replayed (about three
+days of back-off); it stays unapplied with its error, counted by ``nps_webhooks_given_up``."""
+
 _CHANNEL_OF_PROVIDER: Final[Mapping[str, str]] = {TWILIO: "sms", SENDGRID: "email"}
 
 #: Where a delivery event takes the invitation's survey (kinds not listed never move it).
@@ -123,14 +136,19 @@ _KIND_VALUES: Final = frozenset(k.value for k in K)
 #: Our own commit of the send is missing: any provider evidence moves these forward.
 _UNCONFIRMED: Final = frozenset({S.sending, S.send_unknown})
 
-SMS_REPLY_STATES: Final = frozenset({S.sent, S.delivered, S.answered})
+SMS_REPLY_STATES: Final = frozenset({S.sent, S.delivered, *AWAITING_FOLLOWUP_STATES})
 """An SMS survey in one of these states, within its window, takes the sender's replies.
-``sending`` and ``send_unknown`` do too: a reply proves the invitation went out."""
+``sending`` and ``send_unknown`` do too: a reply proves the invitation went out. A ``partial``
+survey does not: its window has closed, so a late reply finds no open survey."""
+
+_SCORED: Final = frozenset({*AWAITING_FOLLOWUP_STATES, S.completed})
+"""Scored within a window still open: a new score is a changed mind, a comment the follow-up."""
 
 ANSWERABLE_STATES: Final = frozenset(
-    {S.sending, S.sent, S.delivered, S.send_unknown, S.undeliverable, S.answered, S.completed}
+    {S.sending, S.sent, S.delivered, S.send_unknown, S.undeliverable, *_SCORED}
 )
-"""A score may be recorded (or changed) in these states, within the response window."""
+"""A score may be recorded (or changed) in these states, within the response window. A
+``partial`` survey takes nothing more: the window closed before its follow-up came."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,6 +292,14 @@ def store_webhooks(
     return stored
 
 
+def replay_pause(attempts: int) -> timedelta:
+    """The pause after the ``attempts``-th failed application of a stored webhook: one minute,
+    doubling with each failure, at most :data:`REPLAY_MAX_PAUSE`."""
+    doublings = min(max(attempts - 1, 0), 16)  # 2**16 minutes is well past the cap already
+    pause: timedelta = REPLAY_FIRST_PAUSE * (2**doublings)
+    return min(pause, REPLAY_MAX_PAUSE)
+
+
 def handle_webhook(
     factory: sessionmaker[Session],
     config: OperatorConfig,
@@ -284,8 +310,15 @@ def handle_webhook(
     skip_locked: bool = False,
 ) -> Handled:
     """Apply one stored row, once. ``live``: the HTTP request is still open, so an SMS reply
-    goes out as TwiML (a replay records the reply it could not send)."""
+    goes out as TwiML (a replay records the reply it could not send).
+
+    The row is locked for the whole attempt and its effect is applied inside a savepoint: a
+    failure rolls back every write of the effect, and the row records the failure (``attempts``,
+    ``retry_at``, the masked ``error``) in the same transaction, still locked, so a concurrent
+    replayer never sees a half-recorded attempt."""
     now = now or utcnow()
+    failure: str | None = None
+    attempts = 0
     try:
         with factory() as session, session.begin():
             row = session.scalar(
@@ -295,34 +328,63 @@ def handle_webhook(
             )
             if row is None:
                 return Handled(row_id, "already")
-            applied = _apply_row(session, row, config, now, live=live)
-            session.execute(
-                update(InboundEvent)
-                .where(InboundEvent.id == row_id)
-                .values(
-                    handled_at=now,
-                    result=applied.result[:40],
-                    error=None,
-                    **({"survey_id": applied.survey_id} if applied.survey_id else {}),
-                    **({"subject_key": applied.subject_key[:128]} if applied.subject_key else {}),
-                )
-            )
-    except Exception as exc:  # kept for replay; the provider may retry too
-        error = mask_text(f"{type(exc).__name__}: {exc}")[:2000]
-        log.error("webhook row %s not applied (kept for replay): %s", row_id, error)
-        try:
-            with factory() as session, session.begin():
+            attempts = (row.attempts or 0) + 1
+            try:
+                with session.begin_nested():
+                    applied = _apply_row(session, row, config, now, live=live)
+                    session.execute(
+                        update(InboundEvent)
+                        .where(InboundEvent.id == row_id)
+                        .values(
+                            handled_at=now,
+                            result=applied.result[:40],
+                            error=None,
+                            retry_at=None,
+                            **({"survey_id": applied.survey_id} if applied.survey_id else {}),
+                            **(
+                                {"subject_key": applied.subject_key[:128]}
+                                if applied.subject_key
+                                else {}
+                            ),
+                        )
+                    )
+            except Exception as exc:  # the savepoint is rolled back: nothing of the effect stays
+                failure = describe_error(exc, limit=2000)
+                retry_at = now + replay_pause(attempts)
                 session.execute(
                     update(InboundEvent)
-                    .where(InboundEvent.id == row_id, InboundEvent.handled_at.is_(None))
-                    .values(error=error)
+                    .where(InboundEvent.id == row_id)
+                    .values(attempts=attempts, retry_at=retry_at, error=failure)
                 )
-        except Exception as again:
-            log.error(
-                "webhook row %s: could not record the error: %s", row_id, type(again).__name__
-            )
+    except Exception as exc:  # the transaction itself failed: nothing could be recorded
+        log.warning(
+            "webhook row %s not applied, failure not recorded: %s",
+            row_id,
+            describe_error(exc),
+        )
+        return Handled(row_id, "failed")
+    if failure is not None:
+        _log_failed_attempt(row_id, attempts, failure)
         return Handled(row_id, "failed")
     return Handled(row_id, "applied", applied.result, applied.reply)
+
+
+def _log_failed_attempt(row_id: int, attempts: int, failure: str) -> None:
+    if attempts >= REPLAY_MAX_ATTEMPTS:
+        log.error(
+            "ALERT webhook row %s: given up after %s failed attempts (kept, not replayed): %s",
+            row_id,
+            attempts,
+            failure[:300],
+        )
+    else:
+        log.warning(
+            "webhook row %s not applied (attempt %s; replayed in %s): %s",
+            row_id,
+            attempts,
+            replay_pause(attempts),
+            failure[:300],
+        )
 
 
 def ingest_webhooks(
@@ -350,8 +412,11 @@ def replay_unhandled_webhooks(
     older_than: timedelta = timedelta(minutes=1),
     limit: int = 500,
 ) -> ReplayReport:
-    """Apply stored provider webhooks whose first application failed (``handled_at`` null), in
-    arrival order. Rows younger than ``older_than`` are left to the request that stored them.
+    """Apply stored provider webhooks that are not applied yet (``handled_at`` null), in arrival
+    order: those whose application failed once their back-off has passed (``retry_at``), and
+    those never attempted (a process died between storing and applying). Rows younger than
+    ``older_than`` are left to the request that stored them; rows that failed
+    :data:`REPLAY_MAX_ATTEMPTS` times are left alone, with their error, for an operator.
     Safe to run from several schedulers at once (rows are taken with ``SKIP LOCKED``)."""
     now = now or utcnow()
     report = ReplayReport()
@@ -363,6 +428,8 @@ def replay_unhandled_webhooks(
                     InboundEvent.source.in_(WEBHOOK_SOURCES),
                     InboundEvent.handled_at.is_(None),
                     InboundEvent.received_at <= now - older_than,
+                    InboundEvent.attempts < REPLAY_MAX_ATTEMPTS,
+                    or_(InboundEvent.retry_at.is_(None), InboundEvent.retry_at <= now),
                 )
                 .order_by(InboundEvent.id)
                 .limit(limit)
@@ -376,7 +443,7 @@ def replay_unhandled_webhooks(
             report.failed += 1
         else:
             report.skipped += 1
-    if ids:
+    if report.applied or report.failed:
         log.info(
             "webhook replay: %s applied, %s failed, %s skipped",
             report.applied,
@@ -384,6 +451,22 @@ def replay_unhandled_webhooks(
             report.skipped,
         )
     return report
+
+
+def given_up_webhooks(session: Session) -> int:
+    """Stored webhooks no longer replayed: :data:`REPLAY_MAX_ATTEMPTS` applications failed."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(InboundEvent)
+            .where(
+                InboundEvent.source.in_(WEBHOOK_SOURCES),
+                InboundEvent.handled_at.is_(None),
+                InboundEvent.attempts >= REPLAY_MAX_ATTEMPTS,
+            )
+        )
+        or 0
+    )
 
 
 def _form(value: object) -> dict[str, str]:
@@ -458,7 +541,7 @@ def _set_score(
 ) -> Literal["recorded", "unchanged", "closed"]:
     """Record a score (and a comment given with it), keeping the history in ``answers``."""
     state = SurveyState(survey.state)
-    if state in ANSWERED_STATES and survey.score == score and comment is None:
+    if state in _SCORED and survey.score == score and comment is None:
         return "unchanged"
     values: dict[str, object] = {"score": score}
     if survey.answered_at is None:
@@ -491,7 +574,7 @@ def _set_score(
 def _set_comment(session: Session, survey: Survey, comment: str, via: str, now: datetime) -> bool:
     """The follow-up answer: ``answered -> completed`` (or a new comment on a completed one)."""
     state = SurveyState(survey.state)
-    if state not in ANSWERED_STATES:
+    if state not in _SCORED:
         return False
     if not move(
         session,
@@ -885,7 +968,7 @@ def _sms_answer(
 ) -> Applied:
     bands = config.survey.bands
     state = SurveyState(survey.state)
-    if state in ANSWERED_STATES:
+    if state in _SCORED:
         # Waiting for the follow-up. A bare number is a changed mind; anything else answers the
         # follow-up question (a score-looking "2 items were missing" is a comment here).
         if reply.kind is ReplyKind.score and reply.comment is None and reply.score is not None:

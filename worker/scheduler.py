@@ -11,31 +11,99 @@ Each pass (`nps-dispatch tick`, or every few seconds under `nps-dispatch schedul
 - ``queued`` rows older than ``stuck_after`` are enqueued again: a message lost by the broker,
   or a scheduler killed between its commit and its enqueue. A duplicate is harmless because the
   worker claims ``queued -> sending`` before sending;
-- sends left in ``sending`` past a timeout are settled from the provider (never re-sent);
 - due reminders are enqueued (each claimed by its count, so at most one per reminder);
-- invitations whose response window has closed end as ``no_response``;
-- provider webhooks that were stored but failed while being applied are applied again;
-- raw webhook payloads older than the retention period are emptied (personal data).
+- invitations whose response window has closed end as ``no_response``, and answered ones still
+  waiting for their follow-up as ``partial``: past its window every survey is in a final state;
+- provider webhooks that were stored but failed while being applied are applied again (each
+  after its back-off);
+- raw webhook payloads older than the retention period are emptied (personal data);
+- sends left in ``sending`` past a timeout are settled from the provider (never re-sent). This
+  is the one step that calls a provider, so it runs last: a slow provider cannot hold up the
+  others, and a replayed status callback may already have settled a send.
+
+Every step runs on its own: one that raises is logged (ids, the exception's type and a masked
+message, never the SQL parameters a database error quotes), counted in
+:attr:`TickReport.failures` and in ``nps_scheduler_step_failures_total{step=...}``, and the pass
+goes on with the next step. Settling is isolated per survey as well, so one send the provider
+cannot answer for does not leave the others stuck.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Final
+from urllib.parse import unquote
 
+from prometheus_client import Counter
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from channels.masking import mask_text
 from models import Customer, InboundEvent, Order, Survey, SurveyState, current_consent, move, utcnow
-from models.lifecycle import OPEN_STATES
+from models.lifecycle import AWAITING_FOLLOWUP_STATES, OPEN_STATES
 from worker import planning, timing
 from worker.config import OperatorConfig
 
 log = logging.getLogger(__name__)
 S = SurveyState
+
+STEPS: Final = (
+    "replan",
+    "anchor_timeouts",
+    "claim_due",
+    "requeue_stuck",
+    "reminders",
+    "close_windows",
+    "replay_webhooks",
+    "prune_payloads",
+    "settle",
+)
+"""The steps of a pass, in the order they run; the ``step`` label of the failure counter."""
+
+STEP_FAILURES: Final = Counter(
+    "nps_scheduler_step_failures",
+    "Scheduler steps that raised (for settle: surveys whose settling raised), by step",
+    ["step"],
+)
+for _step in STEPS:
+    STEP_FAILURES.labels(step=_step)  # every step is exposed, at zero until it fails
+
+# What a database error appends after its message quotes row values and bound parameters.
+_QUOTES_DATA = re.compile(
+    r"\[SQL: |\[parameters: |\[SQL parameters hidden|\(Background on this error|\bDETAIL: "
+)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def describe_error(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message`` on one line, fit for a log line or an error column: cut before the SQL
+    statement, bound parameters or DETAIL a database error carries (they quote row values), with
+    percent-encoded text decoded so that :func:`~channels.masking.mask_text` masks every phone
+    number and email address, including those in a request URL a provider error repeats."""
+    text = str(exc)
+    found = _QUOTES_DATA.search(text)
+    if found is not None:
+        text = text[: found.start()]
+    text = " ".join(unquote(_ANSI.sub("", text)).split())
+    name = type(exc).__name__
+    return f"{name}: {mask_text(text)}"[:limit] if text else name
+
+
+def _origin(exc: BaseException) -> str:
+    """Where the exception was raised (file, line, function): no data, only code."""
+    tb = exc.__traceback__
+    if tb is None:
+        return "unknown place"
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    return f"{os.path.basename(code.co_filename)}:{tb.tb_lineno} in {code.co_name}"
 
 
 @dataclass
@@ -46,11 +114,14 @@ class TickReport:
     deferred: int = 0
     stopped: int = 0
     requeued: int = 0
-    closed: int = 0
+    closed: int = 0  # windows closed: no_response and partial together
+    partials: int = 0  # of which answered surveys that ended partial
     settled: int = 0
     reminders: int = 0
     pruned: int = 0
     enqueued: list[int] = field(default_factory=list)
+    # Failures by step name (see STEPS); for settle, one per survey whose settling raised.
+    failures: dict[str, int] = field(default_factory=dict)
 
     def total(self) -> int:
         return (
@@ -91,19 +162,43 @@ class Scheduler:
     def tick(self, config: OperatorConfig, now: datetime | None = None) -> TickReport:
         now = now or utcnow()
         report = TickReport()
-        self._replan_stale(config, now, report)
-        self._anchor_timeouts(config, now, report)
+        steps: dict[str, Callable[[], object]] = {
+            "replan": lambda: self._replan_stale(config, now, report),
+            "anchor_timeouts": lambda: self._anchor_timeouts(config, now, report),
+            "claim_due": lambda: self._claim_due(config, now, report),
+            "requeue_stuck": lambda: self._requeue_stuck(now, report),
+            "reminders": lambda: self._due_reminders(now, report),
+            "close_windows": lambda: self._close_windows(now, report),
+            "replay_webhooks": lambda: self._replay_webhooks(now),
+            "prune_payloads": lambda: self._prune_raw_payloads(now, report),
+            "settle": lambda: self._reconcile_sending(now, report),
+        }
+        for name in STEPS:
+            try:
+                steps[name]()
+            except Exception as exc:  # isolated: the next steps still run
+                self._failed(report, name)
+                log.error(
+                    "scheduler step %s failed at %s; the pass goes on: %s",
+                    name,
+                    _origin(exc),
+                    describe_error(exc),
+                )
+        return report
+
+    @staticmethod
+    def _failed(report: TickReport, step: str, n: int = 1) -> None:
+        report.failures[step] = report.failures.get(step, 0) + n
+        STEP_FAILURES.labels(step=step).inc(n)
+
+    def _claim_due(self, config: OperatorConfig, now: datetime, report: TickReport) -> None:
         while self._claim_due_batch(config, now, report) == self.batch_size:
             pass
-        self._requeue_stuck(now, report)
-        self._reconcile_sending(now, report)
-        self._due_reminders(now, report)
-        self._close_windows(now, report)
+
+    def _replay_webhooks(self, now: datetime) -> None:
+        """Webhooks stored but not applied (a failure mid-apply) are applied again."""
         if self.replay_webhooks is not None:
-            # Webhooks stored but not applied (a failure mid-apply) are applied again.
             self.replay_webhooks(now)
-        self._prune_raw_payloads(now, report)
-        return report
 
     def _replan_stale(self, config: OperatorConfig, now: datetime, report: TickReport) -> None:
         """Surveys planned under another config version and not yet queued are planned again,
@@ -240,9 +335,28 @@ class Scheduler:
                     .limit(self.batch_size)
                 )
             )
+        failed: list[int] = []
+        first_error = ""
         for survey_id in ids:
-            self.settle(survey_id, now)
-        report.settled += len(ids)
+            try:
+                self.settle(survey_id, now)
+            except Exception as exc:  # one survey's failure must not leave the others stuck
+                if not failed:
+                    first_error = f"{describe_error(exc)} at {_origin(exc)}"
+                failed.append(survey_id)
+            else:
+                report.settled += 1
+        if failed:
+            self._failed(report, "settle", len(failed))
+            # One line per pass, not one per survey: a provider outage fails them all.
+            log.error(
+                "settling %s of %s stuck sends failed (surveys %s%s); first: %s",
+                len(failed),
+                len(ids),
+                ", ".join(map(str, failed[:20])),
+                ", ..." if len(failed) > 20 else "",
+                first_error,
+            )
 
     def _due_reminders(self, now: datetime, report: TickReport) -> None:
         """Enqueue due reminders. The row's next_reminder_at is leased forward while the message
@@ -295,28 +409,48 @@ class Scheduler:
         report.pruned += len(pruned)
 
     def _close_windows(self, now: datetime, report: TickReport) -> None:
+        """Past its response window every survey ends in a final state: an invitation without
+        a score as ``no_response``, a score without its follow-up as ``partial``."""
+        limit = self.batch_size * 10
+        while self._close_window_batch(now, report, limit) == limit:
+            pass
+
+    def _close_window_batch(self, now: datetime, report: TickReport, limit: int) -> int:
+        closing = OPEN_STATES | AWAITING_FOLLOWUP_STATES
         with self.factory() as session, session.begin():
             ids = list(
                 session.scalars(
                     select(Survey.id)
-                    .where(
-                        Survey.state.in_([s.value for s in OPEN_STATES]), Survey.closes_at <= now
-                    )
-                    .limit(self.batch_size * 10)
+                    .where(Survey.state.in_([s.value for s in closing]), Survey.closes_at <= now)
+                    .order_by(Survey.closes_at)
+                    .limit(limit)
                     .with_for_update(skip_locked=True)
                 )
             )
-            report.closed += len(
-                move(
-                    session,
-                    ids,
-                    S.no_response,
-                    reason="response window closed",
-                    only_from=OPEN_STATES,
-                    now=now,
-                    final_reason="response window closed",
-                )
+            unanswered = move(
+                session,
+                ids,
+                S.no_response,
+                reason="response window closed",
+                only_from=OPEN_STATES,
+                now=now,
+                final_reason="response window closed",
             )
+            partial = move(
+                session,
+                ids,
+                S.partial,
+                reason="response window closed before the follow-up",
+                only_from=AWAITING_FOLLOWUP_STATES,
+                now=now,
+                final_reason="response window closed before the follow-up",
+            )
+        report.closed += len(unanswered) + len(partial)
+        report.partials += len(partial)
+        # Every selected row was locked by this transaction, so all of them moved; a shortfall
+        # would mean rows left behind, and another round would only select them again.
+        moved = len(unanswered) + len(partial)
+        return len(ids) if moved == len(ids) else 0
 
 
 def run_forever(

@@ -33,6 +33,7 @@ LONG_AGO = datetime(2020, 1, 1, tzinfo=UTC)
 CODE = {
     "completed": "I",
     "answered": "P",
+    "partial": "P",
     "opted_out": "R",
     "no_response": "NC",
     "undeliverable": "UO",
@@ -45,12 +46,13 @@ INVITED = {
     "sent",
     "delivered",
     "answered",
+    "partial",
     "completed",
     "undeliverable",
     "opted_out",
     "no_response",
 }
-ANSWERED = {"answered", "completed"}
+ANSWERED = {"answered", "partial", "completed"}
 BEFORE_SEND = {"waiting_anchor", "scheduled", "queued", "sending"}
 
 
@@ -188,7 +190,8 @@ def random_cases(seed_: int, n: int, start: datetime, days: int = 14) -> list[Ca
     rng = random.Random(seed_)
     states = [
         ("completed", 30),
-        ("answered", 12),
+        ("answered", 6),
+        ("partial", 6),
         ("opted_out", 4),
         ("no_response", 25),
         ("undeliverable", 5),
@@ -228,7 +231,7 @@ def random_cases(seed_: int, n: int, start: datetime, days: int = 14) -> list[Ca
             window_open=rng.random() < 0.5,
             skip=rng.choice(skip_reasons) if state is None else None,
         )
-        if state in ("answered", "completed", "opted_out"):
+        if state in ("answered", "partial", "completed", "opted_out"):
             case.delivered = rng.random() < 0.5  # proven by the answer either way
         out.append(case)
     return out
@@ -301,7 +304,9 @@ def ref_funnel(cases: list[Case]) -> dict:
         c
         for c in invited
         if c.state != "undeliverable"
-        and (c.delivered or c.state in ("delivered", "answered", "completed", "opted_out"))
+        and (
+            c.delivered or c.state in ("delivered", "answered", "partial", "completed", "opted_out")
+        )
     ]
     answered = [c for c in delivered if c.state in ANSWERED]
     skipped = Counter(c.skip for c in cases if c.state is None and c.skip)
