@@ -7,8 +7,10 @@ one function that writes a survey's state, and it refuses any move not listed he
 
     waiting_anchor -> scheduled -> queued -> sending -> sent -> delivered -> answered -> completed
           |              |           |         |         |         |            |
-          +--------------+-----------+--> withdrawn | suppressed                +--> partial
-                                               +--> failed | send_unknown        (window closed)
+          |              |           |         |         |         |            +--> partial
+          |              |           |         |         |         |            (window closed)
+          +--------------+-----------+--> withdrawn | suppressed            (before sending)
+                                               +--> failed | send_unknown   (the send itself)
                                                          +---------+--> undeliverable | opted_out
                                                                    +--> no_response (window closed)
 
