@@ -1,16 +1,21 @@
 """The shop's events (CONTRACT §1), validated once for every path in (queue, HTTP, file).
 
 Unknown keys are ignored so the shop can add fields without breaking us; known keys are strict,
-and every error names its field path (``customer.phone``, ``total.amount``).
+and every error names its field path (``customer.phone``, ``total.amount``). Dates must be
+plausible: not before 2000-01-01, and not more than a day after the moment the event is taken in
+(``now``, passed to :func:`parse_event`).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -18,6 +23,7 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -28,6 +34,28 @@ ShortText = Annotated[str, StringConstraints(strip_whitespace=True, max_length=1
 CountryCode = Annotated[
     str, StringConstraints(strip_whitespace=True, to_upper=True, pattern=r"^[A-Za-z]{2}$")
 ]
+
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+# Shop clocks drift and time zones get mixed up; a day of slack covers both, a year 9999 does not.
+MAX_AHEAD = timedelta(days=1)
+CENT = Decimal("0.01")
+
+
+def _plausible_time(value: datetime, info: ValidationInfo) -> datetime:
+    now = (info.context or {}).get("now")
+    if not isinstance(now, datetime):
+        # Not a ValueError on purpose: a missing clock is a bug of the caller, not of the event.
+        raise TypeError("validate shop events with parse_event(raw, now=...)")
+    if value < EARLIEST:
+        raise ValueError("must not be before 2000-01-01T00:00:00Z")
+    if value > now + MAX_AHEAD:
+        received = now.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        raise ValueError(f"must not be more than 1 day after the time of ingest ({received})")
+    # One instant, one spelling: "+01:00" and "Z" forms of a time compare and fingerprint equal.
+    return value.astimezone(UTC)
+
+
+EventTime = Annotated[AwareDatetime, AfterValidator(_plausible_time)]
 
 
 class _Model(BaseModel):
@@ -63,7 +91,7 @@ class ConsentIn(_Model):
     sms: bool | None = None
     source: ShortText | None = None
     text_version: Annotated[str, StringConstraints(max_length=64)] | None = None
-    captured_at: AwareDatetime | None = None
+    captured_at: EventTime | None = None
 
     def channels(self) -> dict[str, bool]:
         return {ch: v for ch, v in (("email", self.email), ("sms", self.sms)) if v is not None}
@@ -84,6 +112,13 @@ class MoneyIn(_Model):
             raise ValueError('give the amount as a string, e.g. "129.90"')
         return value
 
+    @field_validator("amount")
+    @classmethod
+    def _in_cents(cls, value: Decimal) -> Decimal:
+        # "129.9", "129.90" and "1.299E+2" are one amount; keep one form of it (adding 0 also
+        # turns a "-0" into "0").
+        return (value + 0).quantize(CENT)
+
 
 class ItemIn(_Model):
     sku: Annotated[str, StringConstraints(max_length=64)] | None = None
@@ -93,7 +128,7 @@ class ItemIn(_Model):
 
 class _EventBase(_Model):
     event_id: EventId
-    occurred_at: AwareDatetime
+    occurred_at: EventTime
 
 
 class PurchaseCompleted(_EventBase):
@@ -161,17 +196,31 @@ class EventRejected(ValueError):
         self.errors = errors
 
 
-def parse_event(raw: Any) -> PurchaseCompleted | OrderEvent | ConsentEvent | CustomerErased:
-    """Validate one raw event (a dict from JSON) or raise :class:`EventRejected`."""
+def parse_event(
+    raw: Any, *, now: datetime
+) -> PurchaseCompleted | OrderEvent | ConsentEvent | CustomerErased:
+    """Validate one raw event (a dict from JSON) received at ``now``, or raise
+    :class:`EventRejected`."""
     if not isinstance(raw, dict):
         raise EventRejected([f"(event): expected a JSON object, got {type(raw).__name__}"])
     kind = raw.get("type")
     if kind not in EVENT_TYPES:
         raise EventRejected([f"type: must be one of {', '.join(EVENT_TYPES)}; got {kind!r}"])
     try:
-        return _adapter.validate_python(raw)
+        return _adapter.validate_python(raw, context={"now": now})
     except ValidationError as exc:
         raise EventRejected(_describe(exc)) from None
+
+
+def fingerprint(event: _EventBase) -> str:
+    """SHA-256 of the validated event in canonical JSON: what the event means, not how it was
+    written. Key order, white space, unknown keys, defaults written out or left out, "129.9" for
+    "129.90" and the offset a time was given in do not change it; any known field's value does.
+    """
+    canonical = json.dumps(
+        event.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _describe(exc: ValidationError) -> list[str]:

@@ -1,19 +1,25 @@
 """One validation and one idempotency for every path in: queue, HTTP and file.
 
 Each event is validated (nothing is written for a bad one), then claimed in the inbound ledger
-under its ``event_id`` and applied in the same transaction: a duplicate claims nothing and
-changes nothing, and a failure while applying rolls the claim back with everything else.
+under its ``event_id`` with a fingerprint of its content, and applied in the same savepoint. The
+same ``event_id`` again is a duplicate when the content matches and a conflict when it does not;
+either way it changes nothing. An error while applying rolls back that event's savepoint, claim
+included, and is answered as a rejection; the other events of the batch still commit.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from ingest import apply
@@ -24,16 +30,24 @@ from ingest.schema import (
     OrderEvent,
     PurchaseCompleted,
     event_id_of,
+    fingerprint,
     parse_event,
 )
-from models import DeadLetter, utcnow
+from models import DeadLetter, InboundEvent, utcnow
 from models.inbound import claim_inbound_event
 from worker.config import OperatorConfig
 
 log = logging.getLogger(__name__)
 
 SHOP_SOURCE = "shop"
-Status = Literal["accepted", "duplicate", "rejected"]
+Status = Literal["accepted", "duplicate", "conflict", "rejected"]
+
+# What the client is told when applying failed on our side: nothing about the cause (a database
+# error quotes its SQL and the values bound to it), only that nothing was kept.
+APPLY_FAILED = (
+    "(event): could not be applied because of an error on our side; nothing of it was stored, "
+    "so it is safe to send it again"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +56,9 @@ class IngestResult:
     status: Status
     error: str | None = None
     outcome: str | None = None  # what the event did, for the CLI and the logs
+    # Rejected because applying it failed on our side, not because of its content: the same
+    # event sent again may well be taken.
+    retryable: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"event_id": self.event_id, "status": self.status}
@@ -51,6 +68,40 @@ class IngestResult:
 
 
 ShopEvent = PurchaseCompleted | OrderEvent | ConsentEvent | CustomerErased
+
+_ROOT = Path(__file__).resolve().parent.parent
+_PACKAGES = {"channels", "ingest", "models", "reports", "web", "worker"}
+
+
+def failure_label(exc: BaseException) -> str:
+    """Name a failure for logs and dead letters without its message.
+
+    A database error's message quotes the statement and the values bound to it (contacts,
+    names), so only the exception types, the SQLSTATE or SQLite error name and the innermost
+    line of our own code that was running are kept.
+    """
+    label = type(exc).__name__
+    orig = getattr(exc, "orig", None)  # the driver's exception under SQLAlchemy's
+    if isinstance(orig, BaseException):
+        code = getattr(orig, "sqlstate", None) or getattr(orig, "sqlite_errorname", None)
+        label += f" ({type(orig).__name__}" + (f" {code})" if code else ")")
+    ours = [
+        (path, frame.lineno)
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if (path := _own_file(frame.filename)) is not None
+    ]
+    if ours:
+        path, line = ours[-1]
+        label += f" at {path}:{line}"
+    return label
+
+
+def _own_file(filename: str) -> str | None:
+    try:
+        relative = Path(filename).resolve().relative_to(_ROOT)
+    except ValueError:
+        return None
+    return relative.as_posix() if relative.parts[0] in _PACKAGES else None
 
 
 def _subject(event: ShopEvent) -> str | None:
@@ -67,26 +118,65 @@ def _apply(session: Session, event: ShopEvent, ctx: apply.ApplyContext) -> str:
     return apply.apply_erasure(session, event, ctx)
 
 
+def _repeated(session: Session, event: ShopEvent, digest: str) -> IngestResult:
+    """The ``event_id`` is in the ledger already: the same event again, or another one?"""
+    recorded = session.execute(
+        select(InboundEvent.fingerprint, InboundEvent.event_type).where(
+            InboundEvent.source == SHOP_SOURCE, InboundEvent.external_id == event.event_id
+        )
+    ).one_or_none()
+    # Rows recorded before fingerprints were kept have none: taken as the same event.
+    if recorded is None or recorded.fingerprint in (None, digest):
+        return IngestResult(event.event_id, "duplicate", outcome="already applied")
+    log.warning(
+        "event %s (%s) conflicts with the %s recorded under the same event_id",
+        event.event_id,
+        event.type,
+        recorded.event_type,
+    )
+    return IngestResult(
+        event.event_id,
+        "conflict",
+        error=(
+            f"event_id: already used by a different event (a {recorded.event_type}); "
+            "nothing was applied; give each event its own event_id"
+        ),
+        outcome="conflict",
+    )
+
+
 def ingest_in_session(
     session: Session, raw: Any, config: OperatorConfig, now: datetime | None = None
 ) -> IngestResult:
     """Validate and apply one event inside a SAVEPOINT of ``session``."""
+    now = now or utcnow()
     try:
-        event = parse_event(raw)
+        event = parse_event(raw, now=now)
     except EventRejected as exc:
         return IngestResult(event_id_of(raw), "rejected", error=str(exc))
-    ctx = apply.ApplyContext(config=config, now=now or utcnow())
-    with session.begin_nested():
-        claimed = claim_inbound_event(
-            session,
-            source=SHOP_SOURCE,
-            external_id=event.event_id,
-            event_type=event.type,
-            subject_key=_subject(event),
+    digest = fingerprint(event)
+    ctx = apply.ApplyContext(config=config, now=now)
+    try:
+        with session.begin_nested():
+            claimed = claim_inbound_event(
+                session,
+                source=SHOP_SOURCE,
+                external_id=event.event_id,
+                event_type=event.type,
+                subject_key=_subject(event),
+                fingerprint=digest,
+            )
+            if claimed is None:
+                return _repeated(session, event, digest)
+            outcome = _apply(session, event, ctx)
+    except Exception as exc:
+        # The savepoint is rolled back (on PostgreSQL this also clears the aborted state), so
+        # the events before and after this one in the transaction are unaffected.
+        label = failure_label(exc)
+        log.error("event %s (%s) not applied, nothing kept: %s", event.event_id, event.type, label)
+        return IngestResult(
+            event.event_id, "rejected", error=APPLY_FAILED, outcome=label, retryable=True
         )
-        if claimed is None:
-            return IngestResult(event.event_id, "duplicate", outcome="already applied")
-        outcome = _apply(session, event, ctx)
     log.info("event %s (%s) accepted: %s", event.event_id, event.type, outcome)
     return IngestResult(event.event_id, "accepted", outcome=outcome)
 
@@ -106,6 +196,7 @@ def ingest_batch(
     on_result: Callable[[IngestResult], None] | None = None,
 ) -> list[IngestResult]:
     """Apply a batch in one transaction, each event in its own savepoint (one commit, not N)."""
+    now = now or utcnow()
     results: list[IngestResult] = []
     with factory() as session, session.begin():
         for raw in raws:
@@ -119,7 +210,11 @@ def ingest_batch(
 def store_dead_letter(
     factory: sessionmaker[Session], raw: Any, error: str, source: str = "queue"
 ) -> int:
-    """Keep an event we could not take, whole, for `nps-dispatch deadletters list|replay`."""
+    """Keep an event we could not take, whole, for `nps-dispatch deadletters list|replay`.
+
+    Once: when the same content is already waiting in the store (a failure hook that ran twice,
+    or the shop sending one bad event twice), that letter's id is returned and nothing is added.
+    """
     try:
         payload = json.dumps(raw, default=str, ensure_ascii=False)
     except (TypeError, ValueError):
@@ -128,10 +223,32 @@ def store_dead_letter(
     if isinstance(raw, dict) and isinstance(raw.get("customer"), dict):
         cid = raw["customer"].get("id")
         subject = str(cid)[:128] if cid is not None else None
+    event_id = event_id_of(raw)
     with factory() as session, session.begin():
+        if session.get_bind().dialect.name == "postgresql":
+            # Two hooks storing the same letter at once queue here (SQLite has one writer).
+            digest = hashlib.sha256(f"{source}\n{payload}".encode()).digest()
+            key = int.from_bytes(digest[:8], "big", signed=True)
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        same_id = (
+            DeadLetter.event_id.is_(None) if event_id is None else DeadLetter.event_id == event_id
+        )
+        waiting = session.scalar(
+            select(DeadLetter.id)
+            .where(
+                DeadLetter.source == source,
+                same_id,
+                DeadLetter.payload == payload,
+                DeadLetter.replayed_at.is_(None),
+            )
+            .order_by(DeadLetter.id)
+            .limit(1)
+        )
+        if waiting is not None:
+            return waiting
         letter = DeadLetter(
             source=source,
-            event_id=event_id_of(raw),
+            event_id=event_id,
             subject_key=subject,
             payload=payload,
             error=error,

@@ -71,11 +71,14 @@ def claim_inbound_event(
     subject_key: str | None = None,
     survey_id: int | None = None,
     payload: dict[str, Any] | list[Any] | None = None,
+    fingerprint: str | None = None,
 ) -> int | None:
     """Record an inbound event once. Returns its row id, or None when it was already recorded.
 
     ``INSERT ... ON CONFLICT DO NOTHING``: on PostgreSQL a concurrent copy of the same event waits
     for the first transaction and then inserts nothing, so exactly one copy takes effect.
+    ``fingerprint`` is the digest of the event's content, kept so that a later event under the
+    same id can be told apart from a copy (the caller compares it with the recorded one).
     """
     values = {
         "source": source,
@@ -84,6 +87,7 @@ def claim_inbound_event(
         "subject_key": subject_key,
         "survey_id": survey_id,
         "payload": payload,
+        "fingerprint": fingerprint,
         "received_at": utcnow(),
     }
     dialect = session.get_bind().dialect.name

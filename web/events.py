@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from ingest.service import ingest_batch
+from ingest.service import IngestResult, ingest_batch
 from web.auth import require_bearer
 from web.deps import runtime_of
 
@@ -41,9 +41,17 @@ async def post_events(request: Request) -> JSONResponse:
     results = await run_in_threadpool(ingest_batch, runtime.factory, items, runtime.config)
     answers = [r.to_dict() for r in results]
     if single:
-        status = 422 if results[0].status == "rejected" else 200
-        return JSONResponse(answers[0], status_code=status)
+        return JSONResponse(answers[0], status_code=_single_status(results[0]))
     # A batch is answered 207-style with 200 and per-item results (a rejected item carries the
-    # field path); the whole request is 422 only when every item was rejected.
-    all_rejected = all(r.status == "rejected" for r in results)
+    # field path); the whole request is 422 only when every item was rejected for its content.
+    all_rejected = all(r.status == "rejected" and not r.retryable for r in results)
     return JSONResponse({"results": answers}, status_code=422 if all_rejected else 200)
+
+
+def _single_status(result: IngestResult) -> int:
+    if result.status == "conflict":
+        return 409  # the event_id is taken by other content, as with a reused idempotency key
+    if result.status == "rejected":
+        # Our failure (nothing kept, safe to send again) or a fault in the event itself.
+        return 500 if result.retryable else 422
+    return 200

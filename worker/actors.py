@@ -1,37 +1,84 @@
-"""The dramatiq actors. Queue and actor names are part of the public contract (CONTRACT §1)."""
+"""The dramatiq actors. Shops enqueue `ingest_event` on the queue `events`: keep those names."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+import dramatiq
+from dramatiq import Retry
+
 from worker.broker import EVENTS_QUEUE, SENDS_QUEUE, actor
 from worker.runtime import get_runtime
 
 log = logging.getLogger(__name__)
 
+INGEST_MAX_RETRIES = 5
 
-@actor(EVENTS_QUEUE, max_retries=5, min_backoff=1000, on_failure="dead_letter_event")
+
+def _store_dead_event(message: dramatiq.MessageProxy, exception: BaseException) -> None:
+    """An event's last attempt failed: keep it whole, to be replayed once the cause is fixed."""
+    from ingest.service import failure_label, store_dead_letter
+
+    attempts = message.options.get("retries", 0)
+    reason = str(exception) if isinstance(exception, Retry) else failure_label(exception)
+    event = message.args[0] if message.args else None
+    letter = store_dead_letter(get_runtime().factory, event, f"{reason} ({attempts} attempts)")
+    log.warning(
+        "message %s: dead letter %s after %d attempts", message.message_id, letter, attempts
+    )
+
+
+@actor(
+    EVENTS_QUEUE,
+    max_retries=INGEST_MAX_RETRIES,
+    min_backoff=1000,
+    dead_letter=_store_dead_event,
+)
 def ingest_event(event: Any) -> None:
-    """One shop event from the queue. A bad event goes to the dead-letter store, not retried."""
+    """One shop event from the queue.
+
+    A bad event (invalid, or an ``event_id`` reused for other content) is stored as a dead letter
+    at once: sending it again cannot help. A failure while applying is retried with backoff and
+    becomes a dead letter only after the last attempt (see ``DeadLetterOnFinalFailure``).
+    """
+    from ingest.schema import event_id_of
+    from ingest.service import failure_label, store_dead_letter
     from ingest.service import ingest_event as ingest
-    from ingest.service import store_dead_letter
 
     runtime = get_runtime()
-    result = ingest(runtime.factory, event, runtime.config)
-    if result.status == "rejected":
-        letter = store_dead_letter(runtime.factory, event, result.error or "rejected")
-        log.warning("event %s rejected (dead letter %s): %s", result.event_id, letter, result.error)
+    try:
+        result = ingest(runtime.factory, event, runtime.config)
+        if result.status in ("rejected", "conflict") and not result.retryable:
+            letter = store_dead_letter(runtime.factory, event, result.error or result.status)
+            log.warning("event %s %s (dead letter %s)", result.event_id, result.status, letter)
+    except Exception as exc:
+        # Raised as Retry, which dramatiq does not log: its own error line would print the
+        # message's arguments, that is the whole event with its contacts.
+        label = f"event {event_id_of(event)} not ingested: {failure_label(exc)}"
+        log.warning("%s; to be retried", label)
+        raise Retry(label) from None
+    if result.retryable:
+        raise Retry(f"event {result.event_id} not applied: {result.outcome}")
 
 
-@actor(EVENTS_QUEUE, max_retries=0)
+@actor(EVENTS_QUEUE, max_retries=3, min_backoff=1000)
 def dead_letter_event(message_data: dict[str, Any], exception_data: dict[str, Any]) -> None:
-    """Retries exhausted on an event: keep it whole, to be replayed once the cause is fixed."""
-    from ingest.service import store_dead_letter
+    """Failure callbacks already queued by earlier versions, which sent one after every failed
+    attempt: only the one sent after the last attempt stores a dead letter."""
+    from ingest.service import failure_label, store_dead_letter
 
+    options = message_data.get("options") or {}
+    attempts = int(options.get("retries", 0))
+    if attempts <= int(options.get("max_retries", INGEST_MAX_RETRIES)):
+        return  # that attempt was retried
     args = message_data.get("args") or [None]
-    error = f"{exception_data.get('type', 'error')}: {exception_data.get('message', '')}"
-    store_dead_letter(get_runtime().factory, args[0], error)
+    # The type only: the message of a database error can quote the event's contacts.
+    error = f"{exception_data.get('type', 'error')} ({attempts} attempts)"
+    try:
+        store_dead_letter(get_runtime().factory, args[0], error)
+    except Exception as exc:
+        raise Retry(f"dead letter not stored: {failure_label(exc)}") from None
 
 
 @actor(SENDS_QUEUE, max_retries=3, min_backoff=1000)

@@ -3,11 +3,12 @@
 dramatiq binds actors to the global broker when they are declared, so this module must be
 imported before any actor module: Redis when NPS_BROKER_URL is set, otherwise an in-process
 StubBroker (the `demo` and the tests) that `worker.inprocess` drives with a real dramatiq Worker.
-The broker only carries work; what is due lives in the database (DESIGN principle 1).
+The broker only carries work; what is due lives in the database, not in delayed messages.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -15,19 +16,68 @@ from typing import Any, TypeVar
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import Middleware, Retries
 
 EVENTS_QUEUE = "events"
 SENDS_QUEUE = "sends"
 
 F = TypeVar("F", bound=Callable[..., Any])
+DeadLetterHook = Callable[[dramatiq.MessageProxy, BaseException], None]
+
+log = logging.getLogger(__name__)
+
+
+class DeadLetterOnFinalFailure(Middleware):
+    """Call an actor's ``dead_letter`` hook once its message has definitively failed.
+
+    dramatiq's ``on_failure`` callback fires after every failed attempt, retried or not, so an
+    event that went through on its second try would still leave a dead letter. ``Retries`` marks
+    a message failed only when its retries are exhausted or the actor ``throws`` the exception;
+    dramatiq calls ``after_*`` hooks in reverse order, so this middleware is placed before
+    ``Retries`` to run after it and see its verdict.
+    """
+
+    @property
+    def actor_options(self) -> set[str]:
+        return {"dead_letter"}
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: dramatiq.MessageProxy,
+        *,
+        result: Any | None = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        if exception is None or not message.failed:
+            return
+        hook: DeadLetterHook | None = broker.get_actor(message.actor_name).options.get(
+            "dead_letter"
+        )
+        if hook is None:
+            return
+        try:
+            hook(message, exception)
+        except Exception as exc:
+            # The message stays in the broker's own dead-letter queue. Only the type is logged:
+            # the error may quote the event, contacts included.
+            log.error(
+                "dead letter of message %s (%s) not stored: %s",
+                message.message_id,
+                message.actor_name,
+                type(exc).__name__,
+            )
 
 
 def _make_broker() -> dramatiq.Broker:
     url = os.environ.get("NPS_BROKER_URL")
+    broker: dramatiq.Broker
     if url:
-        return RedisBroker(url=url)  # type: ignore[no-untyped-call]
-    broker = StubBroker()
-    broker.emit_after("process_boot")
+        broker = RedisBroker(url=url)  # type: ignore[no-untyped-call]
+    else:
+        broker = StubBroker()
+        broker.emit_after("process_boot")
+    broker.add_middleware(DeadLetterOnFinalFailure(), before=Retries)
     return broker
 
 

@@ -26,7 +26,8 @@ def replay_dead_letters(
     factory: sessionmaker[Session], config: OperatorConfig, ids: list[int] | None = None
 ) -> list[tuple[int, IngestResult]]:
     """Ingest each letter again. Accepted or duplicate letters are marked replayed; a letter that
-    is still rejected stays listed, with the new error."""
+    is still rejected, or conflicts with the event recorded under its id, stays listed with the
+    new error."""
     with factory() as session:
         query = select(DeadLetter).where(DeadLetter.replayed_at.is_(None)).order_by(DeadLetter.id)
         if ids:
@@ -44,8 +45,9 @@ def replay_dead_letters(
             row = session.get(DeadLetter, letter.id)
             assert row is not None
             row.replay_result = result.status
-            if result.status == "rejected":
-                row.error = result.error or row.error
+            if result.status in ("rejected", "conflict"):
+                # A failure on our side is described by its kind, not by the client's message.
+                row.error = (result.outcome if result.retryable else result.error) or row.error
             else:
                 row.replayed_at = utcnow()
         results.append((letter.id, result))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sqlalchemy import func, select
 
 from ingest.service import ingest_batch, ingest_event
@@ -198,7 +200,8 @@ def test_customer_erased_removes_personal_data_keeps_counts(db: Database, config
     ingest_event(
         db.factory, purchase("E-2", customer_id="c-9", at="2026-11-21T10:00:00Z"), config, now
     )
-    result = ingest_event(db.factory, erased("c-9"), config, now)
+    # Taken in two days later, when it happened (an event dated after its ingest is refused).
+    result = ingest_event(db.factory, erased("c-9"), config, now + timedelta(days=2))
     assert result.status == "accepted"
     with db.session() as s:
         customer = s.scalar(select(Customer))
@@ -216,9 +219,10 @@ def test_customer_erased_removes_personal_data_keeps_counts(db: Database, config
 
 
 def test_late_event_about_erased_customer_brings_no_data_back(db: Database, config, now):
-    ingest_event(db.factory, erased("c-10", at="2026-11-22T10:00:00Z"), config, now)
+    later = now + timedelta(days=2)
+    ingest_event(db.factory, erased("c-10", at="2026-11-22T10:00:00Z"), config, later)
     ingest_event(
-        db.factory, purchase("E-3", customer_id="c-10", at="2026-11-21T10:00:00Z"), config, now
+        db.factory, purchase("E-3", customer_id="c-10", at="2026-11-21T10:00:00Z"), config, later
     )
     with db.session() as s:
         assert s.scalar(select(func.count()).select_from(Customer)) == 0

@@ -10,9 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from models import Customer, InboundEvent, Order, Survey
+from models import ConsentRecord, Customer, InboundEvent, Order, Survey
 from tests.conftest import TEST_TOKEN, Database
-from tests.factories import purchase
+from tests.factories import order_event, purchase
+from tests.ingest.faults import TRIGGER_SECRET, surveys_refused_for_fail_orders
 from web.app import create_app
 
 AUTH = {"Authorization": f"Bearer {TEST_TOKEN}"}
@@ -157,8 +158,8 @@ def test_junk_never_half_writes(sqlite_client, sqlite_db, items):
     body = response.json()
     results = body.get("results", [body] if "status" in body else [])
     for result in results:
-        assert result["status"] in ("accepted", "duplicate", "rejected")
-        if result["status"] == "rejected":
+        assert result["status"] in ("accepted", "duplicate", "conflict", "rejected")
+        if result["status"] in ("conflict", "rejected"):
             assert ":" in result["error"]  # "field.path: reason"
     accepted = sum(r["status"] == "accepted" for r in results)
     # Exactly one ledger row per accepted event; a rejected one wrote nothing at all.
@@ -181,7 +182,121 @@ def test_health_and_metrics(sqlite_client, sqlite_db, frozen_clock):
     )
     health = sqlite_client.get("/healthz")
     assert health.status_code == 200 and health.json()["status"] == "ok"
-    metrics = sqlite_client.get("/metrics").text
+    metrics = sqlite_client.get("/metrics", auth=("operator", "test-dashboard")).text
     assert 'nps_surveys{state="waiting_anchor"} 1.0' in metrics
     assert 'nps_skipped_purchases{reason="excluded_test_order"} 1.0' in metrics
     assert "nps_dead_letters 0.0" in metrics
+
+
+def ledger(db: Database) -> list[str]:
+    with db.session() as s:
+        return sorted(s.scalars(select(InboundEvent.external_id)))
+
+
+def orders(db: Database) -> list[str]:
+    with db.session() as s:
+        return sorted(s.scalars(select(Order.external_id)))
+
+
+def test_a_purchase_dated_year_9999_does_not_sink_its_batch(client, db, frozen_clock):
+    good = purchase("B-1", customer_id="c-good")
+    far = purchase("B-2", customer_id="c-far", at="9999-12-31T23:59:59Z")
+    response = client.post("/v1/events", json=[good, far], headers=AUTH)
+    assert response.status_code == 200
+    assert response.json()["results"] == [
+        {"event_id": good["event_id"], "status": "accepted"},
+        {
+            "event_id": far["event_id"],
+            "status": "rejected",
+            "error": "occurred_at: must not be more than 1 day after the time of ingest "
+            "(2026-11-20T10:00:00Z)",
+        },
+    ]
+    assert orders(db) == ["B-1"] and ledger(db) == [good["event_id"]]
+    with db.session() as s:
+        assert s.scalars(select(Customer.external_id)).all() == ["c-good"]
+
+
+def test_a_consent_captured_before_2000_is_rejected_with_its_path(client, db, frozen_clock):
+    event = purchase("B-3", consent={"email": True, "captured_at": "1999-12-31T23:59:59Z"})
+    response = client.post("/v1/events", json=event, headers=AUTH)
+    assert response.status_code == 422
+    assert response.json()["error"] == (
+        "consent.captured_at: must not be before 2000-01-01T00:00:00Z"
+    )
+    assert orders(db) == []
+
+
+def test_an_item_failing_to_apply_is_rejected_alone_and_the_rest_commits(client, db, caplog):
+    first = purchase("B-4", customer_id="c-4")
+    failing = purchase("FAIL-5", customer_id="c-5")
+    last = purchase("B-6", customer_id="c-6")
+    with surveys_refused_for_fail_orders(db):
+        response = client.post("/v1/events", json=[first, failing, last], headers=AUTH)
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == ["accepted", "rejected", "accepted"]
+    assert results[1]["event_id"] == failing["event_id"]
+    assert results[1]["error"].startswith("(event): could not be applied")
+    everything_said = response.text + "\n".join(r.getMessage() for r in caplog.records)
+    for secret in (TRIGGER_SECRET, "INSERT", "ana@example.com", "+40721000111"):
+        assert secret not in everything_said
+    # Nothing half-written: not the ledger row, customer, consent or order of the failed item.
+    assert orders(db) == ["B-4", "B-6"]
+    assert ledger(db) == sorted([first["event_id"], last["event_id"]])
+    with db.session() as s:
+        assert sorted(s.scalars(select(Customer.external_id))) == ["c-4", "c-6"]
+        evidence = set(s.scalars(select(ConsentRecord.evidence_ref)))
+        assert evidence == {first["event_id"], last["event_id"]}
+        assert s.scalar(select(func.count()).select_from(Survey)) == 2
+
+
+def test_a_single_event_failing_to_apply_is_500_and_writes_nothing(client, db):
+    failing = purchase("FAIL-7", customer_id="c-7")
+    with surveys_refused_for_fail_orders(db):
+        response = client.post("/v1/events", json=failing, headers=AUTH)
+    assert response.status_code == 500
+    assert response.json()["status"] == "rejected"
+    assert TRIGGER_SECRET not in response.text
+    assert orders(db) == [] and ledger(db) == [] and rows(db, Customer) == 0
+    # Nothing was kept, so sending it again once the cause is gone takes it.
+    again = client.post("/v1/events", json=failing, headers=AUTH)
+    assert again.status_code == 200 and again.json()["status"] == "accepted"
+
+
+def test_an_event_id_reused_for_another_event_is_409_conflict(client, db, frozen_clock):
+    bought = purchase("B-8", event_id="evt-b8")
+    assert client.post("/v1/events", json=bought, headers=AUTH).status_code == 200
+    cancelled = order_event("cancelled", "B-8", event_id="evt-b8")
+    response = client.post("/v1/events", json=cancelled, headers=AUTH)
+    assert response.status_code == 409
+    body = response.json()
+    assert (body["event_id"], body["status"]) == ("evt-b8", "conflict")
+    assert body["error"].startswith("event_id: already used by a different event")
+    # The cancellation was not applied: the survey still goes out.
+    with db.session() as s:
+        assert s.scalar(select(Survey.state)) == "waiting_anchor"
+        assert s.scalar(select(Order.cancelled_at)) is None
+
+
+def test_a_conflict_inside_a_batch_is_answered_per_item(client, db):
+    bought = purchase("B-9", event_id="evt-b9")
+    other = purchase("B-10", customer_id="c-10", event_id="evt-b9")
+    fresh = purchase("B-11", customer_id="c-11")
+    response = client.post("/v1/events", json=[bought, other, fresh], headers=AUTH)
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == ["accepted", "conflict", "accepted"]
+    assert results[1]["error"].startswith("event_id:")
+    assert orders(db) == ["B-11", "B-9"]
+
+
+def test_the_same_event_written_differently_is_a_duplicate(client, db):
+    event = purchase("B-12", event_id="evt-b12", amount="129.90")
+    assert client.post("/v1/events", json=event, headers=AUTH).status_code == 200
+    again = dict(reversed(list(event.items())))
+    again["total"] = {"currency": "EUR", "amount": "129.9"}
+    body = json.dumps(again, indent=3, separators=(" ,  ", " :  ")).encode()
+    response = client.post("/v1/events", content=body, headers=AUTH)
+    assert response.status_code == 200
+    assert response.json() == {"event_id": "evt-b12", "status": "duplicate"}

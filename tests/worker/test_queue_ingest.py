@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -70,6 +71,42 @@ def test_bad_event_goes_to_dead_letters_and_replays(sqlite_db, runtime_for, stub
     assert result.status == "accepted"
     assert list_dead_letters(sqlite_db.factory) == []
     assert count(sqlite_db, Order) == 1
+
+
+def test_a_reused_event_id_on_the_queue_is_a_dead_letter_with_the_reason(
+    db, runtime_for, stub_worker, caplog
+):
+    caplog.set_level(logging.INFO, logger="dramatiq")
+    runtime_for(db)
+    ingest_event.send(purchase("Q-3", event_id="evt-q3"))
+    broker.join(EVENTS_QUEUE)
+    ingest_event.send(order_event("cancelled", "Q-3", event_id="evt-q3"))
+    broker.join(EVENTS_QUEUE)
+    stub_worker.join()
+    [letter] = list_dead_letters(db.factory)
+    assert letter.event_id == "evt-q3"
+    assert letter.error.startswith("event_id: already used by a different event")
+    assert '"order.cancelled"' in letter.payload
+    # Not retried (it cannot get better), and not applied: the survey was not withdrawn.
+    assert not any("Retrying message" in r.getMessage() for r in caplog.records)
+    with db.session() as s:
+        assert s.scalar(select(Survey.state)) != "withdrawn"
+        assert s.scalar(select(Order.cancelled_at)) is None
+
+
+def test_an_implausible_date_on_the_queue_is_a_dead_letter_at_once(
+    db, runtime_for, stub_worker, caplog
+):
+    caplog.set_level(logging.INFO, logger="dramatiq")
+    runtime_for(db)
+    far = purchase("Q-4", at="9999-12-31T00:00:00Z")
+    ingest_event.send_with_options(args=(far,), min_backoff=20, max_backoff=200)
+    broker.join(EVENTS_QUEUE, fail_fast=False)
+    stub_worker.join()
+    [letter] = list_dead_letters(db.factory)
+    assert letter.error.startswith("occurred_at: must not be more than 1 day after")
+    assert not any("Retrying message" in r.getMessage() for r in caplog.records)
+    assert count(db, Order) == 0 and count(db, InboundEvent) == 0
 
 
 def test_redis_worker_process_takes_duplicates_once(redis_url, tmp_path: Path):
