@@ -150,7 +150,7 @@ def parse_args(argv: list[str] | None) -> Options:
         or os.environ.get("NPS_TEST_POSTGRES_URL")
         or DEFAULT_SERVER
     )
-    drain = args.drain_timeout or 240.0 + args.purchases / 20.0
+    drain = args.drain_timeout or 120.0 + args.purchases / 25.0
     return Options(
         args.purchases, args.seed, args.rate, args.fault_rate, args.workers, args.schedulers,
         args.kill_every, args.redis_down, drain, server, args.database, args.keep_logs,

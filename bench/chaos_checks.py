@@ -376,6 +376,12 @@ def verify(
         examples.add("report_mismatches", None, key=key, report=reported, sql=counted)
     violations["report_mismatches"] = len(mismatches)
 
+    # A send whose outcome the product could not establish: did the message exist after all?
+    unknown = [sid for sid, state in db.survey_state.items() if state == "send_unknown"]
+    figures["send_unknown"] = {
+        "message_created": sum(1 for sid in unknown if per_survey[sid]),
+        "nothing_created": sum(1 for sid in unknown if not per_survey[sid]),
+    }
     figures["surveys_by_state"] = dict(sorted(Counter(db.survey_state.values()).items()))
     figures["skip_reasons"] = dict(sorted(db.skip_reasons.items()))
     figures["disruptions_landed"] = _landings(plan, db)

@@ -25,6 +25,7 @@ import email.utils
 import json
 import logging
 import secrets
+import sys
 import threading
 import time
 from collections import Counter
@@ -125,8 +126,7 @@ class FakeProvider:
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> int:
         handler = _handler_for(self)
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        server.daemon_threads = True
+        server = _Server(("127.0.0.1", 0), handler)
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True
@@ -367,6 +367,16 @@ class FakeProvider:
             self._stall()
         headers = {} if fault == "2xx_without_id" else {"X-Message-Id": message.id}
         return _Reply(202, b"", headers)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A killed worker drops its keep-alive connections: expected here, not worth a trace.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            log.exception("fake provider: error on a connection")
 
 
 def _handler_for(provider: FakeProvider) -> type[BaseHTTPRequestHandler]:

@@ -1,0 +1,1 @@
+"""tests of the benchmarks and the chaos run's fakes"""
