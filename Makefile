@@ -31,6 +31,7 @@ test: $(STAMP)
 	$(BIN)/mypy .
 	. scripts/test-services.sh && $(BIN)/python -m pytest $(PYTEST_ARGS)
 	. scripts/test-services.sh && NPS_TEST_CLOCK_SHIFT=365d $(BIN)/python -m pytest -q $(CLOCK_GUARD_TESTS)
+	. scripts/test-services.sh && $(BIN)/python -m bench.chaos --purchases 300
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
