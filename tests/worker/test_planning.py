@@ -24,9 +24,9 @@ def surveys(db: Database) -> dict[str, Survey]:
 def test_frequency_cap_counts_across_channels(db: Database, config):
     ingest_event(db.factory, purchase("F-1", consent={"email": True, "sms": True}), config, NOW)
     later = purchase("F-2", at="2026-12-01T10:00:00Z", consent={"email": False, "sms": True})
-    ingest_event(db.factory, later, config, NOW)
+    ingest_event(db.factory, later, config, datetime(2026, 12, 1, 10, tzinfo=UTC))
     outside = purchase("F-3", at="2027-03-15T10:00:00Z", consent={"sms": True})
-    ingest_event(db.factory, outside, config, NOW)
+    ingest_event(db.factory, outside, config, datetime(2027, 3, 15, 10, tzinfo=UTC))
     found = surveys(db)
     assert found["F-1"].channel == "email"
     assert "F-2" not in found
