@@ -16,7 +16,9 @@ from typing import Any, TypeVar
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import Middleware, Retries
+from dramatiq.middleware import AgeLimit, Middleware, Retries
+
+from worker.logs import LoggingMiddleware
 
 EVENTS_QUEUE = "events"
 SENDS_QUEUE = "sends"
@@ -78,6 +80,9 @@ def _make_broker() -> dramatiq.Broker:
         broker = StubBroker()
         broker.emit_after("process_boot")
     broker.add_middleware(DeadLetterOnFinalFailure(), before=Retries)
+    # Every worker process dramatiq spawns sets up our logging on boot: one format, and queue
+    # messages logged by actor and id, never with their arguments (which carry contacts).
+    broker.add_middleware(LoggingMiddleware(), before=AgeLimit)
     return broker
 
 
