@@ -157,6 +157,10 @@ def parse_args(argv: list[str] | None) -> Options:
     )  # fmt: skip
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def progress(message: str) -> None:
     print(f"[chaos {datetime.now(UTC):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
 
@@ -189,6 +193,7 @@ class ChaosRun:
         self.settled = False
         self.stranded = 0
         self.queued_events: set[str] = set()
+        self.queue_holders: dict[str, int] = {}
 
     # -- setting up ------------------------------------------------------------------------------
     def _env(self, web_port: int, fake_port: int, sendgrid_public_key: str) -> dict[str, str]:
@@ -467,6 +472,30 @@ class ChaosRun:
         self.phases["drain_seconds"] = round(time.monotonic() - begin, 1)
         self.stranded = max(self._broker_backlog(), 0)
         self.queued_events = self._queued_event_ids()
+        self.queue_holders = self._queue_holders()
+
+    def _queue_holders(self) -> dict[str, int]:
+        """Who holds the messages left in Redis: waiting in a queue, or taken (unacknowledged)
+        by a worker whose heartbeat stopped (killed) or still beats."""
+        client = redis.Redis.from_url(self.redis.url, socket_timeout=5)
+        out: Counter[str] = Counter()
+        try:
+            for queue in ("events", "sends"):
+                out["waiting"] += int(client.llen(f"dramatiq:{queue}"))
+            pairs = client.zrange("dramatiq:__heartbeats__", 0, -1, withscores=True)
+            beats = {_text(pair[0]): float(pair[1]) for pair in pairs if isinstance(pair, tuple)}
+            now_ms = time.time() * 1000
+            for key in client.scan_iter("dramatiq:__acks__.*"):
+                worker_id = _text(key).split(".")[1]
+                alive = now_ms - beats.get(worker_id, 0) < 10_000
+                out["held by live workers" if alive else "held by killed workers"] += int(
+                    client.scard(key)
+                )
+        except redis.RedisError:
+            pass
+        finally:
+            client.close()
+        return dict(out)
 
     def _queued_event_ids(self) -> set[str]:
         """Shop events still held in Redis (waiting, or taken by a worker that was killed)."""
@@ -570,7 +599,7 @@ def summary(
         "unexpected_exits": dict(run.unexpected),
         "harness_errors": dict(run.timeline.errors),
         "settled": run.settled,
-        "queue_messages_left": run.stranded,
+        "queue_messages_left": {"total": run.stranded, **run.queue_holders},
         "elapsed_seconds": round(elapsed, 1),
         "phases": run.phases,
         "violations": verdict.violations,

@@ -2,7 +2,7 @@
 the shop's plan and the database, after the run.
 
 - **Never twice**: messages the provider created per survey <= 1 invitation + the configured
-  reminders.
+  reminders, and no two of them closer than the reminder delay (a repeated invitation).
 - **Never without consent**: no message created while the recipient's consent for that channel
   was revoked, judged by the consent history rows (latest by capture time, as the product
   decides) that were recorded before the provider received the request.
@@ -65,6 +65,10 @@ reminder is claimed, rendered and sent in one go; the run's rate limits never ma
 SEND_WINDOW = 15.0
 """A provider request received within this many seconds of a ``sending`` transition belongs to
 that send attempt (the client's timeout is 10 s)."""
+
+TWICE_TOLERANCE = 2.0
+"""Seconds a reminder may seem early: the product counts its delay from the start of the send,
+the provider from the moment the request arrived."""
 
 MAX_EXAMPLES = 5
 _BEFORE_SEND = ("waiting_anchor", "scheduled", "queued", "sending")
@@ -274,6 +278,23 @@ def verify(
         examples.add("surveys_over_message_limit", sid, messages=n)
     violations["surveys_over_message_limit"] = len(over)
     figures["messages_over_limit"] = sum(n - limit for n in over.values())
+    # Stricter: a reminder never follows its invitation sooner than the configured delay, so
+    # two messages closer than that are one message twice, even when the count stays within
+    # the limit (a repeated invitation whose reminder was not needed).
+    reminder = config.survey.reminder
+    closest = reminder.after.total_seconds() - TWICE_TOLERANCE if reminder.max else float("inf")
+    times: dict[int, list[float]] = defaultdict(list)
+    for m in messages:
+        if m.survey_id is not None:
+            times[m.survey_id].append(m.received_at)
+    repeated = sorted(
+        sid
+        for sid, seen in times.items()
+        if any(b - a < closest for a, b in zip(sorted(seen), sorted(seen)[1:], strict=False))
+    )
+    for sid in repeated[:MAX_EXAMPLES]:
+        examples.add("surveys_sent_twice", sid, messages=len(times[sid]))
+    violations["surveys_sent_twice"] = len(repeated)
     figures["messages_without_survey_id"] = sum(1 for m in messages if m.survey_id is None)
 
     # -- never without consent, never to the erased --------------------------------------------

@@ -143,6 +143,7 @@ def messages(ids: dict[str, int]) -> list[Message]:
         m("s3", 21.0),  # revoked at +20.5, claimed at +20: in flight, not a violation
         m("s4", 35.1),  # erased at +30, claimed at +35: a violation
         m("s5", 0.2),
+        m("s5", 4.0),  # within the limit of two, but too soon to be the reminder
     ]
 
 
@@ -161,6 +162,7 @@ def test_each_violation_is_counted_once(verdict):
     result, _ = verdict
     assert result.violations == {
         "surveys_over_message_limit": 1,
+        "surveys_sent_twice": 2,  # s1's last two, s5's two
         "sent_without_consent": 1,
         "sent_after_erasure": 1,
         "purchases_without_outcome": 2,  # o6 (never recorded) and o7 (no survey, no skip)
