@@ -227,6 +227,7 @@ class ChaosRun:
 
     def setup(self, plan: ShopPlan) -> None:
         self.supervisor.start_reaper()
+        self.supervisor.tell_reaper(f"directory {self.tmp}")
         self.secret_key = secrets.token_urlsafe(32)
         self.ingest_token = secrets.token_urlsafe(24)
         self.account_sid = "AC" + secrets.token_hex(16)
@@ -611,7 +612,9 @@ def summary(
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
+    # Also SIGINT: a shell starting this in the background would have it ignored otherwise.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     started = time.monotonic()
     run = ChaosRun(opts)
     result: dict[str, Any] | None = None

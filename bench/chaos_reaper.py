@@ -4,17 +4,19 @@
 
 - ``group <pgid>``: a process group the run started (killed with SIGKILL at the end);
 - ``database <admin url> <name>``: a database the run created (dropped at the end);
+- ``directory <path>``: the run's temporary directory (removed at the end);
 - ``done``: the run cleaned up itself; exit without doing anything.
 
 When stdin ends without ``done`` (the run crashed, was interrupted or was SIGKILLed, which closes
-the pipe), it kills every group still alive and drops the database. It ignores SIGINT and SIGHUP,
-so a Ctrl-C meant for the run never stops it before its work.
+the pipe), it kills every group still alive, drops the database and removes the directory. It
+ignores SIGINT and SIGHUP, so a Ctrl-C meant for the run never stops it before its work.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import sys
 
@@ -44,6 +46,7 @@ def main() -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     groups: set[int] = set()
     database: tuple[str, str] | None = None
+    directories: list[str] = []
     for line in sys.stdin:
         word, _, rest = line.strip().partition(" ")
         if word == "done":
@@ -53,7 +56,11 @@ def main() -> int:
         elif word == "database":
             url, _, name = rest.rpartition(" ")
             database = (url, name)
+        elif word == "directory" and rest:
+            directories.append(rest)
     _kill(groups)
+    for directory in directories:
+        shutil.rmtree(directory, ignore_errors=True)
     if database is not None:
         try:
             _drop(*database)
