@@ -318,6 +318,8 @@ class ChaosRun:
     def traffic(self, plan: ShopPlan) -> None:
         assert self.timeline is not None
         self.shop = Shop(plan, self.timeline, self.redis.url, self.web_base, self.ingest_token)
+        assert self.provider is not None
+        self.provider.on_request = self.shop.on_provider_request
         begin = time.monotonic() + 1.0
         self.shop.start(begin)
         emission_end = begin + plan.duration

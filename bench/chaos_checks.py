@@ -6,7 +6,8 @@ the shop's plan and the database, after the run.
 - **Never without consent**: no message created while the recipient's consent for that channel
   was revoked, judged by the consent history rows (latest by capture time, as the product
   decides) that were recorded before the provider received the request.
-- **Never to the erased**: no message after the customer's erasure was recorded.
+- **Never to the erased**: no message after the customer's erasure was recorded, and nothing
+  personal left about them (message ids, bodies, comments, raw webhooks).
 - **Nothing lost**: every purchase has a survey or a skip reason; every survey is in a final state
   once the windows have closed; every shop event is in the ledger (or a dead letter); every
   provider webhook stored was applied.
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bench.chaos_shop import ShopPlan
@@ -38,8 +39,10 @@ from bench.fakes.provider import TWILIO, Attempt, Message
 from models import (
     Answer,
     ConsentRecord,
+    Customer,
     DeadLetter,
     InboundEvent,
+    MessageRecord,
     Order,
     SkippedPurchase,
     Survey,
@@ -117,6 +120,7 @@ class _Db:
     dead_letters: set[str]
     unapplied_webhooks: int
     skip_reasons: Counter[str]
+    erased_left: dict[str, list[int]]  # table -> survey ids of erased customers with data left
 
 
 def _load(session: Session) -> _Db:
@@ -184,7 +188,33 @@ def _load(session: Session) -> _Db:
         )
         or 0
     )
+    erased_surveys = (
+        select(Survey.id)
+        .join(Customer, Customer.id == Survey.customer_id)
+        .where(Customer.erased_at.is_not(None))
+    )
+    leftovers = {
+        "surveys": select(Survey.id).where(
+            Survey.id.in_(erased_surveys),
+            or_(Survey.provider_message_id.is_not(None), Survey.comment.is_not(None)),
+        ),
+        "messages": select(MessageRecord.survey_id).where(
+            MessageRecord.survey_id.in_(erased_surveys),
+            or_(MessageRecord.body.is_not(None), MessageRecord.provider_message_id.is_not(None)),
+        ),
+        "answers": select(Answer.survey_id).where(
+            Answer.survey_id.in_(erased_surveys), Answer.comment.is_not(None)
+        ),
+        "webhook payloads": select(InboundEvent.survey_id).where(
+            InboundEvent.survey_id.in_(erased_surveys), InboundEvent.payload.is_not(None)
+        ),
+    }
+    erased_left = {
+        table: [int(sid) for sid in session.scalars(query) if sid is not None]
+        for table, query in leftovers.items()
+    }
     return _Db(
+        erased_left={k: v for k, v in erased_left.items() if v},
         survey_order={r[0]: str(r[1]) for r in rows},
         survey_customer={r[0]: int(r[2]) for r in rows},
         survey_state={r[0]: str(r[3]) for r in rows},
@@ -338,6 +368,13 @@ def verify(
                 )
     violations["sent_without_consent"] = no_consent
     violations["sent_after_erasure"] = after_erasure
+    # Erasure keeps counts, not people: no contact, message id, body or comment may remain
+    # (or be written again by a late callback or reply) for an erased customer's surveys.
+    for table, survey_ids in db.erased_left.items():
+        for sid in sorted(set(survey_ids))[:2]:
+            examples.add("erased_data_left", sid, table=table)
+    violations["erased_data_left"] = sum(len(v) for v in db.erased_left.values())
+    figures["erased_data_left_by_table"] = {k: len(v) for k, v in db.erased_left.items()}
     figures["in_flight_at_revocation"] = in_flight_consent
     figures["in_flight_at_erasure"] = in_flight_erasure
 

@@ -40,6 +40,9 @@ NO_DELIVERY_SHARE = 0.10  # anchored on the time-out instead
 RETURNING_SHARE = 0.05
 TEST_ORDER_SHARE = 0.01
 QUEUE_SHARE = 0.6  # the rest goes through POST /v1/events
+AT_SEND_SHARE = 1 / 3  # disruptions timed to the provider receiving the survey's message
+SEND_HOLD = 2.0  # seconds the provider then takes to answer, as a slow one would
+SHOP_CLOCK_SKEWS = (-2.0, 0.0, 2.0)
 #: Cancellations, revocations and erasures come this many seconds after the purchase at most:
 #: with a delay of seconds, that spreads them before, during and after the send.
 DISRUPTION_WINDOW = 25.0
@@ -87,14 +90,24 @@ class PlannedEvent:
     order_id: str | None
     customer: str
     duplicate: bool = False
+    # Sent when the provider first receives a message to one of these contacts, if that comes
+    # before ``at``; then ``occurred`` is moved to that moment.
+    trigger: tuple[str, ...] = ()
+    original: PlannedEvent | None = None  # for a repeat: the event it repeats
+
+    @property
+    def source(self) -> PlannedEvent:
+        return self.original or self
 
     @property
     def event_id(self) -> str:
         return str(self.body["event_id"])
 
     def event(self, start_wall: float) -> dict[str, Any]:
-        """The event as sent, its times counted from the wall-clock start of the run."""
-        event = {**self.body, "occurred_at": _iso(start_wall + self.occurred)}
+        """The event as sent, its times counted from the wall-clock start of the run (a repeat
+        is sent exactly as the first copy was)."""
+        first = self.source
+        event = {**first.body, "occurred_at": _iso(start_wall + first.occurred)}
         consent = event.get("consent")
         if isinstance(consent, dict) and "captured" in consent:
             consent = dict(consent)
@@ -203,12 +216,28 @@ def make_plan(purchases: int, seed: int, rate: float) -> ShopPlan:
 
     def add(
         at: float, occurred: float, kind: str, body: dict[str, Any], order: str | None, who: str
-    ) -> str:
+    ) -> PlannedEvent:
         event_id = f"chaos-{seed}-{next(counter)}"
         event = {"type": kind, "event_id": event_id, **body}
         path = "queue" if rng.random() < QUEUE_SHARE else "http"
-        events.append(PlannedEvent(at, occurred, event, path, kind, order, who))
-        return event_id
+        # The shop runs several servers whose clocks disagree by a second or two.
+        skewed = occurred + rng.choice(SHOP_CLOCK_SKEWS)
+        planned = PlannedEvent(at, skewed, event, path, kind, order, who)
+        events.append(planned)
+        return planned
+
+    def disrupt(
+        label: str, kind: str, body: dict[str, Any], t: float, order: OrderPlan, who: ShopCustomer
+    ) -> PlannedEvent:
+        """An event at a random moment after the purchase, or (a third of them) at the moment
+        the provider receives the survey's first message, held there a while."""
+        at_send = rng.random() < AT_SEND_SHARE
+        at = t + DISRUPTION_WINDOW * (1.0 if at_send else rng.random())
+        planned = add(at, at, kind, body, order.order_id, who.key)
+        if at_send:
+            planned.trigger = tuple(c for c in (who.phone, who.email) if c)
+        order.disruptions.append((label, at, planned.event_id))
+        return planned
 
     for i in range(purchases):
         if customers and rng.random() < RETURNING_SHARE:
@@ -219,7 +248,6 @@ def make_plan(purchases: int, seed: int, rate: float) -> ShopPlan:
         t = i / rate + rng.random() * 0.5 / rate
         order_id = f"co-{seed}-{i}"
         test = rng.random() < TEST_ORDER_SHARE
-        plan = orders[order_id] = OrderPlan(order_id, customer.key, t, test)
         consent: dict[str, Any] = {
             "email": customer.consent_email,
             "sms": customer.consent_sms,
@@ -238,7 +266,8 @@ def make_plan(purchases: int, seed: int, rate: float) -> ShopPlan:
         }
         late = rng.random() < LATE_PURCHASE_SHARE
         arrival = t + (2.0 + 4.0 * rng.random() if late else 0.0)
-        add(arrival, t, "purchase.completed", purchase, order_id, customer.key)
+        bought = add(arrival, t, "purchase.completed", purchase, order_id, customer.key)
+        plan = orders[order_id] = OrderPlan(order_id, customer.key, bought.occurred, test)
         if rng.random() < 0.8:
             fulfilled = t + 0.3 + 1.5 * rng.random()
             add(
@@ -260,13 +289,10 @@ def make_plan(purchases: int, seed: int, rate: float) -> ShopPlan:
                 customer.key,
             )
         if rng.random() < CANCEL_SHARE:
-            at = t + DISRUPTION_WINDOW * rng.random()
             kind = rng.choice(("order.cancelled", "order.refunded"))
-            eid = add(at, at, kind, {"order_id": order_id}, order_id, customer.key)
-            cancellations[order_id] = eid
-            plan.disruptions.append(("cancellation", at, eid))
+            cancelled = disrupt("cancellation", kind, {"order_id": order_id}, t, plan, customer)
+            cancellations[order_id] = cancelled.event_id
         if rng.random() < REVOKE_SHARE and (customer.consent_email or customer.consent_sms):
-            at = t + DISRUPTION_WINDOW * rng.random()
             channels = [
                 ch
                 for ch, on in (("email", customer.consent_email), ("sms", customer.consent_sms))
@@ -275,24 +301,16 @@ def make_plan(purchases: int, seed: int, rate: float) -> ShopPlan:
             chosen = channels if rng.random() < 0.25 else [channels[0]]
             body = {
                 "customer": {"id": customer.key},
-                "consent": {ch: True for ch in chosen} | {"source": "preference-center"},
+                # Each channel's consent after the event: false for the revoked ones.
+                "consent": {ch: False for ch in chosen} | {"source": "preference-center"},
             }
-            eid = add(at, at, "consent.revoked", body, order_id, customer.key)
-            revocations.setdefault(customer.key, []).append(eid)
-            plan.disruptions.append(("revocation", at, eid))
+            revoked = disrupt("revocation", "consent.revoked", body, t, plan, customer)
+            revocations.setdefault(customer.key, []).append(revoked.event_id)
         if rng.random() < ERASE_SHARE and customer.key not in erasures:
-            at = t + DISRUPTION_WINDOW * rng.random()
-            eid = add(
-                at,
-                at,
-                "customer.erased",
-                {"customer": {"id": customer.key}},
-                order_id,
-                customer.key,
-            )
-            erasures[customer.key] = eid
-            erased_at[customer.key] = at
-            plan.disruptions.append(("erasure", at, eid))
+            body = {"customer": {"id": customer.key}}
+            erased = disrupt("erasure", "customer.erased", body, t, plan, customer)
+            erasures[customer.key] = erased.event_id
+            erased_at[customer.key] = erased.occurred
 
     originals = list(events)
     for original in originals:
@@ -308,6 +326,7 @@ def make_plan(purchases: int, seed: int, rate: float) -> ShopPlan:
                     original.order_id,
                     original.customer,
                     duplicate=True,
+                    original=original,
                 )
             )
     events.sort(key=lambda e: e.at)
@@ -336,6 +355,8 @@ class Shop:
         self.http = httpx.Client(timeout=30.0, headers={"Authorization": f"Bearer {ingest_token}"})
         self._lock = threading.Lock()
         self._http_batch: list[dict[str, Any]] = []
+        self._triggers: dict[str, list[PlannedEvent]] = {}
+        self._emitted: set[str] = set()
         self.sent: Counter[str] = Counter()  # "<path>" and "duplicates"
         self.results: Counter[str] = Counter()  # HTTP per-item status
         self.retries: Counter[str] = Counter()
@@ -348,8 +369,28 @@ class Shop:
         self.started = at
         self.start_wall = time.time() + (at - time.monotonic())
         for planned in self.plan.events:
+            if planned.trigger:
+                with self._lock:
+                    for contact in planned.trigger:
+                        self._triggers.setdefault(contact, []).append(planned)
             self.timeline.at(at + planned.at, self._emit, planned)
         self.timeline.at(at, self._flush_http)
+
+    def on_provider_request(self, to: str) -> float:
+        """The provider received a message to ``to``: send the events timed to that moment now,
+        and say how long the provider should then take to answer."""
+        with self._lock:
+            due = [p for p in self._triggers.pop(to, []) if p.event_id not in self._emitted]
+        if not due:
+            return 0.0
+        offset = time.monotonic() - self.started
+        for planned in due:
+            planned.at = planned.occurred = offset
+            if planned.kind == "customer.erased":
+                self.plan.erased_at[planned.customer] = offset
+            self.timeline.after(0.0, self._emit, planned)
+        self.sent["timed to a send"] += len(due)
+        return SEND_HOLD
 
     def close(self) -> None:
         self.http.close()
@@ -357,6 +398,10 @@ class Shop:
 
     def _emit(self, planned: PlannedEvent) -> None:
         with self._lock:
+            if not planned.duplicate:
+                if planned.event_id in self._emitted:
+                    return  # already sent at the moment of a send
+                self._emitted.add(planned.event_id)
             self.sent["duplicates" if planned.duplicate else planned.kind] += 1
             self.sent[planned.path] += 1
         event = planned.event(self.start_wall)

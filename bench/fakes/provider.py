@@ -105,6 +105,7 @@ class FakeProvider:
         client_timeout: float,
         landlines: frozenset[str] = frozenset(),
         on_created: Callable[[Message], None] | None = None,
+        on_request: Callable[[str], float] | None = None,
     ) -> None:
         self.account_sid = account_sid
         self._basic = "Basic " + base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode()
@@ -113,6 +114,7 @@ class FakeProvider:
         self.client_timeout = client_timeout
         self.landlines = landlines
         self.on_created = on_created
+        self.on_request = on_request
         self._lock = threading.Lock()
         self.messages: list[Message] = []
         self.attempts: list[Attempt] = []
@@ -206,6 +208,18 @@ class FakeProvider:
         with self._lock:
             self.attempts.append(Attempt(provider, to, survey_id, at, what))
 
+    def _arrived(self, to: str) -> None:
+        """Tell the run a request for ``to`` arrived; it may ask us to take our time."""
+        if self.on_request is None:
+            return
+        try:
+            hold = self.on_request(to)
+        except Exception:
+            log.exception("on_request failed")
+            return
+        if hold > 0:
+            time.sleep(hold)
+
     def _stall(self) -> None:
         """Answer later than the client waits: it sees a read timeout."""
         time.sleep(self.client_timeout + 1.0)
@@ -257,6 +271,7 @@ class FakeProvider:
         to, text = form.get("To", ""), form.get("Body", "")
         callback = form.get("StatusCallback")
         survey_id = _survey_from_url(callback)
+        self._arrived(to)
         fault = self.faults.decide("twilio create", to, CREATE_FAULTS)
         if fault is not None:
             self._count(self.injected, f"twilio {fault}")
@@ -344,6 +359,7 @@ class FakeProvider:
         survey = str(custom.get("survey_id", ""))
         survey_id = int(survey) if survey.isdigit() else None
         text = "\n".join(str(part.get("value", "")) for part in mail.get("content") or [])
+        self._arrived(to)
         fault = self.faults.decide("sendgrid send", to, CREATE_FAULTS)
         if fault is not None:
             self._count(self.injected, f"sendgrid {fault}")

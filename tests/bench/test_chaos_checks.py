@@ -39,6 +39,8 @@ def seed(db) -> dict[str, int]:
     with db.session() as s, s.begin():
         for n in range(1, 6):
             c = Customer(external_id=f"k{n}", email=f"k{n}@mail.example", email_status="valid")
+            if n == 4:  # erased at +30 s
+                c.external_id, c.email, c.erased_at = "erased:4", None, at(30)
             s.add(c)
             s.flush()
             s.add(
@@ -64,6 +66,8 @@ def seed(db) -> dict[str, int]:
                 state=state,
                 closes_at=closes,
                 score=9 if n == 5 else None,
+                # A late callback wrote the provider's id back after the erasure.
+                provider_message_id="SM-late" if n == 4 else None,
             )
             s.add(survey)
             s.flush()
@@ -165,6 +169,7 @@ def test_each_violation_is_counted_once(verdict):
         "surveys_sent_twice": 2,  # s1's last two, s5's two
         "sent_without_consent": 1,
         "sent_after_erasure": 1,
+        "erased_data_left": 1,
         "purchases_without_outcome": 2,  # o6 (never recorded) and o7 (no survey, no skip)
         "surveys_not_final": 1,  # s1, still "sent"
         "events_not_recorded": 1,
@@ -186,6 +191,7 @@ def test_races_and_diagnostics_are_figures_not_violations(verdict):
     assert figures["not_final_by_state"] == {"sent": 1}
     assert (figures["answers_given"], figures["answer_rows"]) == (1, 2)
     assert figures["send_unknown"] == {"message_created": 0, "nothing_created": 0}
+    assert figures["erased_data_left_by_table"] == {"surveys": 1}
 
 
 def test_examples_name_the_surveys_with_their_history(verdict):
