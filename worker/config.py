@@ -69,8 +69,10 @@ __all__ = [
     "Rule",
     "RuleMatch",
     "ScheduleConfig",
+    "ShopifyConfig",
     "SurveyConfig",
     "Weekday",
+    "WooCommerceConfig",
     "check_config_file",
     "config_path_from_env",
     "default_config",
@@ -564,6 +566,80 @@ class RateLimits(_Model):
 
 
 # --------------------------------------------------------------------------------------------
+# [shopify], [woocommerce]: the shop platforms' webhooks
+# --------------------------------------------------------------------------------------------
+
+ShopifyPurchaseTopic = Literal["orders/paid", "orders/create"]
+ShopifyConsentState = Literal[
+    "subscribed", "pending", "not_subscribed", "unsubscribed", "redacted", "invalid"
+]
+# A customer in one of these states has said no, or nothing, or their consent was erased: an
+# operator cannot make it count as a yes.
+_NEVER_CONSENT = ("not_subscribed", "unsubscribed", "redacted", "invalid")
+WooCommerceStatus = Literal["pending", "processing", "on-hold", "completed"]
+
+
+def _unique_nonempty(value: object) -> object:
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list | tuple):
+        if not value:
+            raise PydanticCustomError("empty", "must not be empty")
+        seen = [v for i, v in enumerate(value) if v in value[:i]]
+        if seen:
+            raise PydanticCustomError(
+                "duplicate", "{value} is listed twice", {"value": repr(seen[0])}
+            )
+        return tuple(value)
+    return value
+
+
+def _counts_as_consent(states: tuple[str, ...]) -> tuple[str, ...]:
+    refused = [state for state in states if state in _NEVER_CONSENT]
+    if refused:
+        raise PydanticCustomError(
+            "consent_state",
+            "{value} cannot count as consent (it records a refusal, no answer, or an erasure)",
+            {"value": repr(refused[0])},
+        )
+    return states
+
+
+def _meta_key(value: str | None) -> str | None:
+    return None if value is None else _strip_nonempty(value)
+
+
+class ShopifyConfig(_Model):
+    """How Shopify webhooks become shop events (``POST /webhooks/shopify``)."""
+
+    # The order topic(s) that record a purchase; "orders/create" also counts unpaid orders.
+    purchase_topics: Annotated[
+        tuple[ShopifyPurchaseTopic, ...], BeforeValidator(_unique_nonempty)
+    ] = ("orders/paid",)
+    # The line item field read as an item's category.
+    category: Literal["product_type", "vendor"] = "vendor"
+    # Marketing consent states (email_marketing_consent / sms_marketing_consent) that count.
+    consent_states: Annotated[
+        tuple[ShopifyConsentState, ...],
+        BeforeValidator(_unique_nonempty),
+        AfterValidator(_counts_as_consent),
+    ] = ("subscribed",)
+
+
+class WooCommerceConfig(_Model):
+    """How WooCommerce order webhooks become shop events (``POST /webhooks/woocommerce``)."""
+
+    # Order statuses that record the purchase ("completed" also records the fulfilment).
+    purchase_statuses: Annotated[
+        tuple[WooCommerceStatus, ...], BeforeValidator(_unique_nonempty)
+    ] = ("processing", "completed")
+    # WooCommerce keeps no marketing consent of its own: the order meta_data key a checkout
+    # consent field writes, per channel ("yes", "1", "true" or "on" is a grant).
+    email_consent_meta_key: Annotated[str | None, AfterValidator(_meta_key)] = None
+    sms_consent_meta_key: Annotated[str | None, AfterValidator(_meta_key)] = None
+
+
+# --------------------------------------------------------------------------------------------
 # The whole file
 # --------------------------------------------------------------------------------------------
 
@@ -575,6 +651,8 @@ class OperatorConfig(_Model):
     schedule: ScheduleConfig = ScheduleConfig()
     contact: ContactConfig = ContactConfig()
     rate_limits: RateLimits = RateLimits()
+    shopify: ShopifyConfig = ShopifyConfig()
+    woocommerce: WooCommerceConfig = WooCommerceConfig()
 
     _version: str = PrivateAttr(default="")
 

@@ -24,6 +24,9 @@ class Settings:
     dashboard_password: str | None = None
     metrics_token: str | None = None  # bearer token for GET /metrics, besides basic auth
     trusted_proxies: tuple[str, ...] = ()  # addresses/networks whose X-Forwarded-For is believed
+    # Unset: POST /webhooks/shopify (and /webhooks/woocommerce) answers 404.
+    shopify_webhook_secret: str | None = field(default=None, repr=False)
+    woocommerce_webhook_secret: str | None = field(default=None, repr=False)
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -43,6 +46,8 @@ class Settings:
                 for item in env.get("NPS_TRUSTED_PROXIES", "").split(",")
                 if item.strip()
             ),
+            shopify_webhook_secret=env.get("SHOPIFY_WEBHOOK_SECRET") or None,
+            woocommerce_webhook_secret=env.get("WOOCOMMERCE_WEBHOOK_SECRET") or None,
             env=env,
         )
 

@@ -573,3 +573,76 @@ def test_holder_listener_failure_does_not_break_reload(tmp_path):
     path.write_text('[schedule]\ndelay = "9d"\n', encoding="utf-8")
     assert holder.reload().changed
     assert holder.current().schedule.delay == timedelta(days=9)
+
+
+# -- [shopify] and [woocommerce] ----------------------------------------------------------------
+
+
+def test_platform_tables_default_to_paid_orders_vendor_and_subscribed():
+    config = default_config()
+    assert config.shopify.purchase_topics == ("orders/paid",)
+    assert config.shopify.category == "vendor"
+    assert config.shopify.consent_states == ("subscribed",)
+    assert config.woocommerce.purchase_statuses == ("processing", "completed")
+    assert config.woocommerce.email_consent_meta_key is None
+    assert config.woocommerce.sms_consent_meta_key is None
+
+
+def test_platform_tables_are_read(tmp_path):
+    config = load_config(
+        write(
+            tmp_path,
+            '[shopify]\npurchase_topics = ["orders/create", "orders/paid"]\n'
+            'category = "product_type"\nconsent_states = ["subscribed", "pending"]\n'
+            '[woocommerce]\npurchase_statuses = "completed"\n'
+            'email_consent_meta_key = " _nps_email_consent "\n',
+        )
+    )
+    assert config.shopify.purchase_topics == ("orders/create", "orders/paid")
+    assert config.shopify.category == "product_type"
+    assert config.shopify.consent_states == ("subscribed", "pending")
+    assert config.woocommerce.purchase_statuses == ("completed",)
+    assert config.woocommerce.email_consent_meta_key == "_nps_email_consent"
+    assert config.version != default_config().version
+
+
+def test_example_platform_keys_load_when_uncommented(tmp_path):
+    lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
+    lines = [line.removeprefix("# ") if "_consent_meta_key =" in line else line for line in lines]
+    config = load_config(write(tmp_path, "\n".join(lines)))
+    assert config.woocommerce.email_consent_meta_key == "_nps_email_consent"
+    assert config.woocommerce.sms_consent_meta_key == "_nps_sms_consent"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[shopify]\npurchase_topics = []\n", "shopify.purchase_topics: must not be empty"),
+        ('[shopify]\npurchase_topics = ["orders/updated"]\n', "shopify.purchase_topics[0]: "),
+        (
+            '[shopify]\npurchase_topics = ["orders/paid", "orders/paid"]\n',
+            "shopify.purchase_topics: 'orders/paid' is listed twice",
+        ),
+        ('[shopify]\ncategory = "collection"\n', "shopify.category: "),
+        ('[shopify]\nconsent_states = ["opted_in"]\n', "shopify.consent_states[0]: "),
+        (
+            '[shopify]\nconsent_states = ["subscribed", "unsubscribed"]\n',
+            "shopify.consent_states: 'unsubscribed' cannot count as consent",
+        ),
+        (
+            '[shopify]\nconsent_states = ["not_subscribed"]\n',
+            "shopify.consent_states: 'not_subscribed' cannot count as consent",
+        ),
+        ("[shopify]\nconsent_states = []\n", "shopify.consent_states: must not be empty"),
+        ('[shopify]\nsecret = "x"\n', "shopify.secret: unknown key (expected one of: "),
+        (
+            '[woocommerce]\npurchase_statuses = ["cancelled"]\n',
+            "woocommerce.purchase_statuses[0]: ",
+        ),
+        ("[woocommerce]\npurchase_statuses = []\n", "woocommerce.purchase_statuses: must not"),
+        ('[woocommerce]\nsms_consent_meta_key = "  "\n', "woocommerce.sms_consent_meta_key: must"),
+    ],
+)
+def test_bad_platform_value_names_its_key(tmp_path, text, expected):
+    problems = problems_of(tmp_path, text)
+    assert any(p.startswith(expected) for p in problems), problems

@@ -1,0 +1,531 @@
+"""Shop platforms' webhooks (Shopify, WooCommerce): a verified delivery in, shop events out.
+
+Each platform's adapter (``ingest/shopify``, ``ingest/woocommerce``) verifies its signature and
+maps its payload to our shop events (``ingest/schema.py``). What they share is here, the same
+four steps as the provider webhooks of ``worker/responses.py``:
+
+1. **Store** the delivery raw in the inbound ledger under (platform, shop/delivery id), with the
+   keyed pseudonym of the customer it names (``subject_key``): a redelivery is a duplicate and
+   changes nothing, and an erasure finds the row before it is even applied.
+2. **Map** the stored payload to events (each adapter's pure ``map``). A payload that cannot be
+   mapped becomes a dead letter with the reason, and the platform is answered 200: sending the
+   same payload again would not help, and a platform that sees errors retries, then disables the
+   webhook.
+3. **Ingest** the events with ``ingest_in_session``, each in its own savepoint, in one
+   transaction that holds the raw row: the same validation, ledger, idempotency and per-event
+   outcomes as ``POST /v1/events``. Event ids are derived from the platform's resource ids, so
+   the same order seen twice (a redelivery under a new id, ``orders/create`` then
+   ``orders/paid``) is a duplicate. An event the schema rejects is a dead letter too. An error on
+   our side keeps the raw row unapplied (``attempts``, ``retry_at``, the error) and is answered
+   500, so the platform sends it again; :func:`replay_unhandled` applies it again meanwhile.
+4. **Finish**: ``handled_at`` and the result; the payload stays only while the row is tied to a
+   customer who is not erased (where erasure, export and the retention pruning find it).
+
+Event ids never hold a customer's id: the ledger keeps event ids after an erasure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Final, Literal
+
+from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from ingest import apply
+from ingest.service import IngestResult, ingest_batch, ingest_in_session, store_dead_letter
+from models import Customer, DeadLetter, InboundEvent, utcnow
+from models.inbound import claim_inbound_event
+from worker.config import OperatorConfig
+
+__all__ = [
+    "Adapter",
+    "Delivery",
+    "Mapped",
+    "Received",
+    "Unmappable",
+    "amount",
+    "erase_shop_customers",
+    "handle",
+    "keyed",
+    "numeric_id",
+    "receive",
+    "replay_unhandled",
+    "text",
+    "timestamp",
+]
+
+log = logging.getLogger(__name__)
+
+ERASE_BATCH: Final = 500
+_PAGE: Final = 5000
+_REPLAY_MAX_ATTEMPTS: Final = 20  # about three days of doubling pauses, as for provider webhooks
+
+
+class Unmappable(ValueError):
+    """The payload cannot be turned into shop events; the message says why (no personal data)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One verified webhook delivery: what the platform sent, as stored raw."""
+
+    platform: str  # the ledger source: "shopify" | "woocommerce"
+    delivery_id: str  # the platform's unique id of this delivery
+    topic: str
+    shop: str  # the shop's domain or site, "" when the platform did not say
+    body: Any  # the JSON body, or None when it was not JSON
+    received_at: datetime
+
+    @property
+    def ledger_id(self) -> str:
+        """The ledger's external id: the shop, then the delivery id (a shop's rows share a
+        prefix, which is how ``shop/redact`` finds them)."""
+        return f"{self.shop[:100]}/{self.delivery_id[:99]}"
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "topic": self.topic,
+            "shop": self.shop,
+            "delivery_id": self.delivery_id,
+            "received_at": self.received_at.isoformat(),
+            "body": self.body,
+        }
+
+    @classmethod
+    def from_payload(cls, platform: str, payload: Mapping[str, Any]) -> Delivery:
+        return cls(
+            platform=platform,
+            delivery_id=str(payload.get("delivery_id") or ""),
+            topic=str(payload.get("topic") or ""),
+            shop=str(payload.get("shop") or ""),
+            body=payload.get("body"),
+            received_at=datetime.fromisoformat(str(payload["received_at"])),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Mapped:
+    """What a delivery means: shop events to ingest, in order, or a note of why there are none."""
+
+    events: tuple[dict[str, Any], ...] = ()
+    result: str = ""  # said when there are no events ("ignored: status pending")
+    erase_shop: bool = False  # shop/redact: erase every customer this shop's deliveries named
+    notice: str | None = None  # a line for the operators' log; never personal data
+
+
+@dataclass(frozen=True, slots=True)
+class Adapter:
+    """A platform: its ledger source, its mapping, and whom a delivery is about."""
+
+    platform: str
+    map: Callable[[Delivery, OperatorConfig], Mapped]
+    # The shop's customer id a delivery names (for the raw row's subject key), or None. Never
+    # raises: it runs before the payload is known to be usable.
+    subject: Callable[[Delivery], str | None]
+
+
+Status = Literal["applied", "duplicate", "already", "dead_letter", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """What became of a delivery."""
+
+    status: Status
+    row_id: int | None = None
+    result: str | None = None
+    events: tuple[IngestResult, ...] = field(default_factory=tuple)
+    dead_letter: int | None = None
+
+    def answer(self) -> dict[str, Any]:
+        """The body answered to the platform (ids and statuses only, nothing personal)."""
+        out: dict[str, Any] = {"status": self.status, "result": self.result}
+        if self.events:
+            out["events"] = [{"event_id": r.event_id, "status": r.status} for r in self.events]
+        if self.dead_letter is not None:
+            out["dead_letter"] = self.dead_letter
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Small readers the adapters share
+# --------------------------------------------------------------------------------------------
+
+
+def numeric_id(value: object, path: str) -> str:
+    """A platform's numeric id as decimal text: ``820982911946154508`` or ``"0820..."`` alike."""
+    if isinstance(value, bool):
+        raise Unmappable(f"{path}: expected a numeric id, got a boolean")
+    if isinstance(value, int) and value > 0:
+        return str(value)
+    if isinstance(value, str) and value.strip().isdigit() and int(value) > 0:
+        return str(int(value))
+    if value is None:
+        raise Unmappable(f"{path}: missing")
+    raise Unmappable(f"{path}: expected a numeric id, got {type(value).__name__}")
+
+
+def text(value: object, limit: int) -> str | None:
+    """A text field, trimmed and cut to ``limit``; ``None`` when absent or blank."""
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    return value[:limit] or None
+
+
+def timestamp(value: object, path: str, *, naive_is_utc: bool = False) -> str:
+    """An ISO 8601 time as given; the schema checks it. WooCommerce's ``*_gmt`` fields carry no
+    offset (``naive_is_utc``)."""
+    if not isinstance(value, str) or not value.strip():
+        raise Unmappable(f"{path}: missing")
+    value = value.strip()
+    if naive_is_utc:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise Unmappable(f"{path}: not an ISO 8601 time") from None
+        if parsed.tzinfo is None:
+            return value + "+00:00"
+    return value
+
+
+def amount(value: object, path: str) -> str:
+    """A money amount as the decimal text the schema wants (platforms send strings)."""
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if value is None:
+        raise Unmappable(f"{path}: missing")
+    raise Unmappable(f"{path}: expected a decimal string, got {type(value).__name__}")
+
+
+def keyed(*parts: str) -> str:
+    """A short digest for an event id that must tell customers apart without naming them: the
+    first part is a customer id, replaced by its keyed pseudonym before hashing, so the digest
+    cannot be reversed by trying ids (the ledger keeps event ids after an erasure)."""
+    first, *rest = parts
+    material = "\n".join((apply.subject_key(first), *rest))
+    return hashlib.sha256(material.encode()).hexdigest()[:32]
+
+
+# --------------------------------------------------------------------------------------------
+# Store, then apply
+# --------------------------------------------------------------------------------------------
+
+
+def receive(
+    factory: sessionmaker[Session],
+    config: OperatorConfig,
+    adapter: Adapter,
+    delivery: Delivery,
+    *,
+    now: datetime | None = None,
+) -> Received:
+    """Store, then apply: what a platform's webhook route calls once the signature holds."""
+    now = now or utcnow()
+    subject = adapter.subject(delivery)
+    with factory() as session, session.begin():
+        row_id = claim_inbound_event(
+            session,
+            source=adapter.platform,
+            external_id=delivery.ledger_id,
+            event_type=delivery.topic[:40],
+            subject_key=apply.subject_key(subject) if subject else None,
+            payload=delivery.payload(),
+        )
+        if row_id is None:
+            existing = session.execute(
+                select(InboundEvent.id, InboundEvent.handled_at).where(
+                    InboundEvent.source == adapter.platform,
+                    InboundEvent.external_id == delivery.ledger_id,
+                )
+            ).one()
+            if existing.handled_at is not None:
+                return Received("duplicate", existing.id, "already received")
+            row_id = existing.id  # an earlier attempt failed: this redelivery tries again
+    return handle(factory, config, adapter, row_id, now=now)
+
+
+def handle(
+    factory: sessionmaker[Session],
+    config: OperatorConfig,
+    adapter: Adapter,
+    row_id: int,
+    *,
+    now: datetime | None = None,
+) -> Received:
+    """Apply one stored delivery, once."""
+    now = now or utcnow()
+    with factory() as session:
+        row = session.get(InboundEvent, row_id)
+        if row is None or row.handled_at is not None:
+            return Received("already", row_id)
+        payload = row.payload
+    if not isinstance(payload, dict):
+        _finish(factory, row_id, "payload erased", now, keep=False)
+        return Received("applied", row_id, "payload erased")
+    delivery = Delivery.from_payload(adapter.platform, payload)
+    try:
+        mapped = adapter.map(delivery, config)
+    except Unmappable as exc:
+        return _dead_letter(factory, adapter, row_id, delivery, [str(exc)], now)
+    if mapped.erase_shop:
+        erased = erase_shop_customers(
+            factory, config, adapter.platform, delivery.shop, delivery.delivery_id, now
+        )
+        result = f"erased {erased} customer(s)"
+        log.warning("%s %s: %s of shop %s", adapter.platform, delivery.topic, result, delivery.shop)
+        _finish(factory, row_id, result, now, keep=False)
+        return Received("applied", row_id, result)
+    return _ingest(factory, config, adapter, row_id, delivery, mapped, now)
+
+
+def _ingest(
+    factory: sessionmaker[Session],
+    config: OperatorConfig,
+    adapter: Adapter,
+    row_id: int,
+    delivery: Delivery,
+    mapped: Mapped,
+    now: datetime,
+) -> Received:
+    results: list[IngestResult] = []
+    with factory() as session, session.begin():
+        locked = session.scalar(
+            select(InboundEvent.id)
+            .where(InboundEvent.id == row_id, InboundEvent.handled_at.is_(None))
+            .with_for_update()
+        )
+        if locked is None:
+            return Received("already", row_id)
+        results = [ingest_in_session(session, event, config, now) for event in mapped.events]
+        failed = [r for r in results if r.retryable]
+        if failed:
+            _record_failure(session, row_id, "; ".join(r.outcome or "error" for r in failed), now)
+            log.warning(
+                "%s %s (row %s) not applied; the platform's retry or the replay applies it",
+                adapter.platform,
+                delivery.topic,
+                row_id,
+            )
+            return Received("failed", row_id, "not applied", tuple(results))
+        rejected = [r for r in results if r.status == "rejected"]
+        if not rejected:
+            result = _summary(results) or mapped.result
+            _finish_in(session, row_id, result, now, keep=_keeps(session, adapter, delivery))
+    if mapped.notice:
+        log.warning("%s (webhook row %s)", mapped.notice, row_id)
+    if rejected:
+        problems = [f"{r.event_id}: {r.error}" for r in rejected]
+        dead = _dead_letter(factory, adapter, row_id, delivery, problems, now)
+        return Received("dead_letter", row_id, dead.result, tuple(results), dead.dead_letter)
+    return Received("applied", row_id, _summary(results) or mapped.result, tuple(results))
+
+
+def _summary(results: Iterable[IngestResult]) -> str:
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    return ", ".join(f"{n} {status}" for status, n in counts.items())[:40]
+
+
+def _keeps(session: Session, adapter: Adapter, delivery: Delivery) -> bool:
+    """The raw payload stays only while it is about a customer who is not erased: a row tied to
+    no one (a fulfilment, a refund) holds a delivery address no erasure could find."""
+    subject = adapter.subject(delivery)
+    return subject is not None and apply.erased_at(session, subject) is None
+
+
+def _finish_in(session: Session, row_id: int, result: str, now: datetime, *, keep: bool) -> None:
+    values: dict[str, object] = {
+        "handled_at": now,
+        "result": result[:40],
+        "error": None,
+        "retry_at": None,
+    }
+    if not keep:
+        values.update(payload=None, subject_key=None)
+    session.execute(
+        update(InboundEvent)
+        .where(InboundEvent.id == row_id, InboundEvent.handled_at.is_(None))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _finish(
+    factory: sessionmaker[Session], row_id: int, result: str, now: datetime, *, keep: bool
+) -> None:
+    with factory() as session, session.begin():
+        _finish_in(session, row_id, result, now, keep=keep)
+
+
+def _record_failure(session: Session, row_id: int, error: str, now: datetime) -> None:
+    from worker.responses import replay_pause  # it imports ingest.apply, as this module does
+
+    attempts = (
+        session.scalar(select(InboundEvent.attempts).where(InboundEvent.id == row_id)) or 0
+    ) + 1
+    session.execute(
+        update(InboundEvent)
+        .where(InboundEvent.id == row_id)
+        .values(attempts=attempts, retry_at=now + replay_pause(attempts), error=error[:2000])
+    )
+
+
+def _dead_letter(
+    factory: sessionmaker[Session],
+    adapter: Adapter,
+    row_id: int,
+    delivery: Delivery,
+    problems: list[str],
+    now: datetime,
+) -> Received:
+    """Keep the platform's payload as a dead letter (listed by `nps-dispatch deadletters list`),
+    keyed by its customer so that erasure deletes it; the raw row then keeps no payload."""
+    letter: dict[str, Any] = {
+        "event_id": f"{adapter.platform}:{delivery.delivery_id}",
+        "platform": adapter.platform,
+        "topic": delivery.topic,
+        "shop": delivery.shop,
+    }
+    subject = adapter.subject(delivery)
+    if subject is not None:
+        letter["customer"] = {"id": subject}
+    letter["body"] = delivery.body
+    reason = f"{adapter.platform} {delivery.topic} not mapped: " + "; ".join(problems)
+    letter_id = store_dead_letter(factory, letter, reason, source=adapter.platform)
+    log.warning(
+        "%s %s (row %s) kept as dead letter %s: %s",
+        adapter.platform,
+        delivery.topic,
+        row_id,
+        letter_id,
+        "; ".join(problems)[:300],
+    )
+    result = f"dead letter {letter_id}"
+    _finish(factory, row_id, result, now, keep=False)
+    return Received("dead_letter", row_id, result, dead_letter=letter_id)
+
+
+def replay_unhandled(
+    factory: sessionmaker[Session],
+    config: OperatorConfig,
+    adapters: Iterable[Adapter],
+    *,
+    now: datetime | None = None,
+    limit: int = 500,
+) -> int:
+    """Apply the stored deliveries whose application failed, once their pause has passed, and
+    those never attempted (the process died between storing and applying) after a minute. A
+    platform that does not retry, like WooCommerce, relies on this. Returns how many were
+    applied; rows that failed too often are left, with their error, for an operator."""
+    now = now or utcnow()
+    by_platform = {adapter.platform: adapter for adapter in adapters}
+    with factory() as session:
+        rows = session.execute(
+            select(InboundEvent.id, InboundEvent.source)
+            .where(
+                InboundEvent.source.in_(list(by_platform)),
+                InboundEvent.handled_at.is_(None),
+                InboundEvent.attempts < _REPLAY_MAX_ATTEMPTS,
+                or_(
+                    InboundEvent.retry_at <= now,
+                    and_(
+                        InboundEvent.retry_at.is_(None),
+                        InboundEvent.received_at <= now - timedelta(minutes=1),
+                    ),
+                ),
+            )
+            .order_by(InboundEvent.id)
+            .limit(limit)
+        ).all()
+    applied = 0
+    for row_id, source in rows:
+        received = handle(factory, config, by_platform[source], row_id, now=now)
+        applied += received.status in ("applied", "dead_letter")
+    return applied
+
+
+# --------------------------------------------------------------------------------------------
+# Erasing a whole shop
+# --------------------------------------------------------------------------------------------
+
+
+def erase_shop_customers(
+    factory: sessionmaker[Session],
+    config: OperatorConfig,
+    platform: str,
+    shop: str,
+    request_id: str,
+    now: datetime,
+) -> int:
+    """Erase every customer that a shop's stored deliveries named, through the ingest path's
+    ``customer.erased``; returns how many were erased.
+
+    Who came from the shop is known from the raw rows' keyed pseudonyms (``subject_key``) under
+    the shop's prefix: customers are read a page at a time, their pseudonyms computed and
+    looked up there, and the matches erased in batches of :data:`ERASE_BATCH`, each its own
+    transaction, so memory and lock time stay bounded however large the shop. A retry of the
+    request finds the customers already erased gone (their id is replaced on erasure) and
+    continues with the rest. Customers who never came through this shop are left alone.
+    Finally the shop's dead letters that name no customer are deleted."""
+    if not shop:
+        raise Unmappable("shop/redact without a shop domain")
+    prefix = f"{shop[:100]}/"
+    erased = 0
+    after = 0
+    while True:
+        with factory() as session:
+            page = session.execute(
+                select(Customer.id, Customer.external_id)
+                .where(Customer.id > after, Customer.erased_at.is_(None))
+                .order_by(Customer.id)
+                .limit(_PAGE)
+            ).all()
+            if not page:
+                break
+            after = page[-1].id
+            keys = {apply.subject_key(row.external_id): row.external_id for row in page}
+            found = session.scalars(
+                select(InboundEvent.subject_key)
+                .where(
+                    InboundEvent.source == platform,
+                    InboundEvent.external_id.startswith(prefix, autoescape=True),
+                    InboundEvent.subject_key.in_(list(keys)),
+                )
+                .distinct()
+            ).all()
+        targets = sorted(keys[key] for key in found if key is not None)
+        for start in range(0, len(targets), ERASE_BATCH):
+            batch = targets[start : start + ERASE_BATCH]
+            events = [
+                {
+                    "type": "customer.erased",
+                    "event_id": f"{platform}:{request_id}:erase:{keyed(customer_id)}",
+                    "occurred_at": now.isoformat(),
+                    "customer": {"id": customer_id},
+                }
+                for customer_id in batch
+            ]
+            results = ingest_batch(factory, events, config, now)
+            erased += sum(r.status == "accepted" for r in results)
+    with factory() as session, session.begin():
+        marker = json.dumps({"shop": shop}, ensure_ascii=False)[1:-1]  # "shop": "<domain>"
+        session.execute(
+            delete(DeadLetter)
+            .where(
+                DeadLetter.source == platform,
+                DeadLetter.subject_key.is_(None),
+                DeadLetter.payload.contains(marker, autoescape=True),
+            )
+            .execution_options(synchronize_session=False)
+        )
+    return erased

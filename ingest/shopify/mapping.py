@@ -1,0 +1,343 @@
+"""Shopify webhook topics to our shop events (``ingest/schema.py``).
+
+- ``orders/paid`` (and ``orders/create`` when ``[shopify] purchase_topics`` names it): the
+  customer's marketing consent, then ``purchase.completed``;
+- ``fulfillments/create``, ``fulfillments/update``: ``order.fulfilled``, and ``order.delivered``
+  once ``shipment_status`` is ``delivered``;
+- ``orders/cancelled``: ``order.cancelled``; ``refunds/create``: ``order.refunded`` (a partial
+  refund too);
+- ``customers/update``: the customer's marketing consent, as ``consent.granted`` /
+  ``consent.revoked``;
+- ``customers/redact``: ``customer.erased``; ``shop/redact``: ``customer.erased`` for every
+  customer that came from the shop; ``customers/data_request``: no event, the stored request is
+  listed for the operator (``ingest.shopify.privacy``).
+
+Order and customer ids are Shopify's numeric ids in decimal, so ``nps-dispatch customer export
+7700`` finds customer 7700. A customer a webhook names without an id (a guest checkout) gets a
+stable ``shopify-guest:`` id derived from their email address or phone number.
+
+Event ids are derived from Shopify's resource ids (``shopify:order:<id>:purchase``,
+``shopify:fulfillment:<id>:delivered``, ``shopify:refund:<id>``), not from the delivery: Shopify
+may deliver one change more than once under new webhook ids, and ``orders/create`` and
+``orders/paid`` describe one purchase. The same event again is then a duplicate. Consent events
+are keyed by the channel, its state and the time of that state, so the same consent seen in an
+order and in a ``customers/update`` is recorded once. Privacy requests are keyed by the
+delivery: each request is its own event.
+
+Marketing consent (``email_marketing_consent`` / ``sms_marketing_consent``): a state listed in
+``[shopify] consent_states`` (``subscribed`` by default) is a grant, any other a revocation, with
+its ``opt_in_level`` and ``consent_updated_at`` as evidence. A state that does not count and was
+never set (no ``consent_updated_at``: the customer was never asked) records nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from ingest.contacts import normalise_email, normalise_phone
+from ingest.platforms import (
+    Delivery,
+    Mapped,
+    Unmappable,
+    amount,
+    keyed,
+    numeric_id,
+    text,
+    timestamp,
+)
+from worker.config import OperatorConfig, ShopifyConfig
+
+__all__ = ["PLATFORM", "PURCHASE_TOPICS", "TOPICS", "handles", "map_webhook", "subject_of"]
+
+PLATFORM: Final = "shopify"
+PURCHASE_TOPICS: Final = frozenset({"orders/paid", "orders/create"})
+TOPICS: Final = frozenset(
+    {
+        *PURCHASE_TOPICS,
+        "orders/cancelled",
+        "fulfillments/create",
+        "fulfillments/update",
+        "refunds/create",
+        "customers/update",
+        "customers/redact",
+        "customers/data_request",
+        "shop/redact",
+    }
+)
+_FAILED_FULFILMENT: Final = frozenset({"cancelled", "error", "failure"})
+_CUSTOMER_TOPICS: Final = frozenset({"customers/redact", "customers/data_request"})
+_CONSENT_FIELDS: Final = (("email", "email_marketing_consent"), ("sms", "sms_marketing_consent"))
+
+Body = Mapping[str, Any]
+
+
+def handles(topic: str, options: ShopifyConfig) -> bool:
+    """Whether a topic is taken (an order topic only when it is a configured purchase topic)."""
+    if topic in PURCHASE_TOPICS:
+        return topic in options.purchase_topics
+    return topic in TOPICS
+
+
+def _object(value: object) -> Body:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _guest_id(body: Body, customer: Body) -> str | None:
+    email = text(customer.get("email"), 320) or text(body.get("email"), 320)
+    phone = text(customer.get("phone"), 40) or text(body.get("phone"), 40)
+    if email:
+        return f"shopify-guest:{keyed('email:' + (normalise_email(email).value or email))}"
+    if phone:
+        return f"shopify-guest:{keyed('phone:' + (normalise_phone(phone, None).value or phone))}"
+    return None
+
+
+def _customer_id(body: Body, customer: Body) -> str | None:
+    raw = customer.get("id")
+    if raw is not None:
+        return numeric_id(raw, "customer.id")
+    return _guest_id(body, customer)
+
+
+def subject_of(delivery: Delivery) -> str | None:
+    """The customer a delivery is about, for the raw row's subject key; never raises."""
+    body = _object(delivery.body)
+    try:
+        if delivery.topic in PURCHASE_TOPICS:
+            return _customer_id(body, _object(body.get("customer")))
+        if delivery.topic == "customers/update":
+            return numeric_id(body.get("id"), "id")
+        if delivery.topic in _CUSTOMER_TOPICS:
+            return numeric_id(_object(body.get("customer")).get("id"), "customer.id")
+    except Unmappable:
+        return None
+    return None
+
+
+def map_webhook(delivery: Delivery, config: OperatorConfig) -> Mapped:
+    """The events of one delivery; raises :class:`Unmappable` with the reason."""
+    if not isinstance(delivery.body, Mapping):
+        raise Unmappable("the body is not a JSON object")
+    topic = _TOPIC_MAPPERS.get(delivery.topic)
+    if topic is None:
+        raise Unmappable(f"topic {delivery.topic!r} is not taken")
+    return topic(delivery, delivery.body, config.shopify)
+
+
+# --------------------------------------------------------------------------------------------
+# Orders
+# --------------------------------------------------------------------------------------------
+
+
+def _country(body: Body) -> str | None:
+    for key in ("shipping_address", "billing_address"):
+        code = text(_object(body.get(key)).get("country_code"), 2)
+        if code:
+            return code
+    return None
+
+
+def _previous_orders(customer: Body) -> int | None:
+    """``orders_count`` counts this order too; an order seen before its count was updated must
+    not make it negative."""
+    count = customer.get("orders_count")
+    if isinstance(count, str) and count.strip().isdigit():
+        count = int(count)
+    if isinstance(count, int) and not isinstance(count, bool):
+        return max(count - 1, 0)
+    return None
+
+
+def _items(body: Body, options: ShopifyConfig) -> list[dict[str, Any]]:
+    items = []
+    for line in body.get("line_items") or ():
+        if not isinstance(line, Mapping):
+            continue
+        quantity = line.get("quantity")
+        item: dict[str, Any] = {
+            "sku": text(line.get("sku"), 64),
+            "category": text(line.get(options.category), 64),
+        }
+        if isinstance(quantity, int) and not isinstance(quantity, bool) and quantity >= 0:
+            item["quantity"] = quantity
+        items.append({k: v for k, v in item.items() if v is not None})
+    return items[:500]
+
+
+def _purchase(delivery: Delivery, body: Body, options: ShopifyConfig) -> Mapped:
+    order_id = numeric_id(body.get("id"), "id")
+    customer = _object(body.get("customer"))
+    customer_id = _customer_id(body, customer)
+    if customer_id is None:
+        raise Unmappable("the order names no customer, email address or phone number")
+    bought = timestamp(body.get("processed_at") or body.get("created_at"), "created_at")
+    person = {
+        "id": customer_id,
+        "email": text(customer.get("email"), 320) or text(body.get("email"), 320),
+        "phone": text(customer.get("phone"), 40) or text(body.get("phone"), 40),
+        "first_name": text(customer.get("first_name"), 120),
+        "locale": text(body.get("customer_locale"), 35),
+        "country": _country(body),
+        "previous_orders": _previous_orders(customer),
+    }
+    purchase = {
+        "type": "purchase.completed",
+        "event_id": f"shopify:order:{order_id}:purchase",
+        "occurred_at": bought,
+        "order_id": order_id,
+        "customer": {k: v for k, v in person.items() if v is not None},
+        "total": {
+            "amount": amount(body.get("total_price"), "total_price"),
+            "currency": text(body.get("currency"), 3) or "",
+        },
+        "items": _items(body, options),
+        "sales_channel": text(body.get("source_name"), 32),
+        "test": body.get("test") is True,
+    }
+    consent = _consent_events(customer_id, customer, options, fallback=bought)
+    # Consent first: the purchase is planned against the consent it was made with.
+    return Mapped(events=(*consent, purchase))
+
+
+def _cancelled(delivery: Delivery, body: Body, options: ShopifyConfig) -> Mapped:
+    order_id = numeric_id(body.get("id"), "id")
+    at = timestamp(body.get("cancelled_at") or body.get("updated_at"), "cancelled_at")
+    event = {
+        "type": "order.cancelled",
+        "event_id": f"shopify:order:{order_id}:cancelled",
+        "occurred_at": at,
+        "order_id": order_id,
+    }
+    return Mapped(events=(event,))
+
+
+def _refund(delivery: Delivery, body: Body, options: ShopifyConfig) -> Mapped:
+    refund_id = numeric_id(body.get("id"), "id")
+    event = {
+        "type": "order.refunded",
+        "event_id": f"shopify:refund:{refund_id}",
+        "occurred_at": timestamp(body.get("processed_at") or body.get("created_at"), "created_at"),
+        "order_id": numeric_id(body.get("order_id"), "order_id"),
+    }
+    return Mapped(events=(event,))
+
+
+def _fulfilment(delivery: Delivery, body: Body, options: ShopifyConfig) -> Mapped:
+    """Both fulfilment topics: an update may be the first news of a fulfilment, and repeats the
+    fulfilled event under the same id (a duplicate when the create came first)."""
+    fulfilment_id = numeric_id(body.get("id"), "id")
+    order_id = numeric_id(body.get("order_id"), "order_id")
+    status = body.get("status")
+    if status in _FAILED_FULFILMENT:
+        return Mapped(result=f"ignored: fulfillment {status}")
+    events = [
+        {
+            "type": "order.fulfilled",
+            "event_id": f"shopify:fulfillment:{fulfilment_id}:fulfilled",
+            "occurred_at": timestamp(body.get("created_at"), "created_at"),
+            "order_id": order_id,
+        }
+    ]
+    if body.get("shipment_status") == "delivered":
+        events.append(
+            {
+                "type": "order.delivered",
+                "event_id": f"shopify:fulfillment:{fulfilment_id}:delivered",
+                "occurred_at": timestamp(
+                    body.get("updated_at") or body.get("created_at"), "updated_at"
+                ),
+                "order_id": order_id,
+            }
+        )
+    return Mapped(events=tuple(events))
+
+
+# --------------------------------------------------------------------------------------------
+# Customers and privacy
+# --------------------------------------------------------------------------------------------
+
+
+def _consent_events(
+    customer_id: str, customer: Body, options: ShopifyConfig, *, fallback: str
+) -> list[dict[str, Any]]:
+    events = []
+    for channel, key in _CONSENT_FIELDS:
+        consent = customer.get(key)
+        if not isinstance(consent, Mapping):
+            continue
+        state = consent.get("state")
+        if not isinstance(state, str) or not state:
+            continue
+        counts = state in options.consent_states
+        updated = text(consent.get("consent_updated_at"), 64)
+        if updated is None and not counts:
+            continue  # never asked: no decision to record
+        at = updated or fallback
+        level = text(consent.get("opt_in_level"), 40) or "unknown"
+        events.append(
+            {
+                "type": "consent.granted" if counts else "consent.revoked",
+                "event_id": f"shopify:consent:{channel}:{keyed(customer_id, channel, state, at)}",
+                "occurred_at": at,
+                # Only the id: contacts come with purchases, and a consent event with the same
+                # id must read the same from an order and from a customers/update.
+                "customer": {"id": customer_id},
+                "consent": {
+                    channel: counts,
+                    "source": f"shopify {key}: {state}, {level}",
+                    "captured_at": at,
+                },
+            }
+        )
+    # Grants first: a revocation in the same webhook can then move an unsent survey to the
+    # channel granted with it, rather than stop it.
+    return sorted(events, key=lambda event: event["type"] != "consent.granted")
+
+
+def _customer_update(delivery: Delivery, body: Body, options: ShopifyConfig) -> Mapped:
+    customer_id = numeric_id(body.get("id"), "id")
+    fallback = timestamp(body.get("updated_at") or body.get("created_at"), "updated_at")
+    events = _consent_events(customer_id, body, options, fallback=fallback)
+    return Mapped(events=tuple(events), result="no consent to record")
+
+
+def _redact(delivery: Delivery, body: Body, options: ShopifyConfig) -> Mapped:
+    customer_id = numeric_id(_object(body.get("customer")).get("id"), "customer.id")
+    event = {
+        "type": "customer.erased",
+        "event_id": f"shopify:{delivery.delivery_id}:redact",
+        "occurred_at": delivery.received_at.isoformat(),
+        "customer": {"id": customer_id},
+    }
+    return Mapped(events=(event,))
+
+
+def _data_request(delivery: Delivery, body: Body, options: ShopifyConfig) -> Mapped:
+    numeric_id(_object(body.get("customer")).get("id"), "customer.id")
+    request = _object(body.get("data_request")).get("id")
+    request_id = str(request) if isinstance(request, int | str) else "(no id)"
+    notice = (
+        f"ACTION shopify customers/data_request {request_id[:40]} from {delivery.shop}: "
+        "send the shop the customer's data (`nps-dispatch customer export ID`); "
+        "pending requests: ingest.shopify.privacy.data_requests"
+    )
+    return Mapped(result="data request recorded", notice=notice)
+
+
+def _shop_redact(delivery: Delivery, body: Body, options: ShopifyConfig) -> Mapped:
+    return Mapped(erase_shop=True, result="shop erased")
+
+
+_TOPIC_MAPPERS: Final[Mapping[str, Callable[[Delivery, Body, ShopifyConfig], Mapped]]] = {
+    "orders/paid": _purchase,
+    "orders/create": _purchase,
+    "orders/cancelled": _cancelled,
+    "fulfillments/create": _fulfilment,
+    "fulfillments/update": _fulfilment,
+    "refunds/create": _refund,
+    "customers/update": _customer_update,
+    "customers/redact": _redact,
+    "customers/data_request": _data_request,
+    "shop/redact": _shop_redact,
+}
