@@ -320,6 +320,7 @@ class ChaosRun:
         self.shop = Shop(plan, self.timeline, self.redis.url, self.web_base, self.ingest_token)
         assert self.provider is not None
         self.provider.on_request = self.shop.on_provider_request
+        self.shop.watch(self._recorded_events)
         begin = time.monotonic() + 1.0
         self.shop.start(begin)
         emission_end = begin + plan.duration
@@ -383,7 +384,7 @@ class ChaosRun:
 
     def _engine(self) -> Any:
         if not hasattr(self, "_engine_cache"):
-            self._engine_cache = make_engine(self.database.url, pool_size=2, max_overflow=2)
+            self._engine_cache = make_engine(self.database.url, pool_size=3, max_overflow=3)
         return self._engine_cache
 
     def _status(self) -> str:
@@ -426,6 +427,21 @@ class ChaosRun:
                     )
                 )
                 or 0
+            )
+
+    def _recorded_events(self, event_ids: list[str]) -> set[str]:
+        from sqlalchemy import select
+
+        from models import InboundEvent
+
+        factory = make_session_factory(self._engine())
+        with factory() as session:
+            return set(
+                session.scalars(
+                    select(InboundEvent.external_id).where(
+                        InboundEvent.source == "shop", InboundEvent.external_id.in_(event_ids)
+                    )
+                )
             )
 
     def _unrecorded_events(self) -> int:
@@ -530,6 +546,7 @@ class ChaosRun:
             self.customers.acts,
             datetime.now(UTC),
             self.queued_events,
+            self.shop.visible_at,
         )
         return result, messages
 

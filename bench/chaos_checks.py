@@ -3,10 +3,10 @@ the shop's plan and the database, after the run.
 
 - **Never twice**: messages the provider created per survey <= 1 invitation + the configured
   reminders, and no two of them closer than the reminder delay (a repeated invitation).
-- **Never without consent**: no message created while the recipient's consent for that channel
-  was revoked, judged by the consent history rows (latest by capture time, as the product
-  decides) that were recorded before the provider received the request.
-- **Never to the erased**: no message after the customer's erasure was recorded, and nothing
+- **Never without consent**: no message created although the recipient's consent for that
+  channel was revoked in the consent history rows (latest by capture time, as the product
+  decides) that the product could see at its last check before the send.
+- **Never to the erased**: no message after the customer's erasure could be seen, and nothing
   personal left about them (message ids, bodies, comments, raw webhooks).
 - **Nothing lost**: every purchase has a survey or a skip reason; every survey is in a final state
   once the windows have closed; every shop event is in the ledger (or a dead letter); every
@@ -14,12 +14,15 @@ the shop's plan and the database, after the run.
 - **Answers once**: no more answer rows than answers the customers gave.
 - **Report = database**: the report's counts equal direct SQL counts.
 
-A message sent while a revocation or erasure was being recorded is a race no product can win:
-the last check before a send and the provider call are separated by a network round trip. Such
-messages are counted apart (``in_flight``) when the revocation was recorded after the product's
-last check: for an invitation, the moment it was claimed for sending (its ``sending``
-transition); for a reminder, which leaves no transition, :data:`REMINDER_GRACE` before the
-provider received it.
+"Could see" is "committed before": a revocation written inside a transaction that commits
+seconds later (a batch of events, a wait for a lock) is invisible until then. The run watches
+the ledger for each revocation, cancellation and erasure it sends and notes when it appears
+(``visible_at``); other consent rows (replies, unsubscribes) are committed as they are written.
+The product's last check is, for an invitation, the moment it was claimed for sending (its
+``sending`` transition); for a reminder, which leaves no transition, :data:`REMINDER_GRACE`
+before the provider received it. A message whose revocation or erasure became visible only
+after that check, but before the provider received it, raced a send already under way: no
+product can win that race, so it is counted apart (``in_flight``), not as a violation.
 """
 
 from __future__ import annotations
@@ -102,6 +105,21 @@ def _iso(epoch: float | None) -> str | None:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
 
 
+@dataclass(frozen=True)
+class _Consent:
+    captured: float
+    id: int
+    granted: bool
+    recorded: float  # written, inside its transaction
+    ref: str | None  # the shop event that brought it, if one did
+
+    def known(self, visible: Mapping[str, float]) -> float:
+        """When the product could see it: once committed. For a shop event the run watched,
+        the moment it saw the event in the ledger; else the moment it was written (webhooks and
+        answer-page requests commit right after)."""
+        return visible.get(self.ref, self.recorded) if self.ref else self.recorded
+
+
 @dataclass
 class _Db:
     """What the checks read from the database, once."""
@@ -112,7 +130,7 @@ class _Db:
     survey_closes: dict[int, float | None]
     order_survey: dict[str, int]
     transitions: dict[int, list[tuple[float, str, str, str | None]]]
-    consent: dict[tuple[int, str], list[tuple[float, int, bool, float]]]
+    consent: dict[tuple[int, str], list[_Consent]]
     ledger: dict[str, float]
     orders: dict[str, bool]  # external id -> purchased
     skipped: set[str]
@@ -140,8 +158,8 @@ def _load(session: Session) -> _Db:
         ).order_by(SurveyTransition.at, SurveyTransition.id)
     ):
         transitions[sid].append((_epoch(at) or 0.0, source, target, reason))
-    consent: dict[tuple[int, str], list[tuple[float, int, bool, float]]] = defaultdict(list)
-    for cid, channel, granted, captured, recorded, rid in session.execute(
+    consent: dict[tuple[int, str], list[_Consent]] = defaultdict(list)
+    for cid, channel, granted, captured, recorded, rid, kind, ref in session.execute(
         select(
             ConsentRecord.customer_id,
             ConsentRecord.channel,
@@ -149,10 +167,18 @@ def _load(session: Session) -> _Db:
             ConsentRecord.captured_at,
             ConsentRecord.recorded_at,
             ConsentRecord.id,
+            ConsentRecord.evidence_kind,
+            ConsentRecord.evidence_ref,
         )
     ):
         consent[(cid, channel)].append(
-            (_epoch(captured) or 0.0, rid, bool(granted), _epoch(recorded) or 0.0)
+            _Consent(
+                _epoch(captured) or 0.0,
+                rid,
+                bool(granted),
+                _epoch(recorded) or 0.0,
+                str(ref) if kind == "event" and ref else None,
+            )
         )
     ledger = {
         str(eid): _epoch(at) or 0.0
@@ -272,16 +298,11 @@ def _last_check(db: _Db, survey_id: int, received: float) -> float:
     return received - REMINDER_GRACE
 
 
-def _consent_at(
-    records: Sequence[tuple[float, int, bool, float]], moment: float
-) -> tuple[bool, float | None]:
-    """The consent as the product would have read it at ``moment``, and when the deciding
-    record was recorded (None when there was none)."""
-    known = [r for r in records if r[3] <= moment]
-    if not known:
-        return False, None
-    latest = max(known, key=lambda r: (r[0], r[1]))
-    return latest[2], latest[3]
+def _consent_at(records: Iterable[_Consent]) -> tuple[bool, _Consent | None]:
+    """The consent the product reads from these records (the latest by capture time), and the
+    record that decides it; no record at all is no consent."""
+    latest = max(records, key=lambda r: (r.captured, r.id), default=None)
+    return (latest.granted if latest is not None else False), latest
 
 
 def verify(
@@ -293,7 +314,9 @@ def verify(
     acts: Mapping[int, Sequence[str]],
     now: datetime,
     queued_events: frozenset[str] | set[str] = frozenset(),
+    visible_at: Mapping[str, float] | None = None,
 ) -> Verdict:
+    visible = visible_at or {}
     with factory() as session:
         db = _load(session)
     examples = _Examples(db, attempts)
@@ -334,45 +357,50 @@ def verify(
         if m.survey_id is None or m.survey_id not in db.survey_customer:
             continue
         channel = "sms" if m.provider == TWILIO else "email"
-        customer_id = db.survey_customer[m.survey_id]
-        granted, recorded = _consent_at(db.consent.get((customer_id, channel), []), m.received_at)
+        records = db.consent.get((db.survey_customer[m.survey_id], channel), [])
         check = _last_check(db, m.survey_id, m.received_at)
+        granted, decided = _consent_at(r for r in records if r.known(visible) <= check)
         if not granted:
-            if recorded is not None and recorded >= check:
-                in_flight_consent += 1
-            else:
-                no_consent += 1
-                examples.add(
-                    "sent_without_consent",
-                    m.survey_id,
-                    channel=channel,
-                    provider_received=_iso(m.received_at),
-                    revocation_recorded=_iso(recorded),
-                )
+            no_consent += 1
+            examples.add(
+                "sent_without_consent",
+                m.survey_id,
+                channel=channel,
+                provider_received=_iso(m.received_at),
+                product_checked=_iso(check),
+                revocation_visible=_iso(decided.known(visible)) if decided else None,
+            )
+        elif not _consent_at(r for r in records if r.recorded <= m.received_at)[0]:
+            in_flight_consent += 1
         order = plan.orders.get(db.survey_order[m.survey_id])
         if order is None or order.customer not in erased_at:
             continue
         if plan.erased_at[order.customer] < order.purchased_at:
             continue  # a purchase after the erasure: a customer again
         erased = erased_at[order.customer]
-        if m.received_at > erased:
-            if erased >= check:
-                in_flight_erasure += 1
-            else:
-                after_erasure += 1
-                examples.add(
-                    "sent_after_erasure",
-                    m.survey_id,
-                    provider_received=_iso(m.received_at),
-                    erasure_recorded=_iso(erased),
-                )
+        if m.received_at <= erased:
+            continue
+        known = visible.get(plan.erasures[order.customer], erased)
+        if known < check:
+            after_erasure += 1
+            examples.add(
+                "sent_after_erasure",
+                m.survey_id,
+                provider_received=_iso(m.received_at),
+                product_checked=_iso(check),
+                erasure_visible=_iso(known),
+            )
+        else:
+            in_flight_erasure += 1
     violations["sent_without_consent"] = no_consent
     violations["sent_after_erasure"] = after_erasure
     # Erasure keeps counts, not people: no contact, message id, body or comment may remain
     # (or be written again by a late callback or reply) for an erased customer's surveys.
     for table, survey_ids in db.erased_left.items():
         for sid in sorted(set(survey_ids))[:2]:
-            examples.add("erased_data_left", sid, table=table)
+            order = plan.orders.get(db.survey_order[sid])
+            erasure = erased_at.get(order.customer) if order else None
+            examples.add("erased_data_left", sid, table=table, erasure_recorded=_iso(erasure))
     violations["erased_data_left"] = sum(len(v) for v in db.erased_left.values())
     figures["erased_data_left_by_table"] = {k: len(v) for k, v in db.erased_left.items()}
     figures["in_flight_at_revocation"] = in_flight_consent

@@ -15,6 +15,7 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -43,6 +44,8 @@ QUEUE_SHARE = 0.6  # the rest goes through POST /v1/events
 AT_SEND_SHARE = 1 / 3  # disruptions timed to the provider receiving the survey's message
 SEND_HOLD = 2.0  # seconds the provider then takes to answer, as a slow one would
 SHOP_CLOCK_SKEWS = (-2.0, 0.0, 2.0)
+#: Events whose moment of becoming visible (committed) the run records.
+WATCHED = frozenset({"consent.revoked", "customer.erased", "order.cancelled", "order.refunded"})
 #: Cancellations, revocations and erasures come this many seconds after the purchase at most:
 #: with a delay of seconds, that spreads them before, during and after the send.
 DISRUPTION_WINDOW = 25.0
@@ -357,6 +360,9 @@ class Shop:
         self._http_batch: list[dict[str, Any]] = []
         self._triggers: dict[str, list[PlannedEvent]] = {}
         self._emitted: set[str] = set()
+        self._watched: set[str] = set()
+        self.visible_at: dict[str, float] = {}  # event id -> epoch when first seen committed
+        self._probe: Callable[[list[str]], set[str]] | None = None
         self.sent: Counter[str] = Counter()  # "<path>" and "duplicates"
         self.results: Counter[str] = Counter()  # HTTP per-item status
         self.retries: Counter[str] = Counter()
@@ -375,6 +381,35 @@ class Shop:
                         self._triggers.setdefault(contact, []).append(planned)
             self.timeline.at(at + planned.at, self._emit, planned)
         self.timeline.at(at, self._flush_http)
+
+    def watch(self, probe: Callable[[list[str]], set[str]], every: float = 0.25) -> None:
+        """Note when each disruption becomes visible in the product's database (committed), by
+        asking ``probe`` which of the given event ids the ledger holds: a revocation counts
+        from that moment on, not from the earlier moment its row was written inside a longer
+        transaction."""
+        self._probe = probe
+        self.timeline.after(every, self._look, every)
+
+    def _look(self, every: float) -> None:
+        assert self._probe is not None
+        with self._lock:
+            waiting = sorted(self._watched - self.visible_at.keys())
+        if waiting:
+            seen = time.time()
+            try:
+                found = self._probe(waiting)
+            except Exception as exc:  # the database is busy: look again
+                self.retries[f"watch {type(exc).__name__}"] += 1
+                found = set()
+            with self._lock:
+                for event_id in found:
+                    self.visible_at.setdefault(event_id, seen)
+        with self._lock:
+            more = bool(self._watched - self.visible_at.keys())
+        now = time.monotonic()
+        end = self.started + self.plan.duration
+        if now < end + 5.0 or (more and now < end + 300.0):
+            self.timeline.after(every, self._look, every)
 
     def on_provider_request(self, to: str) -> float:
         """The provider received a message to ``to``: send the events timed to that moment now,
@@ -404,6 +439,8 @@ class Shop:
                 self._emitted.add(planned.event_id)
             self.sent["duplicates" if planned.duplicate else planned.kind] += 1
             self.sent[planned.path] += 1
+            if planned.kind in WATCHED and not planned.duplicate:
+                self._watched.add(planned.event_id)
         event = planned.event(self.start_wall)
         if planned.path == "queue":
             self._enqueue(event, 1)

@@ -34,10 +34,10 @@ def customer(key: str, index: int) -> ShopCustomer:
 
 
 def seed(db) -> dict[str, int]:
-    """Five customers with one purchase and survey each; the messages are in ``messages()``."""
+    """Six customers with one purchase and survey each; the messages are in ``messages()``."""
     ids: dict[str, int] = {}
     with db.session() as s, s.begin():
-        for n in range(1, 6):
+        for n in range(1, 7):
             c = Customer(external_id=f"k{n}", email=f"k{n}@mail.example", email_status="valid")
             if n == 4:  # erased at +30 s
                 c.external_id, c.email, c.erased_at = "erased:4", None, at(30)
@@ -72,14 +72,19 @@ def seed(db) -> dict[str, int]:
             s.add(survey)
             s.flush()
             ids[f"s{n}"] = survey.id
-            claim = {1: 0, 2: 11, 3: 20, 4: 35, 5: 0}[n]
+            claim = {1: 0, 2: 11, 3: 20, 4: 35, 5: 0, 6: 11}[n]
             s.add(
                 SurveyTransition(
                     survey_id=survey.id, from_state="queued", to_state="sending", at=at(claim)
                 )
             )
-        # k2 revoked before its send was claimed; k3 while its send was under way.
-        for key, recorded in (("k2", 10.0), ("k3", 20.5)):
+        # k2 revoked before its send was claimed; k3 while its send was under way; k6's
+        # revocation was written before the claim but committed (seen) only after it.
+        for key, recorded, ref in (
+            ("k2", 10.0, "ev-revoke-k2"),
+            ("k3", 20.5, None),
+            ("k6", 8.0, "ev-revoke-k6"),
+        ):
             cid = s.query(Customer.id).filter_by(external_id=key).scalar()
             s.add(
                 ConsentRecord(
@@ -89,6 +94,7 @@ def seed(db) -> dict[str, int]:
                     captured_at=at(recorded),
                     recorded_at=at(recorded),
                     evidence_kind="event",
+                    evidence_ref=ref,
                 )
             )
         # An order whose purchase was recorded but got neither a survey nor a skip reason, and
@@ -114,9 +120,9 @@ def seed(db) -> dict[str, int]:
 
 
 def plan() -> ShopPlan:
-    customers = {f"k{n}": customer(f"k{n}", n) for n in range(1, 6)}
-    orders = {f"o{n}": OrderPlan(f"o{n}", f"k{n}", purchased_at=0.0) for n in range(1, 6)}
-    orders["o6"] = OrderPlan("o6", "k1", purchased_at=0.0)  # its purchase never got in
+    customers = {f"k{n}": customer(f"k{n}", n) for n in range(1, 7)}
+    orders = {f"o{n}": OrderPlan(f"o{n}", f"k{n}", purchased_at=0.0) for n in range(1, 7)}
+    orders["o9"] = OrderPlan("o9", "k1", purchased_at=0.0)  # its purchase never got in
     orders["o7"] = OrderPlan("o7", "k1", purchased_at=0.0)
     orders["o8"] = OrderPlan("o8", "k1", purchased_at=0.0)
     events = [
@@ -146,6 +152,7 @@ def messages(ids: dict[str, int]) -> list[Message]:
         m("s2", 11.2),  # consent revoked at +10, the send claimed at +11: a violation
         m("s3", 21.0),  # revoked at +20.5, claimed at +20: in flight, not a violation
         m("s4", 35.1),  # erased at +30, claimed at +35: a violation
+        m("s6", 11.2),  # revoked at +8 but seen only at +12, claimed at +11: in flight
         m("s5", 0.2),
         m("s5", 4.0),  # within the limit of two, but too soon to be the reminder
     ]
@@ -159,7 +166,11 @@ def verdict(db, config):
         Attempt(m.provider, m.to, m.survey_id, m.received_at, "created", m.id) for m in sent
     ]
     acts = {ids["s5"]: ["web score 9"]}
-    return verify(db.factory, config, plan(), sent, attempts, acts, at(3600), {"ev-lost"}), ids
+    visible = {"ev-revoke-k2": T0 + 10.2, "ev-revoke-k6": T0 + 12.0}
+    result = verify(
+        db.factory, config, plan(), sent, attempts, acts, at(3600), {"ev-lost"}, visible
+    )
+    return result, ids
 
 
 def test_each_violation_is_counted_once(verdict):
@@ -170,7 +181,7 @@ def test_each_violation_is_counted_once(verdict):
         "sent_without_consent": 1,
         "sent_after_erasure": 1,
         "erased_data_left": 1,
-        "purchases_without_outcome": 2,  # o6 (never recorded) and o7 (no survey, no skip)
+        "purchases_without_outcome": 2,  # o9 (never recorded) and o7 (no survey, no skip)
         "surveys_not_final": 1,  # s1, still "sent"
         "events_not_recorded": 1,
         "dead_letters": 0,
@@ -184,7 +195,7 @@ def test_each_violation_is_counted_once(verdict):
 def test_races_and_diagnostics_are_figures_not_violations(verdict):
     result, _ = verdict
     figures = result.figures
-    assert figures["in_flight_at_revocation"] == 1
+    assert figures["in_flight_at_revocation"] == 2  # s3 and s6
     assert figures["in_flight_at_erasure"] == 0
     assert figures["messages_over_limit"] == 1
     assert figures["events_not_recorded_still_in_redis"] == 1
@@ -204,4 +215,4 @@ def test_examples_name_the_surveys_with_their_history(verdict):
     assert consent["survey_id"] == ids["s2"]
     [erased] = result.examples["sent_after_erasure"]
     assert erased["survey_id"] == ids["s4"]
-    assert {e["order"] for e in result.examples["purchases_without_outcome"]} == {"o6", "o7"}
+    assert {e["order"] for e in result.examples["purchases_without_outcome"]} == {"o9", "o7"}
