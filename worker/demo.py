@@ -69,7 +69,11 @@ PENDING = ("waiting_anchor", "scheduled", "queued", "sending")
 SHOWN_STATES = (*PENDING, "sent", "withdrawn", "suppressed", "failed")
 
 
-def run_demo(events: int = 300, seed: int = 7, database: str | None = None) -> int:
+def run_demo(
+    events: int = 300, seed: int = 7, database: str | None = None, shop: str = "events"
+) -> int:
+    """``shop``: ``"events"`` sends the simulated shop's events to the queue actor;
+    ``"shopify"`` sends them as signed Shopify webhooks to ``POST /webhooks/shopify``."""
     console = Console()
     # The demo shows its own tables; per-event log lines would drown them.
     logging.getLogger().setLevel(logging.WARNING)
@@ -85,6 +89,7 @@ def run_demo(events: int = 300, seed: int = 7, database: str | None = None) -> i
     from channels.console.send import ConsoleChannel
     from migrations.runner import upgrade
     from worker.broker import broker
+    from worker.demo_shopify import DEMO_SHOPIFY_SECRET
     from worker.runtime import set_runtime
     from worker.sending import Sender
     from worker.settings import Settings
@@ -100,6 +105,7 @@ def run_demo(events: int = 300, seed: int = 7, database: str | None = None) -> i
             # provider is configured for sending, so every message goes to the console.
             "TWILIO_AUTH_TOKEN": DEMO_TWILIO_TOKEN,
             "SENDGRID_WEBHOOK_PUBLIC_KEY": signer.sendgrid_public_key,
+            "SHOPIFY_WEBHOOK_SECRET": DEMO_SHOPIFY_SECRET,
         }
     )
     runtime = Runtime.from_settings(settings)
@@ -125,12 +131,15 @@ def run_demo(events: int = 300, seed: int = 7, database: str | None = None) -> i
     worker.start()
     started = time.monotonic()
     try:
-        shop = _ingest_phase(console, runtime, events, seed)
+        if shop == "shopify":
+            customers = _shopify_phase(console, runtime, events, seed)
+        else:
+            customers = _ingest_phase(console, runtime, events, seed)
         _summary_table(console, runtime)
         _schedule_phase(console, runtime)
         _show_messages(console, [m for c in consoles.values() for m in c.sent])
         _timing_table(console, runtime)
-        _answer_phase(console, runtime, signer, shop, seed)
+        _answer_phase(console, runtime, signer, customers, seed)
         _report_phase(console, runtime)
     finally:
         worker.stop()
@@ -185,6 +194,44 @@ def _ingest_phase(
         "went to the dead-letter store (`nps-dispatch deadletters list`)."
     )
     return {customer.id: customer for customer in simulated.customers}
+
+
+def _shopify_phase(
+    console: Console, runtime: Runtime, events: int, seed: int
+) -> dict[str, SimulatedCustomer]:
+    from fastapi.testclient import TestClient
+
+    from worker.demo_shopify import (
+        post_to_shopify_route,
+        shopify_app,
+        shopify_customers,
+        shopify_webhooks,
+    )
+    from worker.simulation import SimulatedShop
+
+    simulated = SimulatedShop(seed=seed)
+    webhooks = shopify_webhooks(simulated.events(events))
+    with (
+        TestClient(shopify_app(runtime)) as client,
+        Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console
+        ) as progress,
+    ):
+        task = progress.add_task("Shopify -> POST /webhooks/shopify", total=len(webhooks))
+        answers = post_to_shopify_route(
+            client, webhooks, on_answer=lambda _: progress.advance(task)
+        )
+    events_seen = {k.removeprefix("event "): n for k, n in answers.items() if k.startswith("event")}
+    console.print(
+        f"{len(webhooks)} signed Shopify webhooks (orders/paid, fulfillments/update, "
+        "orders/cancelled, refunds/create) went through the Shopify adapter: "
+        + ", ".join(f"{k} {n}" for k, n in sorted(answers.items()) if not k.startswith("event"))
+        + "; their events: "
+        + ", ".join(f"{k} {n}" for k, n in sorted(events_seen.items()))
+        + ". An order delivered twice is a duplicate event; the order without an id is in the "
+        "dead-letter store (`nps-dispatch deadletters list`)."
+    )
+    return shopify_customers(simulated.customers)
 
 
 def _summary_table(console: Console, runtime: Runtime) -> None:
