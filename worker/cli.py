@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
 import signal
 import sys
@@ -30,10 +29,9 @@ err_console = Console(stderr=True)
 
 
 def _setup_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("NPS_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from worker.logs import configure_logging
+
+    configure_logging(os.environ)
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -82,7 +80,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         return 2
     runtime = get_runtime()
     total_lines = sum(1 for line in path.open(encoding="utf-8") if line.strip())
-    counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
+    counts = {"accepted": 0, "duplicate": 0, "conflict": 0, "rejected": 0}
     rejected: list[str] = []
     batch: list[Any] = []
     numbers: list[int] = []
@@ -96,7 +94,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     def record(number: int, result: IngestResult, progress: Progress, task: Any) -> None:
         counts[result.status] += 1
-        if result.status == "rejected":
+        if result.status in ("rejected", "conflict"):
             rejected.append(f"line {number} ({result.event_id or 'no event_id'}): {result.error}")
         progress.advance(task)
 
@@ -125,6 +123,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     console.print(
         f"{counts['accepted']} accepted, {counts['duplicate']} duplicate, "
         f"{counts['rejected']} rejected"
+        + (f", {counts['conflict']} conflict" if counts["conflict"] else "")
     )
     return 1 if rejected else 0
 
@@ -154,7 +153,7 @@ def cmd_deadletters(args: argparse.Namespace) -> int:
             f"{letter_id}: {result.status}" + (f" ({result.error})" if result.error else ""),
             markup=False,
         )
-    return 1 if any(r.status == "rejected" for _, r in results) else 0
+    return 1 if any(r.status in ("rejected", "conflict") for _, r in results) else 0
 
 
 def cmd_tick(args: argparse.Namespace) -> int:
@@ -171,7 +170,9 @@ def cmd_tick(args: argparse.Namespace) -> int:
         f"deferred {report.deferred}, stopped {report.stopped}, requeued {report.requeued}, "
         f"closed {report.closed}, settled {report.settled}, reminders {report.reminders}"
     )
-    return 0
+    for step, count in sorted(report.failures.items()):
+        err_console.print(f"step {step} failed ({count}); see the log", markup=False)
+    return 1 if report.failures else 0
 
 
 def _require_broker(settings: Settings) -> bool:
@@ -256,6 +257,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         str(args.processes),
         "--threads",
         str(args.threads),
+        # Our LoggingMiddleware sets up logging in each worker process; dramatiq's own set-up
+        # would print every failed message with its arguments.
+        "--skip-logging",
     ]
     sys.argv = argv
     return int(dramatiq_main() or 0)  # type: ignore[no-untyped-call]
@@ -273,7 +277,9 @@ def cmd_web(args: argparse.Namespace) -> int:
     from web.app import create_app
 
     port = int(args.port or os.environ.get("PORT", "8000"))
-    uvicorn.run(create_app(), host=args.host, port=port, proxy_headers=True)
+    # proxy_headers=False: the app itself reads X-Forwarded-For, trusting only the hops in
+    # NPS_TRUSTED_PROXIES; log_config=None: access lines go through our masking handler.
+    uvicorn.run(create_app(), host=args.host, port=port, proxy_headers=False, log_config=None)
     return 0
 
 

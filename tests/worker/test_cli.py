@@ -102,3 +102,21 @@ def test_customer_export_and_erase(tmp_path: Path):
     assert run_cli("customer", "export", "c-gdpr", env=env).returncode == 1
     with database.session() as s:
         assert s.scalar(select(Survey.state)) == "withdrawn"
+
+
+def test_ingest_file_reports_a_reused_event_id_as_a_conflict(tmp_path: Path):
+    db_path = tmp_path / "cli.db"
+    database = sqlite_database(db_path)
+    env = {"NPS_DATABASE_URL": f"sqlite:///{db_path}", "NPS_CONFIG": str(tmp_path / "none.toml")}
+    first = purchase("K-1", event_id="evt-reused")
+    reused = order_event("cancelled", "K-1", event_id="evt-reused")
+    path = tmp_path / "events.jsonl"
+    path.write_text(json.dumps(first) + "\n" + json.dumps(reused) + "\n")
+
+    result = run_cli("ingest", str(path), env=env)
+
+    assert result.returncode == 1
+    assert "1 accepted, 0 duplicate, 0 rejected, 1 conflict" in result.stdout
+    assert "evt-reused" in result.stderr and "already used" in result.stderr
+    with database.session() as s:
+        assert s.scalar(select(Survey.state)) != "withdrawn"  # the cancellation was not applied
