@@ -64,7 +64,7 @@ def _json(body: bytes) -> Any:
     """The parsed body, or None when it is not JSON (then mapped to a dead letter)."""
     try:
         return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         return None
 
 

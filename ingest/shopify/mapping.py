@@ -318,14 +318,16 @@ def _data_request(delivery: Delivery, body: Body, options: ShopifyConfig) -> Map
     request = _object(body.get("data_request")).get("id")
     request_id = str(request) if isinstance(request, int | str) else "(no id)"
     notice = (
-        f"ACTION shopify customers/data_request {request_id[:40]} from {delivery.shop}: "
-        "send the shop the customer's data (`nps-dispatch customer export ID`); "
-        "pending requests: ingest.shopify.privacy.data_requests"
+        f"ACTION shopify customers/data_request {request_id[:40]} from {delivery.shop} stored: "
+        "send the shop the data of the customer it names (`nps-dispatch customer export ID`; "
+        "the stored requests are listed by ingest.shopify.privacy.data_requests)"
     )
     return Mapped(result="data request recorded", notice=notice)
 
 
 def _shop_redact(delivery: Delivery, body: Body, options: ShopifyConfig) -> Mapped:
+    if not delivery.shop:
+        raise Unmappable("X-Shopify-Shop-Domain: missing, so the shop to erase is unknown")
     return Mapped(erase_shop=True, result="shop erased")
 
 

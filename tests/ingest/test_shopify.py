@@ -487,3 +487,12 @@ def test_the_replay_applies_a_failed_delivery_once_its_pause_has_passed(db: Data
     assert platforms.replay_unhandled(db.factory, config, [shopify.ADAPTER], now=later) == 1
     assert survey_of(db).state == "waiting_anchor"
     assert platforms.replay_unhandled(db.factory, config, [shopify.ADAPTER], now=later) == 0
+
+
+def test_shop_redact_without_a_shop_domain_erases_no_one(db: Database, config):
+    deliver(db, config, "orders/paid", fixture("orders_paid"), shop="")
+
+    received = deliver(db, config, "shop/redact", fixture("shop_redact"), shop="")
+
+    assert received.status == "dead_letter"
+    assert one(db, Customer).erased_at is None
