@@ -501,6 +501,14 @@ class ChaosRun:
         try:
             for queue in ("events", "sends"):
                 out["waiting"] += int(client.llen(f"dramatiq:{queue}"))
+            # The same survey enqueued many times over: re-enqueued while a backlog was waiting.
+            surveys: Counter[str] = Counter()
+            for raw in client.hvals("dramatiq:sends.msgs"):
+                with contextlib.suppress(ValueError, KeyError, IndexError, TypeError):
+                    message = json.loads(raw)
+                    surveys[f"{message['actor_name']}:{message['args'][0]}"] += 1
+            if surveys:
+                out["sends for distinct surveys"] = len(surveys)
             pairs = client.zrange("dramatiq:__heartbeats__", 0, -1, withscores=True)
             beats = {_text(pair[0]): float(pair[1]) for pair in pairs if isinstance(pair, tuple)}
             now_ms = time.time() * 1000
