@@ -6,7 +6,9 @@
   once ``shipment_status`` is ``delivered``;
 - ``orders/cancelled``: ``order.cancelled``; ``refunds/create``: ``order.refunded`` (a partial
   refund too);
-- ``customers/update``: the customer's marketing consent, as ``consent.granted`` /
+- ``customers/update``, and ``customers_email_marketing_consent/update`` /
+  ``customers_marketing_consent/update`` (newer API versions carry consent only there, not in
+  orders and customers): the customer's marketing consent, as ``consent.granted`` /
   ``consent.revoked``;
 - ``customers/redact``: ``customer.erased``; ``shop/redact``: ``customer.erased`` for every
   customer that came from the shop; ``customers/data_request``: no event, the stored request is
@@ -60,6 +62,8 @@ TOPICS: Final = frozenset(
         "fulfillments/update",
         "refunds/create",
         "customers/update",
+        "customers_email_marketing_consent/update",
+        "customers_marketing_consent/update",
         "customers/redact",
         "customers/data_request",
         "shop/redact",
@@ -106,8 +110,10 @@ def subject_of(delivery: Delivery) -> str | None:
     try:
         if delivery.topic in PURCHASE_TOPICS:
             return _customer_id(body, _object(body.get("customer")))
-        if delivery.topic == "customers/update":
+        if delivery.topic in ("customers/update", "customers_marketing_consent/update"):
             return numeric_id(body.get("id"), "id")
+        if delivery.topic == "customers_email_marketing_consent/update":
+            return numeric_id(body.get("customer_id"), "customer_id")
         if delivery.topic in _CUSTOMER_TOPICS:
             return numeric_id(_object(body.get("customer")).get("id"), "customer.id")
     except Unmappable:
@@ -302,6 +308,16 @@ def _customer_update(delivery: Delivery, body: Body, options: ShopifyConfig) -> 
     return Mapped(events=tuple(events), result="no consent to record")
 
 
+def _consent_update(delivery: Delivery, body: Body, options: ShopifyConfig) -> Mapped:
+    """The consent topics: one channel's consent, under ``customer_id`` (email) or ``id``
+    (SMS), with no time of their own beyond the consent's."""
+    key = "customer_id" if "email_marketing_consent" in body else "id"
+    customer_id = numeric_id(body.get(key), key)
+    fallback = delivery.received_at.isoformat()
+    events = _consent_events(customer_id, body, options, fallback=fallback)
+    return Mapped(events=tuple(events), result="no consent to record")
+
+
 def _redact(delivery: Delivery, body: Body, options: ShopifyConfig) -> Mapped:
     customer_id = numeric_id(_object(body.get("customer")).get("id"), "customer.id")
     event = {
@@ -339,6 +355,8 @@ _TOPIC_MAPPERS: Final[Mapping[str, Callable[[Delivery, Body, ShopifyConfig], Map
     "fulfillments/update": _fulfilment,
     "refunds/create": _refund,
     "customers/update": _customer_update,
+    "customers_email_marketing_consent/update": _consent_update,
+    "customers_marketing_consent/update": _consent_update,
     "customers/redact": _redact,
     "customers/data_request": _data_request,
     "shop/redact": _shop_redact,

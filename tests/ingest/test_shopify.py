@@ -496,3 +496,37 @@ def test_shop_redact_without_a_shop_domain_erases_no_one(db: Database, config):
 
     assert received.status == "dead_letter"
     assert one(db, Customer).erased_at is None
+
+
+def test_the_consent_topics_of_newer_api_versions_record_consent(db: Database, config):
+    # Shapes of the documented samples; newer orders and customers carry no consent.
+    email = {
+        "customer_id": int(CUSTOMER),
+        "email_address": "john@example.com",
+        "email_marketing_consent": {
+            "state": "subscribed",
+            "opt_in_level": "confirmed_opt_in",
+            "consent_updated_at": "2026-11-19T09:00:00-05:00",
+        },
+    }
+    sms = {
+        "id": int(CUSTOMER),
+        "phone": "+16135550123",
+        "sms_marketing_consent": {
+            "state": "unsubscribed",
+            "opt_in_level": "single_opt_in",
+            "consent_updated_at": "2026-11-19T09:30:00-05:00",
+            "consent_collected_from": "OTHER",
+        },
+    }
+    deliver(db, config, "customers_email_marketing_consent/update", email)
+    deliver(db, config, "customers_marketing_consent/update", sms)
+    body = fixture("orders_paid")
+    for key in ("email_marketing_consent", "sms_marketing_consent", "orders_count"):
+        del body["customer"][key]
+    deliver(db, config, "orders/paid", body)
+
+    granted = {(r.channel, r.granted) for r in rows(db, ConsentRecord)}
+    assert granted == {("email", True), ("sms", False)}
+    assert (survey_of(db).state, survey_of(db).channel) == ("waiting_anchor", "email")
+    assert one(db, Order).previous_orders is None
