@@ -286,7 +286,7 @@ def cmd_web(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from worker.demo import run_demo
 
-    return run_demo(events=args.events, seed=args.seed, database=args.database)
+    return run_demo(events=args.events, seed=args.seed, database=args.database, shop=args.shop)
 
 
 def cmd_customer(args: argparse.Namespace) -> int:
@@ -360,6 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--events", type=int, default=500, help="purchases to simulate")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--database", default=None, help="default: a fresh temporary SQLite file")
+    demo.add_argument(
+        "--shop",
+        choices=["events", "shopify"],
+        default="events",
+        help="how the simulated shop talks to us: queue events or signed Shopify webhooks",
+    )
     demo.set_defaults(func=cmd_demo)
 
     config = sub.add_parser("config", help="operator config")
