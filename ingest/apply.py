@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Text, and_, cast, delete, func, or_, select, update
+from sqlalchemy.orm import QueryableAttribute, Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from ingest.contacts import normalise_email, normalise_phone
 from ingest.schema import ConsentEvent, CustomerErased, CustomerIn, OrderEvent, PurchaseCompleted
@@ -27,6 +29,13 @@ from models import (
 )
 from models.customers import ContactStatus
 from models.lifecycle import UNSENT_STATES
+from models.privacy import (
+    ERASED_PREFIX,
+    LEGACY_TOMBSTONE_PREFIX,
+    Pseudonymiser,
+    legacy_tombstone,
+    pseudonymiser,
+)
 from worker import planning
 from worker.config import OperatorConfig
 
@@ -37,15 +46,17 @@ class ApplyContext:
     now: datetime
 
 
-def subject_hash(customer_external_id: str) -> str:
-    return hashlib.sha256(customer_external_id.encode()).hexdigest()
+def subject_key(customer_external_id: str) -> str:
+    """What is stored for a shop customer id outside the customer row: the keyed pseudonym of
+    the process's pseudonymiser (ledger and dead-letter subject keys, tombstones)."""
+    return pseudonymiser().subject(customer_external_id)
 
 
 def erased_at(session: Session, customer_external_id: str) -> datetime | None:
+    """When the customer was erased, or ``None``. A tombstone not yet re-keyed still counts."""
+    keys = [subject_key(customer_external_id), legacy_tombstone(customer_external_id)]
     return session.scalar(
-        select(ErasedSubject.erased_at).where(
-            ErasedSubject.subject_hash == subject_hash(customer_external_id)
-        )
+        select(func.max(ErasedSubject.erased_at)).where(ErasedSubject.subject_hash.in_(keys))
     )
 
 
@@ -121,9 +132,11 @@ def apply_purchase(session: Session, event: PurchaseCompleted, ctx: ApplyContext
         return "order already recorded"  # a second purchase event for one order plans nothing
     tombstone = erased_at(session, event.customer.id)
     if tombstone is not None and event.occurred_at <= tombstone:
-        # A late event about an erased customer: count the purchase, keep no personal data.
+        # A late event about an erased customer: count the purchase, keep no personal data
+        # (nor a ledger row tied to them).
         _fill_order(order, event, customer_id=None)
         planning.skip_erased(session, order)
+        forget_subject(session, subject_key(event.customer.id))
         return "customer erased"
     customer = upsert_customer(session, event.customer)
     if event.consent is not None and event.consent.channels():
@@ -201,8 +214,118 @@ def apply_consent_event(session: Session, event: ConsentEvent, ctx: ApplyContext
     return "; ".join(o for o in outcomes if o) or ("granted" if granted else "revoked")
 
 
+def forget_subject(session: Session, subject: str) -> None:
+    """Unlink the ledger rows about a subject (by its keyed pseudonym): no payload, subject key,
+    survey or content digest stays; the event's id, type and result do, so a late copy of it is
+    still recognised. For erasure, and for a late event refused because of a tombstone."""
+    session.execute(
+        update(InboundEvent)
+        .where(InboundEvent.subject_key == subject)
+        .values(payload=None, subject_key=None, survey_id=None, fingerprint=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+_KEPT_OF_AN_ERASED_EVENT = ("type", "event_id", "occurred_at", "order_id")
+
+
+def dead_letter_subject(session: Session, raw: Any) -> tuple[str | None, Any]:
+    """A dead letter's subject key (the keyed pseudonym of its event's customer id) and what of
+    the event may be kept. About a customer already erased, and not dated after the erasure,
+    only the event's non-personal fields are kept, keyed to no one: erasure has passed and would
+    not come back for it."""
+    customer = raw.get("customer") if isinstance(raw, dict) else None
+    customer_id = customer.get("id") if isinstance(customer, dict) else None
+    if customer_id is None or isinstance(customer_id, dict | list):
+        return None, raw
+    erased = erased_at(session, str(customer_id))
+    if erased is None or _dated_after(raw.get("occurred_at"), erased):
+        return subject_key(str(customer_id)), raw
+    return None, {k: raw[k] for k in _KEPT_OF_AN_ERASED_EVENT if k in raw}
+
+
+def _dated_after(value: object, moment: datetime) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return at.tzinfo is not None and at > moment
+
+
+def _write_tombstone(session: Session, customer_external_id: str, at: datetime) -> None:
+    """The keyed tombstone, erased at the latest erasure date known; an unkeyed one of the same
+    id is replaced."""
+    key = subject_key(customer_external_id)
+    legacy = session.get(ErasedSubject, legacy_tombstone(customer_external_id))
+    if legacy is not None:
+        at = max(at, legacy.erased_at)
+        session.delete(legacy)
+    tombstone = session.get(ErasedSubject, key)
+    if tombstone is None:
+        session.add(ErasedSubject(subject_hash=key, erased_at=at))
+    elif tombstone.erased_at < at:
+        tombstone.erased_at = at
+    session.flush()
+
+
+def _contains(
+    column: QueryableAttribute[Any], needle: str, *, fold: bool = False
+) -> ColumnElement[bool]:
+    text = cast(column, Text)
+    if fold:
+        return func.lower(text).contains(needle.lower(), autoescape=True)
+    return text.contains(needle, autoescape=True)
+
+
+def _forget_unattributed(
+    session: Session, subject: str, customer_external_id: str, customer: Customer | None
+) -> None:
+    """Rows that name the person without being keyed to them: webhooks stored but not applied
+    yet (keyed only once applied), and dead letters without a subject key (written before keys
+    existed, or whose event had no usable customer id). Both are few, so their text is searched
+    for the person's id, address and number."""
+    from worker.responses import WEBHOOK_SOURCES  # it imports this module
+
+    contacts = [c for c in (customer.email, customer.phone) if c] if customer else []
+    pending = [_contains(InboundEvent.payload, c, fold=True) for c in contacts]
+    if pending:
+        session.execute(
+            update(InboundEvent)
+            .where(
+                InboundEvent.source.in_(WEBHOOK_SOURCES),
+                InboundEvent.handled_at.is_(None),
+                InboundEvent.payload.is_not(None),
+                or_(*pending),
+            )
+            .values(payload=None)
+            .execution_options(synchronize_session=False)
+        )
+    quoted_id = json.dumps(customer_external_id, ensure_ascii=False)
+    unkeyed = [
+        _contains(DeadLetter.payload, quoted_id),
+        *(_contains(DeadLetter.payload, c, fold=True) for c in contacts),
+    ]
+    session.execute(
+        delete(DeadLetter)
+        .where(
+            or_(
+                DeadLetter.subject_key == subject,
+                and_(DeadLetter.subject_key.is_(None), or_(*unkeyed)),
+            )
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
 def apply_erasure(session: Session, event: CustomerErased, ctx: ApplyContext) -> str:
     """GDPR art. 17: remove personal data; keep anonymised counts (orders, scores, outcomes).
+
+    Every column ``models.personal_data`` lists is emptied on the rows about the person; the
+    customer row keeps a random ``erased:`` id in place of the shop's. Comments are emptied,
+    scores kept. Ledger rows about them keep only the event's id, type and result. Dead letters
+    about them are deleted. The tombstone is a keyed pseudonym of the id.
 
     Unsent surveys end ``withdrawn``. A survey in ``sending`` is left to its sender, which
     re-checks after its rate limit wait (still unsent: ``withdrawn``) and, when the provider took
@@ -212,13 +335,11 @@ def apply_erasure(session: Session, event: CustomerErased, ctx: ApplyContext) ->
     the erasure or commits first and has its personal columns emptied below. No reminder goes to
     an erased customer."""
     key = event.customer.id
-    session.merge(ErasedSubject(subject_hash=subject_hash(key), erased_at=event.occurred_at))
+    subject = subject_key(key)
     customer = _lock_customer(session, key)
-    # Raw payloads and dead letters about them can hold contacts: drop them.
-    session.execute(
-        update(InboundEvent).where(InboundEvent.subject_key == key).values(payload=None)
-    )
-    session.execute(delete(DeadLetter).where(DeadLetter.subject_key == key))
+    _write_tombstone(session, key, event.occurred_at)
+    forget_subject(session, subject)  # this event's own ledger row included
+    _forget_unattributed(session, subject, key, customer)
     if customer is None:
         return "nothing stored"
     survey_ids = list(session.scalars(select(Survey.id).where(Survey.customer_id == customer.id)))
@@ -236,7 +357,7 @@ def apply_erasure(session: Session, event: CustomerErased, ctx: ApplyContext) ->
         session.execute(
             update(Survey)
             .where(Survey.id.in_(survey_ids))
-            .values(comment=None, provider_message_id=None, next_reminder_at=None)
+            .values(comment=None, provider_message_id=None, next_reminder_at=None, timezone=None)
         )
         session.execute(update(Answer).where(Answer.survey_id.in_(survey_ids)).values(comment=None))
         session.execute(
@@ -245,17 +366,46 @@ def apply_erasure(session: Session, event: CustomerErased, ctx: ApplyContext) ->
             .values(body=None, provider_message_id=None)
         )
         session.execute(
-            update(InboundEvent).where(InboundEvent.survey_id.in_(survey_ids)).values(payload=None)
+            update(InboundEvent)
+            .where(InboundEvent.survey_id.in_(survey_ids))
+            .values(payload=None, subject_key=None, survey_id=None, fingerprint=None)
+            .execution_options(synchronize_session=False)
         )
     session.execute(
         update(ConsentRecord)
         .where(ConsentRecord.customer_id == customer.id)
         .values(source=None, text_version=None, evidence_ref=None)
     )
-    customer.external_id = f"erased:{uuid.uuid4().hex}"
+    customer.external_id = f"{ERASED_PREFIX}{uuid.uuid4().hex}"
     customer.email = customer.phone = customer.first_name = None
     customer.locale = customer.timezone = None
     customer.email_status = customer.phone_status = ContactStatus.missing
     customer.erased_at = event.occurred_at
     session.flush()
     return "erased"
+
+
+def rekey_legacy(session: Session, pseudo: Pseudonymiser | None = None, limit: int = 1000) -> int:
+    """Re-key up to ``limit`` tombstones written before tombstones were keyed; returns how many.
+
+    Migration 0003 could not know the key: it marked the old tombstones (``sha256:`` and the
+    bare SHA-256 of the id), which :func:`erased_at` still honours. With the key at hand each
+    becomes the keyed pseudonym of the same id, computed from the old digest (the id itself is
+    never needed). Idempotent; 0 once none is left."""
+    pseudo = pseudo or pseudonymiser()
+    legacy = session.scalars(
+        select(ErasedSubject)
+        .where(ErasedSubject.subject_hash.startswith(LEGACY_TOMBSTONE_PREFIX))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for old in legacy:
+        new_key = pseudo.rekey(old.subject_hash)
+        keyed = session.get(ErasedSubject, new_key)
+        if keyed is None:
+            session.add(ErasedSubject(subject_hash=new_key, erased_at=old.erased_at))
+        elif keyed.erased_at < old.erased_at:
+            keyed.erased_at = old.erased_at
+        session.delete(old)
+    session.flush()
+    return len(legacy)

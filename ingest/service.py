@@ -105,7 +105,9 @@ def _own_file(filename: str) -> str | None:
 
 
 def _subject(event: ShopEvent) -> str | None:
-    return getattr(getattr(event, "customer", None), "id", None)
+    """The ledger's subject key: the keyed pseudonym of the event's customer id, never the id."""
+    customer_id = getattr(getattr(event, "customer", None), "id", None)
+    return apply.subject_key(customer_id) if customer_id is not None else None
 
 
 def _apply(session: Session, event: ShopEvent, ctx: apply.ApplyContext) -> str:
@@ -214,17 +216,18 @@ def store_dead_letter(
 
     Once: when the same content is already waiting in the store (a failure hook that ran twice,
     or the shop sending one bad event twice), that letter's id is returned and nothing is added.
+    The letter is keyed by the keyed pseudonym of its customer id, so erasure finds it; a letter
+    about a customer already erased keeps only the event's non-personal fields.
     """
-    try:
-        payload = json.dumps(raw, default=str, ensure_ascii=False)
-    except (TypeError, ValueError):
-        payload = repr(raw)
-    subject = None
-    if isinstance(raw, dict) and isinstance(raw.get("customer"), dict):
-        cid = raw["customer"].get("id")
-        subject = str(cid)[:128] if cid is not None else None
     event_id = event_id_of(raw)
     with factory() as session, session.begin():
+        subject, kept = apply.dead_letter_subject(session, raw)
+        if kept is not raw:
+            error = f"{error}; personal data not kept: customer erased"
+        try:
+            payload = json.dumps(kept, default=str, ensure_ascii=False)
+        except (TypeError, ValueError):
+            payload = repr(kept)
         if session.get_bind().dialect.name == "postgresql":
             # Two hooks storing the same letter at once queue here (SQLite has one writer).
             digest = hashlib.sha256(f"{source}\n{payload}".encode()).digest()

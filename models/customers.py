@@ -63,12 +63,17 @@ class ConsentRecord(Base):
 
 
 class ErasedSubject(Base):
-    """Tombstone of an erased customer: a SHA-256 of the shop's id, so that a late event about
-    them is recognised and does not bring personal data back."""
+    """Tombstone of an erased customer, so that a late event about them is recognised and does
+    not bring personal data back.
+
+    ``subject_hash`` is the keyed pseudonym of the shop's id (``models.privacy``): without
+    ``NPS_SECRET_KEY`` it cannot be reversed by hashing candidate ids. Tombstones written before
+    pseudonyms were keyed hold ``sha256:`` and the bare SHA-256 of the id until they are re-keyed
+    (``ingest.apply.rekey_legacy``)."""
 
     __tablename__ = "erased_subjects"
 
-    subject_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subject_hash: Mapped[str] = mapped_column(String(80), primary_key=True)
     erased_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 

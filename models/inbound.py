@@ -18,6 +18,12 @@ class InboundEvent(Base):
 
     Shop events keep no payload (their effect lives in the domain tables); provider webhooks keep
     the raw payload so that a failure while applying can be replayed (``handled_at`` is null).
+    Once applied, a webhook keeps its payload only when it was tied to a survey or a customer
+    (``survey_id``, ``subject_key``), where erasure finds it; an unmatched one keeps none.
+
+    ``subject_key`` is the keyed pseudonym of the shop's customer id (``models.privacy``), never
+    the id itself. Erasure empties ``payload``, ``subject_key``, ``survey_id`` and
+    ``fingerprint`` of the rows about the person: what stays is the event's id, type and result.
     """
 
     __tablename__ = "inbound_events"
@@ -30,11 +36,13 @@ class InboundEvent(Base):
     source: Mapped[str] = mapped_column(String(24))
     external_id: Mapped[str] = mapped_column(String(200))
     event_type: Mapped[str] = mapped_column(String(40))
-    subject_key: Mapped[str | None] = mapped_column(String(128), index=True)  # shop customer id
+    # Keyed pseudonym of the shop's customer id (models.privacy), never the id itself.
+    subject_key: Mapped[str | None] = mapped_column(String(128), index=True)
     survey_id: Mapped[int | None] = mapped_column(
         ForeignKey("surveys.id", ondelete="SET NULL"), index=True
     )
-    payload: Mapped[dict[str, Any] | list[Any] | None] = mapped_column(JSON)
+    # None is SQL NULL, not a JSON null: "no payload" must read as IS NULL in every query.
+    payload: Mapped[dict[str, Any] | list[Any] | None] = mapped_column(JSON(none_as_null=True))
     received_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     handled_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     result: Mapped[str | None] = mapped_column(String(40))
@@ -47,7 +55,11 @@ class InboundEvent(Base):
 
 
 class DeadLetter(Base):
-    """A queue event that failed validation or processing: kept whole, listed and replayable."""
+    """A queue event that failed validation or processing: kept whole, listed and replayable.
+
+    ``subject_key`` is the keyed pseudonym of the event's customer id, so that erasure deletes
+    the letters about the person; a letter about an already erased person is kept without the
+    personal part of its event."""
 
     __tablename__ = "dead_letters"
 

@@ -23,7 +23,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from migrations.runner import upgrade
-from models import Base
+from models import Base, privacy
+from models.privacy import Pseudonymiser
 from models.session import make_engine, make_session_factory
 from worker.config import OperatorConfig, load_config
 
@@ -154,6 +155,19 @@ def frozen_clock() -> Iterator[time_machine.Traveller]:
 
 
 TEST_TOKEN = "test-ingest-token"
+TEST_SECRET_KEY = "test-secret-key"
+
+
+@pytest.fixture(autouse=True)
+def pseudonymiser() -> Iterator[Pseudonymiser]:
+    """The keyed pseudonymiser a process's runtime installs from NPS_SECRET_KEY, here with the
+    tests' fixed key (the one `runtime_for` gives its runtimes), so that code called without a
+    runtime (ingest_event, the webhook functions) has one too."""
+    before = privacy.current()
+    installed = Pseudonymiser(TEST_SECRET_KEY)
+    privacy.install(installed)
+    yield installed
+    privacy.install(before)
 
 
 @pytest.fixture
@@ -169,7 +183,7 @@ def runtime_for(tmp_path: Path):
         settings = Settings.from_env(
             {
                 "NPS_INGEST_TOKEN": TEST_TOKEN,
-                "NPS_SECRET_KEY": "test-secret-key",
+                "NPS_SECRET_KEY": TEST_SECRET_KEY,
                 "NPS_DASHBOARD_PASSWORD": "test-dashboard",
                 "NPS_PUBLIC_BASE_URL": "https://nps.example.test",
                 "NPS_CONFIG": str(tmp_path / "absent.toml"),

@@ -25,6 +25,11 @@ after a pause that doubles with each failure (1 minute up to 6 hours), and stops
 provider's own retry of the same event applies it again at once. A row already handled is never
 applied twice.
 
+Once applied, a raw row keeps its payload only when it is tied to a survey (``survey_id``) or a
+customer (``subject_key``, the keyed pseudonym of their id), which is where erasure looks. An
+event that matched no one, or concerned an erased customer, keeps the provider's event id, type
+and result only: its payload holds an address or number that no erasure could find.
+
 No phone number or email address is logged (``channels.masking``).
 """
 
@@ -50,7 +55,7 @@ from channels.twilio_sms import webhooks as twilio_hooks
 from channels.twilio_sms.errors import PROVIDER as TWILIO
 from channels.twilio_sms.replies import Reply, ReplyKind, interpret_reply
 from channels.twilio_sms.webhooks import InboundSms
-from ingest.apply import record_consent
+from ingest.apply import record_consent, subject_key
 from models import (
     Answer,
     ConsentRecord,
@@ -184,12 +189,17 @@ class SmsReply:
 
 @dataclass(frozen=True, slots=True)
 class Applied:
-    """The effect of one event: ``result`` is stored on the raw row (at most 40 characters)."""
+    """The effect of one event: ``result`` is stored on the raw row (at most 40 characters).
+
+    ``subject_key`` is the keyed pseudonym of the customer the event was about. ``erased``: it
+    was about an erased customer, so the raw row keeps nothing tying it to them or their survey.
+    """
 
     result: str
     survey_id: int | None = None
     subject_key: str | None = None
     reply: SmsReply | None = None
+    erased: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,12 +350,7 @@ def handle_webhook(
                             result=applied.result[:40],
                             error=None,
                             retry_at=None,
-                            **({"survey_id": applied.survey_id} if applied.survey_id else {}),
-                            **(
-                                {"subject_key": applied.subject_key[:128]}
-                                if applied.subject_key
-                                else {}
-                            ),
+                            **_ties(applied),
                         )
                     )
             except Exception as exc:  # the savepoint is rolled back: nothing of the effect stays
@@ -367,6 +372,30 @@ def handle_webhook(
         _log_failed_attempt(row_id, attempts, failure)
         return Handled(row_id, "failed")
     return Handled(row_id, "applied", applied.result, applied.reply)
+
+
+def _ties(applied: Applied) -> dict[str, object]:
+    """What an applied raw row keeps: its payload only while it is tied to a survey or a
+    customer, which is where erasure looks for it. An event that matched no one (an SMS from an
+    unknown number, a SendGrid event for no survey) or that was about an erased customer keeps
+    the provider's event id, type and result, and no payload."""
+    if applied.erased:
+        return {"payload": None}
+    if applied.survey_id is None and applied.subject_key is None:
+        return {"payload": None}
+    ties: dict[str, object] = {}
+    if applied.survey_id is not None:
+        ties["survey_id"] = applied.survey_id
+    if applied.subject_key is not None:
+        ties["subject_key"] = applied.subject_key
+    return ties
+
+
+def _subject_of(customer: Customer | None) -> str | None:
+    """The keyed pseudonym stored for a customer on raw rows (``None`` once erased)."""
+    if customer is None or customer.erased_at is not None:
+        return None
+    return subject_key(customer.external_id)
 
 
 def _log_failed_attempt(row_id: int, attempts: int, failure: str) -> None:
@@ -707,15 +736,21 @@ def apply_delivery_event(
     if survey is None:
         return Applied("no matching survey")
     customer = session.get(Customer, survey.customer_id)
-    subject = customer.external_id if customer is not None else None
+    erased = customer is None or customer.erased_at is not None
+    subject = _subject_of(customer)
+    survey_id = survey.id
+
+    def applied(result: str) -> Applied:
+        return Applied(result, survey_id, subject, erased=erased)
+
     _update_message_status(session, event, channel)
     if event.kind in (K.opened, K.clicked):
-        return Applied(f"engagement: {event.kind.value}", survey.id, subject)
+        return applied(f"engagement: {event.kind.value}")
     target = _DELIVERY_TARGET.get(event.kind)
     if target is None:
-        return Applied(f"ignored: {event.kind.value}", survey.id, subject)
+        return applied(f"ignored: {event.kind.value}")
     if not _concerns_invitation(survey, event, channel):
-        return Applied("another message of the survey", survey.id, subject)
+        return applied("another message of the survey")
     state = SurveyState(survey.state)
     values: dict[str, object] = {}
     if state in _UNCONFIRMED:
@@ -727,14 +762,17 @@ def apply_delivery_event(
             sent_at=sent_at,
             closes_at=survey.closes_at or sent_at + config.survey.response_window,
         )
-        if survey.provider_message_id is None and event.provider_message_id is not None:
-            values["provider_message_id"] = event.provider_message_id
-        if survey.next_reminder_at is None and reminder.max > 0:
-            values["next_reminder_at"] = sent_at + reminder.after
+        # Not for an erased customer: the provider's message id would tie their survey to the
+        # provider's copy of the message (their contact, the text), and no reminder goes out.
+        if not erased:
+            if survey.provider_message_id is None and event.provider_message_id is not None:
+                values["provider_message_id"] = event.provider_message_id
+            if survey.next_reminder_at is None and reminder.max > 0:
+                values["next_reminder_at"] = sent_at + reminder.after
     else:
         current = _state_kind(state, channel)
         if current is None or target == state or not _advances(channel, current, event.kind):
-            return Applied(f"no change: survey {state.value}", survey.id, subject)
+            return applied(f"no change: survey {state.value}")
     if target == S.delivered:
         values["delivered_at"] = event.occurred_at or now
         if survey.final_reason is not None:
@@ -751,9 +789,9 @@ def apply_delivery_event(
         **values,
     )
     if not moved:
-        return Applied(f"no change: survey {state.value}", survey.id, subject)
+        return applied(f"no change: survey {state.value}")
     log.info("survey %s: %s -> %s (%s)", survey.id, state.value, target.value, event.provider)
-    return Applied(target.value, survey.id, subject)
+    return applied(target.value)
 
 
 def _email_consent_event(
@@ -769,7 +807,9 @@ def _email_consent_event(
     customers: list[Customer] = []
     if survey is not None:
         customer = session.get(Customer, survey.customer_id)
-        customers = [customer] if customer is not None else []
+        if customer is None or customer.erased_at is not None:
+            return _erased_consent_event(session, survey, event, granted, now)
+        customers = [customer]
     else:
         email = event.raw.get("email")
         if isinstance(email, str) and email.strip():
@@ -795,7 +835,7 @@ def _email_consent_event(
         if not granted:
             on_consent_revoked(session, customer, "email", config, now)
     survey_id = survey.id if survey is not None else None
-    subject = customers[0].external_id
+    subject = _subject_of(customers[0])
     if granted:
         return Applied("email consent granted", survey_id, subject)
     if survey is not None and survey.channel == "email":
@@ -811,6 +851,26 @@ def _email_consent_event(
         if ended:
             return Applied("email consent revoked; opted out", survey_id, subject)
     return Applied("email consent revoked", survey_id, subject)
+
+
+def _erased_consent_event(
+    session: Session, survey: Survey, event: DeliveryEvent, granted: bool, now: datetime
+) -> Applied:
+    """About an erased customer nothing new is recorded (consent evidence names the provider's
+    event); an unsubscribe still ends their open email invitation ``opted_out``, which is only
+    a count."""
+    if not granted and survey.channel == "email":
+        name = _raw_status(event)
+        move(
+            session,
+            survey.id,
+            S.opted_out,
+            reason=f"{event.provider} {name}",
+            only_from=OPEN_STATES,
+            now=now,
+            final_reason=f"{event.provider} {name}",
+        )
+    return Applied("customer erased", erased=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -866,7 +926,7 @@ def apply_inbound_sms(
             select(Customer).where(Customer.phone == sms.from_number).order_by(Customer.id)
         )
     )
-    subject = customers[0].external_id if customers else None
+    subject = _subject_of(customers[0]) if customers else None
     if reply.kind is ReplyKind.opt_out:
         applied = _sms_opt_out(session, sms, customers, config, now)
     elif reply.kind is ReplyKind.opt_in:
@@ -876,7 +936,7 @@ def apply_inbound_sms(
         owner = next((c for c in customers if survey and c.id == survey.customer_id), None)
         speaker = owner or (customers[0] if customers else None)
         locale = speaker.locale if speaker is not None else None
-        subject = speaker.external_id if speaker is not None else None
+        subject = _subject_of(speaker)
         if reply.kind is ReplyKind.help:
             applied = Applied(
                 "help", survey.id if survey else None, subject, SmsReply("help", locale)
@@ -930,7 +990,7 @@ def _sms_opt_out(
         on_consent_revoked(session, customer, "sms", config, now)
     if not customers:
         return Applied("opt-out: unknown number")
-    return Applied("opted out", ended[0] if ended else None, customers[0].external_id)
+    return Applied("opted out", ended[0] if ended else None, _subject_of(customers[0]))
 
 
 def _sms_opt_in(
@@ -952,7 +1012,7 @@ def _sms_opt_in(
                 evidence_ref=sms.message_sid,
             )
             regranted += 1
-    subject = customers[0].external_id if customers else None
+    subject = _subject_of(customers[0]) if customers else None
     return Applied("opted in" if regranted else "opt-in: nothing to re-grant", None, subject)
 
 

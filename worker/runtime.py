@@ -2,17 +2,25 @@
 
 Built lazily from the environment the first time something asks for it (an actor, the web app,
 a CLI command); tests and the demo install their own with :func:`set_runtime`.
+
+Installing a runtime also installs its pseudonymiser (``models.privacy``) as the process's: the
+ingest and webhook code, which is handed only a session factory and a config, asks for it there
+when it writes a customer's keyed pseudonym (ledger, dead letters, tombstones).
 """
 
 from __future__ import annotations
 
+import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from models import privacy
+from models.privacy import Pseudonymiser
 from models.session import make_engine, make_session_factory
 from worker.config import ConfigHolder, OperatorConfig
 from worker.settings import Settings
@@ -29,6 +37,26 @@ class Runtime:
     @property
     def config(self) -> OperatorConfig:
         return self.config_holder.current()
+
+    @property
+    def secret_key(self) -> str:
+        """``NPS_SECRET_KEY``. Only `demo` is meant to run without it (`web` and `worker` refuse
+        to start): it gets a random key for the life of the process, which is as long as its
+        answer links and pseudonyms need to hold."""
+        if self.settings.secret_key:
+            return self.settings.secret_key
+        key = self.extras.get("secret_key")
+        if key is None:
+            key = self.extras["secret_key"] = secrets.token_urlsafe(32)
+        return cast(str, key)
+
+    @property
+    def pseudonymiser(self) -> Pseudonymiser:
+        """Keyed pseudonyms under a key derived from :attr:`secret_key` (``models.privacy``)."""
+        made = self.extras.get("pseudonymiser")
+        if made is None:
+            made = self.extras["pseudonymiser"] = Pseudonymiser(self.secret_key)
+        return cast(Pseudonymiser, made)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
@@ -51,12 +79,16 @@ def get_runtime() -> Runtime:
             runtime = Runtime.from_settings(Settings.from_env())
             # Long-running processes pick up an edited config file within a minute.
             runtime.config_holder.start_watching()
+            privacy.install(runtime.pseudonymiser)
             _current["runtime"] = runtime
         return _current["runtime"]
 
 
 def set_runtime(runtime: Runtime | None) -> None:
+    """Install ``runtime`` as the process's, with its pseudonymiser. ``None`` removes the
+    runtime; the last pseudonymiser stays installed."""
     with _lock:
         _current.pop("runtime", None)
         if runtime is not None:
+            privacy.install(runtime.pseudonymiser)
             _current["runtime"] = runtime

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from datetime import datetime, timedelta
 from typing import cast
 
@@ -21,10 +20,11 @@ GIVE_UP_AFTER = timedelta(hours=1)
 def answer_links(runtime: Runtime) -> AnswerLinks:
     links = runtime.extras.get("links")
     if links is None:
-        # Only `demo` runs without NPS_SECRET_KEY (the other commands refuse to start): a
-        # per-process key there, since demo links live as long as the process.
-        key = runtime.settings.secret_key or secrets.token_urlsafe(32)
-        links = runtime.extras["links"] = AnswerLinks(key, runtime.settings.public_base_url)
+        # Only `demo` runs without NPS_SECRET_KEY (the other commands refuse to start): the
+        # runtime's per-process key there, since demo links live as long as the process.
+        links = runtime.extras["links"] = AnswerLinks(
+            runtime.secret_key, runtime.settings.public_base_url
+        )
     return cast(AnswerLinks, links)
 
 
@@ -51,9 +51,16 @@ def sender(runtime: Runtime) -> Sender:
 
 def scheduler(runtime: Runtime) -> Scheduler:
     """The scheduler with its hooks: sends and reminders go to the queue; stuck sends are
-    settled here, in the scheduler process, through the sender's provider lookups."""
+    settled here, in the scheduler process, through the sender's provider lookups.
+
+    Before it is handed out, what was stored before pseudonyms were keyed is re-keyed, once per
+    process (see :func:`worker.customers.rekey_legacy_pseudonyms`)."""
     from worker.actors import send_reminder, send_survey
+    from worker.customers import rekey_legacy_pseudonyms
     from worker.responses import replay_unhandled_webhooks
+
+    if not runtime.extras.get("rekeyed"):
+        runtime.extras["rekeyed"] = rekey_legacy_pseudonyms(runtime) is not None
 
     def settle(survey_id: int, now: datetime) -> object:
         return sender(runtime).settle(survey_id, runtime.config, now, GIVE_UP_AFTER)
