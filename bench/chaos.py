@@ -61,6 +61,8 @@ REMINDER_AFTER = 15
 DELAY = 5
 JITTER = 5
 ANCHOR_TIMEOUT = 20
+#: The drain gives up when no survey, message or recorded event has changed for this long.
+STALL_SECONDS = 90.0
 SCHEDULER_FLAGS = (
     "--interval", "1", "--stuck-after", "20", "--sending-timeout", "15", "--give-up-after", "45",
 )  # fmt: skip
@@ -150,7 +152,7 @@ def parse_args(argv: list[str] | None) -> Options:
         or os.environ.get("NPS_TEST_POSTGRES_URL")
         or DEFAULT_SERVER
     )
-    drain = args.drain_timeout or 120.0 + args.purchases / 25.0
+    drain = args.drain_timeout or 120.0 + args.purchases / 5.0
     return Options(
         args.purchases, args.seed, args.rate, args.fault_rate, args.workers, args.schedulers,
         args.kill_every, args.redis_down, drain, server, args.database, args.keep_logs,
@@ -191,6 +193,7 @@ class ChaosRun:
         self.started = time.monotonic()
         self.phases: dict[str, float] = {}
         self.settled = False
+        self.drain_end = "not reached"
         self.stranded = 0
         self.queued_events: set[str] = set()
         self.queue_holders: dict[str, int] = {}
@@ -459,12 +462,15 @@ class ChaosRun:
 
     def drain(self) -> None:
         """Wait until nothing can still change: the shop has sent everything, the queues are
-        empty, every webhook and answer is delivered, and every window has closed."""
+        empty, every webhook and answer is delivered, and every window has closed. Give up when
+        nothing has moved for :data:`STALL_SECONDS`, or at the drain deadline."""
         assert self.timeline is not None and self.shop is not None
         begin = time.monotonic()
         deadline = begin + self.opts.drain_timeout
         calm = 0
         next_report = begin + 10
+        last_change, seen = begin, (-1, -1, -1, -1)
+        self.drain_end = "deadline"
         while time.monotonic() < deadline:
             self._keep_alive()
             actions, backlog, moving = (
@@ -475,18 +481,26 @@ class ChaosRun:
             # Messages a killed worker had taken stay in Redis until dramatiq's maintenance
             # gives them back (a minute or more); once every event is in the ledger they can
             # only be copies of work done.
-            stranded_only = backlog > 0 and self._unrecorded_events() == 0
+            unrecorded = self._unrecorded_events()
+            stranded_only = backlog > 0 and unrecorded == 0
             busy = actions + moving + (0 if stranded_only else abs(backlog))
             calm = calm + 1 if busy == 0 else 0
             if calm >= 3:
-                self.settled = True
+                self.settled, self.drain_end = True, "settled"
                 break
-            if time.monotonic() >= next_report:
+            state = (*self._counts(), unrecorded)
+            now = time.monotonic()
+            if state != seen:
+                last_change, seen = now, state
+            elif now - last_change > STALL_SECONDS:
+                self.drain_end = f"nothing changed for {STALL_SECONDS:.0f} s"
+                break
+            if now >= next_report:
                 progress(
                     f"draining: {self._status()}; pending: {actions} actions, "
-                    f"{backlog} queue messages, {moving} surveys"
+                    f"{backlog} queue messages, {moving} surveys, {unrecorded} events"
                 )
-                next_report = time.monotonic() + 10
+                next_report = now + 10
             time.sleep(1.0)
         self.phases["drain_seconds"] = round(time.monotonic() - begin, 1)
         self.stranded = max(self._broker_backlog(), 0)
@@ -627,6 +641,7 @@ def summary(
         "unexpected_exits": dict(run.unexpected),
         "harness_errors": dict(run.timeline.errors),
         "settled": run.settled,
+        "drain_ended": run.drain_end,
         "queue_messages_left": {"total": run.stranded, **run.queue_holders},
         "elapsed_seconds": round(elapsed, 1),
         "phases": run.phases,
