@@ -13,7 +13,12 @@ from worker.runtime import get_runtime
 
 log = logging.getLogger(__name__)
 
-INGEST_MAX_RETRIES = 5
+# A failure while applying is most often the database being away (a restart, a fail-over). The
+# dead letter is stored in that same database, so the retries must outlast a real outage: 16
+# retries doubling from 1 s and capped at 30 min cover about three hours before the last attempt.
+INGEST_MAX_RETRIES = 16
+INGEST_MIN_BACKOFF_MS = 1000
+INGEST_MAX_BACKOFF_MS = 30 * 60 * 1000
 
 
 def _store_dead_event(message: dramatiq.MessageProxy, exception: BaseException) -> None:
@@ -32,7 +37,8 @@ def _store_dead_event(message: dramatiq.MessageProxy, exception: BaseException) 
 @actor(
     EVENTS_QUEUE,
     max_retries=INGEST_MAX_RETRIES,
-    min_backoff=1000,
+    min_backoff=INGEST_MIN_BACKOFF_MS,
+    max_backoff=INGEST_MAX_BACKOFF_MS,
     dead_letter=_store_dead_event,
 )
 def ingest_event(event: Any) -> None:

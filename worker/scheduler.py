@@ -41,7 +41,7 @@ from typing import Final
 from urllib.parse import unquote
 
 from prometheus_client import Counter
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from channels.masking import mask_text
@@ -329,9 +329,18 @@ class Scheduler:
                 session.scalars(
                     select(Survey.id)
                     .where(
-                        Survey.state == S.sending, Survey.sending_at < now - self.sending_timeout
+                        Survey.state == S.sending,
+                        or_(
+                            Survey.sending_at < now - self.sending_timeout,
+                            # Claimed but the provider call never started: a worker that died
+                            # while waiting for its rate-limit slot.
+                            and_(
+                                Survey.sending_at.is_(None),
+                                Survey.state_changed_at < now - self.sending_timeout,
+                            ),
+                        ),
                     )
-                    .order_by(Survey.sending_at)
+                    .order_by(Survey.state_changed_at)
                     .limit(self.batch_size)
                 )
             )
@@ -385,16 +394,16 @@ class Scheduler:
         report.reminders += len(rows)
 
     def _prune_raw_payloads(self, now: datetime, report: TickReport) -> None:
-        """Raw webhook payloads hold phone numbers and addresses: once applied, they are kept
-        for ``payload_retention`` (to debug and replay) and then emptied; the ledger row stays,
-        so a late duplicate is still recognised."""
+        """Raw webhook payloads hold phone numbers and addresses: they are kept for
+        ``payload_retention`` (to debug and replay) and then emptied, applied or not (a webhook
+        that never applied was given up long before; its error stays); the ledger row stays, so
+        a late duplicate is still recognised."""
         cutoff = now - self.payload_retention
         with self.factory() as session, session.begin():
             ids = (
                 select(InboundEvent.id)
                 .where(
                     InboundEvent.payload.is_not(None),
-                    InboundEvent.handled_at.is_not(None),
                     InboundEvent.received_at < cutoff,
                 )
                 .limit(self.batch_size * 10)

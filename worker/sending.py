@@ -179,7 +179,10 @@ class Sender:
                 S.sending,
                 only_from=[S.queued],
                 now=now,
-                sending_at=now,
+                # Set only once the provider call is about to start (after the rate-limit wait):
+                # a row still without it when its worker died was never sent, and is queued
+                # again rather than given up as `send_unknown`.
+                sending_at=None,
                 attempts=survey.attempts + 1,
             ):
                 return SendOutcome("lost", "claimed by another worker")
@@ -272,6 +275,20 @@ class Sender:
             if stop is not None:
                 log.info("survey %s: stopped after the rate limit wait: %s", survey_id, stop.detail)
                 return stop
+            # The marker that the provider may be called from now on. Conditional, so that a
+            # reconciler that gave this claim back to the queue meanwhile wins and nothing is sent.
+            marked = session.execute(
+                update(Survey)
+                .where(
+                    Survey.id == survey_id, Survey.state == S.sending, Survey.attempts == attempt
+                )
+                .values(sending_at=now)
+                .returning(Survey.id)
+                .execution_options(synchronize_session=False)
+            ).first()
+            if marked is None:
+                return SendOutcome(S.queued, "given back to the queue while waiting: nothing to do")
+            survey.sending_at = now
             return survey, customer
 
     def _message(
@@ -399,7 +416,9 @@ class Sender:
                 survey_id,
                 S.sent,
                 reason=reason,
-                only_from=[S.sending],
+                # send_unknown: the settle window ran out while this worker still waited for the
+                # provider's answer; the answer proves the message went out.
+                only_from=[S.sending, S.send_unknown],
                 now=now,
                 sent_at=sent_at,
                 provider=provider,
@@ -536,6 +555,8 @@ class Sender:
         the send began: ``send_unknown``, never a second send (a late callback can still move it
         to sent).
         """
+        if self._give_back_if_never_called(survey_id, now):
+            return "queued again: the provider was never called"
         with self.factory() as session:
             survey = session.get(Survey, survey_id)
             if survey is None or survey.state != S.sending:
@@ -594,6 +615,26 @@ class Sender:
         self._forget_lookups(survey_id)
         log.error("ALERT survey %s: send outcome unknown; not re-sent", survey_id)
         return "send_unknown"
+
+    def _give_back_if_never_called(self, survey_id: int, now: datetime) -> bool:
+        """A claim whose worker stopped before the provider call (no ``sending_at`` marker: a
+        crash or a restart during the rate-limit wait) goes back to ``queued``; the scheduler
+        enqueues it again. The row is locked first, so a worker setting its marker at this moment
+        either wins (and this does nothing) or finds the row queued (and sends nothing)."""
+        with self.factory() as session, session.begin():
+            survey = session.scalar(select(Survey).where(Survey.id == survey_id).with_for_update())
+            if survey is None or survey.state != S.sending or survey.sending_at is not None:
+                return False
+            move(
+                session,
+                survey_id,
+                S.queued,
+                reason="the worker stopped before calling the provider",
+                only_from=[S.sending],
+                now=now,
+            )
+        log.warning("survey %s: claimed but never sent; queued again", survey_id)
+        return True
 
     def _expected_message(
         self, survey: Survey, customer: Customer | None, config: OperatorConfig, now: datetime
