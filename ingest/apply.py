@@ -26,6 +26,7 @@ from models import (
     Survey,
     SurveyState,
     move,
+    utcnow,
 )
 from models.customers import ContactStatus
 from models.lifecycle import UNSENT_STATES
@@ -109,7 +110,10 @@ def record_consent(
     captured_at: datetime,
     evidence_kind: str,
     evidence_ref: str | None,
+    recorded_at: datetime | None = None,
 ) -> None:
+    """Append one record per channel. ``recorded_at`` is when we learnt it (the caller's clock);
+    it caps the record's effective time, see :func:`models.customers.latest_consent`."""
     for channel, granted in channels.items():
         session.add(
             ConsentRecord(
@@ -119,6 +123,7 @@ def record_consent(
                 source=source,
                 text_version=text_version,
                 captured_at=captured_at,
+                recorded_at=recorded_at or utcnow(),
                 evidence_kind=evidence_kind,
                 evidence_ref=evidence_ref,
             )
@@ -149,6 +154,7 @@ def apply_purchase(session: Session, event: PurchaseCompleted, ctx: ApplyContext
             captured_at=event.consent.captured_at or event.occurred_at,
             evidence_kind="event",
             evidence_ref=event.event_id,
+            recorded_at=ctx.now,
         )
     _fill_order(order, event, customer_id=customer.id)
     session.flush()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, select
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, case, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, BigId, UtcDateTime, utcnow
@@ -77,12 +77,29 @@ class ErasedSubject(Base):
     erased_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
-def current_consent(session: Session, customer_id: int, channel: str) -> bool:
-    """True when the latest record for this customer and channel is a grant."""
-    granted = session.scalar(
+# When a consent record took effect: its capture time, but never later than when we recorded it.
+# A shop's clock running ahead (events may be dated up to a day in the future) must not let its
+# grant outrank a STOP or an unsubscribe that we stamp with our own clock after it.
+_EFFECTIVE_AT = case(
+    (ConsentRecord.captured_at > ConsentRecord.recorded_at, ConsentRecord.recorded_at),
+    else_=ConsentRecord.captured_at,
+)
+
+
+def latest_consent(session: Session, customer_id: int, channel: str) -> bool | None:
+    """The latest record's grant for this customer and channel, ``None`` when there is none.
+
+    Latest by effective time; at the same moment a revocation outranks a grant (when in doubt,
+    do not send)."""
+    granted: bool | None = session.scalar(
         select(ConsentRecord.granted)
         .where(ConsentRecord.customer_id == customer_id, ConsentRecord.channel == channel)
-        .order_by(ConsentRecord.captured_at.desc(), ConsentRecord.id.desc())
+        .order_by(_EFFECTIVE_AT.desc(), ConsentRecord.granted.asc(), ConsentRecord.id.desc())
         .limit(1)
     )
-    return bool(granted)
+    return granted
+
+
+def current_consent(session: Session, customer_id: int, channel: str) -> bool:
+    """True when the latest record for this customer and channel is a grant."""
+    return bool(latest_consent(session, customer_id, channel))

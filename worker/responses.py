@@ -58,7 +58,6 @@ from channels.twilio_sms.webhooks import InboundSms
 from ingest.apply import record_consent, subject_key
 from models import (
     Answer,
-    ConsentRecord,
     Customer,
     InboundEvent,
     MessageRecord,
@@ -68,6 +67,7 @@ from models import (
     move,
     utcnow,
 )
+from models.customers import latest_consent
 from models.inbound import claim_inbound_event
 from models.lifecycle import AWAITING_FOLLOWUP_STATES, OPEN_STATES
 from worker.config import BandName, OperatorConfig
@@ -619,17 +619,6 @@ def _set_comment(session: Session, survey: Survey, comment: str, via: str, now: 
     return True
 
 
-def _latest_consent(session: Session, customer_id: int, channel: str) -> bool | None:
-    """The latest consent record's grant for a channel, ``None`` when there is none."""
-    granted: bool | None = session.scalar(
-        select(ConsentRecord.granted)
-        .where(ConsentRecord.customer_id == customer_id, ConsentRecord.channel == channel)
-        .order_by(ConsentRecord.captured_at.desc(), ConsentRecord.id.desc())
-        .limit(1)
-    )
-    return granted
-
-
 # --------------------------------------------------------------------------------------------
 # Delivery events (Twilio status callbacks, SendGrid events)
 # --------------------------------------------------------------------------------------------
@@ -831,6 +820,7 @@ def _email_consent_event(
             captured_at=event.occurred_at or now,
             evidence_kind="webhook",
             evidence_ref=event.event_id,
+            recorded_at=now,
         )
         if not granted:
             on_consent_revoked(session, customer, "email", config, now)
@@ -968,6 +958,7 @@ def _sms_opt_out(
             captured_at=now,
             evidence_kind="sms_reply",
             evidence_ref=sms.message_sid,
+            recorded_at=now,
         )
         open_ids = list(
             session.scalars(
@@ -1000,7 +991,7 @@ def _sms_opt_in(
     a "YES" from someone who never consented to SMS is not consent."""
     regranted = 0
     for customer in customers:
-        if _latest_consent(session, customer.id, "sms") is False:
+        if latest_consent(session, customer.id, "sms") is False:
             record_consent(
                 session,
                 customer,
@@ -1010,6 +1001,7 @@ def _sms_opt_in(
                 captured_at=now,
                 evidence_kind="sms_reply",
                 evidence_ref=sms.message_sid,
+                recorded_at=now,
             )
             regranted += 1
     subject = _subject_of(customers[0]) if customers else None
@@ -1121,7 +1113,7 @@ def unsubscribe_email(
     if customer is None:
         return "no customer"
     outcome = "already unsubscribed"
-    if _latest_consent(session, customer.id, "email") is not False:
+    if latest_consent(session, customer.id, "email") is not False:
         record_consent(
             session,
             customer,
@@ -1131,6 +1123,7 @@ def unsubscribe_email(
             captured_at=now,
             evidence_kind="unsubscribe_link",
             evidence_ref=f"survey:{survey.id}",
+            recorded_at=now,
         )
         outcome = "unsubscribed"
     if not current_consent(session, customer.id, "email"):

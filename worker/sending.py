@@ -534,6 +534,7 @@ class Sender:
                     captured_at=now,
                     evidence_kind="provider",
                     evidence_ref=f"error {exc.code}",
+                    recorded_at=now,
                 )
             outcome = self._fallback_or_end(session, row, fresh, config, now, why, S.failed)
         log.warning("survey %s: permanent send error: %s", survey.id, why)
