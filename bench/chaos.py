@@ -64,7 +64,7 @@ ANCHOR_TIMEOUT = 20
 #: The drain gives up when no survey, message or recorded event has changed for this long.
 STALL_SECONDS = 90.0
 SCHEDULER_FLAGS = (
-    "--interval", "1", "--stuck-after", "20", "--sending-timeout", "15", "--give-up-after", "45",
+    "--interval", "1", "--stuck-after", "60", "--sending-timeout", "15", "--give-up-after", "45",
 )  # fmt: skip
 
 CONFIG_TOML = f"""\

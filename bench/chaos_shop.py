@@ -481,12 +481,27 @@ class Shop:
             status = None
             self.retries[f"http {type(exc).__name__}"] += 1
         if status is not None and status < 500 and status != 429:
-            for item in response.json().get("results", []):
+            again = []
+            for event, item in zip(batch, response.json().get("results", []), strict=False):
                 self.results[str(item.get("status"))] += 1
-            return
-        if status is not None:
+                if _ours_to_retry(item):
+                    again.append(event)  # a failure on the product's side: send it again
+            if not again:
+                return
+            self.retries["http item failed on the product's side"] += len(again)
+            batch = again
+        elif status is not None:
             self.retries[f"http {status}"] += 1
         if attempt >= self.MAX_ATTEMPTS:
             self.failed.extend(str(e["event_id"]) for e in batch)
             return
         self.timeline.after(min(0.5 * attempt, 3.0), self._post, batch, attempt + 1)
+
+
+def _ours_to_retry(item: dict[str, Any]) -> bool:
+    """A rejected item whose error is the product's own (``internal_error``): nothing of it was
+    kept, and the API says it is worth sending again."""
+    errors = item.get("errors") or []
+    return item.get("status") == "rejected" and any(
+        isinstance(e, dict) and e.get("code") == "internal_error" for e in errors
+    )
