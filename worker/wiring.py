@@ -66,7 +66,13 @@ def scheduler(runtime: Runtime) -> Scheduler:
         return sender(runtime).settle(survey_id, runtime.config, now, GIVE_UP_AFTER)
 
     def replay(now: datetime) -> object:
-        return replay_unhandled_webhooks(runtime.factory, runtime.config, now=now)
+        from ingest import platforms, shopify, woocommerce
+
+        replay_unhandled_webhooks(runtime.factory, runtime.config, now=now)
+        # Shop platform deliveries that failed on our side: WooCommerce never redelivers.
+        return platforms.replay_unhandled(
+            runtime.factory, runtime.config, [shopify.ADAPTER, woocommerce.ADAPTER], now=now
+        )
 
     return Scheduler(
         runtime.factory,
