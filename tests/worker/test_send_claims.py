@@ -13,15 +13,12 @@ from datetime import timedelta
 from models import SurveyState
 from tests.worker.test_send_promises import (
     AFTER_WINDOW,
-    NOON,
-    TWILIO_MESSAGES,
     WaitingRateLimiter,
     messages_of,
     sender_with,
     sms_survey,
-    twilio_created,
 )
-from tests.worker.test_sending import survey
+from tests.worker.test_sending import NOON, TWILIO_MESSAGES, survey, twilio_created
 from worker.scheduler import Scheduler
 from worker.wiring import GIVE_UP_AFTER
 
