@@ -200,9 +200,9 @@ def apply_consent_event(session: Session, event: ConsentEvent, ctx: ApplyContext
     if tombstone is not None and event.occurred_at <= tombstone:
         return "customer erased"
     customer = upsert_customer(session, event.customer)
-    granted = event.type == "consent.granted"
-    # The event type says what happens; the channels flagged true say to which channels.
-    channels = {ch: granted for ch in event.consent.flagged()}
+    # Each value given is the channel's consent after the event; the schema has refused any
+    # value that contradicts the event type, so the two always agree here.
+    channels = event.consent.channels()
     record_consent(
         session,
         customer,
@@ -217,7 +217,7 @@ def apply_consent_event(session: Session, event: ConsentEvent, ctx: ApplyContext
     outcomes = [
         planning.on_consent_revoked(session, customer, ch, ctx.config, ctx.now) for ch in revoked
     ]
-    return "; ".join(o for o in outcomes if o) or ("granted" if granted else "revoked")
+    return "; ".join(o for o in outcomes if o) or event.type.removeprefix("consent.")
 
 
 def forget_subject(session: Session, subject: str) -> None:

@@ -4,12 +4,25 @@ Unknown keys are ignored so the shop can add fields without breaking us; known k
 and every error names its field path (``customer.phone``, ``total.amount``). Dates must be
 plausible: not before 2000-01-01, and not more than a day after the moment the event is taken in
 (``now``, passed to :func:`parse_event`).
+
+A consent event gives each channel's state *after* the event: ``consent.revoked`` with
+``{"email": false}`` revokes email, ``consent.granted`` with ``{"sms": true}`` grants SMS. A value
+that contradicts the event type is refused at its path (``consent.email``), so that a ``true``
+meant as "yes, revoke" can never be read either way.
+
+Each problem of a rejected event is a :class:`FieldError`: a stable ``code``, the reason, and the
+field path. Codes: ``required``, ``invalid_type``, ``invalid_format``, ``invalid_choice``,
+``out_of_range``, ``invalid_value``, and our own rules' ``time_out_of_range``,
+``unknown_time_zone``, ``amount_not_string``, ``consent_channel_required``,
+``consent_contradicts_type``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -24,9 +37,10 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
-    model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
 EventId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
@@ -41,16 +55,25 @@ MAX_AHEAD = timedelta(days=1)
 CENT = Decimal("0.01")
 
 
+def _rule(code: str, reason: str) -> PydanticCustomError:
+    """A broken rule of ours, under a stable code (the reason travels in the context, so that a
+    brace in it is never read as a placeholder)."""
+    return PydanticCustomError(code, "{reason}", {"reason": reason})
+
+
 def _plausible_time(value: datetime, info: ValidationInfo) -> datetime:
     now = (info.context or {}).get("now")
     if not isinstance(now, datetime):
         # Not a ValueError on purpose: a missing clock is a bug of the caller, not of the event.
         raise TypeError("validate shop events with parse_event(raw, now=...)")
     if value < EARLIEST:
-        raise ValueError("must not be before 2000-01-01T00:00:00Z")
+        raise _rule("time_out_of_range", "must not be before 2000-01-01T00:00:00Z")
     if value > now + MAX_AHEAD:
         received = now.astimezone(UTC).isoformat().replace("+00:00", "Z")
-        raise ValueError(f"must not be more than 1 day after the time of ingest ({received})")
+        raise _rule(
+            "time_out_of_range",
+            f"must not be more than 1 day after the time of ingest ({received})",
+        )
     # One instant, one spelling: "+01:00" and "Z" forms of a time compare and fingerprint equal.
     return value.astimezone(UTC)
 
@@ -82,11 +105,14 @@ class CustomerIn(_Model):
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown IANA time zone {value!r}") from None
+            raise _rule("unknown_time_zone", f"unknown IANA time zone {value!r}") from None
         return value
 
 
 class ConsentIn(_Model):
+    """Consent evidence. ``email`` and ``sms`` are each channel's state after the event (omitted or
+    ``null``: that channel is not concerned)."""
+
     email: bool | None = None
     sms: bool | None = None
     source: ShortText | None = None
@@ -96,12 +122,60 @@ class ConsentIn(_Model):
     def channels(self) -> dict[str, bool]:
         return {ch: v for ch, v in (("email", self.email), ("sms", self.sms)) if v is not None}
 
-    def flagged(self) -> list[str]:
-        return [ch for ch, value in self.channels().items() if value]
+
+def _state_after(event_type: str, expected: bool) -> Callable[[bool], bool]:
+    """The check of a channel's value in a ``consent.granted`` (``true``) or ``consent.revoked``
+    (``false``) event: the other value contradicts the event type and is refused at its path."""
+    wanted, given = ("true", "false") if expected else ("false", "true")
+    verb = "grant" if expected else "revoke"
+
+    def check(value: bool) -> bool:
+        if value is not expected:
+            raise _rule(
+                "consent_contradicts_type",
+                f"{given} contradicts {event_type}: a channel's value is its consent after the "
+                f"event, so use {wanted} to {verb} it (or leave the channel out)",
+            )
+        return value
+
+    return check
+
+
+Granted = Annotated[
+    bool,
+    AfterValidator(_state_after("consent.granted", True)),
+    WithJsonSchema({"type": "boolean", "const": True, "description": "granted after the event"}),
+]
+Revoked = Annotated[
+    bool,
+    AfterValidator(_state_after("consent.revoked", False)),
+    WithJsonSchema({"type": "boolean", "const": False, "description": "revoked after the event"}),
+]
+
+
+class GrantIn(ConsentIn):
+    email: Granted | None = None
+    sms: Granted | None = None
+
+
+class RevokeIn(ConsentIn):
+    email: Revoked | None = None
+    sms: Revoked | None = None
 
 
 class MoneyIn(_Model):
-    amount: Annotated[Decimal, Field(ge=0, le=Decimal("1e11"), max_digits=14, decimal_places=2)]
+    amount: Annotated[
+        Decimal,
+        Field(ge=0, le=Decimal("1e11"), max_digits=14, decimal_places=2),
+        WithJsonSchema(
+            {
+                "type": "string",
+                "pattern": r"^[0-9]{1,12}(\.[0-9]{1,2})?$",
+                "description": 'a decimal amount as a string, e.g. "129.90" (a JSON number '
+                "would already have lost its cents' exactness)",
+            }
+        ),
+    ]
     currency: Annotated[str, StringConstraints(to_upper=True, pattern=r"^[A-Za-z]{3}$")]
 
     @field_validator("amount", mode="before")
@@ -109,7 +183,7 @@ class MoneyIn(_Model):
     def _no_float(cls, value: Any) -> Any:
         # Money arrives as a string ("129.90"); a float has already lost its cents' exactness.
         if isinstance(value, float):
-            raise ValueError('give the amount as a string, e.g. "129.90"')
+            raise _rule("amount_not_string", 'give the amount as a string, e.g. "129.90"')
         return value
 
     @field_validator("amount")
@@ -127,11 +201,47 @@ class ItemIn(_Model):
 
 
 class _EventBase(_Model):
-    event_id: EventId
-    occurred_at: EventTime
+    event_id: EventId = Field(
+        description="the idempotency key: the same event twice has one effect"
+    )
+    occurred_at: EventTime = Field(description="ISO 8601 with an offset")
+
+
+def _example(**event: Any) -> ConfigDict:
+    return ConfigDict(json_schema_extra={"examples": [event]})
 
 
 class PurchaseCompleted(_EventBase):
+    """Records the order, consent evidence and contacts; plans one survey or records why not."""
+
+    model_config = _example(
+        type="purchase.completed",
+        event_id="evt_01HX7Q",
+        occurred_at="2026-11-20T10:04:00Z",
+        order_id="A-1001",
+        customer={
+            "id": "c-42",
+            "email": "ana@example.com",
+            "phone": "+40721000111",
+            "first_name": "Ana",
+            "locale": "ro-RO",
+            "timezone": "Europe/Bucharest",
+            "country": "RO",
+            "previous_orders": 3,
+        },
+        consent={
+            "email": True,
+            "sms": False,
+            "source": "checkout-checkbox",
+            "text_version": "2026-03",
+            "captured_at": "2026-11-20T10:03:51Z",
+        },
+        total={"amount": "129.90", "currency": "EUR"},
+        items=[{"sku": "TV-55", "category": "electronics", "quantity": 1}],
+        sales_channel="web",
+        test=False,
+    )
+
     type: Literal["purchase.completed"]
     order_id: Id
     customer: CustomerIn
@@ -143,36 +253,90 @@ class PurchaseCompleted(_EventBase):
 
 
 class OrderEvent(_EventBase):
+    """Fulfilment and delivery are anchor times; a cancellation or refund withdraws an unsent
+    survey. Any of them may arrive before the purchase."""
+
+    model_config = _example(
+        type="order.delivered",
+        event_id="evt_01HX9D",
+        occurred_at="2026-11-23T15:30:00Z",
+        order_id="A-1001",
+    )
+
     type: Literal["order.fulfilled", "order.delivered", "order.cancelled", "order.refunded"]
     order_id: Id
 
 
-class _CustomerRef(_Model):
+class CustomerRef(_Model):
     id: Id
 
 
 class ConsentEvent(_EventBase):
+    """What both consent events share; parsed as :class:`ConsentGranted` or
+    :class:`ConsentRevoked`."""
+
     type: Literal["consent.granted", "consent.revoked"]
     customer: CustomerIn
     consent: ConsentIn
 
-    @model_validator(mode="after")
-    def _has_channel(self) -> ConsentEvent:
-        if not self.consent.flagged():
-            raise ValueError(
-                f"consent: name the channels this {self.type} applies to, e.g. "
-                '{"email": true} (email or sms set to true)'
+    @field_validator("consent")
+    @classmethod
+    def _names_a_channel(cls, value: ConsentIn) -> ConsentIn:
+        if not value.channels():
+            raise _rule(
+                "consent_channel_required",
+                "name at least one channel (email or sms) with its consent after the event",
             )
-        return self
+        return value
+
+
+class ConsentGranted(ConsentEvent):
+    """Grants the channels given (each ``true``)."""
+
+    model_config = _example(
+        type="consent.granted",
+        event_id="evt_01HXA2",
+        occurred_at="2026-11-21T08:00:00Z",
+        customer={"id": "c-42"},
+        consent={"sms": True, "source": "preference-center", "text_version": "2026-03"},
+    )
+
+    type: Literal["consent.granted"]
+    consent: GrantIn
+
+
+class ConsentRevoked(ConsentEvent):
+    """Revokes the channels given (each ``false``); every unsent survey on them stops."""
+
+    model_config = _example(
+        type="consent.revoked",
+        event_id="evt_01HXB7",
+        occurred_at="2026-11-22T19:12:00Z",
+        customer={"id": "c-42"},
+        consent={"email": False, "source": "preference-center"},
+    )
+
+    type: Literal["consent.revoked"]
+    consent: RevokeIn
 
 
 class CustomerErased(_EventBase):
+    """Erases the customer's personal data; anonymised counts survive."""
+
+    model_config = _example(
+        type="customer.erased",
+        event_id="evt_01HXC1",
+        occurred_at="2026-11-25T09:00:00Z",
+        customer={"id": "c-42"},
+    )
+
     type: Literal["customer.erased"]
-    customer: _CustomerRef
+    customer: CustomerRef
 
 
 ShopEvent = Annotated[
-    PurchaseCompleted | OrderEvent | ConsentEvent | CustomerErased, Field(discriminator="type")
+    PurchaseCompleted | OrderEvent | ConsentGranted | ConsentRevoked | CustomerErased,
+    Field(discriminator="type"),
 ]
 EVENT_TYPES = (
     "purchase.completed",
@@ -184,16 +348,41 @@ EVENT_TYPES = (
     "consent.revoked",
     "customer.erased",
 )
+EVENT_MODELS: tuple[type[_EventBase], ...] = (
+    PurchaseCompleted,
+    OrderEvent,
+    ConsentGranted,
+    ConsentRevoked,
+    CustomerErased,
+)
 
 _adapter: TypeAdapter[ShopEvent] = TypeAdapter(ShopEvent)
 
 
-class EventRejected(ValueError):
-    """A bad event. ``errors`` holds one ``field.path: reason`` line per problem."""
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One problem of an event: a stable ``code``, the reason (``message``) and the field path
+    (``param``; ``None`` for the event as a whole)."""
 
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__("; ".join(errors))
+    code: str
+    message: str
+    param: str | None = None
+
+    def line(self) -> str:
+        return f"{self.param or '(event)'}: {self.message}"
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"code": self.code, "message": self.message, "param": self.param}
+
+
+class EventRejected(ValueError):
+    """A bad event. ``errors`` holds one :class:`FieldError` per problem; the message is their
+    ``field.path: reason`` lines joined by ``; ``."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
         self.errors = errors
+        self.lines = [error.line() for error in errors]
+        super().__init__("; ".join(self.lines))
 
 
 def parse_event(
@@ -202,10 +391,19 @@ def parse_event(
     """Validate one raw event (a dict from JSON) received at ``now``, or raise
     :class:`EventRejected`."""
     if not isinstance(raw, dict):
-        raise EventRejected([f"(event): expected a JSON object, got {type(raw).__name__}"])
+        got = type(raw).__name__
+        raise EventRejected([FieldError("invalid_type", f"expected a JSON object, got {got}")])
     kind = raw.get("type")
     if kind not in EVENT_TYPES:
-        raise EventRejected([f"type: must be one of {', '.join(EVENT_TYPES)}; got {kind!r}"])
+        raise EventRejected(
+            [
+                FieldError(
+                    "required" if kind is None else "invalid_choice",
+                    f"must be one of {', '.join(EVENT_TYPES)}; got {kind!r}",
+                    "type",
+                )
+            ]
+        )
     try:
         return _adapter.validate_python(raw, context={"now": now})
     except ValidationError as exc:
@@ -223,17 +421,61 @@ def fingerprint(event: _EventBase) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _describe(exc: ValidationError) -> list[str]:
-    lines = []
+# Pydantic's error types, folded into the few codes a shop's client needs to tell apart. Our own
+# rules raise their codes directly (see ``_rule``).
+_CODES = {
+    "missing": "required",
+    "literal_error": "invalid_choice",
+    "enum": "invalid_choice",
+    "union_tag_invalid": "invalid_choice",
+    "string_pattern_mismatch": "invalid_format",
+    "timezone_aware": "invalid_format",
+    "timezone_naive": "invalid_format",
+    "too_long": "out_of_range",
+    "too_short": "out_of_range",
+    "string_too_long": "out_of_range",
+    "string_too_short": "out_of_range",
+    "greater_than": "out_of_range",
+    "greater_than_equal": "out_of_range",
+    "less_than": "out_of_range",
+    "less_than_equal": "out_of_range",
+    "decimal_max_digits": "out_of_range",
+    "decimal_max_places": "out_of_range",
+    "decimal_whole_digits": "out_of_range",
+}
+OWN_CODES = frozenset(
+    {
+        "time_out_of_range",
+        "unknown_time_zone",
+        "amount_not_string",
+        "consent_channel_required",
+        "consent_contradicts_type",
+    }
+)
+
+
+def _code(kind: str) -> str:
+    if kind in OWN_CODES:
+        return kind
+    if kind in _CODES:
+        return _CODES[kind]
+    if kind.endswith("_type"):
+        return "invalid_type"
+    if kind.endswith("_parsing"):
+        return "invalid_format"
+    return "invalid_value"
+
+
+def _describe(exc: ValidationError) -> list[FieldError]:
+    problems = []
     for err in exc.errors(include_url=False, include_input=False):
         # The first location element is the discriminator tag; drop it.
         loc = [str(p) for p in err["loc"]]
         if loc and loc[0] in EVENT_TYPES:
             loc = loc[1:]
-        path = ".".join(loc) or "(event)"
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{path}: {msg}")
-    return lines
+        problems.append(FieldError(_code(err["type"]), msg, ".".join(loc) or None))
+    return problems
 
 
 def event_id_of(raw: Any) -> str | None:

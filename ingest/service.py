@@ -22,11 +22,13 @@ from typing import Any, Literal
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from ingest import apply
+from ingest import apply, outcome
+from ingest.outcome import Outcome
 from ingest.schema import (
     ConsentEvent,
     CustomerErased,
     EventRejected,
+    FieldError,
     OrderEvent,
     PurchaseCompleted,
     event_id_of,
@@ -44,26 +46,40 @@ Status = Literal["accepted", "duplicate", "conflict", "rejected"]
 
 # What the client is told when applying failed on our side: nothing about the cause (a database
 # error quotes its SQL and the values bound to it), only that nothing was kept.
-APPLY_FAILED = (
-    "(event): could not be applied because of an error on our side; nothing of it was stored, "
+APPLY_FAILED_REASON = (
+    "could not be applied because of an error on our side; nothing of it was stored, "
     "so it is safe to send it again"
 )
+APPLY_FAILED = f"(event): {APPLY_FAILED_REASON}"
 
 
 @dataclass(frozen=True, slots=True)
 class IngestResult:
     event_id: str | None
     status: Status
-    error: str | None = None
-    outcome: str | None = None  # what the event did, for the CLI and the logs
+    error: str | None = None  # one line: "field.path: reason; ..."
+    outcome: str | None = None  # what the event did, in words, for the CLI and the logs
     # Rejected because applying it failed on our side, not because of its content: the same
     # event sent again may well be taken.
     retryable: bool = False
+    errors: tuple[FieldError, ...] = ()  # one per problem, with its code and field path
+    effect: Outcome | None = None  # what an accepted event did, read back from the database
+
+    def problems(self) -> tuple[FieldError, ...]:
+        """The structured errors; a result built from a bare message gets one without a path."""
+        if self.errors or self.error is None:
+            return self.errors
+        return (FieldError("invalid_event", self.error),)
 
     def to_dict(self) -> dict[str, Any]:
+        """The per-item answer: ``event_id``, ``status``, then ``error`` (the summary line) and
+        ``errors`` when it was not taken, or ``outcome`` when it was accepted."""
         out: dict[str, Any] = {"event_id": self.event_id, "status": self.status}
         if self.error is not None:
             out["error"] = self.error
+            out["errors"] = [problem.to_dict() for problem in self.problems()]
+        if self.effect is not None:
+            out["outcome"] = self.effect.model_dump(mode="json")
         return out
 
 
@@ -136,14 +152,14 @@ def _repeated(session: Session, event: ShopEvent, digest: str) -> IngestResult:
         event.type,
         recorded.event_type,
     )
-    return IngestResult(
-        event.event_id,
+    problem = FieldError(
         "conflict",
-        error=(
-            f"event_id: already used by a different event (a {recorded.event_type}); "
-            "nothing was applied; give each event its own event_id"
-        ),
-        outcome="conflict",
+        f"already used by a different event (a {recorded.event_type}); nothing was applied; "
+        "give each event its own event_id",
+        "event_id",
+    )
+    return IngestResult(
+        event.event_id, "conflict", error=problem.line(), outcome="conflict", errors=(problem,)
     )
 
 
@@ -155,7 +171,7 @@ def ingest_in_session(
     try:
         event = parse_event(raw, now=now)
     except EventRejected as exc:
-        return IngestResult(event_id_of(raw), "rejected", error=str(exc))
+        return IngestResult(event_id_of(raw), "rejected", error=str(exc), errors=tuple(exc.errors))
     digest = fingerprint(event)
     ctx = apply.ApplyContext(config=config, now=now)
     try:
@@ -170,17 +186,24 @@ def ingest_in_session(
             )
             if claimed is None:
                 return _repeated(session, event, digest)
-            outcome = _apply(session, event, ctx)
+            was = outcome.before(session, event)
+            said = _apply(session, event, ctx)
+            effect = outcome.after(session, event, was)
     except Exception as exc:
         # The savepoint is rolled back (on PostgreSQL this also clears the aborted state), so
         # the events before and after this one in the transaction are unaffected.
         label = failure_label(exc)
         log.error("event %s (%s) not applied, nothing kept: %s", event.event_id, event.type, label)
         return IngestResult(
-            event.event_id, "rejected", error=APPLY_FAILED, outcome=label, retryable=True
+            event.event_id,
+            "rejected",
+            error=APPLY_FAILED,
+            outcome=label,
+            retryable=True,
+            errors=(FieldError("internal_error", APPLY_FAILED_REASON),),
         )
-    log.info("event %s (%s) accepted: %s", event.event_id, event.type, outcome)
-    return IngestResult(event.event_id, "accepted", outcome=outcome)
+    log.info("event %s (%s) accepted: %s", event.event_id, event.type, said)
+    return IngestResult(event.event_id, "accepted", outcome=said, effect=effect)
 
 
 def ingest_event(

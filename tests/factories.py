@@ -83,6 +83,8 @@ def consent_event(
     event_id: str | None = None,
     **channels: bool,
 ) -> dict[str, Any]:
+    """``consent.granted`` / ``consent.revoked``; each channel's value is its consent after the
+    event: ``consent_event("revoked", "c-1", email=False)`` revokes email."""
     return {
         "type": f"consent.{kind}",
         "event_id": event_id or f"evt-c-{next(_counter)}",

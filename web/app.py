@@ -1,8 +1,11 @@
 """The ASGI application (`nps-dispatch web`).
 
-The public edge, outermost first: the real client address behind ``NPS_TRUSTED_PROXIES``
+The public edge, outermost first: a request id on every answer, a 500 in the error shape for an
+unexpected exception (:mod:`web.errors`), the real client address behind ``NPS_TRUSTED_PROXIES``
 (:mod:`web.proxy`), per-client rate limits shared through Redis when ``NPS_BROKER_URL`` is set
-(:mod:`web.ratelimit`), body size caps (:mod:`web.limits`), then the routes. ``GET /healthz``
+(:mod:`web.ratelimit`), body size caps (:mod:`web.limits`), then the routes. Every error answer
+of the JSON routes is ``{"error": {"code", "message", "param"}}`` (:mod:`web.errors`); the
+OpenAPI document is at ``/openapi.json`` and ``/docs`` (:mod:`web.openapi`). ``GET /healthz``
 answers ``ok`` or ``failing`` and nothing more; ``GET /metrics`` needs the operators' password
 (HTTP basic) or ``NPS_METRICS_TOKEN`` (bearer).
 """
@@ -13,7 +16,7 @@ import logging
 
 import redis
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -21,8 +24,10 @@ from sqlalchemy import text
 
 from web import answers, dashboard, events, reports, webhooks
 from web.auth import require_basic_or_bearer
+from web.errors import UnexpectedErrors, install_error_handlers, json_error
 from web.limits import BodySizeLimit
 from web.metrics import DatabaseCollector
+from web.openapi import METRICS, error_responses, install_openapi
 from web.proxy import TrustedProxies, parse_networks
 from web.ratelimit import RateLimit
 from worker.logs import RequestIdMiddleware
@@ -34,6 +39,7 @@ log = logging.getLogger(__name__)
 # back to its own buckets.
 RATE_LIMIT_REDIS_TIMEOUT = 0.25
 NO_STORE = {"Cache-Control": "no-store"}
+API_VERSION = "1"  # of the HTTP API, whose paths start with /v1/
 
 
 def rate_limit_redis(url: str) -> redis.Redis:
@@ -47,7 +53,13 @@ def rate_limit_redis(url: str) -> redis.Redis:
 
 
 def create_app(runtime: Runtime | None = None) -> FastAPI:
-    app = FastAPI(title="nps-dispatch", docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="nps-dispatch",
+        version=API_VERSION,
+        description="Post-purchase NPS surveys: the shop's events in, operators' reports out.",
+        docs_url="/docs",
+        redoc_url=None,
+    )
     app.state.runtime = runtime = runtime or get_runtime()
     settings = runtime.settings
     trusted = parse_networks(settings.trusted_proxies)  # a bad entry refuses to start
@@ -56,28 +68,42 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit)
     app.add_middleware(RateLimit, redis_client=shared)  # refuses before any body is read
     app.add_middleware(TrustedProxies, trusted=trusted)  # the real client before the limits
+    app.add_middleware(UnexpectedErrors)  # outside the body cap, which raises to refuse
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer carries its request id
+    install_error_handlers(app)
+    install_openapi(app)
     app.include_router(events.router)
     app.include_router(webhooks.router)
     app.include_router(answers.router)
     app.include_router(reports.router)
     app.include_router(dashboard.router)
 
-    @app.get("/healthz")
-    def healthz() -> JSONResponse:
+    @app.get("/healthz", responses=error_responses(503))
+    def healthz() -> Response:
         # The body is public: a status only, never an error text, a URL or a version.
         try:
             with app.state.runtime.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
         except Exception as exc:  # the load balancer needs an answer, not a traceback
             log.warning("health check: database unreachable (%s)", exc.__class__.__name__)
-            return JSONResponse({"status": "failing"}, status_code=503, headers=NO_STORE)
+            return json_error(
+                503,
+                "unavailable",
+                "a dependency of this service is failing",
+                headers=NO_STORE,
+                extra={"status": "failing"},
+            )
         return JSONResponse({"status": "ok"}, headers=NO_STORE)
 
     registry = CollectorRegistry()
     registry.register(DatabaseCollector(app.state.runtime.factory))
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        openapi_extra={"security": METRICS},
+        responses=error_responses(401),
+        response_class=PlainTextResponse,
+    )
     def metrics(request: Request) -> PlainTextResponse:
         settings = app.state.runtime.settings
         require_basic_or_bearer(request, settings.dashboard_password, settings.metrics_token)

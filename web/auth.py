@@ -1,4 +1,5 @@
-"""Bearer and basic auth with constant-time comparison."""
+"""Bearer and basic auth with constant-time comparison; a refusal is 401 ``unauthorized`` with
+its ``WWW-Authenticate`` challenge."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import base64
 import binascii
 import hmac
 
-from fastapi import HTTPException, Request
+from fastapi import Request
+
+from web.errors import ApiError
 
 
 def _equal(given: str, expected: str) -> bool:
@@ -17,9 +20,10 @@ def require_bearer(request: Request, expected: str | None) -> None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if expected is None or scheme.lower() != "bearer" or not token or not _equal(token, expected):
-        raise HTTPException(
-            status_code=401,
-            detail="missing or wrong bearer token",
+        raise ApiError(
+            401,
+            "unauthorized",
+            "missing or wrong bearer token (Authorization: Bearer $NPS_INGEST_TOKEN)",
             headers={"WWW-Authenticate": "Bearer"},
         )
 
@@ -44,9 +48,10 @@ def require_basic(request: Request, password: str | None) -> None:
         password is not None and scheme.lower() == "basic" and _basic_password_is(encoded, password)
     )
     if not ok:
-        raise HTTPException(
-            status_code=401,
-            detail="operator password required",
+        raise ApiError(
+            401,
+            "unauthorized",
+            "operator password required (HTTP basic auth)",
             headers={"WWW-Authenticate": BASIC_CHALLENGE},
         )
 
@@ -65,8 +70,9 @@ def require_basic_or_bearer(request: Request, password: str | None, token: str |
     challenges = [BASIC_CHALLENGE]
     if token is not None:
         challenges.append('Bearer realm="nps-dispatch"')
-    raise HTTPException(
-        status_code=401,
-        detail="operator password or metrics token required",
+    raise ApiError(
+        401,
+        "unauthorized",
+        "operator password or metrics token required",
         headers={"WWW-Authenticate": ", ".join(challenges)},
     )

@@ -1,4 +1,12 @@
-"""`POST /v1/events`: one event or an array of at most 1000, answered per item."""
+"""`POST /v1/events`: one event or an array of at most 1000, answered per item.
+
+Each item is answered with ``{"event_id", "status", ...}``: ``accepted`` with its ``outcome``
+(what planning recorded), ``duplicate``, or ``conflict`` / ``rejected`` with ``error`` (one
+line) and ``errors`` (one entry per problem, its field path in ``param``). A single event is
+answered with its result; when it was not taken (409, 422, 500) the body is in the error shape of
+every error answer, its result's fields beside ``error``. An array is answered 200 with
+``results`` in the order sent, or 422 when every event was rejected for its content.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +20,20 @@ from fastapi.responses import JSONResponse
 from ingest.service import IngestResult, ingest_batch
 from web.auth import require_bearer
 from web.deps import runtime_of
+from web.errors import json_error
+from web.openapi import MAX_BATCH, events_operation
 
-MAX_BATCH = 1000
+__all__ = ["MAX_BATCH", "router"]
+
 router = APIRouter()
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
-@router.post("/v1/events")
+@router.post(
+    "/v1/events",
+    summary="Send shop events",
+    response_model=None,
+    openapi_extra=events_operation(),
+)
 async def post_events(request: Request) -> JSONResponse:
     runtime = runtime_of(request)
     require_bearer(request, runtime.settings.ingest_token)
@@ -29,29 +41,48 @@ async def post_events(request: Request) -> JSONResponse:
     try:
         payload: Any = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return _error(400, f"body is not valid JSON: {exc}")
+        return json_error(400, "invalid_json", f"body is not valid JSON: {exc}")
     single = isinstance(payload, dict)
     items = [payload] if single else payload
     if not isinstance(items, list):
-        return _error(422, "body must be one event object or an array of events")
+        return json_error(
+            422, "invalid_request", "body must be one event object or an array of events"
+        )
     if not items:
-        return _error(422, "the array holds no events")
+        return json_error(422, "invalid_request", "the array holds no events")
     if len(items) > MAX_BATCH:
-        return _error(413, f"at most {MAX_BATCH} events per request; got {len(items)}")
+        return json_error(
+            413, "batch_too_large", f"at most {MAX_BATCH} events per request; got {len(items)}"
+        )
     results = await run_in_threadpool(ingest_batch, runtime.factory, items, runtime.config)
-    answers = [r.to_dict() for r in results]
     if single:
-        return JSONResponse(answers[0], status_code=_single_status(results[0]))
-    # A batch is answered 207-style with 200 and per-item results (a rejected item carries the
-    # field path); the whole request is 422 only when every item was rejected for its content.
-    all_rejected = all(r.status == "rejected" and not r.retryable for r in results)
-    return JSONResponse({"results": answers}, status_code=422 if all_rejected else 200)
+        return _single(results[0])
+    answers = [r.to_dict() for r in results]
+    # Answered 207-style with 200 and per-item results; 422 only when every item was rejected
+    # for its content (a failure on our side is worth sending again).
+    if all(r.status == "rejected" and not r.retryable for r in results):
+        return json_error(
+            422,
+            "invalid_event",
+            "every event of the array was rejected; see each result's errors",
+            extra={"results": answers},
+        )
+    return JSONResponse({"results": answers})
 
 
-def _single_status(result: IngestResult) -> int:
+def _single(result: IngestResult) -> JSONResponse:
+    answer = result.to_dict()
+    if result.status in ("accepted", "duplicate"):
+        return JSONResponse(answer)
+    problems = result.problems()
     if result.status == "conflict":
-        return 409  # the event_id is taken by other content, as with a reused idempotency key
-    if result.status == "rejected":
-        # Our failure (nothing kept, safe to send again) or a fault in the event itself.
-        return 500 if result.retryable else 422
-    return 200
+        # The event_id is taken by other content, as with a reused idempotency key.
+        status, code = 409, "conflict"
+    elif result.retryable:
+        status, code = 500, "internal_error"  # nothing kept: safe to send again
+    else:
+        status, code = 422, "invalid_event"
+    del answer["error"]  # the summary line becomes the error's message
+    # The first problem's field names the error; ``errors`` lists every one.
+    param = problems[0].param if problems else None
+    return json_error(status, code, result.error or code, param, extra=answer)

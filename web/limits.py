@@ -1,10 +1,13 @@
-"""Request body limits, enforced while reading so a 10 MB body is refused without buffering it."""
+"""Request body limits, enforced while reading so a 10 MB body is refused without buffering it.
+
+A refusal is 413 ``payload_too_large`` in the error shape of :mod:`web.errors`.
+"""
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from web.errors import send_error
 
 DEFAULT_MAX_BODY = 2 * 1024 * 1024  # 1000 events of ~2 KB each
 
@@ -26,7 +29,7 @@ class BodySizeLimit:
             return
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
-                await self._refuse(send)
+                await self._refuse(scope, send)
                 return
         received = 0
         started = False
@@ -49,15 +52,8 @@ class BodySizeLimit:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await self._refuse(send)
+                await self._refuse(scope, send)
 
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps({"error": f"request body larger than {self.max_body} bytes"}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        message = f"request body larger than {self.max_body} bytes"
+        await send_error(scope, send, 413, "payload_too_large", message)

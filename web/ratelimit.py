@@ -2,7 +2,8 @@
 
 :class:`RateLimit` is ASGI middleware: each client may make ``burst`` requests at once, refilled
 at ``per_second`` (GCRA, see :mod:`worker.ratelimit`). Over the limit it answers 429 with
-``Retry-After`` before the route reads anything.
+``Retry-After`` before the route reads anything (``rate_limited`` in the error shape of
+:mod:`web.errors`).
 
 - **Which routes.** By default the answer page ``/s/...`` (people and mail scanners; its
   unsubscribe URL has a separate, looser bucket, because mailbox providers send RFC 8058 one-click
@@ -41,9 +42,10 @@ from typing import Protocol
 
 import anyio.to_thread
 import redis
-from fastapi import HTTPException, Request
+from fastapi import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from web.errors import ApiError, send_error
 from worker.ratelimit import RedisBreaker, RedisGcra, gcra
 
 __all__ = [
@@ -232,35 +234,33 @@ class RateLimit:
             else:
                 wait = buckets.take(key)
             if wait > 0:
-                await self._refuse(send, wait)
+                await self._refuse(scope, send, wait)
                 return
         await self.app(scope, receive, send)
 
     @staticmethod
-    async def _refuse(send: Send, wait: float) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 429,
-                "headers": [
-                    (b"content-type", b"text/plain; charset=utf-8"),
-                    (b"retry-after", str(max(1, math.ceil(wait))).encode()),
-                    (b"cache-control", b"no-store"),
-                ],
-            }
+    async def _refuse(scope: Scope, send: Send, wait: float) -> None:
+        seconds = max(1, math.ceil(wait))
+        await send_error(
+            scope,
+            send,
+            429,
+            "rate_limited",
+            f"too many requests; try again in {seconds} s",
+            headers={"Retry-After": str(seconds), "Cache-Control": "no-store"},
         )
-        await send({"type": "http.response.body", "body": b"Too many requests. Try again later.\n"})
 
 
 async def read_limited_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 past ``limit`` bytes (checked on ``Content-Length``
     and while streaming, so an oversized body is never buffered whole)."""
+    too_large = ApiError(413, "payload_too_large", f"request body larger than {limit} bytes")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(status_code=413, detail=f"request body larger than {limit} bytes")
+        raise too_large
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise HTTPException(status_code=413, detail=f"request body larger than {limit} bytes")
+            raise too_large
     return bytes(body)

@@ -5,8 +5,8 @@ Basic auth with ``NPS_DASHBOARD_PASSWORD``. Query parameters, as the CLI flags:
 (channel, category, arm, delay, country, week), ``compare_since``, ``compare_until``,
 ``compare`` (``false`` for none; default: the previous period when since and until are given)
 and ``format`` (``json``, the default, or ``csv``: a download whose text cells that would start a
-spreadsheet formula are escaped, see ``reports/render.py``). A bad parameter is answered 422 with
-``{"error": "<parameter>: <reason>"}``.
+spreadsheet formula are escaped, see ``reports/render.py``). A bad parameter is answered 422
+``invalid_parameter`` in the error shape of :mod:`web.errors`, ``param`` naming the parameter.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from reports.build import ReportError, build_report, parse_by, parse_date
 from reports.render import render_csv
 from web.auth import require_basic
 from web.deps import runtime_of
+from web.errors import json_error
+from web.openapi import BASIC, error_responses
 
 router = APIRouter()
 
@@ -31,8 +33,11 @@ _TRUE = {"1", "true", "yes", "on", "previous"}
 _FALSE = {"0", "false", "no", "off", "none"}
 
 
-def _error(message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=422)
+def _error(message: str, request: Request) -> JSONResponse:
+    # Report errors read "<parameter>: <reason>"; the parameter, when it is one, is the param.
+    name, _, _ = message.partition(":")
+    param = name if name in KNOWN_PARAMS or name in request.query_params else None
+    return json_error(422, "invalid_parameter", message, param)
 
 
 def _params(request: Request) -> dict[str, Any]:
@@ -59,20 +64,25 @@ def _params(request: Request) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/reports/nps")
+@router.get(
+    "/v1/reports/nps",
+    summary="The NPS report (reports/REPORT_JSON.md)",
+    openapi_extra={"security": BASIC},
+    responses=error_responses(401, 422),
+)
 async def get_nps_report(request: Request) -> Response:
     runtime = runtime_of(request)
     require_basic(request, runtime.settings.dashboard_password)
     fmt = request.query_params.get("format", "json")
     if fmt not in ("json", "csv"):
-        return _error(f"format: {fmt!r} is not json or csv")
+        return _error(f"format: {fmt!r} is not json or csv", request)
     try:
         params = _params(request)
         report = await run_in_threadpool(
             lambda: build_report(runtime.factory, runtime.config, **params)
         )
     except ReportError as exc:
-        return _error(str(exc))
+        return _error(str(exc), request)
     if fmt == "csv":
         # Formula-like cells are escaped by render_csv; served as a download, never sniffed.
         return PlainTextResponse(

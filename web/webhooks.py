@@ -2,10 +2,12 @@
 ``/webhooks/sendgrid/events``.
 
 Each route, in this order: read the body under a cap; **verify** the signature (fail closed: 403
-and nothing written, also when the provider's secret is not configured); parse; **store** the raw
-event keyed by the provider's id; **apply** it idempotently (``worker.responses``). A failure
-while applying leaves the raw row unhandled for replay and answers 500, so a provider that retries
-(SendGrid does, for 24 hours) brings it back too; its other events are duplicates by then.
+``signature_invalid`` and nothing written, also when the provider's secret is not configured);
+parse (400 ``invalid_payload``); **store** the raw event keyed by the provider's id; **apply** it
+idempotently (``worker.responses``). A failure while applying leaves the raw row unhandled for
+replay and answers 500 ``internal_error``, so a provider that retries (SendGrid does, for 24
+hours) brings it back too; its other events are duplicates by then. Error answers are in the
+shape of :mod:`web.errors`.
 
 Twilio signs the URL it called: it is rebuilt from ``NPS_PUBLIC_BASE_URL`` plus the request's
 path and raw query, never from the request's own host (a proxy changes it). SendGrid signs
@@ -15,6 +17,7 @@ timestamp + raw body; a timestamp older than 10 minutes is refused.
 from __future__ import annotations
 
 import logging
+from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
@@ -30,7 +33,9 @@ from channels.webhook_errors import WebhookPayloadError
 from models import utcnow
 from web.answers import sms_reply_text
 from web.deps import runtime_of
+from web.errors import json_error
 from web.limits import DEFAULT_MAX_BODY
+from web.openapi import error_responses
 from web.ratelimit import read_limited_body
 from worker import responses
 
@@ -42,12 +47,26 @@ router = APIRouter()
 TWILIO_MAX_BODY = 64 * 1024  # an inbound SMS of 1600 characters plus Twilio's fields, encoded
 SENDGRID_MAX_BODY = DEFAULT_MAX_BODY  # SendGrid batches up to ~768 KB
 
-_FORBIDDEN = "signature check failed\n"
+NOT_APPLIED = "stored, not applied yet because of an error on our side; it is applied again later"
+TWILIO_DOC: dict[str, Any] = {
+    "security": [{"twilioSignature": []}],
+    "responses": error_responses(400, 403, 413, 500),
+}
+SENDGRID_DOC: dict[str, Any] = {
+    "security": [{"sendgridSignature": []}],
+    "responses": error_responses(400, 403, 413, 500),
+}
 
 
 def _forbidden(provider: str) -> Response:
     log.warning("%s webhook refused: missing, invalid or stale signature", provider)
-    return Response(_FORBIDDEN, status_code=403, media_type="text/plain")
+    return json_error(
+        403, "signature_invalid", "signature check failed: missing, invalid or stale signature"
+    )
+
+
+def _malformed(exc: WebhookPayloadError) -> Response:
+    return json_error(400, "invalid_payload", str(exc))
 
 
 async def _verified_twilio_form(request: Request) -> list[tuple[str, str]] | None:
@@ -75,7 +94,7 @@ def _failed(results: list[responses.Handled]) -> bool:
     return any(r.status == "failed" for r in results)
 
 
-@router.post("/webhooks/twilio/status")
+@router.post("/webhooks/twilio/status", openapi_extra=TWILIO_DOC)
 async def twilio_status(request: Request) -> Response:
     pairs = await _verified_twilio_form(request)
     if pairs is None:
@@ -85,16 +104,16 @@ async def twilio_status(request: Request) -> Response:
     try:
         raw = responses.raw_twilio_status(dict(pairs), query)
     except WebhookPayloadError as exc:
-        return Response(f"{exc}\n", status_code=400, media_type="text/plain")
+        return _malformed(exc)
     results = await run_in_threadpool(
         responses.ingest_webhooks, runtime.factory, runtime.config, [raw]
     )
     if _failed(results):
-        return Response("stored; not applied yet\n", status_code=500, media_type="text/plain")
+        return json_error(500, "internal_error", NOT_APPLIED)
     return Response(status_code=204)
 
 
-@router.post("/webhooks/twilio/inbound")
+@router.post("/webhooks/twilio/inbound", openapi_extra=TWILIO_DOC)
 async def twilio_inbound(request: Request) -> Response:
     pairs = await _verified_twilio_form(request)
     if pairs is None:
@@ -103,18 +122,18 @@ async def twilio_inbound(request: Request) -> Response:
     try:
         raw = responses.raw_twilio_inbound(dict(pairs))
     except WebhookPayloadError as exc:
-        return Response(f"{exc}\n", status_code=400, media_type="text/plain")
+        return _malformed(exc)
     [handled] = await run_in_threadpool(
         responses.ingest_webhooks, runtime.factory, runtime.config, [raw]
     )
     if handled.status == "failed":
-        return Response(twiml_message(None), status_code=500, media_type="application/xml")
+        return json_error(500, "internal_error", NOT_APPLIED)
     # A duplicate delivery gets no second reply: the customer must not be texted twice.
     text = sms_reply_text(handled.reply, runtime.config) if handled.reply else None
     return Response(twiml_message(text), media_type="application/xml")
 
 
-@router.post("/webhooks/sendgrid/events")
+@router.post("/webhooks/sendgrid/events", openapi_extra=SENDGRID_DOC)
 async def sendgrid_events(request: Request) -> Response:
     body = await read_limited_body(request, SENDGRID_MAX_BODY)
     runtime = runtime_of(request)
@@ -130,7 +149,7 @@ async def sendgrid_events(request: Request) -> Response:
     try:
         raws = responses.raw_sendgrid_events(body)
     except WebhookPayloadError as exc:
-        return JSONResponse({"error": str(exc)}, status_code=400)
+        return _malformed(exc)
     results = await run_in_threadpool(
         responses.ingest_webhooks, runtime.factory, runtime.config, raws
     )
@@ -140,4 +159,6 @@ async def sendgrid_events(request: Request) -> Response:
         "duplicates": sum(r.status in ("duplicate", "already") for r in results),
         "failed": sum(r.status == "failed" for r in results),
     }
-    return JSONResponse(counts, status_code=500 if counts["failed"] else 200)
+    if counts["failed"]:
+        return json_error(500, "internal_error", NOT_APPLIED, extra=counts)
+    return JSONResponse(counts)

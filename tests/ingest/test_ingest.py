@@ -6,6 +6,8 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
+from ingest.outcome import ConsentRecorded, Planned, Skipped
+from ingest.schema import FieldError
 from ingest.service import ingest_batch, ingest_event
 from models import (
     ConsentRecord,
@@ -54,6 +56,9 @@ def test_purchase_with_consent_plans_one_survey(db: Database, config, now):
     assert survey.channel == "email"
     # Default anchor is "delivered": no delivery yet, so it waits (until the anchor timeout).
     assert survey.state == "waiting_anchor"
+    assert result.effect == Planned(
+        survey_state="waiting_anchor", channel="email", due_at=survey.due_at
+    )
     assert survey.config_version == config.version
     with db.session() as s:
         customer = s.scalar(select(Customer))
@@ -119,18 +124,24 @@ def test_cancellation_before_purchase_event_skips(db: Database, config, now):
 
 def test_revocation_after_planning_suppresses(db: Database, config, now):
     ingest_event(db.factory, purchase("A-4"), config, now)
-    ingest_event(db.factory, consent_event("revoked", "c-1", email=True), config, now)
+    result = ingest_event(db.factory, consent_event("revoked", "c-1", email=False), config, now)
     survey = survey_of(db, "A-4")
     assert survey.state == "suppressed"
     assert "email consent revoked" in survey.final_reason
+    assert result.effect == ConsentRecorded(
+        result="revoked", consent={"email": False}, surveys_suppressed=1, surveys_moved=0
+    )
 
 
 def test_revocation_moves_survey_to_other_consented_channel(db: Database, config, now):
     ingest_event(db.factory, purchase("A-5", consent={"email": True, "sms": True}), config, now)
     assert survey_of(db, "A-5").channel == "email"
-    ingest_event(db.factory, consent_event("revoked", "c-1", email=True), config, now)
+    result = ingest_event(db.factory, consent_event("revoked", "c-1", email=False), config, now)
     survey = survey_of(db, "A-5")
     assert (survey.state, survey.channel) == ("waiting_anchor", "sms")
+    assert result.effect == ConsentRecorded(
+        result="revoked", consent={"email": False}, surveys_suppressed=0, surveys_moved=1
+    )
 
 
 def test_older_revocation_arriving_late_does_not_override_newer_grant(db: Database, config, now):
@@ -140,30 +151,74 @@ def test_older_revocation_arriving_late_does_not_override_newer_grant(db: Databa
         config,
         now,
     )
-    late = consent_event("revoked", "c-1", at="2026-11-01T00:00:00Z", email=True)
-    ingest_event(db.factory, late, config, now)
+    late = consent_event("revoked", "c-1", at="2026-11-01T00:00:00Z", email=False)
+    result = ingest_event(db.factory, late, config, now)
     assert survey_of(db, "A-6").state == "waiting_anchor"
+    # Recorded as evidence, but the grant captured later stands, and the answer says so.
+    assert result.effect == ConsentRecorded(result="revoked", consent={"email": True})
+
+
+def test_a_consent_value_is_the_state_after_the_event(db: Database, config, now):
+    ingest_event(db.factory, purchase("A-9", consent={"email": True, "sms": True}), config, now)
+    ingest_event(db.factory, consent_event("revoked", "c-1", sms=False), config, now)
+    regrant = consent_event("granted", "c-1", at="2026-11-20T13:00:00Z", sms=True)
+    assert ingest_event(db.factory, regrant, config, now).status == "accepted"
+    with db.session() as s:
+        history = s.execute(
+            select(ConsentRecord.channel, ConsentRecord.granted)
+            .where(ConsentRecord.channel == "sms")
+            .order_by(ConsentRecord.captured_at)
+        ).all()
+    assert [tuple(row) for row in history] == [("sms", True), ("sms", False), ("sms", True)]
+
+
+def test_a_consent_value_contradicting_the_event_type_is_rejected(db: Database, config, now):
+    ingest_event(db.factory, purchase("A-10"), config, now)
+    before = snapshot(db)
+    old_meaning = consent_event("revoked", "c-1", email=True, sms=False)
+    result = ingest_event(db.factory, old_meaning, config, now)
+    assert result.status == "rejected"
+    assert result.errors == (
+        FieldError(
+            "consent_contradicts_type",
+            "true contradicts consent.revoked: a channel's value is its consent after the "
+            "event, so use false to revoke it (or leave the channel out)",
+            "consent.email",
+        ),
+    )
+    assert result.error == f"consent.email: {result.errors[0].message}"
+    nothing = ingest_event(db.factory, consent_event("granted", "c-1"), config, now)
+    assert [(e.code, e.param) for e in nothing.errors] == [("consent_channel_required", "consent")]
+    assert snapshot(db) == before
+    assert survey_of(db, "A-10").state == "waiting_anchor"
 
 
 def test_no_consent_and_invalid_contact_are_recorded_skips(db: Database, config, now):
-    ingest_event(
-        db.factory,
-        purchase("B-1", customer_id="c-a", consent={"email": False, "sms": False}),
-        config,
-        now,
-    )
-    ingest_event(
-        db.factory,
-        purchase("B-2", customer_id="c-b", email="not-an-email", consent={"email": True}),
-        config,
-        now,
-    )
-    ingest_event(
-        db.factory,
-        purchase("B-3", customer_id="c-c", email=None, phone="12", consent={"sms": True}),
-        config,
-        now,
-    )
+    results = [
+        ingest_event(
+            db.factory,
+            purchase("B-1", customer_id="c-a", consent={"email": False, "sms": False}),
+            config,
+            now,
+        ),
+        ingest_event(
+            db.factory,
+            purchase("B-2", customer_id="c-b", email="not-an-email", consent={"email": True}),
+            config,
+            now,
+        ),
+        ingest_event(
+            db.factory,
+            purchase("B-3", customer_id="c-c", email=None, phone="12", consent={"sms": True}),
+            config,
+            now,
+        ),
+    ]
+    assert [r.effect for r in results] == [
+        Skipped(reason="no_consent"),
+        Skipped(reason="invalid_contact"),
+        Skipped(reason="invalid_contact"),
+    ]
     with db.session() as s:
         reasons = dict(
             s.execute(

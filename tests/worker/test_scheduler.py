@@ -138,7 +138,7 @@ def test_consent_revoked_between_queueing_and_sending_sends_nothing(db: Database
     enqueued: list[int] = []
     Scheduler(db.factory, enqueued.append).tick(config, due)
     assert states(db) == Counter({"queued": 1})
-    ingest_event(db.factory, consent_event("revoked", "c-1", email=True), config, now)
+    ingest_event(db.factory, consent_event("revoked", "c-1", email=False), config, now)
     sender, channels = make_sender(db)
     outcome = sender.send(enqueued[0], config, due)
     assert outcome.state == "suppressed"

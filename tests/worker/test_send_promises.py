@@ -457,7 +457,7 @@ def test_lookups_back_off_while_waiting_for_evidence(db, config, respx_mock):
 
 def _revoke(channel: str) -> Callable[[Database, Any], object]:
     def run(db: Database, config: Any) -> object:
-        event = consent_event("revoked", "c-1", at="2026-11-24T09:59:30Z", **{channel: True})
+        event = consent_event("revoked", "c-1", at="2026-11-24T09:59:30Z", **{channel: False})
         return ingest_event(db.factory, event, config, NOON)
 
     return run

@@ -273,7 +273,7 @@ def test_429_forever_ends_failed_with_reason_and_alert(db, config, respx_mock, c
 def test_consent_revoked_between_scheduling_and_sending_sends_nothing(db, config, respx_mock):
     sid = queued_survey(db, config)
     route = respx_mock.post(SENDGRID_SEND).respond(202, headers={"X-Message-Id": "m"})
-    ingest_event(db.factory, consent_event("revoked", "c-1", email=True), config, NOON)
+    ingest_event(db.factory, consent_event("revoked", "c-1", email=False), config, NOON)
     assert make_sender(db).send(sid, config, NOON).state == "suppressed"
     assert not route.called
 
