@@ -17,7 +17,6 @@ SQL and the values bound to it) and logged by its kind and place only.
 from __future__ import annotations
 
 import html
-import json
 import logging
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -253,7 +252,3 @@ def _route_of(scope: Scope) -> str:
     """The path for a log line; an answer link's token is a capability and stays out."""
     path = str(scope.get("path", ""))
     return "/s/[token]" if path.startswith("/s/") else path
-
-
-def dumps(body: Mapping[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":")).encode()
