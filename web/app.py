@@ -22,7 +22,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from sqlalchemy import text
 
-from web import answers, dashboard, events, reports, webhooks
+from web import answers, dashboard, events, reports, shop_webhooks, webhooks
 from web.auth import require_basic_or_bearer
 from web.errors import UnexpectedErrors, install_error_handlers, json_error
 from web.limits import BodySizeLimit
@@ -74,6 +74,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     install_openapi(app)
     app.include_router(events.router)
     app.include_router(webhooks.router)
+    app.include_router(shop_webhooks.router)
     app.include_router(answers.router)
     app.include_router(reports.router)
     app.include_router(dashboard.router)

@@ -56,7 +56,7 @@ def _ignore(platform: str, topic: str) -> JSONResponse:
 
 def _refused(platform: str, status: int) -> JSONResponse:
     log.warning("%s webhook refused: missing or invalid signature", platform)
-    code = "unauthorized" if status == 401 else "forbidden"
+    code = "unauthorized" if status == 401 else "signature_invalid"
     return json_error(status, code, "signature check failed")
 
 

@@ -157,14 +157,10 @@ def shopify_webhooks(events: Iterable[dict[str, Any]]) -> list[Webhook]:
 
 
 def shopify_app(runtime: Runtime) -> FastAPI:
-    """The web app with the Shopify route (included here while the app does not yet)."""
-    from web import shop_webhooks
+    """The web app, as `nps-dispatch web` serves it (the Shopify route included)."""
     from web.app import create_app
 
-    app = create_app(runtime)
-    if not any(getattr(r, "path", None) == "/webhooks/shopify" for r in app.routes):
-        app.include_router(shop_webhooks.router)
-    return app
+    return create_app(runtime)
 
 
 def post_to_shopify_route(

@@ -112,4 +112,5 @@ def test_compare_false_and_csv(client, cases):
 def test_bad_parameters_are_422_with_a_clear_message(client, query, message):
     response = client.get("/v1/reports/nps", params=query, auth=AUTH)
     assert response.status_code == 422
-    assert message in response.json()["error"]
+    error = response.json()["error"]
+    assert error["code"] == "invalid_parameter" and message in error["message"]

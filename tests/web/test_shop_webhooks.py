@@ -26,7 +26,6 @@ from tests.ingest.test_shopify import (
     table_counts,
 )
 from tests.ingest.test_woocommerce import order as woo_order
-from web import shop_webhooks
 from web.app import create_app
 
 SHOPIFY_SECRET = "shpss_test_0123456789abcdef"
@@ -34,10 +33,8 @@ WOO_SECRET = "wc-secret-0123456789"
 
 
 def app_with_shop_routes(runtime: Any) -> FastAPI:
-    """The app as `nps-dispatch web` builds it, with the shop webhook router included."""
-    app = create_app(runtime)
-    app.include_router(shop_webhooks.router)
-    return app
+    """The app as `nps-dispatch web` builds it; the shop webhook routes are part of it."""
+    return create_app(runtime)
 
 
 @pytest.fixture
