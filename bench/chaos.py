@@ -139,7 +139,10 @@ def parse_args(argv: list[str] | None) -> Options:
         help="seconds to wait for every window to close",
     )
     parser.add_argument(
-        "--database", default="nps_chaos", help="database created (and dropped) for the run"
+        "--database",
+        default=None,
+        help="database created (and dropped) for the run; default nps_chaos_<process id>, so "
+        "that runs on one server at the same time never share one",
     )
     parser.add_argument(
         "--keep-logs", action="store_true", help="keep the processes' logs even on success"
@@ -155,7 +158,8 @@ def parse_args(argv: list[str] | None) -> Options:
     drain = args.drain_timeout or 120.0 + args.purchases / 5.0
     return Options(
         args.purchases, args.seed, args.rate, args.fault_rate, args.workers, args.schedulers,
-        args.kill_every, args.redis_down, drain, server, args.database, args.keep_logs,
+        args.kill_every, args.redis_down, drain, server,
+        args.database or f"nps_chaos_{os.getpid()}", args.keep_logs,
     )  # fmt: skip
 
 
