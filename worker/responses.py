@@ -559,6 +559,18 @@ def _clean_text(text: str) -> str | None:
     return kept[:MAX_COMMENT] or None
 
 
+def _erased(session: Session, survey: Survey) -> bool:
+    """Whether the survey's customer is erased. A share lock on the customer row orders this
+    against an erasure (which holds it for update): either the erasure commits first and this
+    sees it, or this answer commits first and the erasure then empties it."""
+    erased_at = session.scalar(
+        select(Customer.erased_at)
+        .where(Customer.id == survey.customer_id)
+        .with_for_update(read=True)
+    )
+    return erased_at is not None
+
+
 def _set_score(
     session: Session,
     survey: Survey,
@@ -569,6 +581,8 @@ def _set_score(
     comment: str | None = None,
 ) -> Literal["recorded", "unchanged", "closed"]:
     """Record a score (and a comment given with it), keeping the history in ``answers``."""
+    if comment is not None and _erased(session, survey):
+        comment = None  # free text about an erased customer is not kept; the score counts
     state = SurveyState(survey.state)
     if state in _SCORED and survey.score == score and comment is None:
         return "unchanged"
@@ -605,6 +619,8 @@ def _set_comment(session: Session, survey: Survey, comment: str, via: str, now: 
     state = SurveyState(survey.state)
     if state not in _SCORED:
         return False
+    if _erased(session, survey):
+        return True  # taken, not kept: free text about an erased customer
     if not move(
         session,
         survey.id,
@@ -1058,6 +1074,8 @@ def _sms_answer(
     comment = _clean_text(reply.comment) if reply.comment else None
     if comment is None:
         return Applied("unreadable, empty: ignored", survey.id)
+    if _erased(session, survey):
+        return Applied("customer erased: not kept", survey.id)
     session.add(
         Answer(survey_id=survey.id, score=None, comment=comment, via="sms", received_at=now)
     )

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from channels.base import ChannelName
 from channels.console.send import ConsoleChannel
@@ -674,3 +674,18 @@ def test_unsubscribe_is_idempotent(db: Database, config):
             select(func.count()).select_from(ConsentRecord).where(ConsentRecord.granted.is_(False))
         )
     assert revocations == 1
+
+
+def test_no_free_text_is_kept_for_an_erased_customer(db: Database, config):
+    from models import Customer
+
+    web = seed_survey(db, channel="email", state="sent")
+    with db.session() as s, s.begin():
+        s.execute(update(Customer).values(erased_at=utcnow()))
+    with db.session() as s, s.begin():
+        assert responses.record_web_score(s, web, 4, config, utcnow()).status == "recorded"
+    with db.session() as s, s.begin():
+        responses.record_web_comment(s, web, "the courier at 1 Main St was rude", utcnow())
+    survey = survey_of(db, web)
+    assert survey.score == 4 and survey.comment is None  # the score counts, the text is not kept
+    assert all(comment is None for _, comment, _ in answers_of(db, web))
