@@ -198,6 +198,8 @@ def apply_order_event(session: Session, event: OrderEvent, ctx: ApplyContext) ->
 def apply_consent_event(session: Session, event: ConsentEvent, ctx: ApplyContext) -> str:
     tombstone = erased_at(session, event.customer.id)
     if tombstone is not None and event.occurred_at <= tombstone:
+        # A late event about an erased customer: its own ledger row keeps no link to them.
+        forget_subject(session, subject_key(event.customer.id))
         return "customer erased"
     customer = upsert_customer(session, event.customer)
     # Each value given is the channel's consent after the event; the schema has refused any

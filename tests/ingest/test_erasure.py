@@ -482,6 +482,19 @@ def test_tombstone_is_a_keyed_pseudonym_that_still_refuses_late_events(
     assert ingest_event(db.factory, late, config, later).status == "duplicate"
 
 
+def test_a_late_consent_event_about_an_erased_customer_keeps_no_link_to_them(
+    db: Database, config: OperatorConfig, now
+):
+    ingest_event(db.factory, purchase("K-5", customer_id=QUILLON.id), config, now)
+    erase(db, config, QUILLON)
+    late = consent_event("revoked", QUILLON.id, at="2026-11-21T10:00:00Z", email=False)
+    result = ingest_event(db.factory, late, config, now + timedelta(days=3))
+    assert result.status == "accepted" and result.outcome == "customer erased"
+    with db.session() as s:
+        ledger = s.scalar(select(InboundEvent).where(InboundEvent.external_id == late["event_id"]))
+        assert (ledger.subject_key, ledger.fingerprint, ledger.payload) == (None, None, None)
+
+
 def test_ledger_and_dead_letters_hold_keyed_pseudonyms_not_ids(
     db: Database, config: OperatorConfig, now, pseudonymiser: Pseudonymiser
 ):
