@@ -282,6 +282,10 @@ def test_text_and_json_formats_carry_the_context_fields():
             # "always": a warning from this line already shown earlier in the session (the
             # default action shows each location once) must still reach the log here.
             warnings.simplefilter("always")
+            # pytest swaps warnings.showwarning around each test, and logging re-installs its
+            # hook only when it is not on already (an earlier test may have turned it on).
+            logging.captureWarnings(False)
+            logging.captureWarnings(True)
             warnings.warn(f"odd contact {SMS_PERSON.email}", UserWarning, stacklevel=1)
     lines = [json.loads(line) for line in captured.text.splitlines()]
     mine = [line for line in lines if line["logger"] == "tests.logs.format"]
