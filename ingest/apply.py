@@ -28,6 +28,7 @@ from models import (
     move,
     utcnow,
 )
+from models.base import insert_ignoring_conflict
 from models.customers import ContactStatus
 from models.lifecycle import UNSENT_STATES
 from models.privacy import (
@@ -72,8 +73,17 @@ def _lock_customer(session: Session, external_id: str) -> Customer | None:
 def upsert_customer(session: Session, data: CustomerIn) -> Customer:
     customer = _lock_customer(session, data.id)
     if customer is None:
-        customer = Customer(external_id=data.id)
-        session.add(customer)
+        session.execute(
+            insert_ignoring_conflict(
+                session,
+                Customer,
+                ["external_id"],
+                {"external_id": data.id},
+            )
+        )
+        customer = _lock_customer(session, data.id)
+        if customer is None:  # pragma: no cover - the row was just inserted or committed
+            raise RuntimeError("customer row missing after insert")
     country = data.country or customer.country
     if data.email is not None:
         email = normalise_email(data.email)
@@ -91,12 +101,21 @@ def upsert_customer(session: Session, data: CustomerIn) -> Customer:
     return customer
 
 
+def _lock_order(session: Session, external_id: str) -> Order | None:
+    return session.scalar(select(Order).where(Order.external_id == external_id).with_for_update())
+
+
 def _order(session: Session, external_id: str) -> Order:
-    order = session.scalar(select(Order).where(Order.external_id == external_id).with_for_update())
+    """The order row, locked; created first when this is the first event about the order
+    (race-free against a concurrent first event, see :func:`insert_ignoring_conflict`)."""
+    order = _lock_order(session, external_id)
     if order is None:
-        order = Order(external_id=external_id)
-        session.add(order)
-        session.flush()
+        session.execute(
+            insert_ignoring_conflict(session, Order, ["external_id"], {"external_id": external_id})
+        )
+        order = _lock_order(session, external_id)
+        if order is None:  # pragma: no cover - the row was just inserted or committed
+            raise RuntimeError("order row missing after insert")
     return order
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Integer, MetaData
+from sqlalchemy import BigInteger, DateTime, Insert, Integer, MetaData
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, Session
 from sqlalchemy.types import TypeDecorator
 
 # Stable constraint names, so alembic autogenerate and hand-written migrations agree.
@@ -56,3 +58,18 @@ class Base(DeclarativeBase):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def insert_ignoring_conflict(
+    session: Session, model: type[Base], unique: list[str], values: dict[str, Any]
+) -> Insert:
+    """``INSERT ... ON CONFLICT (unique) DO NOTHING`` for the session's backend.
+
+    Two transactions creating the same row (two events about one new customer, on two workers)
+    would otherwise both insert, and the later would fail on the unique constraint. With this,
+    on PostgreSQL the later waits for the earlier to commit and then inserts nothing; the caller
+    reads the row afterwards (``SELECT ... FOR UPDATE``) and gets the committed one either way.
+    """
+    dialect = session.get_bind().dialect.name
+    insert_fn = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    return insert_fn(model).values(**values).on_conflict_do_nothing(index_elements=unique)

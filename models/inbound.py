@@ -6,11 +6,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from models.base import Base, BigId, UtcDateTime, utcnow
+from models.base import Base, BigId, UtcDateTime, insert_ignoring_conflict, utcnow
 
 
 class InboundEvent(Base):
@@ -102,12 +100,7 @@ def claim_inbound_event(
         "fingerprint": fingerprint,
         "received_at": utcnow(),
     }
-    dialect = session.get_bind().dialect.name
-    insert_fn = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    stmt = (
-        insert_fn(InboundEvent)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["source", "external_id"])
-        .returning(InboundEvent.id)
-    )
+    stmt = insert_ignoring_conflict(
+        session, InboundEvent, ["source", "external_id"], values
+    ).returning(InboundEvent.id)
     return session.execute(stmt).scalar_one_or_none()
