@@ -23,6 +23,9 @@ from worker.logs import LoggingMiddleware
 EVENTS_QUEUE = "events"
 SENDS_QUEUE = "sends"
 
+HEARTBEAT_TIMEOUT_MS = 15_000
+MAINTENANCE_CHANCE_PER_MILLION = 20_000
+
 F = TypeVar("F", bound=Callable[..., Any])
 DeadLetterHook = Callable[[dramatiq.MessageProxy, BaseException], None]
 
@@ -75,7 +78,18 @@ def _make_broker() -> dramatiq.Broker:
     url = os.environ.get("NPS_BROKER_URL")
     broker: dramatiq.Broker
     if url:
-        broker = RedisBroker(url=url)  # type: ignore[no-untyped-call]
+        # A message taken by a worker that dies (OOM, SIGKILL, a lost machine) stays invisible
+        # until dramatiq's maintenance hands it back, which happens only once the worker has
+        # sent no heartbeat for `heartbeat_timeout` and then on a `maintenance_chance` in a
+        # million per broker command. dramatiq's defaults (60 s, 0.1%) can leave a shop event
+        # parked for many minutes on a quiet queue; 15 s and 2% bring it back within seconds.
+        # Workers heartbeat on every fetch (about once a second), so 15 s is far from a live
+        # worker's silence. Handing a message back twice is safe: every actor is idempotent.
+        broker = RedisBroker(  # type: ignore[no-untyped-call]
+            url=url,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
+            maintenance_chance=MAINTENANCE_CHANCE_PER_MILLION,
+        )
     else:
         broker = StubBroker()
         broker.emit_after("process_boot")
