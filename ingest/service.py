@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
+import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -42,6 +44,9 @@ from worker.config import OperatorConfig
 log = logging.getLogger(__name__)
 
 SHOP_SOURCE = "shop"
+#: PostgreSQL's "deadlock detected" and "serialization failure": worth one more try.
+TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
+TRANSIENT_ATTEMPTS = 3
 Status = Literal["accepted", "duplicate", "conflict", "rejected"]
 
 # What the client is told when applying failed on our side: nothing about the cause (a database
@@ -112,6 +117,15 @@ def failure_label(exc: BaseException) -> str:
     return label
 
 
+class _TransientFailure(Exception):
+    """A deadlock or serialisation failure while applying an event; the message is its label."""
+
+
+def _transient(exc: BaseException) -> bool:
+    """A deadlock or serialisation failure: the same work can succeed when tried again."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) in TRANSIENT_SQLSTATES
+
+
 def _own_file(filename: str) -> str | None:
     try:
         relative = Path(filename).resolve().relative_to(_ROOT)
@@ -164,9 +178,18 @@ def _repeated(session: Session, event: ShopEvent, digest: str) -> IngestResult:
 
 
 def ingest_in_session(
-    session: Session, raw: Any, config: OperatorConfig, now: datetime | None = None
+    session: Session,
+    raw: Any,
+    config: OperatorConfig,
+    now: datetime | None = None,
+    *,
+    raise_transient: bool = False,
 ) -> IngestResult:
-    """Validate and apply one event inside a SAVEPOINT of ``session``."""
+    """Validate and apply one event inside a SAVEPOINT of ``session``.
+
+    With ``raise_transient``, a deadlock or serialisation failure is raised (as
+    ``_TransientFailure``) for the caller to retry the whole transaction, instead of being
+    answered as this event's rejection."""
     now = now or utcnow()
     try:
         event = parse_event(raw, now=now)
@@ -193,6 +216,8 @@ def ingest_in_session(
         # The savepoint is rolled back (on PostgreSQL this also clears the aborted state), so
         # the events before and after this one in the transaction are unaffected.
         label = failure_label(exc)
+        if raise_transient and _transient(exc):
+            raise _TransientFailure(label) from exc
         log.error("event %s (%s) not applied, nothing kept: %s", event.event_id, event.type, label)
         return IngestResult(
             event.event_id,
@@ -209,8 +234,7 @@ def ingest_in_session(
 def ingest_event(
     factory: sessionmaker[Session], raw: Any, config: OperatorConfig, now: datetime | None = None
 ) -> IngestResult:
-    with factory() as session, session.begin():
-        return ingest_in_session(session, raw, config, now)
+    return ingest_batch(factory, [raw], config, now)[0]
 
 
 def ingest_batch(
@@ -218,18 +242,30 @@ def ingest_batch(
     raws: Iterable[Any],
     config: OperatorConfig,
     now: datetime | None = None,
-    on_result: Callable[[IngestResult], None] | None = None,
 ) -> list[IngestResult]:
-    """Apply a batch in one transaction, each event in its own savepoint (one commit, not N)."""
+    """Apply a batch in one transaction, each event in its own savepoint (one commit, not N).
+
+    A deadlock rolls the whole batch back and runs it again: rolling back only the event that
+    hit it would keep the rows the batch's earlier events locked, so the other transaction in
+    the cycle would still wait on them and the retried event would deadlock again. On the last
+    attempt the event that hits it is answered rejected (retryable) and the others commit.
+    """
     now = now or utcnow()
-    results: list[IngestResult] = []
-    with factory() as session, session.begin():
-        for raw in raws:
-            result = ingest_in_session(session, raw, config, now)
-            results.append(result)
-            if on_result is not None:
-                on_result(result)
-    return results
+    raws = list(raws)
+    attempt = 1
+    while True:
+        try:
+            with factory() as session, session.begin():
+                return [
+                    ingest_in_session(
+                        session, raw, config, now, raise_transient=attempt < TRANSIENT_ATTEMPTS
+                    )
+                    for raw in raws
+                ]
+        except _TransientFailure as exc:
+            log.warning("batch of %d events rolled back and retried: %s", len(raws), exc)
+            time.sleep(random.uniform(0.05, 0.25) * attempt)  # noqa: S311 - jitter only
+            attempt += 1
 
 
 def store_dead_letter(

@@ -7,14 +7,18 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from ingest.apply import _order, upsert_customer
 from ingest.schema import CustomerIn
+from ingest.service import ingest_batch
 from models import Customer, Order
 from tests.conftest import Database
+from tests.factories import purchase
+from worker.config import OperatorConfig
 
 
 def _race(db: Database, create: Callable[[Session], Customer | Order]) -> list[int]:
@@ -56,3 +60,35 @@ def test_two_first_events_about_one_new_order_share_one_row(pg_db: Database) -> 
     assert ids[0] == ids[1]
     with pg_db.session() as s:
         assert s.scalar(select(func.count()).where(Order.external_id == "O-race")) == 1
+
+
+def test_a_batch_caught_in_a_deadlock_is_run_again_and_commits_every_event(
+    pg_db: Database, config: OperatorConfig, now: datetime
+) -> None:
+    # Another transaction holds customer Y; the batch locks X with its first event and waits
+    # for Y with its second; then the other transaction asks for X. PostgreSQL aborts the
+    # batch's statement (it waited first). Retrying only that event would keep X locked, the
+    # other transaction would keep waiting and the retry would deadlock again.
+    ingest_batch(pg_db.factory, [purchase("D-0", "X"), purchase("D-00", "Y")], config, now)
+    with pg_db.session() as other, ThreadPoolExecutor(1) as pool:
+        other.execute(select(Customer.id).where(Customer.external_id == "Y").with_for_update())
+        batch = pool.submit(
+            ingest_batch, pg_db.factory, [purchase("D-1", "X"), purchase("D-2", "Y")], config, now
+        )
+        _wait_for_a_lock_wait(other)
+        other.execute(select(Customer.id).where(Customer.external_id == "X").with_for_update())
+        other.commit()
+        statuses = [r.status for r in batch.result(timeout=60)]
+    assert statuses == ["accepted", "accepted"]
+    with pg_db.session() as s:
+        purchased = s.scalars(select(Order.external_id).where(Order.purchased_at.is_not(None)))
+        assert sorted(purchased) == ["D-0", "D-00", "D-1", "D-2"]
+
+
+def _wait_for_a_lock_wait(session: Session) -> None:
+    for _ in range(200):
+        waiting = session.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+        if waiting:
+            return
+        threading.Event().wait(0.05)
+    raise TimeoutError("the batch never waited for the lock")
