@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import dramatiq
+import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import AgeLimit, Middleware, Retries
+from dramatiq.middleware import AgeLimit, Middleware, Retries, default_middleware
 
 from worker.logs import LoggingMiddleware
 
@@ -74,6 +76,65 @@ class DeadLetterOnFinalFailure(Middleware):
             )
 
 
+class DurableRetries(Retries):
+    """dramatiq's ``Retries``, except that a retry it cannot enqueue is not lost.
+
+    ``Retries`` puts a failed message back on the queue from ``after_process_message``. When
+    Redis is unreachable at that moment the enqueue raises, dramatiq only logs it, and once
+    Redis is back it acknowledges the original message: a shop event that failed on its first
+    try (say, the database restarting) disappears. Here the enqueue is tried again for about
+    a minute; if Redis stays away the message is marked failed instead, so the dead-letter hook
+    stores it in the database and dramatiq moves it to its dead-letter queue.
+    """
+
+    def __init__(
+        self, *, enqueue_waits: Sequence[float] = (0.5, 1, 2, 4, 8, 15, 30), **options: Any
+    ) -> None:
+        super().__init__(**options)
+        self.enqueue_waits = tuple(enqueue_waits)
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: dramatiq.MessageProxy,
+        *,
+        result: Any | None = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        # The parent counts the attempt in the message's options before enqueueing; a failed
+        # enqueue must not count it twice.
+        options = dict(message.options)
+        for wait in (*self.enqueue_waits, None):
+            try:
+                super().after_process_message(  # type: ignore[no-untyped-call]
+                    broker, message, result=result, exception=exception
+                )
+                return
+            except (
+                redis.ConnectionError,
+                redis.TimeoutError,
+                dramatiq.BrokerConnectionError,
+            ) as exc:
+                message.options.clear()
+                message.options.update(options)
+                if wait is None:
+                    break
+                log.warning(
+                    "retry of message %s not enqueued (%s), trying again in %.1f s",
+                    message.message_id,
+                    type(exc).__name__,
+                    wait,
+                )
+                time.sleep(wait)
+        log.error("retry of message %s not enqueued: dead-lettered", message.message_id)
+        message.fail()
+
+
+def middleware() -> list[Middleware]:
+    """dramatiq's default middleware with ``Retries`` replaced by :class:`DurableRetries`."""
+    return [DurableRetries() if m is Retries else m() for m in default_middleware]
+
+
 def _make_broker() -> dramatiq.Broker:
     url = os.environ.get("NPS_BROKER_URL")
     broker: dramatiq.Broker
@@ -87,11 +148,12 @@ def _make_broker() -> dramatiq.Broker:
         # worker's silence. Handing a message back twice is safe: every actor is idempotent.
         broker = RedisBroker(  # type: ignore[no-untyped-call]
             url=url,
+            middleware=middleware(),
             heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
             maintenance_chance=MAINTENANCE_CHANCE_PER_MILLION,
         )
     else:
-        broker = StubBroker()
+        broker = StubBroker(middleware=middleware())
         broker.emit_after("process_boot")
     broker.add_middleware(DeadLetterOnFinalFailure(), before=Retries)
     # Every worker process dramatiq spawns sets up our logging on boot: one format, and queue
