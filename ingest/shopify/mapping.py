@@ -1,7 +1,8 @@
 """Shopify webhook topics to our shop events (``ingest/schema.py``).
 
-- ``orders/paid`` (and ``orders/create`` when ``[shopify] purchase_topics`` names it): the
-  customer's marketing consent, then ``purchase.completed``;
+- ``orders/paid`` (and ``orders/create`` when ``[shopify] purchase_topics`` names it, for an
+  order whose payment is ``paid``, ``partially_paid`` or ``authorized``): the customer's
+  marketing consent, then ``purchase.completed``;
 - ``fulfillments/create``, ``fulfillments/update``: ``order.fulfilled``, and ``order.delivered``
   once ``shipment_status`` is ``delivered``;
 - ``orders/cancelled``: ``order.cancelled``; ``refunds/create``: ``order.refunded`` (a partial
@@ -70,6 +71,19 @@ TOPICS: Final = frozenset(
     }
 )
 _FAILED_FULFILMENT: Final = frozenset({"cancelled", "error", "failure"})
+# The ``financial_status`` an ``orders/create`` must show to record a purchase (``orders/paid``
+# is sent only once an order is paid, so it is taken as it comes). An order is created before
+# its payment settles:
+# - ``paid`` counts, and ``partially_paid`` (a deposit, or one of split payments: the customer
+#   has paid and the order stands);
+# - ``authorized`` counts: with manual capture the payment is authorised at checkout and
+#   captured only at fulfilment, so the customer has bought; an authorisation that is voided
+#   instead comes with ``orders/cancelled``, which withdraws the survey;
+# - ``pending`` (a manual or deferred payment not received yet), ``voided``, ``expired``,
+#   ``refunded``, ``partially_refunded`` or no status: not a purchase. The delivery is recorded
+#   as ``ignored: payment <status>``; a pending order that is paid later is recorded by
+#   ``orders/paid`` (same event id, so the two topics never count one order twice).
+_PURCHASE_ON_CREATE: Final = frozenset({"paid", "partially_paid", "authorized"})
 _CUSTOMER_TOPICS: Final = frozenset({"customers/redact", "customers/data_request"})
 _CONSENT_FIELDS: Final = (("email", "email_marketing_consent"), ("sms", "sms_marketing_consent"))
 
@@ -173,6 +187,11 @@ def _items(body: Body, options: ShopifyConfig) -> list[dict[str, Any]]:
 
 def _purchase(delivery: Delivery, body: Body, options: ShopifyConfig) -> Mapped:
     order_id = numeric_id(body.get("id"), "id")
+    if delivery.topic == "orders/create":
+        status = body.get("financial_status")
+        if status not in _PURCHASE_ON_CREATE:
+            said = status if isinstance(status, str) and status else "status missing"
+            return Mapped(result=f"ignored: payment {said}"[:40])
     customer = _object(body.get("customer"))
     customer_id = _customer_id(body, customer)
     if customer_id is None:

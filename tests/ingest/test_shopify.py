@@ -140,7 +140,7 @@ def test_a_repeated_webhook_id_changes_nothing(db: Database, config):
 
 def test_the_same_order_under_a_new_webhook_id_is_a_duplicate_event(db: Database, config):
     config = with_options(config, purchase_topics=("orders/create", "orders/paid"))
-    created = fixture("orders_paid") | {"financial_status": "pending"}
+    created = fixture("orders_paid") | {"financial_status": "authorized"}
     deliver(db, config, "orders/create", created, webhook_id="wh-create")
 
     paid = deliver(db, config, "orders/paid", fixture("orders_paid"), webhook_id="wh-paid")
@@ -158,6 +158,55 @@ def test_orders_create_is_not_a_purchase_unless_configured(config):
     assert shopify.handles(
         "orders/create", with_options(config, purchase_topics=("orders/create",)).shopify
     )
+
+
+@pytest.mark.parametrize("status", ["paid", "partially_paid", "authorized"])
+def test_orders_create_with_a_settled_or_held_payment_is_a_purchase(db: Database, config, status):
+    config = with_options(config, purchase_topics=("orders/create",))
+    body = fixture("orders_paid") | {"financial_status": status}
+
+    received = deliver(db, config, "orders/create", body)
+
+    assert [r.status for r in received.events] == ["accepted", "accepted"]
+    assert one(db, Order).purchased_at == datetime(2026, 11, 19, 14, 58, tzinfo=UTC)
+    assert survey_of(db).state == "waiting_anchor"
+
+
+@pytest.mark.parametrize(
+    ("status", "result"),
+    [
+        ("pending", "ignored: payment pending"),
+        ("voided", "ignored: payment voided"),
+        ("expired", "ignored: payment expired"),
+        ("refunded", "ignored: payment refunded"),
+        ("partially_refunded", "ignored: payment partially_refunded"),
+        (None, "ignored: payment status missing"),
+    ],
+)
+def test_orders_create_without_payment_is_recorded_as_ignored_not_a_purchase(
+    db: Database, config, status, result
+):
+    config = with_options(config, purchase_topics=("orders/create",))
+    body = fixture("orders_paid") | {"financial_status": status}
+
+    received = deliver(db, config, "orders/create", body)
+
+    assert (received.status, received.result, received.events) == ("applied", result, ())
+    assert rows(db, Order) == [] and rows(db, Customer) == [] and rows(db, ConsentRecord) == []
+    assert rows(db, Survey) == [] and rows(db, SkippedPurchase) == []
+    raw = one(db, InboundEvent, InboundEvent.source == "shopify")
+    assert raw.handled_at is not None and raw.result == result
+
+
+def test_a_pending_order_counts_once_it_is_paid(db: Database, config):
+    config = with_options(config, purchase_topics=("orders/create", "orders/paid"))
+    pending = fixture("orders_paid") | {"financial_status": "pending"}
+    deliver(db, config, "orders/create", pending)
+
+    paid = deliver(db, config, "orders/paid", fixture("orders_paid"))
+
+    assert [r.status for r in paid.events] == ["accepted", "accepted"]
+    assert len(rows(db, Order)) == 1 and survey_of(db).state == "waiting_anchor"
 
 
 def test_a_first_order_has_no_previous_orders_never_minus_one(db: Database, config):
