@@ -6,7 +6,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import Text, and_, cast, delete, func, or_, select, update
 from sqlalchemy.orm import QueryableAttribute, Session
@@ -306,16 +306,63 @@ def _contains(
     return text.contains(needle, autoescape=True)
 
 
+PLATFORM_SOURCES: Final = ("shopify", "woocommerce")
+"""The ledger sources of the shop platforms' webhooks (``ingest/shopify``,
+``ingest/woocommerce``; ``ingest.platforms.Adapter`` takes no other)."""
+# A privacy request stored but not applied yet is not closed by an erasure: it is itself an
+# order to erase (a customers/redact also names guest records and orders), and it empties its
+# own payload once applied.
+_PRIVACY_REQUESTS: Final = ("customers/redact", "shop/redact")
+
+
+def _contacts(customer: Customer | None) -> list[str]:
+    return [c for c in (customer.email, customer.phone) if c] if customer else []
+
+
+def _close_pending_deliveries(
+    session: Session, subject: str, customer: Customer | None, now: datetime
+) -> None:
+    """Shop platform deliveries stored but not applied yet (a failure on our side waiting for
+    its replay, or the platform's redelivery) that are about the person: keyed to them, or
+    naming their address or number (a guest checkout of theirs, keyed to another id). Applied
+    later, one would bring them back, so each is emptied and closed as handled, result
+    ``erased``: the replay passes it by and a redelivery of it is a duplicate. Applying one
+    that is already under way checks ``handled_at`` again under its row lock, so it stops."""
+    about = [
+        InboundEvent.subject_key == subject,
+        *(_contains(InboundEvent.payload, c, fold=True) for c in _contacts(customer)),
+    ]
+    session.execute(
+        update(InboundEvent)
+        .where(
+            InboundEvent.source.in_(PLATFORM_SOURCES),
+            InboundEvent.handled_at.is_(None),
+            InboundEvent.event_type.not_in(_PRIVACY_REQUESTS),
+            or_(*about),
+        )
+        .values(
+            payload=None,
+            subject_key=None,
+            handled_at=now,
+            result="erased",
+            error=None,
+            retry_at=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
 def _forget_unattributed(
     session: Session, subject: str, customer_external_id: str, customer: Customer | None
 ) -> None:
-    """Rows that name the person without being keyed to them: webhooks stored but not applied
-    yet (keyed only once applied), and dead letters without a subject key (written before keys
-    existed, or whose event had no usable customer id). Both are few, so their text is searched
-    for the person's id, address and number."""
+    """Rows that name the person without being keyed to them: provider webhooks stored but not
+    applied yet (keyed only once applied), and dead letters without a subject key (written
+    before keys existed, or whose event had no usable customer id). Both are few, so their text
+    is searched for the person's id, address and number. (Shop platform deliveries not applied
+    yet: :func:`_close_pending_deliveries`.)"""
     from worker.responses import WEBHOOK_SOURCES  # it imports this module
 
-    contacts = [c for c in (customer.email, customer.phone) if c] if customer else []
+    contacts = _contacts(customer)
     pending = [_contains(InboundEvent.payload, c, fold=True) for c in contacts]
     if pending:
         session.execute(
@@ -365,6 +412,7 @@ def apply_erasure(session: Session, event: CustomerErased, ctx: ApplyContext) ->
     subject = subject_key(key)
     customer = _lock_customer(session, key)
     _write_tombstone(session, key, event.occurred_at)
+    _close_pending_deliveries(session, subject, customer, ctx.now)
     forget_subject(session, subject)  # this event's own ledger row included
     _forget_unattributed(session, subject, key, customer)
     if customer is None:

@@ -129,6 +129,11 @@ class Adapter:
     # raises: it runs before the payload is known to be usable.
     subject: Callable[[Delivery], str | None]
 
+    def __post_init__(self) -> None:
+        # Erasure searches these sources' deliveries not applied yet (ingest.apply).
+        if self.platform not in apply.PLATFORM_SOURCES:
+            raise ValueError(f"{self.platform!r} is not in ingest.apply.PLATFORM_SOURCES")
+
 
 Status = Literal["applied", "duplicate", "already", "dead_letter", "failed"]
 

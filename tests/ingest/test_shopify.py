@@ -481,12 +481,13 @@ def test_an_event_the_schema_refuses_is_a_dead_letter_with_the_reason(db: Databa
 
 
 @contextmanager
-def surveys_refused(db: Database) -> Iterator[None]:
-    """A real database error while a purchase of order ORDER is planned (a trigger)."""
+def surveys_refused(db: Database, order: str = ORDER) -> Iterator[None]:
+    """A real database error while a purchase of ``order`` is planned (a trigger)."""
+    assert order.isdigit()
     if db.dialect == "postgresql":
         statements = [
             "CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            f"IF (SELECT external_id FROM orders WHERE id = NEW.order_id) = '{ORDER}' THEN "
+            f"IF (SELECT external_id FROM orders WHERE id = NEW.order_id) = '{order}' THEN "
             "RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$",
             "CREATE TRIGGER test_refuse BEFORE INSERT ON surveys "
             "FOR EACH ROW EXECUTE FUNCTION test_refuse()",
@@ -495,10 +496,41 @@ def surveys_refused(db: Database) -> Iterator[None]:
     else:
         statements = [
             "CREATE TRIGGER test_refuse BEFORE INSERT ON surveys WHEN (SELECT external_id "
-            f"FROM orders WHERE id = NEW.order_id) = '{ORDER}' "
+            f"FROM orders WHERE id = NEW.order_id) = '{order}' "
             "BEGIN SELECT RAISE(ABORT, 'refused'); END"
         ]
         cleanup = ["DROP TRIGGER test_refuse"]
+    with db.engine.begin() as conn:
+        for statement in statements:
+            conn.execute(text(statement))
+    try:
+        yield
+    finally:
+        with db.engine.begin() as conn:
+            for statement in cleanup:
+                conn.execute(text(statement))
+
+
+@contextmanager
+def orders_refused(db: Database, order: str) -> Iterator[None]:
+    """A real database error when the row of ``order`` is first written (a trigger), whatever
+    the purchase would have planned."""
+    assert order.isdigit()
+    if db.dialect == "postgresql":
+        statements = [
+            "CREATE FUNCTION test_refuse_order() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF NEW.external_id = '{order}' THEN RAISE EXCEPTION 'refused'; END IF; "
+            "RETURN NEW; END $$",
+            "CREATE TRIGGER test_refuse_order BEFORE INSERT ON orders "
+            "FOR EACH ROW EXECUTE FUNCTION test_refuse_order()",
+        ]
+        cleanup = ["DROP TRIGGER test_refuse_order ON orders", "DROP FUNCTION test_refuse_order()"]
+    else:
+        statements = [
+            "CREATE TRIGGER test_refuse_order BEFORE INSERT ON orders "
+            f"WHEN NEW.external_id = '{order}' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        ]
+        cleanup = ["DROP TRIGGER test_refuse_order"]
     with db.engine.begin() as conn:
         for statement in statements:
             conn.execute(text(statement))
