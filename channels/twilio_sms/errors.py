@@ -19,8 +19,6 @@ so it is :class:`OutcomeUnknownError` as well.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Final
 
 import httpx
@@ -31,6 +29,7 @@ from channels.base import (
     SendError,
     TransientSendError,
 )
+from channels.http import NOT_SENT_ERRORS, parse_retry_after
 from channels.masking import mask_text
 
 PROVIDER: Final = "twilio"
@@ -61,33 +60,6 @@ AMBIGUOUS_STATUSES: Final[frozenset[int]] = frozenset({408})
 #: HTTP statuses that are our configuration, not the recipient: retried (and alerting) rather
 #: than ending every survey as ``failed``.
 CONFIGURATION_STATUSES: Final[frozenset[int]] = frozenset({401, 403})
-
-#: Transport errors raised before the request was sent.
-NOT_SENT_ERRORS: Final[tuple[type[httpx.TransportError], ...]] = (
-    httpx.ConnectError,
-    httpx.ConnectTimeout,
-    httpx.PoolTimeout,
-    httpx.ProxyError,
-    httpx.UnsupportedProtocol,
-)
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), else ``None``."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
 
 
 def from_http_error(

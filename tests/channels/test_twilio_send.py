@@ -18,7 +18,7 @@ from channels.base import (
     PermanentSendError,
     TransientSendError,
 )
-from channels.twilio_sms.errors import parse_retry_after
+from channels.http import parse_retry_after
 from channels.twilio_sms.http import HttpxTwilioClient
 from channels.twilio_sms.send import TwilioSmsChannel, sms_segments
 
