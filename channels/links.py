@@ -6,7 +6,8 @@ but the right to answer that one survey. A token is accepted only in the exact f
 (the signature's unused base64 bits cannot be flipped to make a second valid spelling).
 
 Links are opened by mail scanners too: the web app renders the page on GET and records on POST
-(PROVIDERS.md, "Email links and scanners"); ``?score=N`` only preselects the answer.
+(a scanner follows every link of a mail before its reader does, so a GET must never record an
+answer); ``?score=N`` only preselects the answer.
 """
 
 from __future__ import annotations

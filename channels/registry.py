@@ -1,10 +1,10 @@
-"""The active channels, from the environment (CONTRACT §3).
+"""The active channels, from the environment (the variables are listed in the README).
 
 SMS goes through Twilio when ``TWILIO_ACCOUNT_SID``, ``TWILIO_AUTH_TOKEN`` and ``TWILIO_FROM`` or
 ``TWILIO_MESSAGING_SERVICE_SID`` are set; email through SendGrid when ``SENDGRID_API_KEY`` and
 ``SENDGRID_FROM`` are set. With neither provider configured, both channels go to the console, so
 everything runs with no account anywhere. With one provider configured, the other channel is off
-(CONTRACT §3): production must never "send" a real customer's survey to a console.
+on purpose: production must never "send" a real customer's survey to a console.
 """
 
 from __future__ import annotations

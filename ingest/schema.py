@@ -1,4 +1,5 @@
-"""The shop's events (CONTRACT §1), validated once for every path in (queue, HTTP, file).
+"""The shop's events (the README's "Events" section lists them), validated once whichever way
+they came in (queue, HTTP, file).
 
 Unknown keys are ignored so the shop can add fields without breaking us; known keys are strict,
 and every error names its field path (``customer.phone``, ``total.amount``). Dates must be

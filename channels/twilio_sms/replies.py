@@ -65,7 +65,8 @@ class Reply:
     comment: str | None = None
 
 
-#: Twilio's opt-out keywords (exact single word, any case); see PROVIDERS.md.
+#: Twilio's opt-out keywords: Twilio itself blocks further messages to a number after one of
+#: these (as the whole message, any case), so we must record the opt-out too.
 KEYWORDS: Final[Mapping[str, ReplyKind]] = {
     **dict.fromkeys(
         ("STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"),
