@@ -36,10 +36,11 @@ from typing import Any, Final, Literal
 
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
 
 from ingest import apply
 from ingest.service import IngestResult, ingest_batch, ingest_in_session, store_dead_letter
-from models import Customer, DeadLetter, InboundEvent, utcnow
+from models import Customer, DeadLetter, InboundEvent, Order, utcnow
 from models.inbound import claim_inbound_event
 from worker.config import OperatorConfig
 
@@ -48,6 +49,7 @@ __all__ = [
     "Delivery",
     "Mapped",
     "Received",
+    "Redaction",
     "Unmappable",
     "amount",
     "erase_shop_customers",
@@ -110,6 +112,18 @@ class Delivery:
 
 
 @dataclass(frozen=True, slots=True)
+class Redaction:
+    """More customers a request to erase names, found only when it is applied (the mapping
+    reads no database): the customers of ``orders``, and the records whose id starts with
+    ``guest_prefix`` holding one of ``emails`` or ``phones`` (normalised, as stored)."""
+
+    orders: tuple[str, ...] = ()
+    guest_prefix: str | None = None
+    emails: tuple[str, ...] = ()
+    phones: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Mapped:
     """What a delivery means: shop events to ingest, in order, or a note of why there are none."""
 
@@ -117,6 +131,8 @@ class Mapped:
     result: str = ""  # said when there are no events ("ignored: status pending")
     erase_shop: bool = False  # shop/redact: erase every customer this shop's deliveries named
     notice: str | None = None  # a line for the operators' log; never personal data
+    # customers/redact: a customer.erased is added for each customer it finds
+    redaction: Redaction | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +326,8 @@ def _ingest(
         )
         if locked is None:
             return Received("already", row_id)
-        results = [ingest_in_session(session, event, config, now) for event in mapped.events]
+        events = _with_redaction(session, adapter, delivery, mapped)
+        results = [ingest_in_session(session, event, config, now) for event in events]
         failed = [r for r in results if r.retryable]
         if failed:
             _record_failure(session, row_id, "; ".join(r.outcome or "error" for r in failed), now)
@@ -332,6 +349,49 @@ def _ingest(
         dead = _dead_letter(factory, adapter, row_id, delivery, problems, now)
         return Received("dead_letter", row_id, dead.result, tuple(results), dead.dead_letter)
     return Received("applied", row_id, _summary(results) or mapped.result, tuple(results))
+
+
+def _with_redaction(
+    session: Session, adapter: Adapter, delivery: Delivery, mapped: Mapped
+) -> list[dict[str, Any]]:
+    """The delivery's events, and a ``customer.erased`` for each further customer its
+    :class:`Redaction` finds (not yet erased, not already named)."""
+    events = list(mapped.events)
+    redaction = mapped.redaction
+    if redaction is None:
+        return events
+    found: list[ColumnElement[bool]] = [
+        Customer.id.in_(
+            select(Order.customer_id).where(
+                Order.external_id.in_(redaction.orders), Order.customer_id.is_not(None)
+            )
+        )
+    ]
+    if redaction.guest_prefix and (redaction.emails or redaction.phones):
+        found.append(
+            and_(
+                Customer.external_id.startswith(redaction.guest_prefix, autoescape=True),
+                or_(Customer.email.in_(redaction.emails), Customer.phone.in_(redaction.phones)),
+            )
+        )
+    named = {event["customer"]["id"] for event in events if event["type"] == "customer.erased"}
+    customers = session.scalars(
+        select(Customer.external_id)
+        .where(Customer.erased_at.is_(None), or_(*found))
+        .order_by(Customer.id)
+    ).all()
+    prefix = f"{adapter.platform}:{delivery.delivery_id[:99]}:redact"
+    events += [
+        {
+            "type": "customer.erased",
+            "event_id": f"{prefix}:{keyed(customer_id)}",
+            "occurred_at": delivery.received_at.isoformat(),
+            "customer": {"id": customer_id},
+        }
+        for customer_id in customers
+        if customer_id not in named
+    ]
+    return events
 
 
 def _summary(results: Iterable[IngestResult]) -> str:

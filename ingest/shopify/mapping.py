@@ -11,9 +11,10 @@
   ``customers_marketing_consent/update`` (newer API versions carry consent only there, not in
   orders and customers): the customer's marketing consent, as ``consent.granted`` /
   ``consent.revoked``;
-- ``customers/redact``: ``customer.erased``; ``shop/redact``: ``customer.erased`` for every
-  customer that came from the shop; ``customers/data_request``: no event, the stored request is
-  listed for the operator (``ingest.shopify.privacy``).
+- ``customers/redact``: ``customer.erased`` for the customer, the guest records holding their
+  email address or phone number, and the customers of the orders it lists; ``shop/redact``:
+  ``customer.erased`` for every customer that came from the shop; ``customers/data_request``:
+  no event, the stored request is listed for the operator (``ingest.shopify.privacy``).
 
 Order and customer ids are Shopify's numeric ids in decimal, so ``nps-dispatch customer export
 7700`` finds customer 7700. A customer a webhook names without an id (a guest checkout) gets a
@@ -42,6 +43,7 @@ from ingest.contacts import normalise_email, normalise_phone
 from ingest.platforms import (
     Delivery,
     Mapped,
+    Redaction,
     Unmappable,
     amount,
     keyed,
@@ -84,7 +86,6 @@ _FAILED_FULFILMENT: Final = frozenset({"cancelled", "error", "failure"})
 #   as ``ignored: payment <status>``; a pending order that is paid later is recorded by
 #   ``orders/paid`` (same event id, so the two topics never count one order twice).
 _PURCHASE_ON_CREATE: Final = frozenset({"paid", "partially_paid", "authorized"})
-_CUSTOMER_TOPICS: Final = frozenset({"customers/redact", "customers/data_request"})
 _CONSENT_FIELDS: Final = (("email", "email_marketing_consent"), ("sms", "sms_marketing_consent"))
 
 Body = Mapping[str, Any]
@@ -101,13 +102,24 @@ def _object(value: object) -> Body:
     return value if isinstance(value, Mapping) else {}
 
 
+GUEST_PREFIX: Final = "shopify-guest:"
+
+
+def _guest_by_email(email: str) -> str:
+    return f"{GUEST_PREFIX}{keyed('email:' + (normalise_email(email).value or email))}"
+
+
+def _guest_by_phone(phone: str) -> str:
+    return f"{GUEST_PREFIX}{keyed('phone:' + (normalise_phone(phone, None).value or phone))}"
+
+
 def _guest_id(body: Body, customer: Body) -> str | None:
     email = text(customer.get("email"), 320) or text(body.get("email"), 320)
     phone = text(customer.get("phone"), 40) or text(body.get("phone"), 40)
     if email:
-        return f"shopify-guest:{keyed('email:' + (normalise_email(email).value or email))}"
+        return _guest_by_email(email)
     if phone:
-        return f"shopify-guest:{keyed('phone:' + (normalise_phone(phone, None).value or phone))}"
+        return _guest_by_phone(phone)
     return None
 
 
@@ -128,8 +140,11 @@ def subject_of(delivery: Delivery) -> str | None:
             return numeric_id(body.get("id"), "id")
         if delivery.topic == "customers_email_marketing_consent/update":
             return numeric_id(body.get("customer_id"), "customer_id")
-        if delivery.topic in _CUSTOMER_TOPICS:
+        if delivery.topic == "customers/data_request":
             return numeric_id(_object(body.get("customer")).get("id"), "customer.id")
+        # customers/redact is keyed to no one: an erasure of the customer must not empty the
+        # request while it waits to be applied (it names guest records and orders to erase
+        # too); applied, it keeps no payload.
     except Unmappable:
         return None
     return None
@@ -338,14 +353,49 @@ def _consent_update(delivery: Delivery, body: Body, options: ShopifyConfig) -> M
 
 
 def _redact(delivery: Delivery, body: Body, options: ShopifyConfig) -> Mapped:
-    customer_id = numeric_id(_object(body.get("customer")).get("id"), "customer.id")
-    event = {
-        "type": "customer.erased",
-        "event_id": f"shopify:{delivery.delivery_id}:redact",
-        "occurred_at": delivery.received_at.isoformat(),
-        "customer": {"id": customer_id},
-    }
-    return Mapped(events=(event,))
+    """Everything held about the person: the customer of the id, the guest records derived
+    from the request's email address and phone number (both, as a guest checkout with no
+    address is keyed by its number), and, looked up when applied (:class:`Redaction`), any
+    other guest record holding that address or number and the customers of the orders in
+    ``orders_to_redact``. Each is erased by its own ``customer.erased``."""
+    customer = _object(body.get("customer"))
+    registered = None
+    if customer.get("id") is not None:
+        registered = numeric_id(customer.get("id"), "customer.id")
+    email = text(customer.get("email"), 320)
+    phone = text(customer.get("phone"), 40)
+    guests = [_guest_by_email(email)] if email else []
+    guests += [_guest_by_phone(phone)] if phone else []
+    orders, unreadable = [], 0
+    for order in body.get("orders_to_redact") or ():
+        try:
+            orders.append(numeric_id(order, "orders_to_redact"))
+        except Unmappable:
+            unreadable += 1  # the others are still erased
+    if registered is None and not guests and not orders:
+        raise Unmappable("the request names no customer id, email address, phone number or order")
+    prefix = f"shopify:{delivery.delivery_id[:99]}:redact"
+    at = delivery.received_at.isoformat()
+    # The customer's id keeps the event id it always had; the guest records are told apart by
+    # a keyed digest, never by their id.
+    ids = [(prefix, registered)] if registered else []
+    ids += [(f"{prefix}:{keyed(guest)}", guest) for guest in dict.fromkeys(guests)]
+    events = [
+        {"type": "customer.erased", "event_id": event, "occurred_at": at, "customer": {"id": who}}
+        for event, who in ids
+    ]
+    emails = [normalise_email(email).value] if email else []
+    phones = [normalise_phone(phone, None).value] if phone else []
+    also = Redaction(
+        orders=tuple(dict.fromkeys(orders)),
+        guest_prefix=GUEST_PREFIX,
+        emails=tuple(e for e in emails if e),
+        phones=tuple(p for p in phones if p),
+    )
+    notice = None
+    if unreadable:
+        notice = f"shopify customers/redact: {unreadable} entries of orders_to_redact unreadable"
+    return Mapped(events=tuple(events), redaction=also, notice=notice)
 
 
 def _data_request(delivery: Delivery, body: Body, options: ShopifyConfig) -> Mapped:

@@ -5,14 +5,16 @@ not applied yet, and none of them brings the person back when it is replayed or 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from ingest import platforms, shopify, woocommerce
 from ingest.service import ingest_event
-from models import Customer, InboundEvent
+from models import Base, Customer, DeadLetter, InboundEvent
 from tests.conftest import NOW, Database
 from tests.factories import erased
 from tests.ingest.test_shopify import (
@@ -135,3 +137,127 @@ def test_an_erasure_leaves_other_peoples_unapplied_deliveries_alone(
     assert kept.handled_at is None and kept.payload is not None
     assert platforms.replay_unhandled(db.factory, config, ADAPTERS, now=LATER) == 1
     assert "someone.else@example.org" in [c.email for c in customers(db)]
+
+
+# -- customers/redact ---------------------------------------------------------------------------
+
+PERSON = ("john@example.com", "old.address@example.org", "6135550123", "(613) 555-0123")
+
+
+def mentioned_anywhere(db: Database, *needles: str) -> list[str]:
+    """Every table where some row's text holds one of ``needles`` (read without the code under
+    test)."""
+    found = []
+    with db.engine.connect() as conn:
+        for table in Base.metadata.sorted_tables:
+            for row in conn.execute(select(table)).mappings():
+                if mentions(dict(row), *needles):
+                    found.append(table.name)
+    return sorted(set(found))
+
+
+def as_guest(order_id: int, *, email: str | None, phone: str | None) -> dict[str, Any]:
+    body = guest_order(order_id, email=email, phone=phone)
+    return body | {"email": email, "contact_email": email, "phone": phone}
+
+
+def test_customers_redact_erases_the_guest_records_and_the_customers_of_its_orders(
+    db: Database, config: OperatorConfig
+):
+    deliver(db, config, "orders/paid", fixture("orders_paid") | {"id": 1001})
+    by_email = as_guest(2001, email="john@example.com", phone=None)
+    by_phone = as_guest(2002, email=None, phone="+16135550123")
+    by_national_phone = as_guest(2003, email=None, phone="(613) 555-0123")
+    listed_order = as_guest(int(ORDER), email="old.address@example.org", phone=None)
+    for body in (by_email, by_phone, by_national_phone, listed_order):
+        assert deliver(db, config, "orders/paid", body).status == "applied"
+    someone_else = fixture("orders_paid") | {"id": 3001, "email": "other@example.org"}
+    someone_else["customer"] |= {"id": 7701, "email": "other@example.org", "phone": None}
+    deliver(db, config, "orders/paid", someone_else)
+    assert len(customers(db)) == 6 and mentioned_anywhere(db, *PERSON)
+
+    received = deliver(db, config, "customers/redact", fixture("customers_redact"))
+
+    assert received.status == "applied"
+    assert [r.status for r in received.events] == ["accepted"] * 5
+    kept = [c for c in customers(db) if c.erased_at is None]
+    assert [c.external_id for c in kept] == ["7701"]
+    erased_rows = [c for c in customers(db) if c.erased_at is not None]
+    assert len(erased_rows) == 5
+    assert all((c.email, c.phone, c.first_name) == (None, None, None) for c in erased_rows)
+    assert mentioned_anywhere(db, *PERSON) == []
+    # A late copy of a guest order placed before the request brings no one back.
+    late = deliver(db, config, "orders/paid", by_email | {"id": 2009}, now=LATER)
+    assert [r.outcome for r in late.events] == ["customer erased"]
+    assert len(customers(db)) == 6 and mentioned_anywhere(db, *PERSON) == []
+
+
+def test_customers_redact_of_a_person_known_only_by_an_order(db: Database, config):
+    deliver(
+        db, config, "orders/paid", as_guest(int(ORDER), email="old.address@example.org", phone=None)
+    )
+    request = {"shop_id": 954889, "customer": {}, "orders_to_redact": [int(ORDER), "x"]}
+
+    received = deliver(db, config, "customers/redact", request)
+
+    assert [r.status for r in received.events] == ["accepted"]
+    [customer] = customers(db)
+    assert customer.erased_at is not None and mentioned_anywhere(db, *PERSON) == []
+
+
+def test_customers_redact_naming_nothing_is_a_dead_letter(db: Database, config):
+    received = deliver(db, config, "customers/redact", {"shop_id": 954889, "customer": {}})
+
+    assert received.status == "dead_letter"
+    letter = one(db, DeadLetter)
+    assert letter.error.endswith("names no customer id, email address, phone number or order")
+
+
+@contextmanager
+def erasures_refused(db: Database) -> Iterator[None]:
+    """A real database error whenever an erasure writes its tombstone (a trigger)."""
+    if db.dialect == "postgresql":
+        statements = [
+            "CREATE FUNCTION test_refuse_erasure() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            "BEGIN RAISE EXCEPTION 'refused'; END $$",
+            "CREATE TRIGGER test_refuse_erasure BEFORE INSERT ON erased_subjects "
+            "FOR EACH ROW EXECUTE FUNCTION test_refuse_erasure()",
+        ]
+        cleanup = [
+            "DROP TRIGGER test_refuse_erasure ON erased_subjects",
+            "DROP FUNCTION test_refuse_erasure()",
+        ]
+    else:
+        statements = [
+            "CREATE TRIGGER test_refuse_erasure BEFORE INSERT ON erased_subjects "
+            "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        ]
+        cleanup = ["DROP TRIGGER test_refuse_erasure"]
+    with db.engine.begin() as conn:
+        for statement in statements:
+            conn.execute(text(statement))
+    try:
+        yield
+    finally:
+        with db.engine.begin() as conn:
+            for statement in cleanup:
+                conn.execute(text(statement))
+
+
+def test_a_redact_request_waiting_for_its_replay_outlives_an_erasure_of_the_customer(
+    db: Database, config: OperatorConfig
+):
+    deliver(db, config, "orders/paid", fixture("orders_paid") | {"id": 1001})
+    deliver(db, config, "orders/paid", as_guest(2001, email="john@example.com", phone=None))
+    with erasures_refused(db):
+        failed = deliver(db, config, "customers/redact", fixture("customers_redact"))
+    assert failed.status == "failed"
+
+    # The shop's own erasure of the customer, through the events API, comes first.
+    assert ingest_event(db.factory, erased(CUSTOMER, at=NOW), config, NOW).status == "accepted"
+
+    request = one(db, InboundEvent, InboundEvent.event_type == "customers/redact")
+    assert request.handled_at is None and request.payload is not None
+    assert platforms.replay_unhandled(db.factory, config, ADAPTERS, now=LATER) == 1
+    assert all(c.erased_at is not None for c in customers(db))
+    assert mentioned_anywhere(db, *PERSON) == []
