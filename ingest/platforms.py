@@ -21,6 +21,10 @@ four steps as the provider webhooks of ``worker/responses.py``:
 4. **Finish**: ``handled_at`` and the result; the payload stays only while the row is tied to a
    customer who is not erased (where erasure, export and the retention pruning find it).
 
+A ``shop/redact`` (erase everything of a shop) may take minutes: it is stored and answered 200
+``queued`` at once, and carried out by the scheduler's replay, a bounded number of customers a
+pass, the stored request staying unhandled until the last pass (see :func:`handle`).
+
 Event ids never hold a customer's id: the ledger keeps event ids after an erasure.
 """
 
@@ -34,12 +38,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
 from ingest import apply
-from ingest.service import IngestResult, ingest_batch, ingest_in_session, store_dead_letter
+from ingest.service import (
+    SHOP_SOURCE,
+    IngestResult,
+    ingest_batch,
+    ingest_in_session,
+    store_dead_letter,
+)
 from models import Customer, DeadLetter, InboundEvent, Order, utcnow
 from models.inbound import claim_inbound_event
 from worker.config import OperatorConfig
@@ -50,6 +60,7 @@ __all__ = [
     "Mapped",
     "Received",
     "Redaction",
+    "ShopErasure",
     "Unmappable",
     "amount",
     "erase_shop_customers",
@@ -65,6 +76,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ERASE_BATCH: Final = 500
+SHOP_ERASE_PER_PASS: Final = 2000  # customers a replay pass erases of a shop/redact, at most
+# How long a replay pass holds a shop/redact it is carrying out; a pass that died meanwhile is
+# taken over by the next one after that.
+SHOP_ERASE_LEASE: Final = timedelta(minutes=10)
 _PAGE: Final = 5000
 _REPLAY_MAX_ATTEMPTS: Final = 20  # about three days of doubling pauses, as for provider webhooks
 
@@ -151,7 +166,8 @@ class Adapter:
             raise ValueError(f"{self.platform!r} is not in ingest.apply.PLATFORM_SOURCES")
 
 
-Status = Literal["applied", "duplicate", "already", "dead_letter", "failed"]
+# "queued": stored, and left to the scheduler's replay (a shop/redact, see handle()).
+Status = Literal["applied", "duplicate", "already", "dead_letter", "failed", "queued"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +287,7 @@ def receive(
             if existing.handled_at is not None:
                 return Received("duplicate", existing.id, "already received")
             row_id = existing.id  # an earlier attempt failed: this redelivery tries again
-    return handle(factory, config, adapter, row_id, now=now)
+    return handle(factory, config, adapter, row_id, now=now, in_request=True)
 
 
 def handle(
@@ -281,8 +297,16 @@ def handle(
     row_id: int,
     *,
     now: datetime | None = None,
+    in_request: bool = False,
+    shop_erase_limit: int = SHOP_ERASE_PER_PASS,
 ) -> Received:
-    """Apply one stored delivery, once."""
+    """Apply one stored delivery, once.
+
+    A ``shop/redact`` is not carried out ``in_request`` (the platform's webhook call): erasing
+    a whole shop can take minutes, longer than the platform waits for its answer. The stored
+    delivery is left unhandled and due at once, and the replay (:func:`replay_unhandled`, on
+    every scheduler pass) erases at most ``shop_erase_limit`` customers a pass until none is
+    left (:func:`_erase_shop`)."""
     now = now or utcnow()
     with factory() as session:
         row = session.get(InboundEvent, row_id)
@@ -298,13 +322,17 @@ def handle(
     except Unmappable as exc:
         return _dead_letter(factory, adapter, row_id, delivery, [str(exc)], now)
     if mapped.erase_shop:
-        erased = erase_shop_customers(
-            factory, config, adapter.platform, delivery.shop, delivery.delivery_id, now
-        )
-        result = f"erased {erased} customer(s)"
-        log.warning("%s %s: %s of shop %s", adapter.platform, delivery.topic, result, delivery.shop)
-        _finish(factory, row_id, result, now, keep=False)
-        return Received("applied", row_id, result)
+        if in_request:
+            _queue(factory, row_id, now)
+            log.warning(
+                "%s %s of shop %s stored (row %s): the scheduler erases the shop",
+                adapter.platform,
+                delivery.topic,
+                delivery.shop,
+                row_id,
+            )
+            return Received("queued", row_id, "shop erasure queued")
+        return _erase_shop(factory, config, adapter, row_id, delivery, now, shop_erase_limit)
     return _ingest(factory, config, adapter, row_id, delivery, mapped, now)
 
 
@@ -487,6 +515,7 @@ def replay_unhandled(
     *,
     now: datetime | None = None,
     limit: int = 500,
+    shop_erase_limit: int = SHOP_ERASE_PER_PASS,
 ) -> int:
     """Apply the stored deliveries whose application failed, once their pause has passed, and
     those never attempted (the process died between storing and applying) after a minute. A
@@ -514,7 +543,14 @@ def replay_unhandled(
         ).all()
     applied = 0
     for row_id, source in rows:
-        received = handle(factory, config, by_platform[source], row_id, now=now)
+        received = handle(
+            factory,
+            config,
+            by_platform[source],
+            row_id,
+            now=now,
+            shop_erase_limit=shop_erase_limit,
+        )
         applied += received.status in ("applied", "dead_letter")
     return applied
 
@@ -524,27 +560,47 @@ def replay_unhandled(
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class ShopErasure:
+    """What one pass of :func:`erase_shop_customers` did."""
+
+    erased: int  # customers erased in this pass
+    done: bool  # no customer of the shop is left
+    failures: tuple[str, ...] = ()  # what failed on our side (labels, nothing personal)
+
+
+def _shop_erasure_prefix(platform: str, request_id: str) -> str:
+    return f"{platform}:{request_id[:99]}:erase:"
+
+
 def erase_shop_customers(
     factory: sessionmaker[Session],
     config: OperatorConfig,
     platform: str,
     shop: str,
     request_id: str,
+    requested_at: datetime,
     now: datetime,
-) -> int:
-    """Erase every customer that a shop's stored deliveries named, through the ingest path's
-    ``customer.erased``; returns how many were erased.
+    *,
+    limit: int | None = None,
+) -> ShopErasure:
+    """Erase the customers that a shop's stored deliveries named, through the ingest path's
+    ``customer.erased``, at most ``limit`` of them (``None``: all).
 
     Who came from the shop is known from the raw rows' keyed pseudonyms (``subject_key``) under
     the shop's prefix: customers are read a page at a time, their pseudonyms computed and
     looked up there, and the matches erased in batches of :data:`ERASE_BATCH`, each its own
-    transaction, so memory and lock time stay bounded however large the shop. A retry of the
-    request finds the customers already erased gone (their id is replaced on erasure) and
-    continues with the rest. Customers who never came through this shop are left alone.
-    Finally the shop's dead letters that name no customer are deleted."""
+    transaction, so memory and lock time stay bounded however large the shop. Each erasure is
+    dated ``requested_at`` and keyed by the request and the customer, so a pass that is run
+    again, whole or in part, repeats nothing: the customers already erased are gone (their id
+    is replaced on erasure) and it continues with the rest. Customers who never came through
+    this shop are left alone. It stops at the first batch that failed on our side."""
     if not shop:
         raise ValueError("no shop to erase")  # the adapter refuses such a request first
-    prefix = f"{shop[:100]}/"
+    if limit is not None and limit < 1:
+        raise ValueError("limit must be at least 1")
+    shop_prefix = f"{shop[:100]}/"
+    event_prefix = _shop_erasure_prefix(platform, request_id)
     erased = 0
     after = 0
     while True:
@@ -556,14 +612,14 @@ def erase_shop_customers(
                 .limit(_PAGE)
             ).all()
             if not page:
-                break
+                return ShopErasure(erased, done=True)
             after = page[-1].id
             keys = {apply.subject_key(row.external_id): row.external_id for row in page}
             found = session.scalars(
                 select(InboundEvent.subject_key)
                 .where(
                     InboundEvent.source == platform,
-                    InboundEvent.external_id.startswith(prefix, autoescape=True),
+                    InboundEvent.external_id.startswith(shop_prefix, autoescape=True),
                     InboundEvent.subject_key.in_(list(keys)),
                 )
                 .distinct()
@@ -571,26 +627,166 @@ def erase_shop_customers(
         targets = sorted(keys[key] for key in found if key is not None)
         for start in range(0, len(targets), ERASE_BATCH):
             batch = targets[start : start + ERASE_BATCH]
+            if limit is not None:
+                batch = batch[: limit - erased]
             events = [
                 {
                     "type": "customer.erased",
-                    "event_id": f"{platform}:{request_id}:erase:{keyed(customer_id)}",
-                    "occurred_at": now.isoformat(),
+                    "event_id": f"{event_prefix}{keyed(customer_id)}",
+                    "occurred_at": requested_at.isoformat(),
                     "customer": {"id": customer_id},
                 }
                 for customer_id in batch
             ]
             results = ingest_batch(factory, events, config, now)
-            erased += sum(r.status == "accepted" for r in results)
+            erased += sum(r.status in ("accepted", "duplicate") for r in results)
+            failures = [r.outcome or r.error or r.status for r in results if _not_erased(r)]
+            if failures:
+                return ShopErasure(erased, done=False, failures=tuple(failures))
+            if limit is not None and erased >= limit:
+                return ShopErasure(erased, done=False)  # the next pass goes on
+
+
+def _not_erased(result: IngestResult) -> bool:
+    """An erasure that did not happen: failed on our side, refused, or an event id holding
+    another event (then the customer is still there; the duplicate of an erasure is fine)."""
+    return result.status in ("rejected", "conflict")
+
+
+def _queue(factory: sessionmaker[Session], row_id: int, now: datetime) -> None:
+    """Make a stored delivery due for the replay now (unless a pass holds it already)."""
     with factory() as session, session.begin():
+        session.execute(
+            update(InboundEvent)
+            .where(
+                InboundEvent.id == row_id,
+                InboundEvent.handled_at.is_(None),
+                InboundEvent.retry_at.is_(None),
+            )
+            .values(retry_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def _erase_shop(
+    factory: sessionmaker[Session],
+    config: OperatorConfig,
+    adapter: Adapter,
+    row_id: int,
+    delivery: Delivery,
+    now: datetime,
+    limit: int,
+) -> Received:
+    """One replay pass of a ``shop/redact``: erase up to ``limit`` of the shop's customers; when
+    none is left, delete the shop's dead letters, empty its raw deliveries and finish.
+
+    Safe to interrupt anywhere and to run again: the stored request stays unhandled (with its
+    payload) until the very end, each batch of erasures commits on its own and is not repeated,
+    and the cleanup is idempotent. A pass holds the request for :data:`SHOP_ERASE_LEASE`, so two
+    schedulers do not run it at once, and a pass that died is taken over after that. A pass
+    that erased ``limit`` customers leaves the request due at once for the next pass; one that
+    failed on our side records the failure, and the replay tries again after its pause."""
+    platform, shop = adapter.platform, delivery.shop
+    shop_rows = and_(
+        InboundEvent.source == platform,
+        InboundEvent.external_id.startswith(f"{shop[:100]}/", autoescape=True),
+        InboundEvent.id != row_id,
+    )
+    with factory() as session, session.begin():
+        held = session.execute(
+            update(InboundEvent)
+            .where(
+                InboundEvent.id == row_id,
+                InboundEvent.handled_at.is_(None),
+                or_(InboundEvent.retry_at.is_(None), InboundEvent.retry_at <= now),
+            )
+            .values(retry_at=now + SHOP_ERASE_LEASE)
+            .execution_options(synchronize_session=False)
+        )
+        if not getattr(held, "rowcount", 0):
+            return Received("already", row_id)
+        # The shop's deliveries not applied yet are closed first, so that no replay brings
+        # their customers back meanwhile; their subject keys stay until the end, to find whom
+        # to erase.
+        session.execute(
+            update(InboundEvent)
+            .where(shop_rows, InboundEvent.handled_at.is_(None))
+            .values(payload=None, handled_at=now, result="erased", error=None, retry_at=None)
+            .execution_options(synchronize_session=False)
+        )
+    progress = erase_shop_customers(
+        factory,
+        config,
+        platform,
+        shop,
+        delivery.delivery_id,
+        delivery.received_at,
+        now,
+        limit=limit,
+    )
+    if progress.failures:
+        with factory() as session, session.begin():
+            _record_failure(session, row_id, "; ".join(progress.failures), now)
+        log.warning(
+            "%s %s of shop %s (row %s): %d customer(s) erased, then failed on our side; "
+            "the replay goes on with it",
+            platform,
+            delivery.topic,
+            shop,
+            row_id,
+            progress.erased,
+        )
+        return Received("failed", row_id, "not applied")
+    if not progress.done:
+        with factory() as session, session.begin():
+            session.execute(
+                update(InboundEvent)
+                .where(InboundEvent.id == row_id, InboundEvent.handled_at.is_(None))
+                .values(retry_at=now)
+                .execution_options(synchronize_session=False)
+            )
+        log.info(
+            "%s %s of shop %s (row %s): %d customer(s) erased in this pass, more to come",
+            platform,
+            delivery.topic,
+            shop,
+            row_id,
+            progress.erased,
+        )
+        return Received("queued", row_id, f"erased {progress.erased} customer(s) so far")
+    with factory() as session, session.begin():
+        erased = (
+            session.scalar(
+                select(func.count()).where(
+                    InboundEvent.source == SHOP_SOURCE,
+                    InboundEvent.external_id.startswith(
+                        _shop_erasure_prefix(platform, delivery.delivery_id), autoescape=True
+                    ),
+                )
+            )
+            or 0
+        )
+        # Dead letters of the shop, whoever they name: the customer of a purchase that could not
+        # be mapped was never stored, and is named only there.
         marker = json.dumps({"shop": shop}, ensure_ascii=False)[1:-1]  # "shop": "<domain>"
         session.execute(
             delete(DeadLetter)
             .where(
                 DeadLetter.source == platform,
-                DeadLetter.subject_key.is_(None),
                 DeadLetter.payload.contains(marker, autoescape=True),
             )
             .execution_options(synchronize_session=False)
         )
-    return erased
+        session.execute(
+            update(InboundEvent)
+            .where(
+                shop_rows,
+                or_(InboundEvent.payload.is_not(None), InboundEvent.subject_key.is_not(None)),
+            )
+            .values(payload=None, subject_key=None)
+            .execution_options(synchronize_session=False)
+        )
+        result = f"erased {erased} customer(s)"
+        _finish_in(session, row_id, result, now, keep=False)
+    log.warning("%s %s: %s of shop %s", platform, delivery.topic, result, shop)
+    return Received("applied", row_id, result)

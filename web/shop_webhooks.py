@@ -6,7 +6,8 @@ written for a bad one); take only the topics we map (any other is answered 200 a
 per topic per process, so the platform does not disable the webhook); then store, map and
 ingest (``ingest.platforms``). The answer is 200 whatever the payload held (a payload we cannot
 map is a dead letter), and 500 only when applying failed on our side, so that the platform
-sends it again.
+sends it again. A ``shop/redact`` is stored and answered 200 ``queued`` at once: erasing a whole
+shop is left to the scheduler, which carries it out a bounded number of customers a pass.
 
 A bad signature is answered 401 on the Shopify route (what Shopify requires of its mandatory
 privacy webhooks) and 403 on the WooCommerce route, as on the other webhooks. WooCommerce's

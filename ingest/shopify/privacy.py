@@ -9,7 +9,10 @@
   through this shop's webhooks is erased. The shop is known from ``X-Shopify-Shop-Domain``,
   which prefixes every stored delivery's ledger id; the customers from the keyed pseudonyms on
   those rows (``ingest.platforms.erase_shop_customers``). Customers that came only through
-  ``POST /v1/events`` or another shop are left alone.
+  ``POST /v1/events`` or another shop are left alone. The request is stored and answered at
+  once; the scheduler's replay carries it out, a bounded number of customers a pass, and then
+  deletes the shop's dead letters (whoever they name) and empties its stored deliveries, those
+  not applied yet included (closed as ``erased``). Interrupted, it goes on where it stopped.
 - ``customers/data_request``: nothing to apply; the request is stored (the raw webhook row,
   keyed to the customer, so erasure removes it and ``customer export`` shows it) and a log line
   without personal data says a request came. :func:`data_requests` lists the requests still

@@ -436,13 +436,18 @@ def test_shop_redact_erases_every_customer_of_that_shop_and_no_other(db: Databas
 
     received = deliver(db, config, "shop/redact", fixture("shop_redact"))
 
-    assert (received.status, received.result) == ("applied", "erased 3 customer(s)")
+    # Stored and answered at once; the scheduler's replay erases.
+    assert (received.status, received.result) == ("queued", "shop erasure queued")
+    assert platforms.replay_unhandled(db.factory, config, [shopify.ADAPTER], now=NOW) == 1
+    request = one(db, InboundEvent, InboundEvent.id == received.row_id)
+    assert request.result == "erased 3 customer(s)" and request.handled_at is not None
     with db.session() as s:
         kept = set(s.scalars(select(Customer.external_id).where(Customer.erased_at.is_(None))))
         erased = s.scalar(select(func.count()).where(Customer.erased_at.is_not(None)))
     assert kept == {"8800", "shop-api-1"} and erased == 3
     again = deliver(db, config, "shop/redact", fixture("shop_redact"))
-    assert again.result == "erased 0 customer(s)"
+    platforms.replay_unhandled(db.factory, config, [shopify.ADAPTER], now=NOW)
+    assert one(db, InboundEvent, InboundEvent.id == again.row_id).result == "erased 0 customer(s)"
 
 
 # -- what cannot be mapped, and failures -------------------------------------------------------

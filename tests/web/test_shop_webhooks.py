@@ -12,10 +12,11 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from ingest import platforms, shopify
 from ingest.shopify import sign as shopify_sign
 from ingest.woocommerce import sign as woocommerce_sign
-from models import DeadLetter, InboundEvent, Order, Survey
-from tests.conftest import Database
+from models import Customer, DeadLetter, InboundEvent, Order, Survey
+from tests.conftest import NOW, Database
 from tests.ingest.test_shopify import (
     SHOP,
     fixture,
@@ -218,6 +219,21 @@ def test_customers_redact_over_http_erases(db: Database, client):
 
     assert answer.status_code == 200
     assert survey_of(db).state == "withdrawn"
+    assert all(r.payload is None for r in rows(db, InboundEvent))
+
+
+def test_shop_redact_is_answered_at_once_and_carried_out_by_the_scheduler(
+    db: Database, client, config
+):
+    shopify_post(client, "orders/paid", fixture("orders_paid"))
+
+    answer = shopify_post(client, "shop/redact", fixture("shop_redact"))
+
+    assert answer.status_code == 200
+    assert answer.json() == {"status": "queued", "result": "shop erasure queued"}
+    assert one(db, Customer).erased_at is None
+    assert platforms.replay_unhandled(db.factory, config, [shopify.ADAPTER], now=NOW) == 1
+    assert one(db, Customer).erased_at is not None
     assert all(r.payload is None for r in rows(db, InboundEvent))
 
 
