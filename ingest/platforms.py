@@ -35,7 +35,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
 from sqlalchemy import and_, delete, func, or_, select, update
@@ -68,6 +68,7 @@ __all__ = [
     "keyed",
     "numeric_id",
     "receive",
+    "replay_dead_letter",
     "replay_unhandled",
     "text",
     "timestamp",
@@ -488,6 +489,8 @@ def _dead_letter(
         "platform": adapter.platform,
         "topic": delivery.topic,
         "shop": delivery.shop,
+        "delivery_id": delivery.delivery_id,
+        "received_at": delivery.received_at.isoformat(),
     }
     subject = adapter.subject(delivery)
     if subject is not None:
@@ -506,6 +509,70 @@ def _dead_letter(
     result = f"dead letter {letter_id}"
     _finish(factory, row_id, result, now, keep=False)
     return Received("dead_letter", row_id, result, dead_letter=letter_id)
+
+
+def replay_dead_letter(
+    factory: sessionmaker[Session],
+    config: OperatorConfig,
+    adapter: Adapter,
+    letter: Mapping[str, Any],
+    *,
+    stored_at: datetime,
+    now: datetime | None = None,
+) -> IngestResult:
+    """Map a platform's dead letter again and ingest its events (``nps-dispatch deadletters
+    replay``): a payload the schema refused (a date too far ahead) or that an older version
+    could not map is taken once the cause is gone. One result for the letter: ``accepted`` (its
+    events were applied, or it maps to no event: the outcome says why), ``duplicate`` (all of
+    them were applied already), else ``rejected`` or ``conflict`` with the reasons, and the
+    letter stays. Letters written before they kept the delivery's time are dated by when they
+    were stored."""
+    event_id = str(letter.get("event_id") or "") or None
+    received = letter.get("received_at")
+    try:
+        received_at = datetime.fromisoformat(received) if isinstance(received, str) else None
+    except ValueError:
+        received_at = None
+    if received_at is None or received_at.tzinfo is None:
+        received_at = stored_at if stored_at.tzinfo else stored_at.replace(tzinfo=UTC)
+    delivery = Delivery(
+        platform=adapter.platform,
+        delivery_id=str(
+            letter.get("delivery_id") or (event_id or "").removeprefix(f"{adapter.platform}:")
+        ),
+        topic=str(letter.get("topic") or ""),
+        shop=str(letter.get("shop") or ""),
+        body=letter.get("body"),
+        received_at=received_at,
+    )
+    try:
+        mapped = adapter.map(delivery, config)
+    except Unmappable as exc:
+        problem = f"{adapter.platform} {delivery.topic} not mapped: {exc}"
+        return IngestResult(event_id, "rejected", error=problem)
+    if mapped.erase_shop:
+        # Only a request without its shop becomes a dead letter, and it cannot be mapped.
+        problem = "a shop erasure is carried out from its stored webhook, not from a dead letter"
+        return IngestResult(event_id, "rejected", error=problem)
+    with factory() as session:
+        events = _with_redaction(session, adapter, delivery, mapped)
+    results = ingest_batch(factory, events, config, now) if events else []
+    if mapped.notice:
+        log.warning("%s (dead letter replay)", mapped.notice)
+    failed = [r for r in results if r.retryable]
+    if failed:
+        label = "; ".join(r.outcome or "error" for r in failed)
+        return IngestResult(
+            event_id, "rejected", error=failed[0].error, outcome=label, retryable=True
+        )
+    for status in ("rejected", "conflict"):
+        refused = [r for r in results if r.status == status]
+        if refused:
+            problems = "; ".join(f"{r.event_id}: {r.error}" for r in refused)
+            return IngestResult(event_id, refused[0].status, error=problems)
+    if results and all(r.status == "duplicate" for r in results):
+        return IngestResult(event_id, "duplicate", outcome="already applied")
+    return IngestResult(event_id, "accepted", outcome=_summary(results) or mapped.result)
 
 
 def replay_unhandled(
