@@ -612,7 +612,8 @@ def _meta_key(value: str | None) -> str | None:
 class ShopifyConfig(_Model):
     """How Shopify webhooks become shop events (``POST /webhooks/shopify``)."""
 
-    # The order topic(s) that record a purchase; "orders/create" also counts unpaid orders.
+    # The order topic(s) that record a purchase; "orders/create" counts an order when it is
+    # placed, once its payment is paid, partially paid or authorised.
     purchase_topics: Annotated[
         tuple[ShopifyPurchaseTopic, ...], BeforeValidator(_unique_nonempty)
     ] = ("orders/paid",)
