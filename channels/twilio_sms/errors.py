@@ -51,6 +51,9 @@ CONSENT_REVOKING_CODES: Final[dict[int, str]] = {
 #: Codes of a refusal that created nothing and is worth retrying later.
 TRANSIENT_CODES: Final[dict[int, str]] = {
     20429: "too many requests",
+    # The sender's queue at Twilio is full: the message was refused, not created, and the same
+    # request succeeds once the queue has drained.
+    21611: "the 'From' number has exceeded the maximum number of queued messages",
 }
 
 #: 4xx statuses after which the message may exist (like every status outside 4xx): a request

@@ -181,6 +181,23 @@ def test_21610_unsubscribed_revokes_consent(respx_mock):
     assert caught.value.revokes_consent is True
 
 
+def test_21611_full_sender_queue_is_transient(respx_mock):
+    # Nothing was created: Twilio refused the message because the sender's queue is full.
+    route = respx_mock.post(URL).respond(
+        400,
+        json=twilio_error(
+            21611, "This 'From' number has exceeded the maximum number of queued messages"
+        ),
+    )
+
+    with pytest.raises(TransientSendError) as caught:
+        make_channel().send(make_message())
+
+    assert caught.value.code == "21611"
+    assert caught.value.provider == "twilio"
+    assert route.call_count == 1
+
+
 def test_other_4xx_is_permanent(respx_mock):
     respx_mock.post(URL).respond(400, json=twilio_error(21602, "Message body is required."))
 
