@@ -721,9 +721,8 @@ class Sender:
             now=now,
         )
         self._forget_lookups(survey_id)
-        log.info(
-            "survey %s: found in %s's log as %s", survey_id, provider, found.provider_message_id
-        )
+        # Not the provider's message id: it leads to the provider's copy of the message.
+        log.info("survey %s: found in %s's log", survey_id, provider)
         return "sent (found by lookup)"
 
     # -- reminders -------------------------------------------------------------------------------

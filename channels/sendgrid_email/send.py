@@ -131,12 +131,9 @@ class SendGridEmailChannel:
                 message.survey_id,
                 response.status_code,
             )
-        log.info(
-            "sendgrid: survey %s to %s accepted as %s",
-            message.survey_id,
-            mask_email(message.to),
-            message_id,
-        )
+        # Not the X-Message-Id: it leads to SendGrid's copy of the message (address and body),
+        # and it is emptied from our rows when a customer is erased.
+        log.info("sendgrid: survey %s accepted", message.survey_id)
         return SendReceipt(provider=PROVIDER, provider_message_id=message_id)
 
     def close(self) -> None:

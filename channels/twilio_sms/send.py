@@ -155,11 +155,11 @@ class TwilioSmsChannel:
 
     def _receipt(self, message: OutboundMessage, sid: str) -> SendReceipt:
         segments = sms_segments(message.body_text)
+        # Neither the recipient nor the message's SID: the SID leads to Twilio's copy of the
+        # message (number and body), and it is emptied from our rows when a customer is erased.
         log.info(
-            "twilio: survey %s to %s accepted as %s (%d segment%s)",
+            "twilio: survey %s accepted (%d segment%s)",
             message.survey_id,
-            mask_phone(message.to),
-            sid,
             segments,
             "" if segments == 1 else "s",
         )
