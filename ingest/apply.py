@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import Text, and_, cast, delete, func, or_, select, update
+from sqlalchemy import Text, and_, cast, delete, func, or_, select, text, update
 from sqlalchemy.orm import QueryableAttribute, Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -54,8 +55,25 @@ def subject_key(customer_external_id: str) -> str:
     return pseudonymiser().subject(customer_external_id)
 
 
+def lock_subject(session: Session, customer_external_id: str) -> None:
+    """Serialise this transaction with any other about the same shop customer (PostgreSQL
+    advisory lock, held to the end of the transaction; SQLite has a single writer anyway).
+
+    An erasure takes it before writing its tombstone, and every reader of the tombstone takes
+    it before reading. Without it, an event read "no tombstone" while an erasure was running,
+    then waited on the customer row, and once the erasure had renamed that row to ``erased:``
+    created a fresh row under the shop's id, with the contacts the erasure had just removed."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    digest = hashlib.sha256(f"subject\n{subject_key(customer_external_id)}".encode()).digest()
+    key = int.from_bytes(digest[:8], "big", signed=True)
+    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
 def erased_at(session: Session, customer_external_id: str) -> datetime | None:
-    """When the customer was erased, or ``None``. A tombstone not yet re-keyed still counts."""
+    """When the customer was erased, or ``None``. A tombstone not yet re-keyed still counts.
+    Waits for an erasure of the same customer that is under way (:func:`lock_subject`)."""
+    lock_subject(session, customer_external_id)
     keys = [subject_key(customer_external_id), legacy_tombstone(customer_external_id)]
     return session.scalar(
         select(func.max(ErasedSubject.erased_at)).where(ErasedSubject.subject_hash.in_(keys))
@@ -410,11 +428,15 @@ def apply_erasure(session: Session, event: CustomerErased, ctx: ApplyContext) ->
     an erased customer."""
     key = event.customer.id
     subject = subject_key(key)
+    lock_subject(session, key)
     customer = _lock_customer(session, key)
     _write_tombstone(session, key, event.occurred_at)
     _close_pending_deliveries(session, subject, customer, ctx.now)
     forget_subject(session, subject)  # this event's own ledger row included
     _forget_unattributed(session, subject, key, customer)
+    # Again: a webhook being applied when this erasure began (an SMS from their number, say)
+    # held its row, so the search above waited for it; it has now committed, keyed to them.
+    forget_subject(session, subject)
     if customer is None:
         return "nothing stored"
     survey_ids = list(session.scalars(select(Survey.id).where(Survey.customer_id == customer.id)))
