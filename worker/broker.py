@@ -27,6 +27,12 @@ SENDS_QUEUE = "sends"
 
 HEARTBEAT_TIMEOUT_MS = 15_000
 MAINTENANCE_CHANCE_PER_MILLION = 20_000
+#: How long dramatiq keeps a failed message in its Redis dead-letter queue (default 7 days).
+#: The durable copy is our database dead letter, which erasure deletes; the Redis copy would
+#: keep the event's contacts out of erasure's reach.
+DEAD_MESSAGE_TTL_MS = 10 * 60 * 1000
+#: When a failed message's dead letter cannot be stored, it is run again after this long.
+DEAD_LETTER_RETRY_MS = 60_000
 
 F = TypeVar("F", bound=Callable[..., Any])
 DeadLetterHook = Callable[[dramatiq.MessageProxy, BaseException], None]
@@ -66,14 +72,18 @@ class DeadLetterOnFinalFailure(Middleware):
         try:
             hook(message, exception)
         except Exception as exc:
-            # The message stays in the broker's own dead-letter queue. Only the type is logged:
-            # the error may quote the event, contacts included.
+            # Not stored (the database is down, say): run the message again later, so that it
+            # is either applied or stored then. dramatiq's own dead-letter queue is no place
+            # to keep it: erasure cannot reach it, hence its short DEAD_MESSAGE_TTL_MS. Only the
+            # type is logged: the error may quote the event, contacts included.
             log.error(
-                "dead letter of message %s (%s) not stored: %s",
+                "dead letter of message %s (%s) not stored (%s): run again in %d s",
                 message.message_id,
                 message.actor_name,
                 type(exc).__name__,
+                DEAD_LETTER_RETRY_MS // 1000,
             )
+            broker.enqueue(message.copy(), delay=DEAD_LETTER_RETRY_MS)
 
 
 class DurableRetries(Retries):
@@ -151,6 +161,7 @@ def _make_broker() -> dramatiq.Broker:
             middleware=middleware(),
             heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
             maintenance_chance=MAINTENANCE_CHANCE_PER_MILLION,
+            dead_message_ttl=DEAD_MESSAGE_TTL_MS,
         )
     else:
         broker = StubBroker(middleware=middleware())

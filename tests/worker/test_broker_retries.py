@@ -104,3 +104,39 @@ def test_a_retry_redis_never_takes_becomes_a_dead_letter(sqlite_db: Database) ->
     with sqlite_db.session() as s:
         letters = s.scalars(select(DeadLetter)).all()
     assert [letter.event_id for letter in letters] == [event["event_id"]]
+
+
+def test_a_dead_letter_that_cannot_be_stored_runs_the_message_again_later(redis_later) -> None:
+    port, start_redis = redis_later
+    start_redis.set()
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            threading.Event().wait(0.05)
+
+    def keep(message: dramatiq.MessageProxy, exception: BaseException) -> None:
+        raise RuntimeError("database down")
+
+    broker, actor = _broker(port, waits=(), dead_letter=keep)
+    event = purchase("R-3")
+    message = MessageProxy(actor.message_with_options(args=(event,), retries=5))
+    message.options["retries"] = 5  # the last attempt
+
+    broker.emit_after("process_message", message, exception=RuntimeError("database down"))
+
+    stored = client.hgetall("dramatiq:events.DQ.msgs")
+    assert len(stored) == 1  # not only in dramatiq's dead-letter queue, out of erasure's reach
+    again = dramatiq.Message.decode(next(iter(stored.values())))
+    assert again.args == (event,)
+
+
+def test_the_redis_broker_keeps_failed_messages_briefly(monkeypatch, redis_url) -> None:
+    monkeypatch.setenv("NPS_BROKER_URL", redis_url)
+    from worker.broker import DEAD_MESSAGE_TTL_MS, _make_broker
+
+    made = _make_broker()
+    assert isinstance(made, RedisBroker)
+    assert made.dead_message_ttl == DEAD_MESSAGE_TTL_MS <= 3_600_000
