@@ -69,6 +69,7 @@ class IngestResult:
     retryable: bool = False
     errors: tuple[FieldError, ...] = ()  # one per problem, with its code and field path
     effect: Outcome | None = None  # what an accepted event did, read back from the database
+    event_type: str | None = None  # of an accepted event, for the log line
 
     def problems(self) -> tuple[FieldError, ...]:
         """The structured errors; a result built from a bare message gets one without a path."""
@@ -184,12 +185,14 @@ def ingest_in_session(
     now: datetime | None = None,
     *,
     raise_transient: bool = False,
+    log_accepted: bool = True,
 ) -> IngestResult:
     """Validate and apply one event inside a SAVEPOINT of ``session``.
 
     With ``raise_transient``, a deadlock or serialisation failure is raised (as
     ``_TransientFailure``) for the caller to retry the whole transaction, instead of being
-    answered as this event's rejection."""
+    answered as this event's rejection. ``log_accepted=False`` leaves the "accepted" line to
+    the caller, to be written once the transaction has committed."""
     now = now or utcnow()
     try:
         event = parse_event(raw, now=now)
@@ -227,8 +230,11 @@ def ingest_in_session(
             retryable=True,
             errors=(FieldError("internal_error", APPLY_FAILED_REASON),),
         )
-    log.info("event %s (%s) accepted: %s", event.event_id, event.type, said)
-    return IngestResult(event.event_id, "accepted", outcome=said, effect=effect)
+    if log_accepted:
+        log.info("event %s (%s) accepted: %s", event.event_id, event.type, said)
+    return IngestResult(
+        event.event_id, "accepted", outcome=said, effect=effect, event_type=event.type
+    )
 
 
 def ingest_event(
@@ -256,9 +262,14 @@ def ingest_batch(
     while True:
         try:
             with factory() as session, session.begin():
-                return [
+                results = [
                     ingest_in_session(
-                        session, raw, config, now, raise_transient=attempt < TRANSIENT_ATTEMPTS
+                        session,
+                        raw,
+                        config,
+                        now,
+                        raise_transient=attempt < TRANSIENT_ATTEMPTS,
+                        log_accepted=False,
                     )
                     for raw in raws
                 ]
@@ -266,6 +277,17 @@ def ingest_batch(
             log.warning("batch of %d events rolled back and retried: %s", len(raws), exc)
             time.sleep(random.uniform(0.05, 0.25) * attempt)  # noqa: S311 - jitter only
             attempt += 1
+            continue
+        # Only now: an attempt rolled back must not have said "accepted".
+        for result in results:
+            if result.status == "accepted":
+                log.info(
+                    "event %s (%s) accepted: %s",
+                    result.event_id,
+                    result.event_type,
+                    result.outcome,
+                )
+        return results
 
 
 def store_dead_letter(

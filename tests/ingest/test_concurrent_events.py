@@ -4,11 +4,13 @@ time: on PostgreSQL both must succeed against one row, neither fails on the uniq
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
+import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
@@ -92,3 +94,23 @@ def _wait_for_a_lock_wait(session: Session) -> None:
             return
         threading.Event().wait(0.05)
     raise TimeoutError("the batch never waited for the lock")
+
+
+def test_a_batch_run_again_logs_each_event_accepted_once(
+    pg_db: Database, config: OperatorConfig, now: datetime, caplog: pytest.LogCaptureFixture
+) -> None:
+    ingest_batch(pg_db.factory, [purchase("L-0", "X"), purchase("L-00", "Y")], config, now)
+    first, second = purchase("L-1", "X"), purchase("L-2", "Y")
+    caplog.set_level(logging.INFO, logger="ingest.service")
+    with pg_db.session() as other, ThreadPoolExecutor(1) as pool:
+        other.execute(select(Customer.id).where(Customer.external_id == "Y").with_for_update())
+        batch = pool.submit(ingest_batch, pg_db.factory, [first, second], config, now)
+        _wait_for_a_lock_wait(other)
+        other.execute(select(Customer.id).where(Customer.external_id == "X").with_for_update())
+        other.commit()
+        assert [r.status for r in batch.result(timeout=60)] == ["accepted", "accepted"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("rolled back and retried" in m for m in messages)
+    for event in (first, second):
+        said = [m for m in messages if m.startswith(f"event {event['event_id']} ")]
+        assert len(said) == 1 and "(purchase.completed) accepted" in said[0]
