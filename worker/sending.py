@@ -406,11 +406,23 @@ class Sender:
     ) -> tuple[bool, bool]:
         """``sending -> sent`` and the invitation's message row. For a customer erased
         meanwhile, the fact and the counts only: no provider id, no body, no reminder.
-        Returns (moved, erased)."""
+        Returns (moved, erased).
+
+        One invitation was accepted, so there is one invitation row per survey, whoever records
+        it: the worker's own answer, a lookup that settled the send while that answer was still
+        on its way, or two schedulers settling the same send. The survey row is locked (after the
+        customer row, in the order the erasure takes them), so the second writer sees the first
+        one's row and adds none."""
         reminder = config.survey.reminder
         with self.factory() as session, session.begin():
             erased = erased_customer(session, survey_id)
             kept_id = None if erased else provider_message_id
+            session.execute(select(Survey.id).where(Survey.id == survey_id).with_for_update())
+            recorded = session.scalar(
+                select(MessageRecord.id).where(
+                    MessageRecord.survey_id == survey_id, MessageRecord.kind == "invitation"
+                )
+            )
             moved = move(
                 session,
                 survey_id,
@@ -428,18 +440,19 @@ class Sender:
                     sent_at + reminder.after if reminder.max > 0 and not erased else None
                 ),
             )
-            session.add(
-                MessageRecord(
-                    survey_id=survey_id,
-                    kind="invitation",
-                    channel=channel,
-                    provider=provider,
-                    provider_message_id=kept_id,
-                    status="accepted",
-                    segments=segments,
-                    body=None if erased else body,
+            if recorded is None:
+                session.add(
+                    MessageRecord(
+                        survey_id=survey_id,
+                        kind="invitation",
+                        channel=channel,
+                        provider=provider,
+                        provider_message_id=kept_id,
+                        status="accepted",
+                        segments=segments,
+                        body=None if erased else body,
+                    )
                 )
-            )
         return bool(moved), erased
 
     def _record_sent(
