@@ -161,10 +161,10 @@ def cmd_tick(args: argparse.Namespace) -> int:
     if not _require_broker(Settings.from_env()):
         return 2
     from worker.runtime import get_runtime
-    from worker.wiring import scheduler
+    from worker.scheduling import build_scheduler
 
     runtime = get_runtime()
-    report = scheduler(runtime).tick(runtime.config)
+    report = build_scheduler(runtime).tick(runtime.config)
     console.print(
         f"re-planned {report.replanned}, anchored {report.anchored}, queued {report.queued}, "
         f"deferred {report.deferred}, stopped {report.stopped}, requeued {report.requeued}, "
@@ -221,7 +221,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
         return 2
     from worker.runtime import get_runtime
     from worker.scheduler import run_forever
-    from worker.wiring import scheduler
+    from worker.scheduling import build_scheduler
 
     runtime = get_runtime()
     runtime.config_holder.install_sighup_handler()
@@ -231,7 +231,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     console.print(f"scheduler running (config {runtime.config.version}); Ctrl-C to stop")
     with contextlib.suppress(KeyboardInterrupt):
         run_forever(
-            tuned_scheduler(scheduler(runtime), runtime, args),
+            tuned_scheduler(build_scheduler(runtime), runtime, args),
             lambda: runtime.config,
             args.interval,
             stop.is_set,

@@ -29,8 +29,8 @@ from models import (
     Survey,
     utcnow,
 )
+from models.privacy import Pseudonymiser
 from worker.config import OperatorConfig
-from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -202,19 +202,17 @@ def erase_customer(
     return ingest_event(factory, event, config)
 
 
-def rekey_legacy_pseudonyms(runtime: Runtime) -> int | None:
+def rekey_legacy_pseudonyms(factory: sessionmaker[Session], pseudo: Pseudonymiser) -> int | None:
     """Re-key the tombstones written before tombstones were keyed (``ingest.apply.rekey_legacy``),
     in batches, each in its own transaction. Returns how many values were re-keyed, or ``None``
-    when it could not run: without ``NPS_SECRET_KEY`` (a per-process key would orphan every
-    tombstone it wrote), or when the database failed (logged; the next process start retries).
-    Until it has run, the old tombstones still refuse late events."""
-    if not runtime.settings.secret_key:
-        return None
+    when the database failed (logged; the next process start retries). Callers run it only
+    under ``NPS_SECRET_KEY``: a per-process key would orphan every tombstone it wrote. Until it
+    has run, the old tombstones still refuse late events."""
     total = 0
     try:
         while True:
-            with runtime.factory() as session, session.begin():
-                done = rekey_legacy(session, runtime.pseudonymiser)
+            with factory() as session, session.begin():
+                done = rekey_legacy(session, pseudo)
             total += done
             if not done:
                 break

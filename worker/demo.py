@@ -116,7 +116,7 @@ def run_demo(
         ChannelName.email: ConsoleChannel(ChannelName.email, stream=outbox),
         ChannelName.sms: ConsoleChannel(ChannelName.sms, stream=outbox),
     }
-    runtime.extras["sender"] = Sender(
+    runtime.sender = Sender(
         runtime.factory, dict(consoles), answer_links(runtime), settings.public_base_url
     )
     console.print(
@@ -278,7 +278,7 @@ def _state_table(runtime: Runtime) -> Table:
 
 def _schedule_phase(console: Console, runtime: Runtime) -> None:
     from worker.broker import SENDS_QUEUE, broker
-    from worker.wiring import scheduler as build_scheduler
+    from worker.scheduling import build_scheduler
 
     scheduler = build_scheduler(runtime)
     deadline = time.monotonic() + 40
@@ -365,7 +365,7 @@ def _report_phase(console: Console, runtime: Runtime) -> None:
     from models import utcnow
     from reports.build import build_report
     from reports.render import render_table
-    from worker.wiring import scheduler as build_scheduler
+    from worker.scheduling import build_scheduler
 
     # Close every response window now, as the scheduler would when it ends: silence becomes a
     # recorded no_response, which is what the report weighs the answers against.

@@ -30,6 +30,7 @@ from twilio.request_validator import RequestValidator
 from models import Customer, Survey
 from worker.runtime import Runtime
 from worker.simulation import SimulatedCustomer
+from worker.wiring import answer_links
 
 DEMO_TWILIO_TOKEN = "demo-twilio-auth-token"  # signs the demo's own simulated callbacks only
 SHOP_NUMBER = "+15005550006"
@@ -114,7 +115,7 @@ def simulate_customers(
             .where(Survey.state == "sent")
             .order_by(Survey.id)
         ).all()
-    links = runtime.extras["links"]
+    links = answer_links(runtime)
     happened: Counter[str] = Counter()
     email_events: list[dict[str, Any]] = []
     for survey_id, channel, message_id, external_id, phone in rows:

@@ -12,51 +12,55 @@ from __future__ import annotations
 
 import secrets
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from channels.links import AnswerLinks
 from models import privacy
 from models.privacy import Pseudonymiser
 from models.session import make_engine, make_session_factory
 from worker.config import ConfigHolder, OperatorConfig
 from worker.settings import Settings
 
+if TYPE_CHECKING:
+    from worker.sending import Sender
+
 
 @dataclass
 class Runtime:
+    """What one process is built from, typed. The services made from it on first use (answer
+    links, the sender) are kept here, so a process builds each once; the demo and the tests
+    install their own before anything asks."""
+
     settings: Settings
     engine: Engine
     factory: sessionmaker[Session]
     config_holder: ConfigHolder
-    extras: dict[str, object] = field(default_factory=dict)
+    links: AnswerLinks | None = None
+    sender: Sender | None = None
+    #: Set once the pseudonyms stored before keying have been re-keyed (or found absent).
+    rekeyed: bool = False
 
     @property
     def config(self) -> OperatorConfig:
         return self.config_holder.current()
 
-    @property
+    @cached_property
     def secret_key(self) -> str:
         """``NPS_SECRET_KEY``. Only `demo` is meant to run without it (`web` and `worker` refuse
         to start): it gets a random key for the life of the process, which is as long as its
         answer links and pseudonyms need to hold."""
-        if self.settings.secret_key:
-            return self.settings.secret_key
-        key = self.extras.get("secret_key")
-        if key is None:
-            key = self.extras["secret_key"] = secrets.token_urlsafe(32)
-        return cast(str, key)
+        return self.settings.secret_key or secrets.token_urlsafe(32)
 
-    @property
+    @cached_property
     def pseudonymiser(self) -> Pseudonymiser:
         """Keyed pseudonyms under a key derived from :attr:`secret_key` (``models.privacy``)."""
-        made = self.extras.get("pseudonymiser")
-        if made is None:
-            made = self.extras["pseudonymiser"] = Pseudonymiser(self.secret_key)
-        return cast(Pseudonymiser, made)
+        return Pseudonymiser(self.secret_key)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:

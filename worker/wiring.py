@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import cast
 
 from channels.links import AnswerLinks
 from channels.registry import channels_from_env
@@ -18,14 +18,11 @@ GIVE_UP_AFTER = timedelta(hours=1)
 
 
 def answer_links(runtime: Runtime) -> AnswerLinks:
-    links = runtime.extras.get("links")
-    if links is None:
+    if runtime.links is None:
         # Only `demo` runs without NPS_SECRET_KEY (the other commands refuse to start): the
         # runtime's per-process key there, since demo links live as long as the process.
-        links = runtime.extras["links"] = AnswerLinks(
-            runtime.secret_key, runtime.settings.public_base_url
-        )
-    return cast(AnswerLinks, links)
+        runtime.links = AnswerLinks(runtime.secret_key, runtime.settings.public_base_url)
+    return runtime.links
 
 
 def _rate_limiter(runtime: Runtime) -> RateLimiter:
@@ -37,30 +34,36 @@ def _rate_limiter(runtime: Runtime) -> RateLimiter:
 
 
 def sender(runtime: Runtime) -> Sender:
-    existing = runtime.extras.get("sender")
-    if existing is None:
-        existing = runtime.extras["sender"] = Sender(
+    if runtime.sender is None:
+        runtime.sender = Sender(
             runtime.factory,
             channels_from_env(runtime.settings.env),
             answer_links(runtime),
             runtime.settings.public_base_url,
             rate_limiter=_rate_limiter(runtime),
         )
-    return cast(Sender, existing)
+    return runtime.sender
 
 
-def scheduler(runtime: Runtime) -> Scheduler:
-    """The scheduler with its hooks: sends and reminders go to the queue; stuck sends are
-    settled here, in the scheduler process, through the sender's provider lookups.
+def scheduler(
+    runtime: Runtime,
+    *,
+    enqueue_send: Callable[[int], object],
+    enqueue_reminder: Callable[[int, int], object],
+) -> Scheduler:
+    """The scheduler with its hooks: due sends and reminders go to ``enqueue_*`` (the queue's
+    actors, in the scheduler process); stuck sends are settled here through the sender's
+    provider lookups.
 
     Before it is handed out, what was stored before pseudonyms were keyed is re-keyed, once per
     process (see :func:`worker.customers.rekey_legacy_pseudonyms`)."""
-    from worker.actors import send_reminder, send_survey
     from worker.customers import rekey_legacy_pseudonyms
     from worker.responses import replay_unhandled_webhooks
 
-    if not runtime.extras.get("rekeyed"):
-        runtime.extras["rekeyed"] = rekey_legacy_pseudonyms(runtime) is not None
+    if not runtime.rekeyed and runtime.settings.secret_key:
+        runtime.rekeyed = (
+            rekey_legacy_pseudonyms(runtime.factory, runtime.pseudonymiser) is not None
+        )
 
     def settle(survey_id: int, now: datetime) -> object:
         return sender(runtime).settle(survey_id, runtime.config, now, GIVE_UP_AFTER)
@@ -76,8 +79,8 @@ def scheduler(runtime: Runtime) -> Scheduler:
 
     return Scheduler(
         runtime.factory,
-        send_survey.send,
-        enqueue_reminder=send_reminder.send,
+        enqueue_send,
+        enqueue_reminder=enqueue_reminder,
         settle=settle,
         replay_webhooks=replay,
     )

@@ -813,17 +813,24 @@ def test_the_scheduler_rekeys_unkeyed_tombstones_once_it_has_the_key(
                 subject_hash=pseudonymiser.subject("c-twice"), erased_at=NOON - timedelta(days=1)
             )
         )
-    assert rekey_legacy_pseudonyms(runtime_for(db, NPS_SECRET_KEY="")) is None
+    wiring.scheduler(
+        runtime_for(db, NPS_SECRET_KEY=""), enqueue_send=_no_queue, enqueue_reminder=_no_queue
+    )
     with db.session() as s:
         assert len(s.scalars(select(ErasedSubject)).all()) == 3  # no key, nothing touched
     runtime = runtime_for(db)
-    wiring.scheduler(runtime)
+    wiring.scheduler(runtime, enqueue_send=_no_queue, enqueue_reminder=_no_queue)
+    assert runtime.rekeyed
     with db.session() as s:
         rows = dict(s.execute(select(ErasedSubject.subject_hash, ErasedSubject.erased_at)).all())
     assert rows == {
         pseudonymiser.subject("c-gone"): NOON,
         pseudonymiser.subject("c-twice"): NOON,
     }
-    assert rekey_legacy_pseudonyms(runtime) == 0
+    assert rekey_legacy_pseudonyms(runtime.factory, runtime.pseudonymiser) == 0
     late = purchase("L-2", customer_id="c-gone", at="2026-11-19T10:00:00Z")
     assert ingest_event(db.factory, late, config, NOON).outcome == "customer erased"
+
+
+def _no_queue(*_: object) -> None:
+    """Stands for the queue in a scheduler built only for what building it does."""

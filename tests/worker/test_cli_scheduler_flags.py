@@ -12,7 +12,7 @@ from models import Survey
 from tests.conftest import NOW
 from tests.worker.seeding import seed_due_surveys
 from worker.cli import build_parser, tuned_scheduler
-from worker.wiring import scheduler
+from worker.scheduling import build_scheduler as scheduler
 
 
 def parse(*flags: str):

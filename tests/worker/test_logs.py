@@ -623,7 +623,7 @@ def test_no_personal_data_or_secret_in_any_log_line_of_a_full_flow(
     from web.app import create_app
     from worker.actors import ingest_event
     from worker.broker import EVENTS_QUEUE, SENDS_QUEUE
-    from worker.wiring import scheduler
+    from worker.scheduling import build_scheduler as scheduler
 
     broker = stub_worker
     private_key = ec.generate_private_key(ec.SECP256R1())
