@@ -17,8 +17,6 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.orm import Session, sessionmaker
 
-DEFAULT_DATABASE_URL = "sqlite:///./nps-dispatch.db"
-
 # The server's DETAIL and CONTEXT lines (values of the row, key or input at fault).
 _SERVER_DETAIL = re.compile(r"^(DETAIL|CONTEXT):.*$", re.MULTILINE)
 _DETAIL_HIDDEN = r"\1:  (hidden: it may quote row values)"

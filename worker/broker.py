@@ -9,7 +9,6 @@ The broker only carries work; what is due lives in the database, not in delayed 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -21,6 +20,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import AgeLimit, Middleware, Retries, default_middleware
 
 from worker.logs import LoggingMiddleware
+from worker.settings import environ
 
 EVENTS_QUEUE = "events"
 SENDS_QUEUE = "sends"
@@ -146,7 +146,7 @@ def middleware() -> list[Middleware]:
 
 
 def _make_broker() -> dramatiq.Broker:
-    url = os.environ.get("NPS_BROKER_URL")
+    url = environ().get("NPS_BROKER_URL")
     broker: dramatiq.Broker
     if url:
         # A message taken by a worker that dies (OOM, SIGKILL, a lost machine) stays invisible

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from worker.settings import Settings, SettingsError
+from worker.settings import Settings, SettingsError, environ
 
 if TYPE_CHECKING:
     from worker.runtime import Runtime
@@ -31,7 +31,7 @@ err_console = Console(stderr=True)
 def _setup_logging() -> None:
     from worker.logs import configure_logging
 
-    configure_logging(os.environ)
+    configure_logging(environ())
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -276,7 +276,7 @@ def cmd_web(args: argparse.Namespace) -> int:
 
     from web.app import create_app
 
-    port = int(args.port or os.environ.get("PORT", "8000"))
+    port = int(args.port or environ().get("PORT", "8000"))
     # proxy_headers=False: the app itself reads X-Forwarded-For, trusting only the hops in
     # NPS_TRUSTED_PROXIES; log_config=None: access lines go through our masking handler.
     uvicorn.run(create_app(), host=args.host, port=port, proxy_headers=False, log_config=None)

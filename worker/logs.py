@@ -25,7 +25,6 @@ import inspect
 import ipaddress
 import json
 import logging
-import os
 import re
 import sys
 import threading
@@ -43,6 +42,7 @@ from dramatiq.broker import MessageProxy
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from channels.masking import mask_answer_links, mask_log_text
+from worker.settings import environ
 
 __all__ = [
     "CONTEXT_FIELDS",
@@ -337,7 +337,7 @@ class JsonFormatter(logging.Formatter):
 # --- installation -------------------------------------------------------------------------------
 def _env_of(source: object) -> Mapping[str, str]:
     if source is None:
-        return os.environ
+        return environ()
     env = getattr(source, "env", None)  # worker.settings.Settings keeps the environment it read
     if isinstance(env, Mapping):
         return env
@@ -449,7 +449,7 @@ class LoggingMiddleware(dramatiq.Middleware):
     logged while a message is processed with its id and the survey or event it is about."""
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
-        configure_logging(os.environ)
+        configure_logging(environ())
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         _fields.set(_message_fields(broker, message))

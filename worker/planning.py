@@ -8,7 +8,6 @@ lives in :mod:`worker.timing`; this module reads and writes rows.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -22,6 +21,7 @@ from models.lifecycle import PENDING_STATES, UNSENT_STATES
 from models.surveys import record_skip
 from worker import timing
 from worker.config import OperatorConfig
+from worker.settings import environ
 
 S = SurveyState
 _NOT_COUNTED_FOR_CAP = (S.withdrawn, S.suppressed, S.failed)
@@ -47,7 +47,7 @@ def choose_channel(
 ) -> ChannelChoice:
     """The first channel in the operator's preference with a current grant and a valid contact,
     among the channels whose provider is configured in this deployment."""
-    enabled = enabled_channels(os.environ)
+    enabled = enabled_channels(environ())
     consented_without_contact: SkipReason | None = None
     for channel in config.contact.channels:
         if channel in exclude or not current_consent(session, customer.id, channel):
