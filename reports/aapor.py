@@ -32,8 +32,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from statsmodels.stats.proportion import proportion_confint
-
 from reports.nps import json_float, json_pair
 
 
@@ -197,5 +195,9 @@ def wilson_rate(count: float, nobs: float) -> RateInterval:
         raise ValueError(f"need 0 <= count <= nobs, got {count!r} / {nobs!r}")
     if nobs == 0:
         return RateInterval(count, nobs, None, None)
+    # Imported here: statsmodels (with scipy and pandas) takes seconds to import, and only the
+    # report needs it, not every process that imports this package.
+    from statsmodels.stats.proportion import proportion_confint
+
     low, high = proportion_confint(count, nobs, alpha=0.05, method="wilson")
     return RateInterval(count, nobs, count / nobs, (float(low), float(high)))

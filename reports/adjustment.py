@@ -62,13 +62,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import statsmodels.api as sm
-from statsmodels.tools.sm_exceptions import (
-    ConvergenceWarning,
-    HessianInversionWarning,
-    PerfectSeparationError,
-    PerfectSeparationWarning,
-)
 
 from reports.nps import DEFAULT_BANDS, Z95, NpsBands, json_float, json_pair
 
@@ -346,6 +339,16 @@ def _expit(eta: FloatArray) -> FloatArray:
 
 def _fit(x: FloatArray, y: FloatArray, notes: list[str]) -> tuple[FloatArray, FloatArray, str]:
     """(params, penalty vector, fit kind) of the logistic propensity model."""
+    # Imported here: statsmodels (with scipy and pandas) takes seconds to import, and only the
+    # report needs it, not every process that imports this package.
+    import statsmodels.api as sm
+    from statsmodels.tools.sm_exceptions import (
+        ConvergenceWarning,
+        HessianInversionWarning,
+        PerfectSeparationError,
+        PerfectSeparationWarning,
+    )
+
     zero = np.zeros(x.shape[1])
     problem: str | None = None
     params: Any = None

@@ -28,10 +28,10 @@ from models.lifecycle import (
 from reports.aapor import Dispositions, aapor_rates, wilson_rate
 from reports.adjustment import AdjustedNps, adjust_nps
 from reports.nps import NpsBands, NpsEstimate, compare_nps, json_float, json_pair, nps_summary
+from reports.params import ReportError, parse_by, parse_date
 from reports.query import (
     COVARIATE_NAMES,
     NO_ARM,
-    SEGMENT_KEYS,
     CovariateTable,
     GridRow,
     Period,
@@ -59,35 +59,7 @@ _REACHED = _ANSWERED | {SurveyState.delivered.value, SurveyState.opted_out.value
 _BEFORE_SEND = ("waiting_anchor", "scheduled", "queued", "sending")
 
 
-class ReportError(ValueError):
-    """A bad report parameter (a date, a segment, an empty period)."""
-
-
 # --------------------------------------------------------------------------- parameters
-
-
-def parse_date(value: str | date | None, name: str) -> date | None:
-    """``YYYY-MM-DD`` (a UTC day) or None; ReportError naming the parameter otherwise."""
-    if value is None or isinstance(value, date):
-        return value
-    text = value.strip()
-    if not text:
-        return None
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise ReportError(f"{name}: {value!r} is not a date; expected YYYY-MM-DD") from None
-
-
-def parse_by(value: str | None) -> str | None:
-    """A segment key of :data:`reports.query.SEGMENT_KEYS`, or None."""
-    if value is None or value == "":
-        return None
-    if value not in SEGMENT_KEYS:
-        raise ReportError(
-            f"by: {value!r} is not a segment; choose one of {', '.join(SEGMENT_KEYS)}"
-        )
-    return value
 
 
 def make_period(since: date | None, until: date | None, name: str = "period") -> Period:

@@ -14,9 +14,7 @@ from typing import Any
 
 from rich.console import Console
 
-from reports.build import ReportError, build_report, parse_date
-from reports.query import SEGMENT_KEYS
-from reports.render import render_csv, render_table
+from reports.params import SEGMENT_KEYS, ReportError, parse_date
 
 FORMATS = ("table", "json", "csv")
 
@@ -63,6 +61,7 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def report_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Build the report for parsed arguments (raises ReportError on bad ones)."""
+    from reports.build import build_report
     from worker.runtime import get_runtime
 
     runtime = get_runtime()
@@ -89,6 +88,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ReportError as exc:
         err.print(f"report: {exc}", markup=False, highlight=False)
         return 2
+    from reports.render import render_csv, render_table
+
     if fmt == "json":
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     elif fmt == "csv":

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any, Final, Literal, cast, get_args
+from typing import Any, Final, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -49,10 +49,7 @@ from models.lifecycle import ANSWERED_STATES, INVITED_STATES, OPEN_STATES
 from models.orders import Order
 from models.surveys import SkippedPurchase, Survey
 from reports.nps import NpsBands
-
-SegmentBy = Literal["channel", "category", "arm", "delay", "country", "week"]
-SEGMENT_KEYS: Final[tuple[str, ...]] = get_args(SegmentBy)
-
+from reports.params import SEGMENT_KEYS
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]

@@ -16,7 +16,8 @@ from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from models import utcnow
-from reports.build import ReportError, build_report
+from reports.build import build_report
+from reports.params import ReportError
 from web.auth import require_basic
 from web.deps import runtime_of
 

@@ -17,7 +17,8 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from reports.build import ReportError, build_report, parse_by, parse_date
+from reports.build import build_report
+from reports.params import ReportError, parse_by, parse_date
 from reports.render import render_csv
 from web.auth import require_basic
 from web.deps import runtime_of

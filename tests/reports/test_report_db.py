@@ -20,7 +20,8 @@ import statsmodels.api as sm
 from sqlalchemy import insert, select
 
 from models import Customer, Order, SkippedPurchase, Survey
-from reports.build import ReportError, build_report
+from reports.build import build_report
+from reports.params import ReportError
 from reports.query import Period
 from tests.conftest import Database
 
