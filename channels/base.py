@@ -22,10 +22,24 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+from worker.config import ChannelName
 
-class ChannelName(enum.StrEnum):
-    email = "email"
-    sms = "sms"
+# ChannelName is the config's (one type for the channels everywhere), offered here beside the
+# rest of the channel vocabulary.
+__all__ = [
+    "Channel",
+    "ChannelName",
+    "DeliveryEvent",
+    "DeliveryEventKind",
+    "FoundMessage",
+    "MessageLookup",
+    "OutboundMessage",
+    "OutcomeUnknownError",
+    "PermanentSendError",
+    "SendError",
+    "SendReceipt",
+    "TransientSendError",
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,10 +20,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+
+from worker.config import BandName
 
 Z95 = 1.959963984540054
 """Two-sided 95% normal quantile."""
@@ -33,7 +34,6 @@ PSEUDO_PASSIVES = 1.5
 PSEUDO_DETRACTORS = 0.75
 PSEUDO_TOTAL = PSEUDO_PROMOTERS + PSEUDO_PASSIVES + PSEUDO_DETRACTORS
 
-Category = Literal["promoter", "passive", "detractor"]
 FloatArray = npt.NDArray[np.float64]
 
 
@@ -86,9 +86,9 @@ class NpsBands:
                 f"{self.detractor}, {self.passive}, {self.promoter}"
             )
 
-    def classify(self, score: float) -> Category:
+    def classify(self, score: float) -> BandName:
         """The category of one score; ValueError when it is in no band."""
-        order: tuple[tuple[Category, tuple[int, int]], ...] = (
+        order: tuple[tuple[BandName, tuple[int, int]], ...] = (
             ("promoter", self.promoter),
             ("passive", self.passive),
             ("detractor", self.detractor),
@@ -114,7 +114,7 @@ class NpsBands:
 DEFAULT_BANDS = NpsBands()
 
 
-def classify_score(score: float, bands: NpsBands = DEFAULT_BANDS) -> Category:
+def classify_score(score: float, bands: NpsBands = DEFAULT_BANDS) -> BandName:
     """``"promoter"``, ``"passive"`` or ``"detractor"`` for one 0-10 score."""
     return bands.classify(score)
 

@@ -15,6 +15,7 @@ Durations are strings of whole units in the order w, d, h, m, s: ``"90s"``, ``"1
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import itertools
 import json
@@ -86,7 +87,16 @@ log = logging.getLogger(__name__)
 DEFAULT_CONFIG_PATH = "./nps-dispatch.toml"
 
 AnchorKind = Literal["purchase", "fulfilled", "delivered"]
-ChannelName = Literal["email", "sms"]
+
+
+class ChannelName(enum.StrEnum):
+    """The two channels a survey goes by; the one type for them everywhere (a plain string
+    compares equal to its member, so TOML values and database columns need no conversion)."""
+
+    email = "email"
+    sms = "sms"
+
+
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -547,7 +557,10 @@ def _channels(value: object) -> object:
 
 
 class ContactConfig(_Model):
-    channels: Annotated[tuple[ChannelName, ...], BeforeValidator(_channels)] = ("email", "sms")
+    channels: Annotated[tuple[ChannelName, ...], BeforeValidator(_channels)] = (
+        ChannelName.email,
+        ChannelName.sms,
+    )
     fallback: bool = True
     frequency_cap: Duration = timedelta(days=90)
     sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
