@@ -30,7 +30,7 @@ from web.metrics import DatabaseCollector
 from web.openapi import METRICS, error_responses, install_openapi
 from web.proxy import TrustedProxies, parse_networks
 from web.ratelimit import RateLimit
-from worker.logs import RequestIdMiddleware
+from web.request_ids import RequestIdMiddleware
 from worker.runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)

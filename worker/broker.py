@@ -19,7 +19,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import AgeLimit, Middleware, Retries, default_middleware
 
-from worker.logs import LoggingMiddleware
+from worker.log_middleware import LoggingMiddleware
 from worker.settings import environ
 
 EVENTS_QUEUE = "events"

@@ -13,22 +13,19 @@ two levels:
   :func:`channels.masking.mask_log_text` (email addresses, phone numbers, answer tokens) and has
   the configured secrets, ``Bearer``/``Basic`` credentials and URL passwords replaced.
 
-Web lines carry a request id (:class:`RequestIdMiddleware`), worker lines the dramatiq message
-id and the survey or event being handled (:class:`LoggingMiddleware`); any code can add its own
+Web lines carry a request id (``web/request_ids.py``), worker lines the dramatiq message id and
+the survey or event being handled (``worker/log_middleware.py``); any code can add its own
 with :func:`log_context` or ``extra={"survey_id": ...}``.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import ipaddress
 import json
 import logging
 import re
 import sys
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -39,7 +36,6 @@ from urllib.parse import quote, urlsplit
 
 import dramatiq
 from dramatiq.broker import MessageProxy
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from channels.masking import mask_answer_links, mask_log_text
 from worker.settings import environ
@@ -47,17 +43,17 @@ from worker.settings import environ
 __all__ = [
     "CONTEXT_FIELDS",
     "JsonFormatter",
-    "LoggingMiddleware",
     "RedactingFilter",
     "Redactor",
-    "RequestIdMiddleware",
     "TextFormatter",
     "UvicornAccessFilter",
+    "clear_context",
     "configure_logging",
     "current_request_id",
     "log_context",
     "make_handler",
     "secrets_from_env",
+    "set_context",
 ]
 
 log = logging.getLogger(__name__)
@@ -90,6 +86,16 @@ def log_context(**fields: object) -> Iterator[None]:
 
 def current_request_id() -> str | None:
     return _fields.get().get("request_id")
+
+
+def set_context(fields: Mapping[str, str]) -> None:
+    """Replace the context of the current task or thread (a queue message or an HTTP request
+    begins: its ids tag every line logged until :func:`clear_context`)."""
+    _fields.set(dict(fields))
+
+
+def clear_context() -> None:
+    _fields.set(_NO_FIELDS)
 
 
 # --- redaction ----------------------------------------------------------------------------------
@@ -420,96 +426,3 @@ def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
     name = args.thread.name if args.thread is not None else "?"
     exc_info = (args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback)
     log.critical("uncaught exception in thread %s", name, exc_info=exc_info)
-
-
-# --- dramatiq -----------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=64)
-def _signature_of(fn: Callable[..., Any]) -> inspect.Signature:
-    return inspect.signature(fn)
-
-
-def _message_fields(broker: dramatiq.Broker, message: MessageProxy) -> dict[str, str]:
-    fields = {"message_id": str(message.message_id)}
-    try:
-        fn = broker.get_actor(message.actor_name).fn
-        bound = _signature_of(fn).bind_partial(*message.args, **message.kwargs).arguments
-    except Exception:  # an unknown actor or arguments that do not fit: dramatiq will say so
-        return fields
-    survey_id = bound.get("survey_id")
-    if isinstance(survey_id, int) and not isinstance(survey_id, bool):
-        fields["survey_id"] = str(survey_id)
-    event = bound.get("event")
-    if isinstance(event, Mapping) and isinstance(event.get("event_id"), str):
-        fields["event_id"] = str(event["event_id"])[:200]
-    return fields
-
-
-class LoggingMiddleware(dramatiq.Middleware):
-    """Sets up logging in each worker process that dramatiq's CLI starts, and tags the lines
-    logged while a message is processed with its id and the survey or event it is about."""
-
-    def after_process_boot(self, broker: dramatiq.Broker) -> None:
-        configure_logging(environ())
-
-    def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
-        _fields.set(_message_fields(broker, message))
-
-    def after_process_message(
-        self,
-        broker: dramatiq.Broker,
-        message: MessageProxy,
-        *,
-        result: object = None,
-        exception: BaseException | None = None,
-    ) -> None:
-        _fields.set(_NO_FIELDS)
-
-    def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
-        _fields.set(_NO_FIELDS)
-
-
-# --- web ----------------------------------------------------------------------------------------
-_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
-def _request_id_from(scope: Scope) -> str:
-    headers: Iterable[tuple[bytes, bytes]] = scope.get("headers", ())
-    for name, value in headers:
-        if name.lower() == b"x-request-id":
-            offered = value.decode("latin-1").strip()
-            # A load balancer's id is kept; anything long, odd or shaped like a contact or a
-            # token is replaced, since it would be logged on every line of the request.
-            if _SAFE_REQUEST_ID.fullmatch(offered) and mask_log_text(offered) == offered:
-                return offered
-            break
-    return uuid.uuid4().hex
-
-
-class RequestIdMiddleware:
-    """Pure ASGI: a request id for every HTTP request, in the log context of everything it logs
-    (uvicorn's access line included) and in the ``X-Request-ID`` response header."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = _request_id_from(scope)
-        # Each request runs in its own task and context: the value ends with it, and is still
-        # there when the server logs the response.
-        _fields.set({"request_id": request_id})
-        header = (REQUEST_ID_HEADER.lower().encode(), request_id.encode())
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [
-                    (name, value)
-                    for name, value in message.get("headers", [])
-                    if name.lower() != header[0]
-                ]
-                message = {**message, "headers": [*headers, header]}
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)

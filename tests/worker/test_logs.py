@@ -46,9 +46,9 @@ from channels.masking import mask_answer_links, mask_log_text
 from models import DeadLetter, Survey
 from tests.conftest import Database
 from tests.factories import order_event, purchase
+from web.request_ids import RequestIdMiddleware
+from worker.log_middleware import LoggingMiddleware
 from worker.logs import (
-    LoggingMiddleware,
-    RequestIdMiddleware,
     configure_logging,
     log_context,
     make_handler,
@@ -398,7 +398,7 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AgeLimit
 
-from worker.logs import LoggingMiddleware
+from worker.log_middleware import LoggingMiddleware
 
 broker = RedisBroker(url=os.environ["NPS_BROKER_URL"])
 broker.add_middleware(LoggingMiddleware(), before=AgeLimit)
