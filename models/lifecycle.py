@@ -14,6 +14,9 @@ one function that writes a survey's state, and it refuses any move not listed he
                                                          +---------+--> undeliverable | opted_out
                                                                    +--> no_response (window closed)
 
+A STOP reply also ends an SMS invitation still in ``sending`` (its provider call made) or in
+``send_unknown`` as ``opted_out``: the reply proves the message arrived, and the recipient said no.
+
 ``answered`` means a score arrived; ``completed`` that the follow-up came too; ``partial`` that
 the response window closed after the score and before the follow-up. All three are answers
 (``answered`` and ``partial`` are AAPOR partials, ``completed`` a complete); a score may still
@@ -105,11 +108,13 @@ TRANSITIONS: dict[SurveyState, frozenset[SurveyState]] = {
     # sending -> scheduled: a transient error; the row carries the retry time (the database is
     # the schedule, not the broker's delay queue). sending -> queued: a fallback channel, now.
     # sending -> delivered/answered: the provider's callback or the reply overtook our own commit.
+    # sending -> opted_out: a STOP reply to the message overtook our own commit.
     S.sending: frozenset(
         {
             S.sent,
             S.delivered,
             S.answered,
+            S.opted_out,
             S.scheduled,
             S.queued,
             S.failed,
@@ -127,7 +132,8 @@ TRANSITIONS: dict[SurveyState, frozenset[SurveyState]] = {
     # answered -> partial: the window closed before the follow-up came.
     S.answered: frozenset({S.answered, S.completed, S.partial}),
     # A late provider callback can prove that a send we could not confirm did go out.
-    S.send_unknown: frozenset({S.sent, S.delivered, S.answered, S.undeliverable}),
+    # A STOP reply proves it too, and ends it like any open invitation's STOP.
+    S.send_unknown: frozenset({S.sent, S.delivered, S.answered, S.undeliverable, S.opted_out}),
     S.completed: frozenset({S.completed}),
     # The window is closed: neither a changed score nor a late follow-up reopens it.
     S.partial: frozenset(),

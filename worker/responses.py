@@ -994,10 +994,45 @@ def _sms_opt_out(
             now=now,
             final_reason="sms opt-out (STOP reply)",
         )
+        ended += _opt_out_in_flight(session, customer, now)
         on_consent_revoked(session, customer, "sms", config, now)
     if not customers:
         return Applied("opt-out: unknown number")
     return Applied("opted out", ended[0] if ended else None, _subject_of(customers[0]))
+
+
+def _opt_out_in_flight(session: Session, customer: Customer, now: datetime) -> list[int]:
+    """SMS invitations whose provider call was made but whose outcome is not recorded yet
+    (``sending`` with its marker ``sending_at``, or ``send_unknown``) end ``opted_out``: the
+    STOP answers that message. When the sender's answer comes later it finds the row no longer
+    ``sending`` and moves nothing (no ``sent``, no reminder).
+
+    A row in ``sending`` without the marker has not reached the provider: it is left to the
+    sender, which re-checks consent after its rate-limit wait and, finding it revoked, falls
+    back to another consented channel or ends it ``suppressed`` (consent revoked before
+    sending), not ``opted_out`` (no invitation went out) nor ``withdrawn`` (which is for a
+    cancelled order or an erased customer). The rows are locked before the marker is read, and
+    the sender locks the row before its re-check, so one of the two sees the other's commit."""
+    rows = session.execute(
+        select(Survey.id, Survey.state, Survey.sending_at)
+        .where(
+            Survey.customer_id == customer.id,
+            Survey.channel == "sms",
+            Survey.state.in_([S.sending.value, S.send_unknown.value]),
+        )
+        .order_by(Survey.id)
+        .with_for_update()
+    ).all()
+    ids = [r.id for r in rows if r.state == S.send_unknown or r.sending_at is not None]
+    return move(
+        session,
+        ids,
+        S.opted_out,
+        reason="STOP reply while the invitation was being sent",
+        only_from=[S.sending, S.send_unknown],
+        now=now,
+        final_reason="sms opt-out (STOP reply)",
+    )
 
 
 def _sms_opt_in(

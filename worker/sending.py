@@ -263,7 +263,9 @@ class Sender:
         """The claim-time checks again, on fresh rows, in a short transaction of its own: what
         was committed while this worker waited for its slot counts."""
         with self.factory() as session, session.begin():
-            survey = session.get(Survey, survey_id)
+            # Locked before consent is read: a STOP committed meanwhile is seen here, or else
+            # finds this row with its marker set and ends it `opted_out` (worker.responses).
+            survey = session.get(Survey, survey_id, with_for_update=True)
             if survey is None:
                 return SendOutcome("missing", "no such survey")
             if survey.state != S.sending or survey.attempts != attempt:
