@@ -332,8 +332,10 @@ class Scheduler:
                         Survey.state == S.sending,
                         or_(
                             Survey.sending_at < now - self.sending_timeout,
-                            # Claimed but the provider call never started: a worker that died
-                            # while waiting for its rate-limit slot.
+                            # Claimed but never marked as being sent: a worker that stopped
+                            # between its claim and its provider call, or a claim made by an
+                            # older worker before its rate-limit wait. A live worker claims and
+                            # marks in one transaction, after its wait, so none is taken back.
                             and_(
                                 Survey.sending_at.is_(None),
                                 Survey.state_changed_at < now - self.sending_timeout,

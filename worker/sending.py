@@ -1,16 +1,20 @@
-"""Sending one survey invitation: claim, re-check, wait, re-check, send, record. Never twice,
+"""Sending one survey invitation: pick up, wait, claim and re-check, send, record. Never twice,
 never without consent, never silently lost.
 
 The order of steps is the product's promise:
 
-1. **Claim** the row with a conditional update ``queued -> sending`` and commit. A duplicate
-   queue message, or a second worker, finds the row already claimed and does nothing.
-2. **Re-check** at this moment: the order is not cancelled, the customer not erased, consent for
-   the channel still stands, the contact is valid, and it is not the recipient's quiet hours.
-3. **Wait** for a slot of the channel's rate limit, then **re-check again** in a fresh short
-   transaction: a revocation, cancellation or erasure committed while the worker waited stops
-   the send (``suppressed``, or the next consented channel; ``withdrawn``) before any provider
-   request. The message is built from these fresh rows.
+1. **Pick up** the ``queued`` row: a duplicate queue message finds it in another state and does
+   nothing. Its ``queued_at`` is renewed (a lease against the stuck-queue sweep).
+2. **Wait** for a slot of the channel's rate limit, the row still ``queued``: a backlog of waits
+   never leaves claims waiting that a sweep would take back, and a worker that dies here leaves
+   a queued row that the sweep enqueues again.
+3. **Claim and re-check** in one short transaction: the conditional update ``queued -> sending``
+   (a second worker finds the row claimed and does nothing); the order is not cancelled, the
+   customer not erased, consent for the channel still stands, the contact is valid, so a
+   revocation, cancellation or erasure committed while the worker waited stops the send
+   (``suppressed``, or the next consented channel; ``withdrawn``) before any provider request.
+   The message is built from these fresh rows and the marker ``sending_at`` set: a ``sending``
+   row has its provider call under way or done.
 4. **Send** through the channel. Only an answer that proves nothing was created (429, a refused
    connection, a validation error) is retried or failed. Any other answer (5xx, 408, a connection
    lost after the request was written, a success without the message's id) may mean the message
@@ -140,19 +144,22 @@ class Sender:
         self._lookups: dict[int, tuple[datetime, timedelta]] = {}
         self._lookups_lock = threading.Lock()
 
-    # -- step 1 and 2 ---------------------------------------------------------------------------
-    def _claim(
+    # -- step 1: pick up, step 2: wait, step 3: claim and re-check ---------------------------
+    def _pick_up(
         self, survey_id: int, config: OperatorConfig, now: datetime
-    ) -> SendOutcome | tuple[Survey, Customer]:
+    ) -> SendOutcome | ChannelName:
+        """Before the rate-limit wait: a row that is not ``queued`` is a duplicate message (or
+        settled already) and costs no slot; quiet hours send it back to ``scheduled``. Otherwise
+        the row stays ``queued`` and its ``queued_at`` is renewed, a lease: the stuck-queue sweep
+        enqueues again only rows queued for longer than its ``stuck_after``, so a worker waiting
+        for its slot is not doubled, and a worker that dies while waiting leaves a row the sweep
+        finds. Returns the channel to wait for."""
         with self.factory() as session, session.begin():
             survey = session.get(Survey, survey_id)
             if survey is None:
                 return SendOutcome("missing", "no such survey")
             if survey.state != S.queued:
                 return SendOutcome(survey.state, "not queued: nothing to do")
-            order = session.get(Order, survey.order_id)
-            customer = session.get(Customer, survey.customer_id)
-            assert order is not None and customer is not None
             allowed = timing.next_allowed_moment(
                 now,
                 timing.resolve_timezone(
@@ -173,24 +180,64 @@ class Sender:
                     due_at=allowed,
                 )
                 return SendOutcome(S.scheduled, f"quiet hours: due again at {allowed.isoformat()}")
+            session.execute(
+                update(Survey)
+                .where(Survey.id == survey_id, Survey.state == S.queued)
+                .values(queued_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            return ChannelName(survey.channel)
+
+    def _claim(
+        self,
+        survey_id: int,
+        channel: ChannelName,
+        config: OperatorConfig,
+        now: datetime,
+        *,
+        mark: bool = True,
+    ) -> SendOutcome | tuple[Survey, Customer, OutboundMessage | None]:
+        """After the wait, in one short transaction: claim ``queued -> sending`` (a duplicate
+        message, or a second worker, finds it claimed and does nothing), re-check on fresh rows
+        (what was committed while this worker waited counts), build the message from them and
+        set the marker ``sending_at`` that the provider may be called from now on.
+
+        The row is locked first: a STOP committed meanwhile is seen by the consent re-check, or
+        else finds the row with its marker and ends it ``opted_out`` (worker.responses). Claim
+        and marker commit together, so a ``sending`` row always has its provider call under way
+        or done, and the scheduler's sweep never takes back a claim whose worker is alive."""
+        with self.factory() as session, session.begin():
+            survey = session.get(Survey, survey_id, with_for_update=True)
+            if survey is None:
+                return SendOutcome("missing", "no such survey")
+            if survey.state != S.queued:
+                return SendOutcome(survey.state, "not queued after the wait: nothing to do")
+            if survey.channel != channel:
+                # Moved to a fallback channel meanwhile: that channel's own message sends it.
+                return SendOutcome(S.queued, "channel changed while waiting: nothing to do")
+            order = session.get(Order, survey.order_id)
+            customer = session.get(Customer, survey.customer_id)
+            assert order is not None and customer is not None
             if not move(
                 session,
                 survey_id,
                 S.sending,
                 only_from=[S.queued],
                 now=now,
-                # Set only once the provider call is about to start (after the rate-limit wait):
-                # a row still without it when its worker died was never sent, and is queued
-                # again rather than given up as `send_unknown`.
                 sending_at=None,
                 attempts=survey.attempts + 1,
             ):
                 return SendOutcome("lost", "claimed by another worker")
+            session.refresh(survey)
             stop = self._recheck(session, survey, order, customer, config, now)
             if stop is not None:
+                log.info("survey %s: stopped at claim time: %s", survey_id, stop.detail)
                 return stop
-            session.refresh(survey)
-            return survey, customer
+            if not mark:
+                return survey, customer, None
+            message = self._message(survey, customer, config, now)
+            survey.sending_at = now
+            return survey, customer, message
 
     def _recheck(
         self,
@@ -257,42 +304,6 @@ class Sender:
     def _wait_for_slot(self, channel: ChannelName, config: OperatorConfig) -> None:
         self.rate_limiter.acquire(channel, config.rate_limits.for_channel(channel) or 1.0)
 
-    def _recheck_after_wait(
-        self, survey_id: int, attempt: int, config: OperatorConfig, now: datetime
-    ) -> SendOutcome | tuple[Survey, Customer]:
-        """The claim-time checks again, on fresh rows, in a short transaction of its own: what
-        was committed while this worker waited for its slot counts."""
-        with self.factory() as session, session.begin():
-            # Locked before consent is read: a STOP committed meanwhile is seen here, or else
-            # finds this row with its marker set and ends it `opted_out` (worker.responses).
-            survey = session.get(Survey, survey_id, with_for_update=True)
-            if survey is None:
-                return SendOutcome("missing", "no such survey")
-            if survey.state != S.sending or survey.attempts != attempt:
-                return SendOutcome(survey.state, "moved on while waiting for a slot: nothing to do")
-            order = session.get(Order, survey.order_id)
-            customer = session.get(Customer, survey.customer_id)
-            assert order is not None and customer is not None
-            stop = self._recheck(session, survey, order, customer, config, now)
-            if stop is not None:
-                log.info("survey %s: stopped after the rate limit wait: %s", survey_id, stop.detail)
-                return stop
-            # The marker that the provider may be called from now on. Conditional, so that a
-            # reconciler that gave this claim back to the queue meanwhile wins and nothing is sent.
-            marked = session.execute(
-                update(Survey)
-                .where(
-                    Survey.id == survey_id, Survey.state == S.sending, Survey.attempts == attempt
-                )
-                .values(sending_at=now)
-                .returning(Survey.id)
-                .execution_options(synchronize_session=False)
-            ).first()
-            if marked is None:
-                return SendOutcome(S.queued, "given back to the queue while waiting: nothing to do")
-            survey.sending_at = now
-            return survey, customer
-
     def _message(
         self,
         survey: Survey,
@@ -345,13 +356,16 @@ class Sender:
         self, survey_id: int, config: OperatorConfig, now: datetime | None = None
     ) -> SendOutcome:
         now = now or utcnow()
-        claimed = self._claim(survey_id, config, now)
-        if isinstance(claimed, SendOutcome):
-            return claimed
-        survey, customer = claimed
-        channel = self.channels.get(ChannelName(survey.channel))
+        picked = self._pick_up(survey_id, config, now)
+        if isinstance(picked, SendOutcome):
+            return picked
+        channel = self.channels.get(picked)
         if channel is None:
             # The provider was switched off after planning: try the next channel, else fail.
+            claimed_off = self._claim(survey_id, picked, config, now, mark=False)
+            if isinstance(claimed_off, SendOutcome):
+                return claimed_off
+            survey, customer, _ = claimed_off
             return self._permanent(
                 survey,
                 customer,
@@ -359,24 +373,13 @@ class Sender:
                 now,
                 PermanentSendError(f"channel {survey.channel} is off", provider="config"),
             )
-        self._wait_for_slot(ChannelName(survey.channel), config)
-        fresh = self._recheck_after_wait(survey_id, survey.attempts, config, now)
-        if isinstance(fresh, SendOutcome):
-            return fresh
-        survey, customer = fresh
-        try:
-            message = self._message(survey, customer, config, now)
-        except Exception:
-            with self.factory() as session, session.begin():
-                move(
-                    session,
-                    survey_id,
-                    S.queued,
-                    reason="could not build the message",
-                    only_from=[S.sending],
-                    now=now,
-                )
-            raise
+        # The slot is reserved before the claim: a claim is never left waiting for a slot.
+        self._wait_for_slot(picked, config)
+        claimed = self._claim(survey_id, picked, config, now)
+        if isinstance(claimed, SendOutcome):
+            return claimed
+        survey, customer, message = claimed
+        assert message is not None
         try:
             receipt = channel.send(message)
         except OutcomeUnknownError as exc:
@@ -648,6 +651,9 @@ class Sender:
                 reason="the worker stopped before calling the provider",
                 only_from=[S.sending],
                 now=now,
+                queued_at=now,
+                # The provider was never called: not an attempt.
+                attempts=max(survey.attempts - 1, 0),
             )
         log.warning("survey %s: claimed but never sent; queued again", survey_id)
         return True

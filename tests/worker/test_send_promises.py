@@ -516,8 +516,15 @@ def test_a_revocation_while_waiting_falls_back_to_a_consented_channel(db, config
     sender = sender_with(db, limiter)
 
     outcome = sender.send(sid, config, NOON)
-    assert (outcome.state, outcome.requeue) == ("queued", True)
-    assert not sendgrid.called
+    # The row was still `queued` while the worker waited (it claims only once its slot came),
+    # so the revocation itself planned it again on the consented channel.
+    assert not sendgrid.called and not twilio.called
+    assert "nothing to do" in outcome.detail
+    row = survey(db, sid)
+    assert (row.state, row.channel) == ("scheduled", "sms")
+    enqueued: list[int] = []
+    Scheduler(db.factory, enqueued.append).tick(config, NOON)
+    assert enqueued == [sid]
     assert sender.send(sid, config, NOON).state == "sent"
     assert twilio.call_count == 1 and not sendgrid.called
     assert survey(db, sid).channel == "sms"
