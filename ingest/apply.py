@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import Text, and_, cast, delete, func, or_, select, text, update
+from sqlalchemy import Text, and_, cast, delete, func, or_, select, update
 from sqlalchemy.orm import QueryableAttribute, Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -27,10 +26,10 @@ from models import (
     Survey,
     SurveyState,
     move,
-    utcnow,
 )
 from models.base import insert_ignoring_conflict
-from models.customers import ContactStatus
+from models.customers import ContactStatus, record_consent
+from models.erasure import erased_at, lock_subject, subject_key
 from models.lifecycle import UNSENT_STATES
 from models.privacy import (
     ERASED_PREFIX,
@@ -47,37 +46,6 @@ from worker.config import OperatorConfig
 class ApplyContext:
     config: OperatorConfig
     now: datetime
-
-
-def subject_key(customer_external_id: str) -> str:
-    """What is stored for a shop customer id outside the customer row: the keyed pseudonym of
-    the process's pseudonymiser (ledger and dead-letter subject keys, tombstones)."""
-    return pseudonymiser().subject(customer_external_id)
-
-
-def lock_subject(session: Session, customer_external_id: str) -> None:
-    """Serialise this transaction with any other about the same shop customer (PostgreSQL
-    advisory lock, held to the end of the transaction; SQLite has a single writer anyway).
-
-    An erasure takes it before writing its tombstone, and every reader of the tombstone takes
-    it before reading. Without it, an event read "no tombstone" while an erasure was running,
-    then waited on the customer row, and once the erasure had renamed that row to ``erased:``
-    created a fresh row under the shop's id, with the contacts the erasure had just removed."""
-    if session.get_bind().dialect.name != "postgresql":
-        return
-    digest = hashlib.sha256(f"subject\n{subject_key(customer_external_id)}".encode()).digest()
-    key = int.from_bytes(digest[:8], "big", signed=True)
-    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
-
-
-def erased_at(session: Session, customer_external_id: str) -> datetime | None:
-    """When the customer was erased, or ``None``. A tombstone not yet re-keyed still counts.
-    Waits for an erasure of the same customer that is under way (:func:`lock_subject`)."""
-    lock_subject(session, customer_external_id)
-    keys = [subject_key(customer_external_id), legacy_tombstone(customer_external_id)]
-    return session.scalar(
-        select(func.max(ErasedSubject.erased_at)).where(ErasedSubject.subject_hash.in_(keys))
-    )
 
 
 def _lock_customer(session: Session, external_id: str) -> Customer | None:
@@ -135,37 +103,6 @@ def _order(session: Session, external_id: str) -> Order:
         if order is None:  # pragma: no cover - the row was just inserted or committed
             raise RuntimeError("order row missing after insert")
     return order
-
-
-def record_consent(
-    session: Session,
-    customer: Customer,
-    channels: dict[str, bool],
-    *,
-    source: str | None,
-    text_version: str | None,
-    captured_at: datetime,
-    evidence_kind: str,
-    evidence_ref: str | None,
-    recorded_at: datetime | None = None,
-) -> None:
-    """Append one record per channel. ``recorded_at`` is when we learnt it (the caller's clock);
-    it caps the record's effective time, see :func:`models.customers.latest_consent`."""
-    for channel, granted in channels.items():
-        session.add(
-            ConsentRecord(
-                customer_id=customer.id,
-                channel=channel,
-                granted=granted,
-                source=source,
-                text_version=text_version,
-                captured_at=captured_at,
-                recorded_at=recorded_at or utcnow(),
-                evidence_kind=evidence_kind,
-                evidence_ref=evidence_ref,
-            )
-        )
-    session.flush()
 
 
 def apply_purchase(session: Session, event: PurchaseCompleted, ctx: ApplyContext) -> str:

@@ -51,6 +51,7 @@ from ingest.service import (
     store_dead_letter,
 )
 from models import Customer, DeadLetter, InboundEvent, Order, utcnow
+from models.erasure import erased_at, subject_key
 from models.inbound import claim_inbound_event
 from worker.config import OperatorConfig
 
@@ -249,7 +250,7 @@ def keyed(*parts: str) -> str:
     first part is a customer id, replaced by its keyed pseudonym before hashing, so the digest
     cannot be reversed by trying ids (the ledger keeps event ids after an erasure)."""
     first, *rest = parts
-    material = "\n".join((apply.subject_key(first), *rest))
+    material = "\n".join((subject_key(first), *rest))
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
@@ -275,7 +276,7 @@ def receive(
             source=adapter.platform,
             external_id=delivery.ledger_id,
             event_type=delivery.topic[:40],
-            subject_key=apply.subject_key(subject) if subject else None,
+            subject_key=subject_key(subject) if subject else None,
             payload=delivery.payload(),
         )
         if row_id is None:
@@ -434,7 +435,7 @@ def _keeps(session: Session, adapter: Adapter, delivery: Delivery) -> bool:
     """The raw payload stays only while it is about a customer who is not erased: a row tied to
     no one (a fulfilment, a refund) holds a delivery address no erasure could find."""
     subject = adapter.subject(delivery)
-    return subject is not None and apply.erased_at(session, subject) is None
+    return subject is not None and erased_at(session, subject) is None
 
 
 def _finish_in(session: Session, row_id: int, result: str, now: datetime, *, keep: bool) -> None:
@@ -681,7 +682,7 @@ def erase_shop_customers(
             if not page:
                 return ShopErasure(erased, done=True)
             after = page[-1].id
-            keys = {apply.subject_key(row.external_id): row.external_id for row in page}
+            keys = {subject_key(row.external_id): row.external_id for row in page}
             found = session.scalars(
                 select(InboundEvent.subject_key)
                 .where(

@@ -38,6 +38,7 @@ from ingest.schema import (
     parse_event,
 )
 from models import DeadLetter, InboundEvent, utcnow
+from models.erasure import subject_key
 from models.inbound import claim_inbound_event
 from worker.config import OperatorConfig
 
@@ -138,7 +139,7 @@ def _own_file(filename: str) -> str | None:
 def _subject(event: ShopEvent) -> str | None:
     """The ledger's subject key: the keyed pseudonym of the event's customer id, never the id."""
     customer_id = getattr(getattr(event, "customer", None), "id", None)
-    return apply.subject_key(customer_id) if customer_id is not None else None
+    return subject_key(customer_id) if customer_id is not None else None
 
 
 def _apply(session: Session, event: ShopEvent, ctx: apply.ApplyContext) -> str:

@@ -103,3 +103,34 @@ def latest_consent(session: Session, customer_id: int, channel: str) -> bool | N
 def current_consent(session: Session, customer_id: int, channel: str) -> bool:
     """True when the latest record for this customer and channel is a grant."""
     return bool(latest_consent(session, customer_id, channel))
+
+
+def record_consent(
+    session: Session,
+    customer: Customer,
+    channels: dict[str, bool],
+    *,
+    source: str | None,
+    text_version: str | None,
+    captured_at: datetime,
+    evidence_kind: str,
+    evidence_ref: str | None,
+    recorded_at: datetime | None = None,
+) -> None:
+    """Append one record per channel. ``recorded_at`` is when we learnt it (the caller's clock);
+    it caps the record's effective time, see :func:`models.customers.latest_consent`."""
+    for channel, granted in channels.items():
+        session.add(
+            ConsentRecord(
+                customer_id=customer.id,
+                channel=channel,
+                granted=granted,
+                source=source,
+                text_version=text_version,
+                captured_at=captured_at,
+                recorded_at=recorded_at or utcnow(),
+                evidence_kind=evidence_kind,
+                evidence_ref=evidence_ref,
+            )
+        )
+    session.flush()

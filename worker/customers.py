@@ -16,7 +16,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ingest.apply import rekey_legacy, subject_key
+from ingest.apply import rekey_legacy
 from ingest.service import IngestResult, ingest_event
 from models import (
     Answer,
@@ -29,6 +29,7 @@ from models import (
     Survey,
     utcnow,
 )
+from models.erasure import subject_key
 from models.privacy import Pseudonymiser
 from worker.config import OperatorConfig
 

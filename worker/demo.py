@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import statistics
 import tempfile
 import time
@@ -26,6 +25,7 @@ from sqlalchemy import func, select
 from models import DeadLetter, InboundEvent, Order, SkippedPurchase, Survey
 from worker.demo_customers import DEMO_TWILIO_TOKEN, DemoSigner, simulate_customers
 from worker.runtime import Runtime
+from worker.settings import use_in_process_broker
 from worker.simulation import SimulatedCustomer
 
 DEMO_CONFIG = """
@@ -77,7 +77,7 @@ def run_demo(
     console = Console()
     # The demo shows its own tables; per-event log lines would drown them.
     logging.getLogger().setLevel(logging.WARNING)
-    os.environ.pop("NPS_BROKER_URL", None)  # the demo always uses the in-process broker
+    use_in_process_broker()  # the demo always uses the in-process broker
     workdir = Path(tempfile.mkdtemp(prefix="nps-demo-"))
     db_url = database or f"sqlite:///{workdir / 'demo.db'}"
     config_path = workdir / "nps-dispatch.toml"

@@ -373,7 +373,7 @@ def _level(value: str | None) -> tuple[int, str | None]:
 
 
 def configure_logging(source: object = None, *, stream: TextIO | None = None) -> logging.Handler:
-    """Set up logging for this process from ``Settings``, a mapping or ``os.environ``.
+    """Set up logging for this process from ``Settings``, a mapping or the process environment.
 
     Replaces every handler of the root logger (as ``basicConfig(force=True)`` does), so it can
     run again in a dramatiq worker process that inherited or was given another setup. uvicorn's

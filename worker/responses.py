@@ -55,7 +55,6 @@ from channels.twilio_sms import webhooks as twilio_hooks
 from channels.twilio_sms.errors import PROVIDER as TWILIO
 from channels.twilio_sms.replies import Reply, ReplyKind, interpret_reply
 from channels.twilio_sms.webhooks import InboundSms
-from ingest.apply import record_consent, subject_key
 from models import (
     Answer,
     Customer,
@@ -67,7 +66,8 @@ from models import (
     move,
     utcnow,
 )
-from models.customers import latest_consent
+from models.customers import latest_consent, record_consent
+from models.erasure import subject_key
 from models.inbound import claim_inbound_event
 from models.lifecycle import AWAITING_FOLLOWUP_STATES, OPEN_STATES
 from worker.config import BandName, OperatorConfig

@@ -534,7 +534,7 @@ class Sender:
         now: datetime,
         exc: PermanentSendError,
     ) -> SendOutcome:
-        from ingest.apply import record_consent
+        from models.customers import record_consent
 
         why = f"{exc.provider} error {exc.code}: {exc}" if exc.code else f"{exc.provider}: {exc}"
         with self.factory() as session, session.begin():

@@ -11,6 +11,12 @@ from dataclasses import dataclass, field
 DEFAULT_DATABASE_URL = "sqlite:///./nps-dispatch.db"
 
 
+def use_in_process_broker() -> None:
+    """Forget ``NPS_BROKER_URL`` for this process (the demo runs everything in one process,
+    whatever the shell exports); to be called before ``worker.broker`` is imported."""
+    os.environ.pop("NPS_BROKER_URL", None)
+
+
 def environ() -> Mapping[str, str]:
     """The process environment, where every setting comes from (tests hand
     :meth:`Settings.from_env` a mapping of their own instead)."""

@@ -27,7 +27,6 @@ import pytest
 from sqlalchemy import JSON, String, Text, insert, select
 from sqlalchemy.engine import make_url
 
-from ingest.apply import erased_at
 from ingest.service import ingest_event, store_dead_letter
 from migrations.runner import downgrade, upgrade
 from models import (
@@ -40,6 +39,7 @@ from models import (
     Order,
     Survey,
 )
+from models.erasure import erased_at
 from models.personal_data import PERSONAL, PSEUDONYMS
 from models.privacy import Pseudonymiser, legacy_tombstone
 from tests.conftest import Database, service_missing

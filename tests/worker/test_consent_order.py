@@ -51,7 +51,7 @@ def test_a_future_dated_shop_grant_does_not_outrank_a_later_stop(db, config, res
 
 
 def test_a_revocation_outranks_a_grant_of_the_same_moment(db, config):
-    from ingest.apply import record_consent
+    from models.customers import record_consent
 
     with db.session() as s, s.begin():
         customer = Customer(external_id="c-tie", email_status="missing", phone_status="missing")

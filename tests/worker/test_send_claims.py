@@ -203,7 +203,7 @@ def test_a_backlog_with_waits_longer_than_the_sending_timeout_sends_each_survey_
             scheduler.tick(config, clock[0])
 
     def seconds() -> float:
-        return (clock[0] - NOON).total_seconds()
+        return float((clock[0] - NOON).total_seconds())
 
     sender = sender_with(db, WaitingRateLimiter())
     sender.rate_limiter = InProcessRateLimiter(clock=seconds, sleep=wait)
