@@ -49,10 +49,10 @@ from bench.fakes.faults import FaultPlan
 from bench.fakes.provider import TWILIO, FakeProvider, Message
 from bench.fakes.signing import SendGridSigner, TwilioSigner
 from channels.registry import DEFAULT_TIMEOUT
+from config import load_config
 from models import Survey
 from models.lifecycle import FINAL_STATES
 from models.session import make_engine, make_session_factory
-from worker.config import load_config
 
 DEFAULT_SERVER = "postgresql+psycopg://nps:nps@127.0.0.1:5432/postgres"
 
@@ -291,7 +291,7 @@ class ChaosRun:
         self.callbacks.on_delivered = self.customers.on_delivered
         self.provider.on_created = self.callbacks.message_created
 
-        cli = [sys.executable, "-m", "worker.cli"]
+        cli = [sys.executable, "-m", "cli.main"]
         self.others.append(
             self.supervisor.start(
                 "web", [*cli, "web", "--host", "127.0.0.1", "--port", str(web_port)]
@@ -307,7 +307,7 @@ class ChaosRun:
         progress(f"web :{web_port}; {self.opts.workers} workers; {self.opts.schedulers} schedulers")
 
     def _start_worker(self, n: int) -> Proc:
-        argv = [sys.executable, "-m", "worker.cli", "worker", "--processes", "1", "--threads", "8"]
+        argv = [sys.executable, "-m", "cli.main", "worker", "--processes", "1", "--threads", "8"]
         return self.supervisor.start(f"worker{n}", argv)
 
     def _wait_for_web(self) -> None:

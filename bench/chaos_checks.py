@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bench.chaos_shop import ShopPlan
 from bench.fakes.provider import TWILIO, Attempt, Message
+from config import OperatorConfig
 from models import (
     Answer,
     ConsentRecord,
@@ -60,7 +61,6 @@ from models.lifecycle import (
     SurveyState,
 )
 from reports.build import build_report
-from worker.config import OperatorConfig
 
 __all__ = ["REMINDER_GRACE", "Verdict", "verify"]
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from worker.config import ChannelName
+from config import ChannelName
 
 # ChannelName is the config's (one type for the channels everywhere), offered here beside the
 # rest of the channel vocabulary.

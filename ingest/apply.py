@@ -12,6 +12,8 @@ from sqlalchemy import Text, and_, cast, delete, func, or_, select, update
 from sqlalchemy.orm import QueryableAttribute, Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from config import OperatorConfig
+from dispatch import planning
 from ingest.contacts import normalise_email, normalise_phone
 from ingest.schema import ConsentEvent, CustomerErased, CustomerIn, OrderEvent, PurchaseCompleted
 from models import (
@@ -38,8 +40,6 @@ from models.privacy import (
     legacy_tombstone,
     pseudonymiser,
 )
-from worker import planning
-from worker.config import OperatorConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,7 +315,7 @@ def _forget_unattributed(
     before keys existed, or whose event had no usable customer id). Both are few, so their text
     is searched for the person's id, address and number. (Shop platform deliveries not applied
     yet: :func:`_close_pending_deliveries`.)"""
-    from worker.responses import WEBHOOK_SOURCES  # it imports this module
+    from dispatch.responses import WEBHOOK_SOURCES  # it imports this module
 
     contacts = _contacts(customer)
     pending = [_contains(InboundEvent.payload, c, fold=True) for c in contacts]

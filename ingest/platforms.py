@@ -2,7 +2,7 @@
 
 Each platform's adapter (``ingest/shopify``, ``ingest/woocommerce``) verifies its signature and
 maps its payload to our shop events (``ingest/schema.py``). What they share is here, the same
-four steps as the provider webhooks of ``worker/responses.py``:
+four steps as the provider webhooks of ``dispatch/responses.py``:
 
 1. **Store** the delivery raw in the inbound ledger under (platform, shop/delivery id), with the
    keyed pseudonym of the customer it names (``subject_key``): a redelivery is a duplicate and
@@ -42,6 +42,7 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
+from config import OperatorConfig
 from ingest import apply
 from ingest.service import (
     SHOP_SOURCE,
@@ -53,7 +54,6 @@ from ingest.service import (
 from models import Customer, DeadLetter, InboundEvent, Order, utcnow
 from models.erasure import erased_at, subject_key
 from models.inbound import claim_inbound_event
-from worker.config import OperatorConfig
 
 __all__ = [
     "Adapter",
@@ -463,7 +463,7 @@ def _finish(
 
 
 def _record_failure(session: Session, row_id: int, error: str, now: datetime) -> None:
-    from worker.responses import replay_pause  # it imports ingest.apply, as this module does
+    from dispatch.responses import replay_pause  # it imports ingest.apply, as this module does
 
     attempts = (
         session.scalar(select(InboundEvent.attempts).where(InboundEvent.id == row_id)) or 0

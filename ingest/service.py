@@ -24,6 +24,7 @@ from typing import Any, Literal
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from config import OperatorConfig
 from ingest import apply, outcome
 from ingest.outcome import Outcome
 from ingest.schema import (
@@ -40,7 +41,6 @@ from ingest.schema import (
 from models import DeadLetter, InboundEvent, utcnow
 from models.erasure import subject_key
 from models.inbound import claim_inbound_event
-from worker.config import OperatorConfig
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,20 @@ class IngestResult:
 ShopEvent = PurchaseCompleted | OrderEvent | ConsentEvent | CustomerErased
 
 _ROOT = Path(__file__).resolve().parent.parent
-_PACKAGES = {"channels", "ingest", "models", "reports", "web", "worker"}
+_PACKAGES = {
+    "config",
+    "logs",
+    "models",
+    "channels",
+    "dispatch",
+    "ingest",
+    "reports",
+    "wiring",
+    "worker",
+    "web",
+    "cli",
+    "demo",
+}
 
 
 def failure_label(exc: BaseException) -> str:

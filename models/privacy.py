@@ -13,7 +13,7 @@ tombstones written before pseudonyms were keyed are exactly that SHA-256, so the
 (:meth:`Pseudonymiser.rekey`) without ever knowing the id they stand for.
 
 One pseudonymiser serves the whole process: the process's runtime installs it from its settings
-(``worker.runtime``), and the code that writes or looks up pseudonyms asks :func:`pseudonymiser`
+(``wiring.runtime``), and the code that writes or looks up pseudonyms asks :func:`pseudonymiser`
 for it. Changing ``NPS_SECRET_KEY`` orphans every pseudonym already stored: tombstones stop
 blocking late events and erasure no longer finds ledger rows; keep the key.
 """
@@ -97,6 +97,6 @@ def pseudonymiser() -> Pseudonymiser:
     installed would defeat the point, so there is no unkeyed fallback."""
     if not _installed:
         raise PseudonymiserMissing(
-            "no pseudonymiser installed: build the process runtime (worker.runtime) first"
+            "no pseudonymiser installed: build the process runtime (wiring.runtime) first"
         )
     return _installed[0]

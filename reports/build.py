@@ -2,9 +2,9 @@
 
 :func:`build_report` runs the queries of :mod:`reports.query` and hands their results to pure
 functions: :func:`tally` (aggregated rows -> counts), :func:`dispositions_of`, :func:`coverage_of`,
-:func:`segment_entry`, :func:`timing_of` and the tested statistics of ``reports.nps``,
-``reports.aapor``, ``reports.adjustment`` and ``reports.timing``. Nothing here loops over rows:
-the loops run over aggregated groups (states x bands x segments) or over segments.
+:func:`segment_entry`, :func:`timing_of` and the tested statistics of ``reports/stats/``
+(``nps``, ``aapor``, ``adjustment``, ``timing``). Nothing here loops over rows: the loops run
+over aggregated groups (states x bands x segments) or over segments.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any, Final
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
+from config import OperatorConfig
 from models.lifecycle import (
     ANSWERED_STATES,
     DISPOSITION_OF,
@@ -25,9 +26,6 @@ from models.lifecycle import (
     OPEN_STATES,
     SurveyState,
 )
-from reports.aapor import Dispositions, aapor_rates, wilson_rate
-from reports.adjustment import AdjustedNps, adjust_nps
-from reports.nps import NpsBands, NpsEstimate, compare_nps, json_float, json_pair, nps_summary
 from reports.params import ReportError, parse_by, parse_date
 from reports.query import (
     COVARIATE_NAMES,
@@ -41,8 +39,10 @@ from reports.query import (
     skip_reasons,
     survey_grid,
 )
-from reports.timing import GroupCounts, timing_report
-from worker.config import OperatorConfig
+from reports.stats.aapor import Dispositions, aapor_rates, wilson_rate
+from reports.stats.adjustment import AdjustedNps, adjust_nps
+from reports.stats.nps import NpsBands, NpsEstimate, compare_nps, json_float, json_pair, nps_summary
+from reports.stats.timing import GroupCounts, timing_report
 
 REPORT_VERSION: Final = 1
 """Bumped on any incompatible change of the JSON shape (keys are only ever added otherwise)."""

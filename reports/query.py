@@ -3,7 +3,7 @@
 Everything that counts is a ``SELECT ... GROUP BY`` (states, score bands, skip reasons, segment
 keys), so the database does the counting and Python only sees a few hundred aggregated rows. The
 one per-row fetch is :func:`fetch_covariates`: one row per invitee with a final outcome, moved
-column-wise into numpy arrays for :func:`reports.adjustment.adjust_nps`.
+column-wise into numpy arrays for :func:`reports.stats.adjustment.adjust_nps`.
 
 Period: ``Order.purchased_at`` in ``[since, until)``, both UTC dates (midnight), either open.
 
@@ -48,8 +48,8 @@ from sqlalchemy.orm import Session
 from models.lifecycle import ANSWERED_STATES, INVITED_STATES, OPEN_STATES
 from models.orders import Order
 from models.surveys import SkippedPurchase, Survey
-from reports.nps import NpsBands
 from reports.params import SEGMENT_KEYS
+from reports.stats.nps import NpsBands
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]

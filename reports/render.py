@@ -33,7 +33,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from reports.aapor import RATE_KEYS
+from reports.stats.aapor import RATE_KEYS
 
 CSV_COLUMNS: Final[tuple[str, ...]] = (
     "segment",

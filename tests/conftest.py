@@ -22,11 +22,11 @@ import time_machine
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from config import OperatorConfig, load_config
 from migrations.runner import upgrade
 from models import Base, privacy
 from models.privacy import Pseudonymiser
 from models.session import make_engine, make_session_factory
-from worker.config import OperatorConfig, load_config
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -34,7 +34,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 def pytest_configure(config: pytest.Config) -> None:
     shift = os.environ.get("NPS_TEST_CLOCK_SHIFT")
     if shift:
-        from worker.config import parse_duration
+        from config import parse_duration
 
         ahead = datetime.now(UTC) + parse_duration(shift)
         traveller = time_machine.travel(ahead, tick=True)
@@ -173,9 +173,9 @@ def pseudonymiser() -> Iterator[Pseudonymiser]:
 @pytest.fixture
 def runtime_for(tmp_path: Path):
     """Build a Runtime over a test database, installed as the process runtime."""
-    from worker.config import ConfigHolder
-    from worker.runtime import Runtime, set_runtime
-    from worker.settings import Settings
+    from config import ConfigHolder
+    from config.settings import Settings
+    from wiring.runtime import Runtime, set_runtime
 
     made: list[Runtime] = []
 

@@ -40,13 +40,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from channels.links import ExpiredToken, InvalidToken
 from channels.messages import LOCALES, resolve_locale
+from config import BandName, Followup, OperatorConfig
+from dispatch import responses
+from dispatch.responses import SmsReply
 from models import Customer, Survey, utcnow
 from web.deps import runtime_of
 from web.ratelimit import read_limited_body
-from worker import responses
-from worker.config import BandName, Followup, OperatorConfig
-from worker.responses import SmsReply
-from worker.wiring import answer_links
+from wiring.services import answer_links
 
 __all__ = ["ANSWER_MAX_BODY", "followup_question", "router", "sms_reply_text"]
 

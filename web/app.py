@@ -31,7 +31,7 @@ from web.openapi import METRICS, error_responses, install_openapi
 from web.proxy import TrustedProxies, parse_networks
 from web.ratelimit import RateLimit
 from web.request_ids import RequestIdMiddleware
-from worker.runtime import Runtime, get_runtime
+from wiring.runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
 

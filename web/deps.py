@@ -6,7 +6,7 @@ from typing import cast
 
 from fastapi import Request
 
-from worker.runtime import Runtime
+from wiring.runtime import Runtime
 
 
 def runtime_of(request: Request) -> Runtime:

@@ -13,8 +13,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from dispatch.responses import REPLAY_MAX_ATTEMPTS, given_up_webhooks
 from models import DeadLetter, InboundEvent, SkippedPurchase, Survey, SurveyState
-from worker.responses import REPLAY_MAX_ATTEMPTS, given_up_webhooks
 
 
 class DatabaseCollector(Collector):

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from worker.settings import SettingsError
+from config.settings import SettingsError
 
 __all__ = ["TrustedProxies", "parse_networks"]
 

@@ -1,7 +1,7 @@
 """Per-client rate limits for the public routes, and per-route body caps.
 
 :class:`RateLimit` is ASGI middleware: each client may make ``burst`` requests at once, refilled
-at ``per_second`` (GCRA, see :mod:`worker.ratelimit`). Over the limit it answers 429 with
+at ``per_second`` (GCRA, see :mod:`dispatch.ratelimit`). Over the limit it answers 429 with
 ``Retry-After`` before the route reads anything (``rate_limited`` in the error shape of
 :mod:`web.errors`).
 
@@ -45,8 +45,8 @@ import redis
 from fastapi import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from dispatch.ratelimit import RedisBreaker, RedisGcra, gcra
 from web.errors import ApiError, send_error
-from worker.ratelimit import RedisBreaker, RedisGcra, gcra
 
 __all__ = [
     "DEFAULT_RULES",

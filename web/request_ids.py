@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from channels.masking import mask_log_text
-from worker.logs import REQUEST_ID_HEADER, set_context
+from logs.format import REQUEST_ID_HEADER, set_context
 
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 

@@ -4,7 +4,7 @@
 Each route, in this order: read the body under a cap; **verify** the signature (fail closed: 403
 ``signature_invalid`` and nothing written, also when the provider's secret is not configured);
 parse (400 ``invalid_payload``); **store** the raw event keyed by the provider's id; **apply** it
-idempotently (``worker.responses``). A failure while applying leaves the raw row unhandled for
+idempotently (``dispatch.responses``). A failure while applying leaves the raw row unhandled for
 replay and answers 500 ``internal_error``, so a provider that retries (SendGrid does, for 24
 hours) brings it back too; its other events are duplicates by then. Error answers are in the
 shape of :mod:`web.errors`.
@@ -30,6 +30,7 @@ from channels.sendgrid_email.webhooks import verify_sendgrid_signature
 from channels.twilio_sms.webhooks import SIGNATURE_HEADER as TWILIO_SIGNATURE
 from channels.twilio_sms.webhooks import public_url, twiml_message, verify_twilio_signature
 from channels.webhook_errors import WebhookPayloadError
+from dispatch import responses
 from models import utcnow
 from web.answers import sms_reply_text
 from web.deps import runtime_of
@@ -37,7 +38,6 @@ from web.errors import json_error
 from web.limits import DEFAULT_MAX_BODY
 from web.openapi import error_responses
 from web.ratelimit import read_limited_body
-from worker import responses
 
 __all__ = ["SENDGRID_MAX_BODY", "TWILIO_MAX_BODY", "router"]
 

@@ -8,8 +8,8 @@ from typing import Any
 import dramatiq
 from dramatiq import Retry
 
+from wiring.runtime import get_runtime
 from worker.broker import EVENTS_QUEUE, SENDS_QUEUE, actor
-from worker.runtime import get_runtime
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def dead_letter_event(message_data: dict[str, Any], exception_data: dict[str, An
 @actor(SENDS_QUEUE, max_retries=3, min_backoff=1000)
 def send_survey(survey_id: int) -> None:
     """Send one invitation. Safe to receive twice: the row is claimed before anything is sent."""
-    from worker.wiring import sender
+    from wiring.services import sender
 
     runtime = get_runtime()
     outcome = sender(runtime).send(survey_id, runtime.config)
@@ -101,7 +101,7 @@ def send_survey(survey_id: int) -> None:
 @actor(SENDS_QUEUE, max_retries=0)
 def send_reminder(survey_id: int, expected_sent: int) -> None:
     """Send reminder number ``expected_sent + 1``; a copy of this message sends nothing."""
-    from worker.wiring import sender
+    from wiring.services import sender
 
     runtime = get_runtime()
     sender(runtime).send_reminder(survey_id, expected_sent, runtime.config)

@@ -19,8 +19,8 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import AgeLimit, Middleware, Retries, default_middleware
 
+from config.settings import environ
 from worker.log_middleware import LoggingMiddleware
-from worker.settings import environ
 
 EVENTS_QUEUE = "events"
 SENDS_QUEUE = "sends"

@@ -12,8 +12,8 @@ from typing import Any
 import dramatiq
 from dramatiq.broker import MessageProxy
 
-from worker.logs import clear_context, configure_logging, set_context
-from worker.settings import environ
+from config.settings import environ
+from logs.format import clear_context, configure_logging, set_context
 
 
 @functools.lru_cache(maxsize=64)

@@ -3,10 +3,10 @@ actors (``send_survey``, ``send_reminder``), which the workers run."""
 
 from __future__ import annotations
 
+from dispatch.scheduler import Scheduler
+from wiring.runtime import Runtime
+from wiring.services import scheduler
 from worker.actors import send_reminder, send_survey
-from worker.runtime import Runtime
-from worker.scheduler import Scheduler
-from worker.wiring import scheduler
 
 
 def build_scheduler(runtime: Runtime) -> Scheduler:

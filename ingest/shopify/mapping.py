@@ -39,6 +39,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+from config import OperatorConfig, ShopifyConfig
 from ingest.contacts import normalise_email, normalise_phone
 from ingest.platforms import (
     Delivery,
@@ -51,7 +52,6 @@ from ingest.platforms import (
     text,
     timestamp,
 )
-from worker.config import OperatorConfig, ShopifyConfig
 
 __all__ = ["PLATFORM", "PURCHASE_TOPICS", "TOPICS", "handles", "map_webhook", "subject_of"]
 

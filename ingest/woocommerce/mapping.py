@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
+from config import OperatorConfig, WooCommerceConfig
 from ingest.contacts import normalise_email, normalise_phone
 from ingest.platforms import (
     Delivery,
@@ -38,7 +39,6 @@ from ingest.platforms import (
     text,
     timestamp,
 )
-from worker.config import OperatorConfig, WooCommerceConfig
 
 __all__ = ["PLATFORM", "TOPICS", "handles", "map_webhook", "subject_of"]
 

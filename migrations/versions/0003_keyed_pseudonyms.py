@@ -14,7 +14,7 @@ key, so this one does everything that needs none, and marks what the application
   ``sha256:<digest>``. The application still refuses late events with it, and re-keys it (a
   keyed pseudonym is computed from the digest, the id is never needed) when a scheduler starts
   with the key: ``nps-dispatch scheduler`` and ``nps-dispatch tick`` do it before their first
-  pass (``worker.customers.rekey_legacy_pseudonyms``).
+  pass (``ingest.subjects.rekey_legacy_pseudonyms``).
 - Rows about customers already erased (those whose clear id hashes to a tombstone, and webhooks
   tied to their surveys) lose their payload, survey link and content digest; dead letters about
   them keep only the event's non-personal fields; their surveys lose their time zone.

@@ -64,7 +64,7 @@ def test_an_error_in_the_middle_of_a_batch_rolls_back_that_item_only(db, config,
     # Server side: the event id and the kind of error, never the database's message.
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert f"event {failing['event_id']} (purchase.completed) not applied" in logged
-    assert "Error (" in rejected.outcome and " at worker/planning.py:" in rejected.outcome
+    assert "Error (" in rejected.outcome and " at dispatch/planning.py:" in rejected.outcome
     assert rejected.outcome in logged
     for secret in (TRIGGER_SECRET, "INSERT", "ana@example.com", "+40721000111"):
         assert secret not in logged and secret not in (rejected.error + rejected.outcome)
@@ -110,7 +110,7 @@ def test_a_purchase_dated_year_9999_is_rejected_and_the_batch_commits(db, config
 def test_the_jsonl_file_path_keeps_the_good_lines(
     db, runtime_for, tmp_path: Path, frozen_clock, capsys
 ):
-    from worker.cli import main
+    from cli.main import main
 
     runtime_for(db)
     good = purchase("L-1", customer_id="c-l1")

@@ -14,13 +14,13 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from config import OperatorConfig
 from ingest.apply import _order, upsert_customer
 from ingest.schema import CustomerIn
 from ingest.service import ingest_batch
 from models import Customer, Order
 from tests.conftest import Database
 from tests.factories import purchase
-from worker.config import OperatorConfig
 
 
 def _race(db: Database, create: Callable[[Session], Customer | Order]) -> list[int]:

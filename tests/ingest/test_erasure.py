@@ -27,7 +27,11 @@ import pytest
 from sqlalchemy import JSON, String, Text, insert, select
 from sqlalchemy.engine import make_url
 
+from config import OperatorConfig
+from dispatch import responses
+from dispatch.scheduler import Scheduler
 from ingest.service import ingest_event, store_dead_letter
+from ingest.subjects import export_customer, rekey_legacy_pseudonyms
 from migrations.runner import downgrade, upgrade
 from models import (
     Base,
@@ -43,8 +47,7 @@ from models.erasure import erased_at
 from models.personal_data import PERSONAL, PSEUDONYMS
 from models.privacy import Pseudonymiser, legacy_tombstone
 from tests.conftest import Database, service_missing
-from tests.factories import consent_event, erased, order_event, purchase
-from tests.worker.test_sending import (
+from tests.dispatch.test_sending import (
     NOON,
     SENDGRID_ENV,
     SENDGRID_SEND,
@@ -53,10 +56,8 @@ from tests.worker.test_sending import (
     make_sender,
     twilio_created,
 )
-from worker import responses, wiring
-from worker.config import OperatorConfig
-from worker.customers import export_customer, rekey_legacy_pseudonyms
-from worker.scheduler import Scheduler
+from tests.factories import consent_event, erased, order_event, purchase
+from wiring import services as wiring
 
 PG_DUMP = "/usr/lib/postgresql/15/bin/pg_dump"
 
@@ -599,7 +600,7 @@ def test_late_callback_does_not_relink_an_erased_customer(
 ):
     """A send that was in flight at the erasure: the provider's callback still counts the
     invitation, but neither its message id nor its payload is kept, and no reminder is due."""
-    from tests.worker.test_responses import seed_survey
+    from tests.dispatch.test_responses import seed_survey
 
     survey_id = seed_survey(db, state="sending", customer=QUILLON.id, phone=QUILLON.phone)
     erase(db, config, QUILLON)
@@ -629,7 +630,7 @@ def test_late_callback_does_not_relink_an_erased_customer(
 def test_an_unsubscribe_for_an_erased_customer_records_no_consent(
     db: Database, config: OperatorConfig, now
 ):
-    from tests.worker.test_responses import seed_survey
+    from tests.dispatch.test_responses import seed_survey
 
     survey_id = seed_survey(
         db, channel="email", state="delivered", customer=QUILLON.id, email=QUILLON.email, now=now

@@ -18,12 +18,12 @@ from typing import Any
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
+from config import OperatorConfig
 from ingest.service import IngestResult, ingest_event, ingest_in_session, store_dead_letter
 from models import ConsentRecord, Customer, DeadLetter, InboundEvent, Survey
 from models.erasure import subject_key
 from tests.conftest import Database
 from tests.factories import consent_event, erased, purchase
-from worker.config import OperatorConfig
 
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 ERASED_AT = "2026-11-24T09:59:00Z"

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from cli.main import main
 from ingest.service import store_dead_letter
 from models import Customer, DeadLetter, InboundEvent, Order, SkippedPurchase, Survey
 from tests.conftest import NOW, Database
 from tests.ingest.test_shopify import ORDER, deliver, fixture, one, rows
 from tests.ingest.test_woocommerce import deliver as woo_deliver
 from tests.ingest.test_woocommerce import order as woo_order
-from worker.cli import main
 
 AHEAD = NOW + timedelta(days=3)  # more than the day ahead an event may be dated
 

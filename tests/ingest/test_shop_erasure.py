@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import select, text
 
+from config import OperatorConfig
 from ingest import platforms, shopify, woocommerce
 from ingest.service import ingest_event
 from models import Base, Customer, DeadLetter, InboundEvent
@@ -28,7 +29,6 @@ from tests.ingest.test_shopify import (
 from tests.ingest.test_woocommerce import deliver as woo_deliver
 from tests.ingest.test_woocommerce import order as woo_order
 from tests.ingest.test_woocommerce import with_consent_keys
-from worker.config import OperatorConfig
 
 EMAIL = "john@example.com"  # the Shopify fixtures' customer
 PHONE = "+16135550123"

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from config import OperatorConfig
 from ingest import platforms, shopify
 from ingest.service import ingest_event, store_dead_letter
 from models import Customer, DeadLetter, InboundEvent
@@ -27,7 +28,6 @@ from tests.ingest.test_shopify import (
     orders_refused,
     rows,
 )
-from worker.config import OperatorConfig
 
 ADAPTERS = [shopify.ADAPTER]
 

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text
 
+from config import OperatorConfig
 from ingest import platforms, shopify
 from ingest.platforms import Delivery, Received
 from ingest.shopify import privacy as shopify_privacy
@@ -36,7 +37,6 @@ from models import (
 )
 from models.privacy import pseudonymiser
 from tests.conftest import NOW, Database
-from worker.config import OperatorConfig
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "shopify"
 SHOP = "jsmith.myshopify.com"

@@ -13,17 +13,17 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from models import Customer, DeadLetter, Order, SkippedPurchase, Survey
-from models.session import make_engine, make_session_factory
-from tests.conftest import NOW, Database
-from worker.demo_shopify import (
+from demo.shopify import (
     DEMO_SHOPIFY_SECRET,
     post_to_shopify_route,
     shopify_app,
     shopify_customers,
     shopify_webhooks,
 )
-from worker.simulation import SimulatedShop
+from demo.simulation import SimulatedShop
+from models import Customer, DeadLetter, Order, SkippedPurchase, Survey
+from models.session import make_engine, make_session_factory
+from tests.conftest import NOW, Database
 
 
 def counts(db: Database) -> dict[str, int]:
@@ -64,7 +64,7 @@ def test_demo_with_the_shopify_shop_runs_end_to_end(tmp_path: Path):
     db_path = tmp_path / "demo.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NPS_", "TWILIO", "SENDGRID"))}
     script = (
-        "from worker.demo import run_demo; "
+        "from demo.run import run_demo; "
         f"raise SystemExit(run_demo(events=80, shop='shopify', database='sqlite:///{db_path}'))"
     )
     result = subprocess.run(

@@ -12,12 +12,12 @@ from typing import Any
 
 from sqlalchemy import select
 
+from config import OperatorConfig
 from ingest import platforms, woocommerce
 from ingest.platforms import Delivery, Received
 from models import ConsentRecord, Customer, DeadLetter, InboundEvent, Order, SkippedPurchase
 from tests.conftest import NOW, Database
 from tests.ingest.test_shopify import one, rows, survey_of, table_counts
-from worker.config import OperatorConfig
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "woocommerce"
 SITE = "shop.example"

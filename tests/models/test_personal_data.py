@@ -11,14 +11,14 @@ import pytest
 from sqlalchemy import JSON, Column, MetaData, String, Table, Text
 
 from channels.links import AnswerLinks
+from config import ConfigHolder
+from config.settings import Settings
 from models import Base, privacy
 from models.personal_data import NOT_PERSONAL, PERSONAL, PSEUDONYMS, classified
 from models.privacy import Pseudonymiser, PseudonymiserMissing, legacy_tombstone
 from tests.conftest import TEST_SECRET_KEY
-from worker.config import ConfigHolder
-from worker.runtime import Runtime, set_runtime
-from worker.settings import Settings
-from worker.wiring import answer_links
+from wiring.runtime import Runtime, set_runtime
+from wiring.services import answer_links
 
 
 def text_columns(metadata: MetaData) -> set[tuple[str, str]]:

@@ -25,7 +25,7 @@ from channels.links import AnswerLinks
 from channels.messages import render_email
 from models import Answer, utcnow
 from tests.conftest import Database, service_missing
-from tests.worker.test_responses import seed_survey, survey_of
+from tests.dispatch.test_responses import seed_survey, survey_of
 from web.app import create_app
 
 pytestmark = pytest.mark.browser

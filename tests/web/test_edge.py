@@ -11,12 +11,12 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
+from config.settings import SettingsError
 from models.session import make_engine, make_session_factory
 from tests.conftest import Database
 from tests.factories import purchase
 from tests.reports.test_report_db import START, Case, seed
 from web.app import create_app
-from worker.settings import SettingsError
 
 OPERATOR = ("operator", "test-dashboard")
 METRICS_TOKEN = "prometheus-scrape-token"

@@ -14,11 +14,11 @@ from fastapi.testclient import TestClient
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from dispatch.ratelimit import RedisBreaker
 from tests.conftest import Database
 from web.app import create_app, rate_limit_redis
 from web.proxy import TrustedProxies, parse_networks
 from web.ratelimit import RateLimit, RateRule
-from worker.ratelimit import RedisBreaker
 
 CUSTOMER = ("198.51.100.7", 40000)
 

@@ -10,7 +10,7 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from reports.cli import add_report_parser
+from cli.report import add_report_parser
 from tests.conftest import Database
 from tests.reports.test_report_db import START, check_headline, random_cases, seed
 from web import reports

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from models import Answer, ConsentRecord, InboundEvent, SurveyTransition, current_consent
 from tests.conftest import Database
-from tests.worker.test_responses import EMAIL, seed_survey, survey_of
+from tests.dispatch.test_responses import EMAIL, seed_survey, survey_of
 from web.app import create_app
 
 PATH = "/webhooks/sendgrid/events"
@@ -210,7 +210,7 @@ def test_signed_but_not_json_is_400_and_writes_nothing(client, db, private_key):
 
 
 def test_a_failed_event_is_kept_and_the_retry_applies_it(client, db, private_key, monkeypatch):
-    from worker import responses
+    from dispatch import responses
 
     sid = seed_survey(db, channel="email", state="sent")
     msg = survey_of(db, sid).provider_message_id

@@ -13,12 +13,12 @@ from twilio.request_validator import RequestValidator
 from channels.base import ChannelName
 from channels.console.send import ConsoleChannel
 from channels.links import AnswerLinks
+from dispatch.scheduler import Scheduler
+from dispatch.sending import Sender
 from models import Answer, ConsentRecord, InboundEvent, Survey, SurveyTransition
 from tests.conftest import Database
-from tests.worker.test_responses import PHONE, answers_of, seed_survey, survey_of
+from tests.dispatch.test_responses import PHONE, answers_of, seed_survey, survey_of
 from web.app import create_app
-from worker.scheduler import Scheduler
-from worker.sending import Sender
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 BASE = "https://nps.example.test"  # NPS_PUBLIC_BASE_URL of runtime_for
@@ -179,7 +179,7 @@ def test_callback_before_our_commit(client, db: Database):
 
 
 def test_apply_failure_is_500_and_kept(client, db: Database, monkeypatch):
-    from worker import responses
+    from dispatch import responses
 
     sid = seed_survey(db, state="sent")
     msg = survey_of(db, sid).provider_message_id

@@ -13,12 +13,12 @@ import pytest
 from dramatiq import Worker
 from sqlalchemy import func, select
 
+from ingest.deadletters import list_dead_letters, replay_dead_letters
 from models import DeadLetter, InboundEvent, Order, Survey
 from tests.conftest import Database, sqlite_database
 from tests.factories import order_event, purchase
 from worker.actors import ingest_event
 from worker.broker import EVENTS_QUEUE, broker
-from worker.deadletters import list_dead_letters, replay_dead_letters
 
 
 @pytest.fixture
@@ -134,7 +134,7 @@ def test_redis_worker_process_takes_duplicates_once(redis_url, tmp_path: Path):
             )
         )
     worker = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "worker", "--processes", "1", "--threads", "2"],
+        [sys.executable, "-m", "cli.main", "worker", "--processes", "1", "--threads", "2"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -1,0 +1,1 @@
+"""The `nps-dispatch` command line."""

@@ -1,0 +1,1 @@
+"""The survey domain: consent at send time, planning, timing, sending, the scheduler, responses."""

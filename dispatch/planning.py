@@ -1,0 +1,309 @@
+"""Planning: does a purchase get a survey, on which channel, and when is it due.
+
+Called by ingest (purchases, anchor events, cancellations, revocations) and by the scheduler
+(anchor time-outs, re-planning after a config change). The timing arithmetic itself is pure and
+lives in :mod:`dispatch.timing`; this module reads and writes rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from channels.registry import enabled_channels
+from config import OperatorConfig
+from config.settings import environ
+from dispatch import timing
+from models import Customer, Order, SkipReason, Survey, SurveyState, current_consent, move
+from models.customers import ContactStatus
+from models.lifecycle import PENDING_STATES, UNSENT_STATES
+from models.surveys import record_skip
+
+S = SurveyState
+_NOT_COUNTED_FOR_CAP = (S.withdrawn, S.suppressed, S.failed)
+
+
+def unit_hash(key: str) -> float:
+    """A uniform number in [0, 1) from a key: reproducible sampling decisions."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+
+
+def survey_key(order: Order) -> str:
+    return f"order:{order.external_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelChoice:
+    channel: str | None
+    skip: SkipReason | None
+
+
+def choose_channel(
+    session: Session, customer: Customer, config: OperatorConfig, exclude: tuple[str, ...] = ()
+) -> ChannelChoice:
+    """The first channel in the operator's preference with a current grant and a valid contact,
+    among the channels whose provider is configured in this deployment."""
+    enabled = enabled_channels(environ())
+    consented_without_contact: SkipReason | None = None
+    for channel in config.contact.channels:
+        if channel in exclude or not current_consent(session, customer.id, channel):
+            continue
+        _, status = customer.contact_for(channel)
+        if status == ContactStatus.valid:
+            if channel not in enabled:
+                consented_without_contact = consented_without_contact or SkipReason.no_channel
+                continue
+            return ChannelChoice(channel, None)
+        if status == ContactStatus.invalid or consented_without_contact is None:
+            consented_without_contact = (
+                SkipReason.invalid_contact
+                if status == ContactStatus.invalid
+                else SkipReason.no_contact
+            )
+    return ChannelChoice(None, consented_without_contact or SkipReason.no_consent)
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    state: SurveyState
+    anchor_kind: str
+    anchor_at: datetime | None
+    anchor_deadline: datetime | None
+    delay: timedelta
+    rule_index: int | None
+    arm: str | None
+    timezone: str
+    due_at: datetime
+
+
+def compute_schedule(
+    order: Order, customer: Customer, channel: str, config: OperatorConfig, now: datetime
+) -> Schedule:
+    sched = config.schedule
+    assert order.purchased_at is not None
+    choice = timing.select_delay(
+        config,
+        category=order.category,
+        channel=channel,
+        country=order.country or customer.country,
+        sales_channel=order.sales_channel,
+    )
+    key = survey_key(order)
+    arm = timing.choose_arm(sched.arms, key)
+    delay = arm.delay if arm is not None else choice.delay
+    tz = timing.resolve_timezone(
+        customer.timezone, customer.phone, order.country or customer.country, sched.default_timezone
+    )
+    anchor = timing.effective_anchor(
+        sched.anchor,
+        purchased_at=order.purchased_at,
+        fulfilled_at=order.fulfilled_at,
+        delivered_at=order.delivered_at,
+        anchor_timeout=sched.anchor_timeout,
+        now=now,
+    )
+    common = {
+        "delay": delay,
+        "rule_index": choice.rule_index,
+        "arm": arm.name if arm is not None else None,
+        "timezone": tz.key,
+    }
+    if anchor.anchor_at is None:
+        assert anchor.waiting_until is not None
+        return Schedule(
+            state=S.waiting_anchor,
+            anchor_kind=sched.anchor,
+            anchor_at=None,
+            anchor_deadline=anchor.waiting_until,
+            due_at=anchor.waiting_until,  # when the scheduler looks again
+            **common,  # type: ignore[arg-type]
+        )
+    due = timing.plan_due_time(
+        anchor.anchor_at, delay, sched.jitter, key, tz, sched.quiet_hours, sched.send_days
+    )
+    return Schedule(
+        state=S.scheduled,
+        anchor_kind=anchor.kind_used,
+        anchor_at=anchor.anchor_at,
+        anchor_deadline=None,
+        due_at=due,
+        **common,  # type: ignore[arg-type]
+    )
+
+
+def _schedule_values(schedule: Schedule, config: OperatorConfig) -> dict[str, object]:
+    return {
+        "anchor_kind": schedule.anchor_kind,
+        "anchor_at": schedule.anchor_at,
+        "anchor_deadline": schedule.anchor_deadline,
+        "delay_seconds": int(schedule.delay.total_seconds()),
+        "rule_index": schedule.rule_index,
+        "arm": schedule.arm,
+        "timezone": schedule.timezone,
+        "due_at": schedule.due_at,
+        "config_version": config.version,
+    }
+
+
+def _within_frequency_cap(
+    session: Session, customer: Customer, order: Order, cap: timedelta
+) -> bool:
+    assert order.purchased_at is not None
+    if cap <= timedelta(0):
+        return False
+    hit = session.scalar(
+        select(Survey.id)
+        .join(Order, Order.id == Survey.order_id)
+        .where(
+            Survey.customer_id == customer.id,
+            Survey.state.not_in([s.value for s in _NOT_COUNTED_FOR_CAP]),
+            Order.purchased_at > order.purchased_at - cap,
+            Order.purchased_at < order.purchased_at + cap,
+        )
+        .limit(1)
+    )
+    return hit is not None
+
+
+def plan_purchase(
+    session: Session, order: Order, customer: Customer, config: OperatorConfig, now: datetime
+) -> str:
+    """Plan one survey for a purchase, or record why not. Returns a short outcome."""
+    contact = config.contact
+    reason: SkipReason | None = None
+    detail: str | None = None
+    if order.cancelled_at is not None:
+        reason, detail = SkipReason.cancelled, order.cancel_kind
+    elif order.is_test and contact.exclude.test_orders:
+        reason = SkipReason.excluded_test_order
+    elif order.total_amount is not None and order.total_amount < contact.exclude.min_total:
+        reason = SkipReason.excluded_min_total
+    if reason is None:
+        choice = choose_channel(session, customer, config)
+        reason = choice.skip
+    if reason is None and unit_hash(f"sample:{order.external_id}") >= contact.sample_rate:
+        reason = SkipReason.sampled_out
+    if reason is None and _within_frequency_cap(session, customer, order, contact.frequency_cap):
+        reason = SkipReason.frequency_cap
+    if reason is not None:
+        record_skip(session, order.id, reason, detail)
+        return f"skipped: {reason.value}"
+    assert choice.channel is not None
+    schedule = compute_schedule(order, customer, choice.channel, config, now)
+    survey = Survey(
+        order_id=order.id,
+        customer_id=customer.id,
+        channel=choice.channel,
+        state=schedule.state.value,
+        state_changed_at=now,
+        planned_at=now,
+        tried_channels=choice.channel,
+        **_schedule_values(schedule, config),
+    )
+    session.add(survey)
+    session.flush()
+    return f"planned: {choice.channel}, {schedule.state.value}"
+
+
+def skip_erased(session: Session, order: Order) -> None:
+    record_skip(session, order.id, SkipReason.erased)
+
+
+def _survey_of(session: Session, order: Order) -> Survey | None:
+    return session.scalar(select(Survey).where(Survey.order_id == order.id))
+
+
+def withdraw_order(session: Session, order: Order, reason: str, now: datetime) -> str:
+    survey = _survey_of(session, order)
+    if survey is None:
+        return "no survey yet" if order.purchased_at is None else "no survey"
+    moved = move(
+        session,
+        survey.id,
+        S.withdrawn,
+        reason=reason,
+        only_from=UNSENT_STATES,
+        now=now,
+        final_reason=reason,
+    )
+    return "survey withdrawn" if moved else f"survey already {survey.state}"
+
+
+def on_anchor_event(session: Session, order: Order, config: OperatorConfig, now: datetime) -> str:
+    """An anchor (fulfilled/delivered) arrived: a survey waiting for it gets its due time."""
+    survey = _survey_of(session, order)
+    if survey is None or survey.state not in PENDING_STATES:
+        return "anchor recorded"
+    return replan(session, survey, config, now)
+
+
+def replan(session: Session, survey: Survey, config: OperatorConfig, now: datetime) -> str:
+    """Recompute a pending survey's schedule under ``config`` (anchor, delay, quiet hours)."""
+    order = session.get(Order, survey.order_id)
+    customer = session.get(Customer, survey.customer_id)
+    assert order is not None and customer is not None
+    schedule = compute_schedule(order, customer, survey.channel, config, now)
+    moved = move(
+        session,
+        survey.id,
+        schedule.state,
+        reason="re-planned",
+        only_from=PENDING_STATES,
+        now=now,
+        **_schedule_values(schedule, config),
+    )
+    return f"re-planned: {schedule.state.value}" if moved else "not pending"
+
+
+def on_consent_revoked(
+    session: Session, customer: Customer, channel: str, config: OperatorConfig, now: datetime
+) -> str:
+    """Stop every unsent survey on ``channel``, or move it to another consented channel."""
+    if current_consent(session, customer.id, channel):
+        return "an earlier revocation: the later grant stands"
+    surveys = list(
+        session.scalars(
+            select(Survey).where(
+                Survey.customer_id == customer.id,
+                Survey.channel == channel,
+                Survey.state.in_([s.value for s in UNSENT_STATES]),
+            )
+        )
+    )
+    outcomes = []
+    for survey in surveys:
+        alternative = (
+            choose_channel(session, customer, config, exclude=(channel,))
+            if config.contact.fallback
+            else ChannelChoice(None, SkipReason.no_consent)
+        )
+        if alternative.channel is not None:
+            tried = f"{survey.tried_channels},{alternative.channel}"
+            # Back to scheduled on the other channel, keeping its due time.
+            move(
+                session,
+                survey.id,
+                S.waiting_anchor if survey.state == S.waiting_anchor else S.scheduled,
+                reason=f"{channel} consent revoked; moved to {alternative.channel}",
+                only_from=UNSENT_STATES,
+                now=now,
+                channel=alternative.channel,
+                tried_channels=tried,
+            )
+            outcomes.append(f"survey moved to {alternative.channel}")
+        else:
+            move(
+                session,
+                survey.id,
+                S.suppressed,
+                reason=f"{channel} consent revoked",
+                only_from=UNSENT_STATES,
+                now=now,
+                final_reason=f"{channel} consent revoked",
+            )
+            outcomes.append("survey suppressed")
+    return "; ".join(outcomes)

@@ -1,0 +1,2 @@
+"""How every process logs: one format, secrets and personal data redacted, request and message
+ids attached."""

@@ -1,0 +1,108 @@
+"""Planning on real databases: frequency cap, anchor time-out, re-planning after a config edit."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+
+from config import load_config
+from dispatch.scheduler import Scheduler
+from ingest.service import ingest_event
+from models import Order, SkippedPurchase, Survey
+from tests.conftest import Database
+from tests.factories import order_event, purchase
+
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+
+def surveys(db: Database) -> dict[str, Survey]:
+    with db.session() as s:
+        return {o: sv for sv, o in s.execute(select(Survey, Order.external_id).join(Order))}
+
+
+def test_frequency_cap_counts_across_channels(db: Database, config):
+    ingest_event(db.factory, purchase("F-1", consent={"email": True, "sms": True}), config, NOW)
+    later = purchase("F-2", at="2026-12-01T10:00:00Z", consent={"email": False, "sms": True})
+    ingest_event(db.factory, later, config, datetime(2026, 12, 1, 10, tzinfo=UTC))
+    outside = purchase("F-3", at="2027-03-15T10:00:00Z", consent={"sms": True})
+    ingest_event(db.factory, outside, config, datetime(2027, 3, 15, 10, tzinfo=UTC))
+    found = surveys(db)
+    assert found["F-1"].channel == "email"
+    assert "F-2" not in found
+    assert found["F-3"].channel == "sms"  # 115 days later: outside the 90-day cap
+    with db.session() as s:
+        assert s.scalars(select(SkippedPurchase.reason)).all() == ["frequency_cap"]
+
+
+def test_anchor_timeout_anchors_on_purchase_plus_timeout(db: Database, config):
+    ingest_event(db.factory, purchase("T-1", at="2026-11-15T10:00:00Z"), config, NOW)
+    survey = surveys(db)["T-1"]
+    assert survey.state == "waiting_anchor"
+    deadline = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)  # purchase + anchor_timeout (10d)
+    assert survey.due_at == deadline
+    Scheduler(db.factory, lambda _i: None).tick(config, deadline - timedelta(minutes=1))
+    assert surveys(db)["T-1"].state == "waiting_anchor"
+    Scheduler(db.factory, lambda _i: None).tick(config, deadline + timedelta(minutes=1))
+    survey = surveys(db)["T-1"]
+    assert (survey.state, survey.anchor_kind, survey.anchor_at) == (
+        "scheduled",
+        "timeout",
+        deadline,
+    )
+    assert survey.due_at >= deadline + config.schedule.delay
+
+
+def test_delivery_anchor_and_rule_delay(db: Database, tmp_path):
+    path = tmp_path / "rules.toml"
+    path.write_text(
+        '[schedule]\nanchor = "delivered"\ndelay = "3d"\njitter = "0s"\n'
+        'quiet_hours = { start = "00:00", end = "00:00" }\n'
+        'send_days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]\n'
+        '[[schedule.rules]]\nmatch = { category = "books" }\ndelay = "1d"\n'
+        '[[schedule.rules]]\nmatch = { category = ["books", "electronics"] }\ndelay = "7d"\n'
+    )
+    cfg = load_config(path)
+    ingest_event(db.factory, purchase("R-1", category="electronics"), cfg, NOW)
+    ingest_event(db.factory, purchase("R-2", customer_id="c-2", category="books"), cfg, NOW)
+    for order in ("R-1", "R-2"):
+        ingest_event(
+            db.factory, order_event("delivered", order, at="2026-11-21T10:00:00Z"), cfg, NOW
+        )
+    found = surveys(db)
+    delivered = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
+    assert (found["R-1"].rule_index, found["R-1"].due_at) == (1, delivered + timedelta(days=7))
+    assert (found["R-2"].rule_index, found["R-2"].due_at) == (0, delivered + timedelta(days=1))
+    assert found["R-1"].config_version == cfg.version
+
+
+def test_config_edit_replans_unsent_surveys_only(db: Database, tmp_path):
+    path = tmp_path / "nps.toml"
+    base = (
+        '[schedule]\nanchor = "purchase"\njitter = "0s"\n'
+        'quiet_hours = { start = "00:00", end = "00:00" }\n'
+        'send_days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]\n'
+    )
+    path.write_text(base + 'delay = "3d"\n')
+    old = load_config(path)
+    bought = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+    for i in range(3):
+        ingest_event(db.factory, purchase(f"C-{i}", customer_id=f"c-{i}", at=bought), old, NOW)
+    # C-0 becomes due and is queued under the old config; C-1 and C-2 are still pending.
+    with db.session() as s, s.begin():
+        first = s.scalar(select(Survey).join(Order).where(Order.external_id == "C-0"))
+        first.due_at = NOW
+    enqueued: list[int] = []
+    Scheduler(db.factory, enqueued.append).tick(old, NOW)
+    assert len(enqueued) == 1
+    path.write_text(base + 'delay = "10d"\n')
+    new = load_config(path)
+    assert new.version != old.version
+    report = Scheduler(db.factory, enqueued.append).tick(new, NOW)
+    assert report.replanned == 2
+    found = surveys(db)
+    assert found["C-0"].state == "queued" and found["C-0"].config_version == old.version
+    for order in ("C-1", "C-2"):
+        assert found[order].config_version == new.version
+        assert found[order].due_at == bought + timedelta(days=10)
+        assert found[order].delay_seconds == 10 * 86400
