@@ -1,4 +1,4 @@
-"""`nps-dispatch`: the command line of every process and operator task (CONTRACT §4)."""
+"""`nps-dispatch`: the command line of every process and operator task (listed in the README)."""
 
 from __future__ import annotations
 

@@ -263,7 +263,7 @@ class AnchorResolution:
 
 
 def anchor_after_timeout(purchased_at: datetime, anchor_timeout: timedelta) -> AnchorResolution:
-    """No anchor event in time: anchor on ``purchased_at + anchor_timeout`` (CONTRACT §2)."""
+    """No anchor event in time: anchor on ``purchased_at + anchor_timeout`` (operator config)."""
     _require_aware("purchased_at", purchased_at)
     at = purchased_at.astimezone(UTC) + anchor_timeout
     return AnchorResolution(anchor_at=at, kind_used="timeout", waiting_until=None)
