@@ -49,21 +49,29 @@ value, repeat buyer, ...). The steps:
 6. **Bounds** (Manski): the NPS over all invitees if every non-responder were a detractor
    (worst) or a promoter (best). They need no model and always contain the truth.
 
-Scores of non-responders are ignored. All work is vectorised over rows.
+Scores of non-responders are ignored. All work is vectorised over rows. The covariates and
+the balance live in :mod:`reports.stats.covariates`, the model fit in
+:mod:`reports.stats.propensity`; this module weighs, estimates and bounds.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from reports.stats.covariates import (
+    SMD_THRESHOLD,
+    CovariateBalance,
+    balance,
+    design,
+    parse_column,
+)
 from reports.stats.nps import DEFAULT_BANDS, Z95, NpsBands, json_float, json_pair
+from reports.stats.propensity import expit, fit_propensity
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
@@ -71,32 +79,9 @@ BoolArray = npt.NDArray[np.bool_]
 Covariates = Mapping[str, npt.ArrayLike | Sequence[str] | Sequence[float]]
 
 DEFAULT_PROPENSITY_FLOOR = 0.01
-SMD_THRESHOLD = 0.1
-RIDGE_ALPHA = 1e-4
-MAX_STANDARDISED_COEF = 30.0
-COLLINEAR_TOL = 1e-8
 
 
 # --------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True, slots=True)
-class CovariateBalance:
-    """Responders vs non-responders on one numeric column or one categorical level."""
-
-    covariate: str
-    smd: float
-    flagged: bool
-    smd_weighted: float
-
-    def to_dict(self) -> dict[str, object]:
-        """Keys: covariate, smd, flagged, smd_weighted (an infinite SMD becomes None)."""
-        return {
-            "covariate": self.covariate,
-            "smd": json_float(self.smd),
-            "flagged": self.flagged,
-            "smd_weighted": json_float(self.smd_weighted),
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,233 +143,6 @@ class AdjustedNps:
         }
 
 
-# --------------------------------------------------------------------------- covariates
-
-
-@dataclass(frozen=True, slots=True)
-class _Numeric:
-    name: str
-    values: FloatArray
-
-
-@dataclass(frozen=True, slots=True)
-class _Categorical:
-    name: str
-    levels: tuple[str, ...]
-    codes: IntArray
-
-
-def _parse_column(name: str, raw: object, n: int) -> _Numeric | _Categorical:
-    arr = np.asarray(raw)
-    if arr.ndim != 1 or arr.shape[0] != n:
-        raise ValueError(f"covariate {name!r} has shape {arr.shape}, expected ({n},)")
-    if arr.dtype.kind == "O":
-        if all(isinstance(x, str) for x in arr):
-            arr = arr.astype(str)
-        else:
-            try:
-                arr = arr.astype(np.float64)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(
-                    f"covariate {name!r} mixes strings with other values; encode missing "
-                    "categories as a level of their own (e.g. 'unknown')"
-                ) from exc
-    if arr.dtype.kind in "US":
-        levels, codes = np.unique(arr, return_inverse=True)
-        return _Categorical(name, tuple(str(x) for x in levels), codes.astype(np.intp))
-    if arr.dtype.kind in "biuf":
-        values = arr.astype(np.float64)
-        if not np.isfinite(values).all():
-            raise ValueError(f"covariate {name!r} has NaN or infinite values; impute them first")
-        return _Numeric(name, values)
-    raise TypeError(f"covariate {name!r} has unsupported dtype {arr.dtype}")
-
-
-def _smd(
-    mean_r: float, mean_nr: float, var_r: float, var_nr: float, mean_w: float, mean_all: float
-) -> tuple[float, float]:
-    denom = math.sqrt((var_r + var_nr) / 2)
-    if denom == 0:
-        diff, diff_w = mean_r - mean_nr, mean_w - mean_all
-        return (
-            0.0 if diff == 0 else math.copysign(math.inf, diff),
-            0.0 if diff_w == 0 else math.copysign(math.inf, diff_w),
-        )
-    return (mean_r - mean_nr) / denom, (mean_w - mean_all) / denom
-
-
-def _balance(
-    columns: Sequence[_Numeric | _Categorical], r: BoolArray, w: FloatArray, threshold: float
-) -> tuple[CovariateBalance, ...]:
-    """SMDs; ``w`` are the responders' weights (in row order of the responders)."""
-    out: list[CovariateBalance] = []
-    n_r, n_nr = int(r.sum()), int((~r).sum())
-    if n_r == 0 or n_nr == 0:
-        return ()
-    for col in columns:
-        if isinstance(col, _Numeric):
-            x_r, x_nr = col.values[r], col.values[~r]
-            pairs = [
-                (
-                    col.name,
-                    float(x_r.mean()),
-                    float(x_nr.mean()),
-                    float(x_r.var()),
-                    float(x_nr.var()),
-                    float(np.dot(w, x_r) / w.sum()),
-                    float(col.values.mean()),
-                )
-            ]
-        else:
-            k = len(col.levels)
-            p_r = np.bincount(col.codes[r], minlength=k) / n_r
-            p_nr = np.bincount(col.codes[~r], minlength=k) / n_nr
-            p_w = np.bincount(col.codes[r], weights=w, minlength=k) / w.sum()
-            p_all = np.bincount(col.codes, minlength=k) / r.size
-            pairs = [
-                (
-                    f"{col.name}={level}",
-                    float(p_r[j]),
-                    float(p_nr[j]),
-                    float(p_r[j] * (1 - p_r[j])),
-                    float(p_nr[j] * (1 - p_nr[j])),
-                    float(p_w[j]),
-                    float(p_all[j]),
-                )
-                for j, level in enumerate(col.levels)
-            ]
-        for label, m_r, m_nr, v_r, v_nr, m_w, m_all in pairs:
-            smd, smd_w = _smd(m_r, m_nr, v_r, v_nr, m_w, m_all)
-            out.append(CovariateBalance(label, smd, abs(smd) > threshold, smd_w))
-    return tuple(out)
-
-
-# --------------------------------------------------------------------------- design matrix
-
-
-def _design(
-    columns: Sequence[_Numeric | _Categorical], r: BoolArray, notes: list[str]
-) -> tuple[FloatArray, list[str]]:
-    """Standardised design matrix with a leading intercept column, and the column names."""
-    n = r.size
-    specs: list[tuple[str, _Numeric | _Categorical, int]] = []  # (label, column, level or -1)
-    for col in columns:
-        if isinstance(col, _Numeric):
-            if np.ptp(col.values) == 0:
-                notes.append(f"covariate {col.name!r} is constant; left out of the model")
-            else:
-                specs.append((col.name, col, -1))
-            continue
-        if len(col.levels) == 1:
-            notes.append(f"covariate {col.name!r} has a single level; left out of the model")
-            continue
-        total = np.bincount(col.codes, minlength=len(col.levels))
-        answered = np.bincount(col.codes[r], minlength=len(col.levels))
-        usable = [j for j in range(len(col.levels)) if 0 < answered[j] < total[j]]
-        degenerate = [col.levels[j] for j in range(len(col.levels)) if j not in usable]
-        if len(usable) < 2:
-            notes.append(
-                f"covariate {col.name!r}: fewer than two levels have both responders and "
-                "non-responders (perfect separation); left out of the model"
-            )
-            continue
-        reference = max(usable, key=lambda j: (total[j], -j))
-        if degenerate:
-            notes.append(
-                f"covariate {col.name!r}: levels {degenerate} have no responders or only "
-                f"responders (perfect separation); merged into reference level "
-                f"{col.levels[reference]!r}"
-            )
-        specs.extend((f"{col.name}={col.levels[j]}", col, j) for j in usable if j != reference)
-
-    x = np.empty((n, len(specs) + 1), order="F")
-    x[:, 0] = 1.0
-    for i, (_, col, level) in enumerate(specs, start=1):
-        if isinstance(col, _Numeric):
-            x[:, i] = col.values
-        else:
-            np.equal(col.codes, level, out=x[:, i], casting="unsafe")
-        mean = x[:, i].mean()
-        sd = x[:, i].std()
-        x[:, i] -= mean
-        x[:, i] /= sd
-    names = [label for label, _, _ in specs]
-
-    # Drop columns (almost) collinear with earlier ones: 1 - R^2 from the correlation matrix.
-    if len(specs) > 1:
-        corr = (x[:, 1:].T @ x[:, 1:]) / n
-        keep: list[int] = []
-        for j in range(len(specs)):
-            resid = corr[j, j]
-            if keep:
-                b = corr[keep, j]
-                resid -= float(b @ np.linalg.solve(corr[np.ix_(keep, keep)], b))
-            if resid > COLLINEAR_TOL:
-                keep.append(j)
-            else:
-                notes.append(f"model column {names[j]!r} is collinear with others; left out")
-        if len(keep) < len(specs):
-            x = x[:, [0, *(j + 1 for j in keep)]]
-            names = [names[j] for j in keep]
-    return x, names
-
-
-# --------------------------------------------------------------------------- fitting
-
-
-def _expit(eta: FloatArray) -> FloatArray:
-    out: FloatArray = 0.5 * (1.0 + np.tanh(0.5 * eta))
-    return out
-
-
-def _fit(x: FloatArray, y: FloatArray, notes: list[str]) -> tuple[FloatArray, FloatArray, str]:
-    """(params, penalty vector, fit kind) of the logistic propensity model."""
-    # Imported here: statsmodels (with scipy and pandas) takes seconds to import, and only the
-    # report needs it, not every process that imports this package.
-    import statsmodels.api as sm
-    from statsmodels.tools.sm_exceptions import (
-        ConvergenceWarning,
-        HessianInversionWarning,
-        PerfectSeparationError,
-        PerfectSeparationWarning,
-    )
-
-    zero = np.zeros(x.shape[1])
-    problem: str | None = None
-    params: Any = None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            # check_rank=False: _design already removed collinear columns (saves a QR of X).
-            res = sm.Logit(y, x, check_rank=False).fit(method="newton", maxiter=100, disp=0)
-            params = np.asarray(res.params, dtype=np.float64)
-            if not res.mle_retvals.get("converged", False):
-                problem = "the maximum-likelihood fit did not converge"
-        except (np.linalg.LinAlgError, PerfectSeparationError, ValueError) as exc:
-            problem = f"the maximum-likelihood fit failed ({exc.__class__.__name__}: {exc})"
-    bad = (PerfectSeparationWarning, ConvergenceWarning, HessianInversionWarning, RuntimeWarning)
-    messages = [str(w.message) for w in caught if issubclass(w.category, bad)]
-    if problem is None and messages:
-        problem = f"the maximum-likelihood fit warned ({messages[0]})"
-    if problem is None and not (
-        np.isfinite(params).all() and np.abs(params[1:]).max(initial=0) <= MAX_STANDARDISED_COEF
-    ):
-        problem = "the maximum-likelihood coefficients diverge (separation)"
-    if problem is None:
-        return np.asarray(params), zero, "logit"
-
-    alpha = np.full(x.shape[1], RIDGE_ALPHA)
-    alpha[0] = 0.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = sm.GLM(y, x, family=sm.families.Binomial()).fit_regularized(alpha=alpha, L1_wt=0.0)
-    notes.append(
-        f"propensity model: {problem}; refitted with a ridge penalty alpha={RIDGE_ALPHA:g} on "
-        "standardised coefficients (intercept unpenalised)"
-    )
-    return np.asarray(res.params, dtype=np.float64), alpha, "ridge"
-
-
 # --------------------------------------------------------------------------- estimator
 
 
@@ -419,7 +177,7 @@ def adjust_nps(
     v = bands.values(s[r])
     if np.isnan(v).any():
         raise ValueError("every responder needs a score inside an NPS band")
-    columns = [_parse_column(name, col, n) for name, col in covariates.items()]
+    columns = [parse_column(name, col, n) for name, col in covariates.items()]
 
     n_r = int(r.sum())
     n_nr = n - n_r
@@ -457,15 +215,15 @@ def adjust_nps(
         p = np.ones(n)
         fit = "none"
     else:
-        x, names = _design(columns, r, notes)
+        x, names = design(columns, r, notes)
         y = r.astype(np.float64)
         if x.shape[1] == 1:
             params = np.array([math.log(n_r / n_nr)])
             alpha = np.zeros(1)
             fit = "intercept"
         else:
-            params, alpha, fit = _fit(x, y, notes)
-        p = _expit(x @ params)
+            params, alpha, fit = fit_propensity(x, y, notes)
+        p = expit(x @ params)
 
     p_r = p[r]
     clipped = p_r < propensity_floor
@@ -503,7 +261,7 @@ def adjust_nps(
         n_eff=n_eff,
         n_respondents=n_r,
         n_invited=n,
-        smd=_balance(columns, r, w, smd_threshold),
+        smd=balance(columns, r, w, smd_threshold),
         bounds=bounds,
         warnings=tuple(notes),
         model_columns=tuple(names),
