@@ -93,7 +93,8 @@ class InProcessRateLimiter:
         interval = _interval(per_second)
         with self._lock:
             tat, decision = gcra(self._tat.get(channel), self._clock(), interval, 0.0, reserve=True)
-            assert tat is not None  # reserving always grants
+            if tat is None:  # reserving always grants: a broken gcra()
+                raise RuntimeError("a reserving GCRA step granted no slot")
             self._tat[channel] = tat
         if decision.wait > 0:
             self._sleep(decision.wait)

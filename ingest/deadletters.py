@@ -64,7 +64,8 @@ def replay_dead_letters(
                 result = ingest_event(factory, raw, config, now)
         with factory() as session, session.begin():
             row = session.get(DeadLetter, letter.id)
-            assert row is not None
+            if row is None:
+                raise LookupError(f"dead letter {letter.id} was deleted while it was replayed")
             row.replay_result = result.status
             if result.status in ("rejected", "conflict"):
                 # A failure on our side is described by its kind, not by the client's message.

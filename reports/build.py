@@ -505,7 +505,8 @@ def _build(
     segments: list[dict[str, Any]] = []
     if by is not None:
         tallies = group_tallies(grid, keys.index(by))
-        assert table.segment is not None
+        if table.segment is None:
+            raise RuntimeError(f"the covariates were fetched without the segment {by!r}")
         for key, t in tallies.items():
             mask = table.segment == key
             segments.append(segment_entry(key, t, adjust(table, bands, mask)))
