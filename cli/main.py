@@ -219,9 +219,8 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if not _require_broker(settings):
         return 2
-    from dispatch.scheduler import run_forever
     from wiring.runtime import get_runtime
-    from worker.scheduling import build_scheduler
+    from worker.scheduling import build_scheduler, run_forever
 
     runtime = get_runtime()
     runtime.config_holder.install_sighup_handler()

@@ -33,46 +33,22 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Final
 from urllib.parse import unquote
 
-from prometheus_client import Counter
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from channels.masking import mask_text
 from config import OperatorConfig
 from dispatch import planning, timing
+from dispatch.tick_report import STEP_FAILURES, STEPS, TickReport
 from models import Customer, InboundEvent, Order, Survey, SurveyState, current_consent, move, utcnow
 from models.lifecycle import AWAITING_FOLLOWUP_STATES, OPEN_STATES
 
 log = logging.getLogger(__name__)
 S = SurveyState
-
-STEPS: Final = (
-    "replan",
-    "anchor_timeouts",
-    "claim_due",
-    "requeue_stuck",
-    "reminders",
-    "close_windows",
-    "replay_webhooks",
-    "prune_payloads",
-    "settle",
-)
-"""The steps of a pass, in the order they run; the ``step`` label of the failure counter."""
-
-STEP_FAILURES: Final = Counter(
-    "nps_scheduler_step_failures",
-    "Scheduler steps that raised (for settle: surveys whose settling raised), by step",
-    ["step"],
-)
-for _step in STEPS:
-    STEP_FAILURES.labels(step=_step)  # every step is exposed, at zero until it fails
 
 # What a database error appends after its message quotes row values and bound parameters.
 _QUOTES_DATA = re.compile(
@@ -104,35 +80,6 @@ def _origin(exc: BaseException) -> str:
         tb = tb.tb_next
     code = tb.tb_frame.f_code
     return f"{os.path.basename(code.co_filename)}:{tb.tb_lineno} in {code.co_name}"
-
-
-@dataclass
-class TickReport:
-    replanned: int = 0
-    anchored: int = 0
-    queued: int = 0
-    deferred: int = 0
-    stopped: int = 0
-    requeued: int = 0
-    closed: int = 0  # windows closed: no_response and partial together
-    partials: int = 0  # of which answered surveys that ended partial
-    settled: int = 0
-    reminders: int = 0
-    pruned: int = 0
-    enqueued: list[int] = field(default_factory=list)
-    # Failures by step name (see STEPS); for settle, one per survey whose settling raised.
-    failures: dict[str, int] = field(default_factory=dict)
-
-    def total(self) -> int:
-        return (
-            self.replanned
-            + self.anchored
-            + self.queued
-            + self.deferred
-            + self.stopped
-            + self.requeued
-            + self.closed
-        )
 
 
 class Scheduler:
@@ -462,20 +409,3 @@ class Scheduler:
         # would mean rows left behind, and another round would only select them again.
         moved = len(unanswered) + len(partial)
         return len(ids) if moved == len(ids) else 0
-
-
-def run_forever(
-    scheduler: Scheduler,
-    config_source: Callable[[], OperatorConfig],
-    interval_seconds: float = 5.0,
-    should_stop: Callable[[], bool] = lambda: False,
-) -> None:
-    """The `nps-dispatch scheduler` loop: a pass, then a pause unless the pass was busy."""
-    while not should_stop():
-        try:
-            report = scheduler.tick(config_source())
-        except Exception:
-            log.exception("scheduler pass failed; retrying")
-            report = TickReport()
-        if report.total() == 0:
-            time.sleep(interval_seconds)

@@ -27,8 +27,9 @@ from channels.links import AnswerLinks
 from dispatch import responses
 from dispatch.ratelimit import InProcessRateLimiter
 from dispatch.responses import REPLAY_MAX_ATTEMPTS
-from dispatch.scheduler import STEPS, Scheduler, TickReport
+from dispatch.scheduler import Scheduler
 from dispatch.sending import Sender
+from dispatch.tick_report import STEPS, TickReport
 from models import InboundEvent, SurveyTransition
 from tests.conftest import NOW, Database
 from tests.dispatch.test_responses import PHONE, seed_survey, survey_of, twilio_status

@@ -13,7 +13,8 @@ import pytest
 from sqlalchemy import select
 
 from dispatch import responses
-from dispatch.scheduler import Scheduler, TickReport
+from dispatch.scheduler import Scheduler
+from dispatch.tick_report import TickReport
 from models import Answer, Survey, SurveyTransition
 from models.lifecycle import (
     DISPOSITION_OF,
