@@ -11,7 +11,6 @@ non-response-adjusted NPS of the report corrects it.
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import random
@@ -21,12 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
 from sqlalchemy import select
-from twilio.request_validator import RequestValidator
 
+from channels.sendgrid_email import fake as sendgrid_fake
+from channels.sendgrid_email.fake import SendGridSigner
+from channels.twilio_sms import fake as twilio_fake
+from channels.twilio_sms.fake import TwilioSigner
 from demo.simulation import SimulatedCustomer
 from models import Customer, Survey
 from wiring.runtime import Runtime
@@ -38,35 +38,26 @@ SHOP_NUMBER = "+15005550006"
 
 @dataclass
 class DemoSigner:
-    """Signs requests exactly as Twilio and SendGrid do, with demo-only keys."""
+    """Signs the demo's simulated provider requests as Twilio and SendGrid do, with demo-only
+    keys (the channels' own fakes)."""
 
     public_base_url: str
-    sendgrid_key: ec.EllipticCurvePrivateKey
+    twilio: TwilioSigner
+    sendgrid: SendGridSigner
 
     @classmethod
     def create(cls, public_base_url: str) -> DemoSigner:
-        return cls(public_base_url.rstrip("/"), ec.generate_private_key(ec.SECP256R1()))
+        return cls(public_base_url.rstrip("/"), TwilioSigner(DEMO_TWILIO_TOKEN), SendGridSigner())
 
     @property
     def sendgrid_public_key(self) -> str:
-        der = self.sendgrid_key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        return base64.b64encode(der).decode()
+        return self.sendgrid.public_key
 
     def twilio_headers(self, path: str, params: dict[str, str]) -> dict[str, str]:
-        url = f"{self.public_base_url}{path}"
-        signature = RequestValidator(DEMO_TWILIO_TOKEN).compute_signature(url, params)
-        return {"X-Twilio-Signature": signature}
+        return self.twilio.headers(f"{self.public_base_url}{path}", params)
 
     def sendgrid_headers(self, body: str) -> dict[str, str]:
-        timestamp = str(int(time.time()))
-        signature = self.sendgrid_key.sign((timestamp + body).encode(), ec.ECDSA(hashes.SHA256()))
-        return {
-            "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
-            "X-Twilio-Email-Event-Webhook-Timestamp": timestamp,
-            "Content-Type": "application/json",
-        }
+        return self.sendgrid.headers(body)
 
 
 def _score_for(customer: SimulatedCustomer, rng: random.Random) -> int:
@@ -148,13 +139,9 @@ def _sms_customer(
     happened: Counter[str],
 ) -> None:
     path = f"/webhooks/twilio/status?survey_id={survey_id}"
-    status = {
-        "MessageSid": message_id or f"SMdemo{survey_id}",
-        "MessageStatus": "delivered",
-        "To": phone,
-        "From": SHOP_NUMBER,
-        "AccountSid": "ACdemo",
-    }
+    status = twilio_fake.status_callback(
+        message_id or f"SMdemo{survey_id}", "delivered", to=phone, sender=SHOP_NUMBER
+    )
     client.post(path, data=status, headers=signer.twilio_headers(path, status))
     happened["sms delivered"] += 1
     if rng.random() < 0.04:
@@ -177,14 +164,7 @@ def _sms_customer(
 
 def _inbound(client: TestClient, signer: DemoSigner, phone: str, body: str, sid: str) -> None:
     path = "/webhooks/twilio/inbound"
-    params = {
-        "MessageSid": sid,
-        "From": phone,
-        "To": SHOP_NUMBER,
-        "Body": body,
-        "AccountSid": "ACdemo",
-        "NumSegments": "1",
-    }
+    params = twilio_fake.inbound_sms(sid, sender=phone, to=SHOP_NUMBER, body=body)
     client.post(path, data=params, headers=signer.twilio_headers(path, params))
 
 
@@ -198,28 +178,25 @@ def _email_customer(
     happened: Counter[str],
     events: list[dict[str, Any]],
 ) -> None:
-    base = {
-        "survey_id": str(survey_id),
-        "sg_message_id": f"{message_id}.demo",
-        "timestamp": int(time.time()),
-        "email": f"{customer.id}@example.com",
-    }
+    def event(kind: str, **extra: Any) -> dict[str, Any]:
+        return sendgrid_fake.event(
+            kind,
+            survey_id=survey_id,
+            message_id=f"{message_id}.demo",
+            email=f"{customer.id}@example.com",
+            event_id=f"demo-{kind}-{survey_id}",
+            timestamp=int(time.time()),
+            **extra,
+        )
+
     roll = rng.random()
     if roll < 0.04:
-        events.append(
-            {
-                **base,
-                "event": "bounce",
-                "type": "bounce",
-                "status": "5.1.1",
-                "sg_event_id": f"demo-bounce-{survey_id}",
-            }
-        )
+        events.append(event("bounce", type="bounce", status="5.1.1"))
         happened["email bounced"] += 1
         return
-    events.append({**base, "event": "delivered", "sg_event_id": f"demo-delivered-{survey_id}"})
+    events.append(event("delivered"))
     if roll < 0.06:
-        events.append({**base, "event": "spamreport", "sg_event_id": f"demo-spam-{survey_id}"})
+        events.append(event("spamreport"))
         happened["email spam report"] += 1
         return
     happened["email delivered"] += 1
