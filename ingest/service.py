@@ -25,7 +25,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import OperatorConfig
-from ingest import apply, outcome
+from ingest import apply, erasure, outcome
 from ingest.outcome import Outcome
 from ingest.schema import (
     ConsentEvent,
@@ -162,7 +162,7 @@ def _apply(session: Session, event: ShopEvent, ctx: apply.ApplyContext) -> str:
         return apply.apply_order_event(session, event, ctx)
     if isinstance(event, ConsentEvent):
         return apply.apply_consent_event(session, event, ctx)
-    return apply.apply_erasure(session, event, ctx)
+    return erasure.apply_erasure(session, event, ctx)
 
 
 def _repeated(session: Session, event: ShopEvent, digest: str) -> IngestResult:
@@ -316,7 +316,7 @@ def store_dead_letter(
     """
     event_id = event_id_of(raw)
     with factory() as session, session.begin():
-        subject, kept = apply.dead_letter_subject(session, raw)
+        subject, kept = erasure.dead_letter_subject(session, raw)
         if kept is not raw:
             error = f"{error}; personal data not kept: customer erased"
         try:

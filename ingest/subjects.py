@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import OperatorConfig
-from ingest.apply import rekey_legacy
+from ingest.erasure import rekey_legacy
 from ingest.service import IngestResult, ingest_event
 from models import (
     Answer,
@@ -204,7 +204,7 @@ def erase_customer(
 
 
 def rekey_legacy_pseudonyms(factory: sessionmaker[Session], pseudo: Pseudonymiser) -> int | None:
-    """Re-key the tombstones written before tombstones were keyed (``ingest.apply.rekey_legacy``),
+    """Re-key the tombstones written before tombstones were keyed (``ingest.erasure.rekey_legacy``),
     in batches, each in its own transaction. Returns how many values were re-keyed, or ``None``
     when the database failed (logged; the next process start retries). Callers run it only
     under ``NPS_SECRET_KEY``: a per-process key would orphan every tombstone it wrote. Until it

@@ -69,7 +69,7 @@ class ErasedSubject(Base):
     ``subject_hash`` is the keyed pseudonym of the shop's id (``models.privacy``): without
     ``NPS_SECRET_KEY`` it cannot be reversed by hashing candidate ids. Tombstones written before
     pseudonyms were keyed hold ``sha256:`` and the bare SHA-256 of the id until they are re-keyed
-    (``ingest.apply.rekey_legacy``)."""
+    (``ingest.erasure.rekey_legacy``)."""
 
     __tablename__ = "erased_subjects"
 

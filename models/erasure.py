@@ -7,10 +7,11 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from models.customers import ErasedSubject
+from models.inbound import InboundEvent
 from models.privacy import legacy_tombstone, pseudonymiser
 
 
@@ -42,4 +43,16 @@ def erased_at(session: Session, customer_external_id: str) -> datetime | None:
     keys = [subject_key(customer_external_id), legacy_tombstone(customer_external_id)]
     return session.scalar(
         select(func.max(ErasedSubject.erased_at)).where(ErasedSubject.subject_hash.in_(keys))
+    )
+
+
+def forget_subject(session: Session, subject: str) -> None:
+    """Unlink the ledger rows about a subject (by its keyed pseudonym): no payload, subject key,
+    survey or content digest stays; the event's id, type and result do, so a late copy of it is
+    still recognised. For erasure, and for a late event refused because of a tombstone."""
+    session.execute(
+        update(InboundEvent)
+        .where(InboundEvent.subject_key == subject)
+        .values(payload=None, subject_key=None, survey_id=None, fingerprint=None)
+        .execution_options(synchronize_session=False)
     )
