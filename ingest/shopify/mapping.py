@@ -42,15 +42,22 @@ from typing import Any, Final
 from config import OperatorConfig, ShopifyConfig
 from ingest.contacts import normalise_email, normalise_phone
 from ingest.platforms import (
+    Body,
     Delivery,
     Mapped,
     Redaction,
     Unmappable,
-    amount,
+    as_object,
+    given,
+    guest_by_email,
+    guest_by_phone,
     keyed,
+    line_items,
     numeric_id,
     text,
     timestamp,
+    total,
+    webhook_body,
 )
 
 __all__ = ["PLATFORM", "PURCHASE_TOPICS", "TOPICS", "handles", "map_webhook", "subject_of"]
@@ -88,8 +95,6 @@ _FAILED_FULFILMENT: Final = frozenset({"cancelled", "error", "failure"})
 _PURCHASE_ON_CREATE: Final = frozenset({"paid", "partially_paid", "authorized"})
 _CONSENT_FIELDS: Final = (("email", "email_marketing_consent"), ("sms", "sms_marketing_consent"))
 
-Body = Mapping[str, Any]
-
 
 def handles(topic: str, options: ShopifyConfig) -> bool:
     """Whether a topic is taken (an order topic only when it is a configured purchase topic)."""
@@ -98,28 +103,16 @@ def handles(topic: str, options: ShopifyConfig) -> bool:
     return topic in TOPICS
 
 
-def _object(value: object) -> Body:
-    return value if isinstance(value, Mapping) else {}
-
-
 GUEST_PREFIX: Final = "shopify-guest:"
-
-
-def _guest_by_email(email: str) -> str:
-    return f"{GUEST_PREFIX}{keyed('email:' + (normalise_email(email).value or email))}"
-
-
-def _guest_by_phone(phone: str) -> str:
-    return f"{GUEST_PREFIX}{keyed('phone:' + (normalise_phone(phone, None).value or phone))}"
 
 
 def _guest_id(body: Body, customer: Body) -> str | None:
     email = text(customer.get("email"), 320) or text(body.get("email"), 320)
     phone = text(customer.get("phone"), 40) or text(body.get("phone"), 40)
     if email:
-        return _guest_by_email(email)
+        return guest_by_email(GUEST_PREFIX, email)
     if phone:
-        return _guest_by_phone(phone)
+        return guest_by_phone(GUEST_PREFIX, phone)
     return None
 
 
@@ -132,16 +125,16 @@ def _customer_id(body: Body, customer: Body) -> str | None:
 
 def subject_of(delivery: Delivery) -> str | None:
     """The customer a delivery is about, for the raw row's subject key; never raises."""
-    body = _object(delivery.body)
+    body = as_object(delivery.body)
     try:
         if delivery.topic in PURCHASE_TOPICS:
-            return _customer_id(body, _object(body.get("customer")))
+            return _customer_id(body, as_object(body.get("customer")))
         if delivery.topic in ("customers/update", "customers_marketing_consent/update"):
             return numeric_id(body.get("id"), "id")
         if delivery.topic == "customers_email_marketing_consent/update":
             return numeric_id(body.get("customer_id"), "customer_id")
         if delivery.topic == "customers/data_request":
-            return numeric_id(_object(body.get("customer")).get("id"), "customer.id")
+            return numeric_id(as_object(body.get("customer")).get("id"), "customer.id")
         # customers/redact is keyed to no one: an erasure of the customer must not empty the
         # request while it waits to be applied (it names guest records and orders to erase
         # too); applied, it keeps no payload.
@@ -152,12 +145,8 @@ def subject_of(delivery: Delivery) -> str | None:
 
 def map_webhook(delivery: Delivery, config: OperatorConfig) -> Mapped:
     """The events of one delivery; raises :class:`Unmappable` with the reason."""
-    if not isinstance(delivery.body, Mapping):
-        raise Unmappable("the body is not a JSON object")
-    topic = _TOPIC_MAPPERS.get(delivery.topic)
-    if topic is None:
-        raise Unmappable(f"topic {delivery.topic!r} is not taken")
-    return topic(delivery, delivery.body, config.shopify)
+    body = webhook_body(delivery, _TOPIC_MAPPERS)
+    return _TOPIC_MAPPERS[delivery.topic](delivery, body, config.shopify)
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,7 +156,7 @@ def map_webhook(delivery: Delivery, config: OperatorConfig) -> Mapped:
 
 def _country(body: Body) -> str | None:
     for key in ("shipping_address", "billing_address"):
-        code = text(_object(body.get(key)).get("country_code"), 2)
+        code = text(as_object(body.get(key)).get("country_code"), 2)
         if code:
             return code
     return None
@@ -184,22 +173,6 @@ def _previous_orders(customer: Body) -> int | None:
     return None
 
 
-def _items(body: Body, options: ShopifyConfig) -> list[dict[str, Any]]:
-    items = []
-    for line in body.get("line_items") or ():
-        if not isinstance(line, Mapping):
-            continue
-        quantity = line.get("quantity")
-        item: dict[str, Any] = {
-            "sku": text(line.get("sku"), 64),
-            "category": text(line.get(options.category), 64),
-        }
-        if isinstance(quantity, int) and not isinstance(quantity, bool) and quantity >= 0:
-            item["quantity"] = quantity
-        items.append({k: v for k, v in item.items() if v is not None})
-    return items[:500]
-
-
 def _purchase(delivery: Delivery, body: Body, options: ShopifyConfig) -> Mapped:
     order_id = numeric_id(body.get("id"), "id")
     if delivery.topic == "orders/create":
@@ -207,7 +180,7 @@ def _purchase(delivery: Delivery, body: Body, options: ShopifyConfig) -> Mapped:
         if status not in _PURCHASE_ON_CREATE:
             said = status if isinstance(status, str) and status else "status missing"
             return Mapped(result=f"ignored: payment {said}"[:40])
-    customer = _object(body.get("customer"))
+    customer = as_object(body.get("customer"))
     customer_id = _customer_id(body, customer)
     if customer_id is None:
         raise Unmappable("the order names no customer, email address or phone number")
@@ -226,12 +199,9 @@ def _purchase(delivery: Delivery, body: Body, options: ShopifyConfig) -> Mapped:
         "event_id": f"shopify:order:{order_id}:purchase",
         "occurred_at": bought,
         "order_id": order_id,
-        "customer": {k: v for k, v in person.items() if v is not None},
-        "total": {
-            "amount": amount(body.get("total_price"), "total_price"),
-            "currency": text(body.get("currency"), 3) or "",
-        },
-        "items": _items(body, options),
+        "customer": given(person),
+        "total": total(body, "total_price"),
+        "items": line_items(body, options.category),
         "sales_channel": text(body.get("source_name"), 32),
         "test": body.get("test") is True,
     }
@@ -358,14 +328,14 @@ def _redact(delivery: Delivery, body: Body, options: ShopifyConfig) -> Mapped:
     address is keyed by its number), and, looked up when applied (:class:`Redaction`), any
     other guest record holding that address or number and the customers of the orders in
     ``orders_to_redact``. Each is erased by its own ``customer.erased``."""
-    customer = _object(body.get("customer"))
+    customer = as_object(body.get("customer"))
     registered = None
     if customer.get("id") is not None:
         registered = numeric_id(customer.get("id"), "customer.id")
     email = text(customer.get("email"), 320)
     phone = text(customer.get("phone"), 40)
-    guests = [_guest_by_email(email)] if email else []
-    guests += [_guest_by_phone(phone)] if phone else []
+    guests = [guest_by_email(GUEST_PREFIX, email)] if email else []
+    guests += [guest_by_phone(GUEST_PREFIX, phone)] if phone else []
     orders, unreadable = [], 0
     for order in body.get("orders_to_redact") or ():
         try:
@@ -399,8 +369,8 @@ def _redact(delivery: Delivery, body: Body, options: ShopifyConfig) -> Mapped:
 
 
 def _data_request(delivery: Delivery, body: Body, options: ShopifyConfig) -> Mapped:
-    numeric_id(_object(body.get("customer")).get("id"), "customer.id")
-    request = _object(body.get("data_request")).get("id")
+    numeric_id(as_object(body.get("customer")).get("id"), "customer.id")
+    request = as_object(body.get("data_request")).get("id")
     request_id = str(request) if isinstance(request, int | str) else "(no id)"
     notice = (
         f"ACTION shopify customers/data_request {request_id[:40]} from {delivery.shop} stored: "

@@ -28,33 +28,33 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from config import OperatorConfig, WooCommerceConfig
-from ingest.contacts import normalise_email, normalise_phone
 from ingest.platforms import (
+    Body,
     Delivery,
     Mapped,
     Unmappable,
-    amount,
-    keyed,
+    as_object,
+    given,
+    guest_by_email,
+    guest_by_phone,
+    line_items,
     numeric_id,
     text,
     timestamp,
+    total,
+    webhook_body,
 )
 
 __all__ = ["PLATFORM", "TOPICS", "handles", "map_webhook", "subject_of"]
 
 PLATFORM: Final = "woocommerce"
 TOPICS: Final = frozenset({"order.created", "order.updated"})
+GUEST_PREFIX: Final = "woocommerce-guest:"
 _TRUE: Final = frozenset({"yes", "1", "true", "on"})
-
-Body = Mapping[str, Any]
 
 
 def handles(topic: str) -> bool:
     return topic in TOPICS
-
-
-def _object(value: object) -> Body:
-    return value if isinstance(value, Mapping) else {}
 
 
 def _customer_id(body: Body) -> str:
@@ -63,21 +63,19 @@ def _customer_id(body: Body) -> str:
         return str(raw)
     if isinstance(raw, str) and raw.strip().isdigit() and int(raw) > 0:
         return str(int(raw))
-    billing = _object(body.get("billing"))
+    billing = as_object(body.get("billing"))
     email = text(billing.get("email"), 320)
     phone = text(billing.get("phone"), 40)
     if email:
-        return f"woocommerce-guest:{keyed('email:' + (normalise_email(email).value or email))}"
+        return guest_by_email(GUEST_PREFIX, email)
     if phone:
-        country = text(billing.get("country"), 2)
-        normal = normalise_phone(phone, country).value or phone
-        return f"woocommerce-guest:{keyed('phone:' + normal)}"
-    return f"woocommerce-guest:order:{numeric_id(body.get('id'), 'id')}"
+        return guest_by_phone(GUEST_PREFIX, phone, text(billing.get("country"), 2))
+    return f"{GUEST_PREFIX}order:{numeric_id(body.get('id'), 'id')}"
 
 
 def subject_of(delivery: Delivery) -> str | None:
     """The customer an order webhook is about, for the raw row's subject key; never raises."""
-    body = _object(delivery.body)
+    body = as_object(delivery.body)
     try:
         return _customer_id(body)
     except Unmappable:
@@ -86,11 +84,7 @@ def subject_of(delivery: Delivery) -> str | None:
 
 def map_webhook(delivery: Delivery, config: OperatorConfig) -> Mapped:
     """The events of one order webhook; raises :class:`Unmappable` with the reason."""
-    body = delivery.body
-    if not isinstance(body, Mapping):
-        raise Unmappable("the body is not a JSON object")
-    if delivery.topic not in TOPICS:
-        raise Unmappable(f"topic {delivery.topic!r} is not taken")
+    body = webhook_body(delivery, TOPICS)
     options = config.woocommerce
     order_id = numeric_id(body.get("id"), "id")
     status = body.get("status")
@@ -143,8 +137,8 @@ def _consent(body: Body, options: WooCommerceConfig, at: str) -> dict[str, Any] 
 
 
 def _purchase(body: Body, order_id: str, options: WooCommerceConfig) -> dict[str, Any]:
-    billing = _object(body.get("billing"))
-    shipping = _object(body.get("shipping"))
+    billing = as_object(body.get("billing"))
+    shipping = as_object(body.get("shipping"))
     bought = _when(body, "date_paid_gmt", "date_created_gmt")
     person = {
         "id": _customer_id(body),
@@ -153,28 +147,15 @@ def _purchase(body: Body, order_id: str, options: WooCommerceConfig) -> dict[str
         "first_name": text(billing.get("first_name"), 120),
         "country": text(shipping.get("country"), 2) or text(billing.get("country"), 2),
     }
-    items = []
-    for line in body.get("line_items") or ():
-        if not isinstance(line, Mapping):
-            continue
-        item: dict[str, Any] = {}
-        if sku := text(line.get("sku"), 64):
-            item["sku"] = sku
-        quantity = line.get("quantity")
-        if isinstance(quantity, int) and not isinstance(quantity, bool) and quantity >= 0:
-            item["quantity"] = quantity
-        items.append(item)
+    items = line_items(body)
     event: dict[str, Any] = {
         "type": "purchase.completed",
         "event_id": f"woocommerce:order:{order_id}:purchase",
         "occurred_at": bought,
         "order_id": order_id,
-        "customer": {k: v for k, v in person.items() if v is not None},
-        "total": {
-            "amount": amount(body.get("total"), "total"),
-            "currency": text(body.get("currency"), 3) or "",
-        },
-        "items": items[:500],
+        "customer": given(person),
+        "total": total(body, "total"),
+        "items": items,
         "sales_channel": text(body.get("created_via"), 32),
     }
     consent = _consent(body, options, bought)
