@@ -1,0 +1,46 @@
+"""Consent and erasure checks shared by the survey domain.
+
+:func:`customer_erased` / :func:`erased_customer` say whether a customer (or a survey's customer)
+is erased, read under a share lock of the customer row; :func:`subject_of` gives the keyed
+pseudonym stored on raw provider rows, which is where an erasure looks for them.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from models import Customer, Survey
+from models.erasure import subject_key
+
+__all__ = ["customer_erased", "erased_customer", "subject_of"]
+
+
+def customer_erased(session: Session, customer_id: int | None) -> bool:
+    """Whether the customer is erased (or missing), read under a share lock of their row.
+
+    The erasure takes that row ``FOR UPDATE`` before it empties the survey's and messages'
+    personal columns, so a writer holding this lock either sees the erasure, or commits first and
+    has its personal data emptied by it (SQLite has a single writer anyway)."""
+    if customer_id is None:
+        return True
+    row = session.execute(
+        select(Customer.id, Customer.erased_at)
+        .where(Customer.id == customer_id)
+        .with_for_update(read=True)
+    ).first()
+    return row is None or row.erased_at is not None
+
+
+def erased_customer(session: Session, survey_id: int) -> bool:
+    """Whether the survey's customer is erased (a missing survey counts as erased); see
+    :func:`customer_erased` for the lock."""
+    customer_id = session.scalar(select(Survey.customer_id).where(Survey.id == survey_id))
+    return customer_erased(session, customer_id)
+
+
+def subject_of(customer: Customer | None) -> str | None:
+    """The keyed pseudonym stored for a customer on raw rows (``None`` once erased)."""
+    if customer is None or customer.erased_at is not None:
+        return None
+    return subject_key(customer.external_id)

@@ -1,0 +1,171 @@
+"""Responses: what providers and customers tell us after an invitation, applied to surveys.
+
+Three inputs, one set of rules:
+
+- **Delivery events** (Twilio status callbacks, the SendGrid Event Webhook), already normalised to
+  :class:`~channels.base.DeliveryEvent` by the channel: :mod:`dispatch.responses.delivery`.
+- **Inbound SMS** (STOP/START/HELP, then the score, the follow-up comment, or one re-prompt):
+  :mod:`dispatch.responses.sms`.
+- **The answer page** (scores, comments, the unsubscribe link): :mod:`dispatch.responses.answers`.
+
+Webhooks are **stored, then processed** (:mod:`dispatch.responses.store`): :func:`ingest_webhooks`
+keeps each raw event once, then applies it; :func:`replay_unhandled_webhooks` (run from the
+scheduler) applies again what failed. This module routes a stored row to its rules
+(:func:`_apply_row`) and keeps every public name importable from ``dispatch.responses``. The
+rules are looked up here, by name, when a row is applied, so replacing one of them on this
+package (``apply_delivery_event``) replaces it for the stored-row path too.
+
+No phone number or email address is logged (``channels.masking``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from channels.sendgrid_email import webhooks as sendgrid_hooks
+from channels.twilio_sms import webhooks as twilio_hooks
+from config import OperatorConfig
+from dispatch.responses import store
+from dispatch.responses.answers import record_web_comment, record_web_score, unsubscribe_email
+from dispatch.responses.common import (
+    ANSWERABLE_STATES,
+    MAX_COMMENT,
+    SMS_REPLY_STATES,
+    Applied,
+    Handled,
+    RawWebhook,
+    ReplayReport,
+    SmsReply,
+    StoredWebhook,
+    WebAnswer,
+    can_answer,
+)
+from dispatch.responses.delivery import apply_delivery_event
+from dispatch.responses.sms import apply_inbound_sms
+from dispatch.responses.store import (
+    REPLAY_MAX_ATTEMPTS,
+    SOURCE_SENDGRID,
+    SOURCE_TWILIO_INBOUND,
+    SOURCE_TWILIO_STATUS,
+    WEBHOOK_SOURCES,
+    given_up_webhooks,
+    raw_sendgrid_events,
+    raw_twilio_inbound,
+    raw_twilio_status,
+    replay_pause,
+    store_webhooks,
+)
+from models import InboundEvent
+
+__all__ = [
+    "ANSWERABLE_STATES",
+    "MAX_COMMENT",
+    "REPLAY_MAX_ATTEMPTS",
+    "SMS_REPLY_STATES",
+    "SOURCE_SENDGRID",
+    "SOURCE_TWILIO_INBOUND",
+    "SOURCE_TWILIO_STATUS",
+    "WEBHOOK_SOURCES",
+    "Applied",
+    "Handled",
+    "RawWebhook",
+    "ReplayReport",
+    "SmsReply",
+    "StoredWebhook",
+    "WebAnswer",
+    "apply_delivery_event",
+    "apply_inbound_sms",
+    "can_answer",
+    "given_up_webhooks",
+    "handle_webhook",
+    "ingest_webhooks",
+    "raw_sendgrid_events",
+    "raw_twilio_inbound",
+    "raw_twilio_status",
+    "record_web_comment",
+    "record_web_score",
+    "replay_pause",
+    "replay_unhandled_webhooks",
+    "store_webhooks",
+    "unsubscribe_email",
+]
+
+
+def _form(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _apply_row(
+    session: Session, row: InboundEvent, config: OperatorConfig, now: datetime, *, live: bool
+) -> Applied:
+    payload = row.payload
+    if not isinstance(payload, dict):
+        return Applied("payload erased")
+    if row.source == SOURCE_TWILIO_STATUS:
+        query = str(payload.get("query") or "")
+        event = twilio_hooks.parse_status_callback(
+            _form(payload.get("form")),
+            twilio_hooks.survey_id_from_query(query),
+            received_at=row.received_at,
+        )
+        return apply_delivery_event(session, event, config, now)
+    if row.source == SOURCE_TWILIO_INBOUND:
+        sms = twilio_hooks.parse_inbound(_form(payload.get("form")))
+        return apply_inbound_sms(session, sms, config, now, live=live)
+    if row.source == SOURCE_SENDGRID:
+        [event] = sendgrid_hooks.parse_events(json.dumps([payload]).encode())
+        return apply_delivery_event(session, event, config, now)
+    return Applied(f"unknown source {row.source}")
+
+
+def _apply(
+    session: Session, row: InboundEvent, config: OperatorConfig, now: datetime, live: bool
+) -> Applied:
+    return _apply_row(session, row, config, now, live=live)
+
+
+def handle_webhook(
+    factory: sessionmaker[Session],
+    config: OperatorConfig,
+    row_id: int,
+    *,
+    now: datetime | None = None,
+    live: bool = True,
+    skip_locked: bool = False,
+) -> Handled:
+    """Apply one stored row, once (:func:`dispatch.responses.store.handle_webhook`)."""
+    return store.handle_webhook(
+        factory, config, row_id, _apply, now=now, live=live, skip_locked=skip_locked
+    )
+
+
+def ingest_webhooks(
+    factory: sessionmaker[Session],
+    config: OperatorConfig,
+    raws: Sequence[RawWebhook],
+    *,
+    now: datetime | None = None,
+) -> list[Handled]:
+    """Store, then process: what every webhook route calls after verifying the signature."""
+    return store.ingest_webhooks(factory, config, raws, _apply, now=now)
+
+
+def replay_unhandled_webhooks(
+    factory: sessionmaker[Session],
+    config: OperatorConfig,
+    *,
+    now: datetime | None = None,
+    older_than: timedelta = timedelta(minutes=1),
+    limit: int = 500,
+) -> ReplayReport:
+    """Apply stored webhooks not applied yet, once their back-off has passed
+    (:func:`dispatch.responses.store.replay_unhandled_webhooks`)."""
+    return store.replay_unhandled_webhooks(
+        factory, config, _apply, now=now, older_than=older_than, limit=limit
+    )

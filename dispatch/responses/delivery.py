@@ -1,0 +1,302 @@
+"""Delivery events (status callbacks, email events) applied to surveys and messages.
+
+An event is already normalised to :class:`~channels.base.DeliveryEvent` by its channel. The
+invitation's delivery state moves forward only (the channel's rank table decides; duplicates and
+late callbacks are no-ops), a failure report ends it ``undeliverable`` with the provider's code in
+``final_reason``, a callback that overtakes our own commit (``sending``) or settles a
+``send_unknown`` moves it to ``sent``/``delivered`` with the provider's message id. Unsubscribes
+and spam reports revoke email consent (and end an open invitation ``opted_out``); opens and
+clicks are engagement only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Final
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from channels.base import DeliveryEvent, DeliveryEventKind
+from channels.sendgrid_email import webhooks as sendgrid_hooks
+from channels.sendgrid_email.errors import PROVIDER as SENDGRID
+from channels.twilio_sms import webhooks as twilio_hooks
+from channels.twilio_sms.errors import PROVIDER as TWILIO
+from config import OperatorConfig
+from dispatch.consent import subject_of
+from dispatch.planning import on_consent_revoked
+from dispatch.responses.common import (
+    _UNCONFIRMED,
+    Applied,
+    K,
+    S,
+    _lock_survey,
+)
+from models import (
+    Customer,
+    MessageRecord,
+    Survey,
+    SurveyState,
+    move,
+)
+from models.customers import record_consent
+from models.lifecycle import OPEN_STATES
+
+log = logging.getLogger(__name__)
+_CHANNEL_OF_PROVIDER: Final[Mapping[str, str]] = {TWILIO: "sms", SENDGRID: "email"}
+
+#: Where a delivery event takes the invitation's survey (kinds not listed never move it).
+_DELIVERY_TARGET: Final[Mapping[DeliveryEventKind, SurveyState]] = {
+    K.queued: S.sent,
+    K.sent: S.sent,
+    K.deferred: S.sent,
+    K.delivered: S.delivered,
+    K.undeliverable: S.undeliverable,
+}
+
+_KIND_VALUES: Final = frozenset(k.value for k in K)
+
+# --------------------------------------------------------------------------------------------
+# Delivery events (Twilio status callbacks, SendGrid events)
+# --------------------------------------------------------------------------------------------
+
+
+def _survey_for_event(session: Session, event: DeliveryEvent) -> Survey | None:
+    if event.survey_id is not None:
+        survey = _lock_survey(session, event.survey_id)
+        if survey is not None:
+            return survey
+    if event.provider_message_id is None:
+        return None
+    survey_id = session.scalar(
+        select(Survey.id).where(Survey.provider_message_id == event.provider_message_id).limit(1)
+    ) or session.scalar(
+        select(MessageRecord.survey_id)
+        .where(
+            MessageRecord.provider_message_id == event.provider_message_id,
+            MessageRecord.provider == event.provider,
+        )
+        .limit(1)
+    )
+    return _lock_survey(session, survey_id) if survey_id is not None else None
+
+
+def _advances(channel: str, current: DeliveryEventKind | None, new: DeliveryEventKind) -> bool:
+    if channel == "sms":
+        return twilio_hooks.advances(current, new)
+    return sendgrid_hooks.advances(current, new)
+
+
+def _update_message_status(session: Session, event: DeliveryEvent, channel: str) -> None:
+    """The per-message delivery state on ``messages`` (invitations and reminders alike)."""
+    if event.provider_message_id is None:
+        return
+    record = session.scalar(
+        select(MessageRecord)
+        .where(
+            MessageRecord.provider_message_id == event.provider_message_id,
+            MessageRecord.provider == event.provider,
+        )
+        .order_by(MessageRecord.id.desc())
+        .limit(1)
+    )
+    if record is None:
+        return
+    current = K(record.status) if record.status in _KIND_VALUES else None
+    if _advances(channel, current, event.kind):
+        record.status = event.kind.value
+        if event.kind is K.undeliverable and event.error_code:
+            record.error = f"error {event.error_code}"[:200]
+
+
+def _concerns_invitation(survey: Survey, event: DeliveryEvent, channel: str) -> bool:
+    """The event is about the survey's invitation (not a reminder, nor a message on a channel
+    the survey has since left after a fallback)."""
+    if survey.channel != channel:
+        return False
+    if event.provider_message_id is None or survey.provider_message_id is None:
+        return True
+    return event.provider_message_id == survey.provider_message_id
+
+
+def _state_kind(state: SurveyState, channel: str) -> DeliveryEventKind | None:
+    if state == S.sent:
+        return K.sent if channel == "sms" else K.queued
+    if state == S.delivered:
+        return K.delivered
+    if state == S.undeliverable:
+        return K.undeliverable
+    return None
+
+
+def _raw_status(event: DeliveryEvent) -> str:
+    if event.provider == TWILIO:
+        value = event.raw.get("MessageStatus") or event.raw.get("SmsStatus")
+    else:
+        value = event.raw.get("event")
+        kind = event.raw.get("type")
+        if value == "bounce" and isinstance(kind, str) and kind in ("bounce", "blocked"):
+            value = f"bounce ({kind})"
+    return str(value)[:40] if value else event.kind.value
+
+
+def _failure_reason(event: DeliveryEvent) -> str:
+    reason = f"{event.provider} {_raw_status(event)}"
+    if event.error_code:
+        reason += f": error {event.error_code[:40]}"
+    if not event.permanent:
+        reason += " (may be transient)"
+    return reason
+
+
+def apply_delivery_event(
+    session: Session, event: DeliveryEvent, config: OperatorConfig, now: datetime
+) -> Applied:
+    """Apply one normalised provider event to its survey (see the module docstring)."""
+    channel = _CHANNEL_OF_PROVIDER.get(event.provider)
+    if channel is None:
+        return Applied(f"unknown provider {event.provider}"[:40])
+    survey = _survey_for_event(session, event)
+    if event.kind in (K.opted_out, K.spam_report, K.opted_in):
+        return _email_consent_event(session, survey, event, config, now)
+    if survey is None:
+        return Applied("no matching survey")
+    customer = session.get(Customer, survey.customer_id)
+    erased = customer is None or customer.erased_at is not None
+    subject = subject_of(customer)
+    survey_id = survey.id
+
+    def applied(result: str) -> Applied:
+        return Applied(result, survey_id, subject, erased=erased)
+
+    _update_message_status(session, event, channel)
+    if event.kind in (K.opened, K.clicked):
+        return applied(f"engagement: {event.kind.value}")
+    target = _DELIVERY_TARGET.get(event.kind)
+    if target is None:
+        return applied(f"ignored: {event.kind.value}")
+    if not _concerns_invitation(survey, event, channel):
+        return applied("another message of the survey")
+    state = SurveyState(survey.state)
+    values: dict[str, object] = {}
+    if state in _UNCONFIRMED:
+        # The provider has the message while our own commit is missing (or was lost).
+        reminder = config.survey.reminder
+        sent_at = survey.sent_at or event.occurred_at or now
+        values.update(
+            provider=event.provider,
+            sent_at=sent_at,
+            closes_at=survey.closes_at or sent_at + config.survey.response_window,
+        )
+        # Not for an erased customer: the provider's message id would tie their survey to the
+        # provider's copy of the message (their contact, the text), and no reminder goes out.
+        if not erased:
+            if survey.provider_message_id is None and event.provider_message_id is not None:
+                values["provider_message_id"] = event.provider_message_id
+            if survey.next_reminder_at is None and reminder.max > 0:
+                values["next_reminder_at"] = sent_at + reminder.after
+    else:
+        current = _state_kind(state, channel)
+        if current is None or target == state or not _advances(channel, current, event.kind):
+            return applied(f"no change: survey {state.value}")
+    if target == S.delivered:
+        values["delivered_at"] = event.occurred_at or now
+        if survey.final_reason is not None:
+            values["final_reason"] = None
+    elif target == S.undeliverable:
+        values["final_reason"] = _failure_reason(event)
+    moved = move(
+        session,
+        survey.id,
+        target,
+        reason=f"{event.provider} {_raw_status(event)}",
+        only_from=[state],
+        now=now,
+        **values,
+    )
+    if not moved:
+        return applied(f"no change: survey {state.value}")
+    log.info("survey %s: %s -> %s (%s)", survey.id, state.value, target.value, event.provider)
+    return applied(target.value)
+
+
+def _email_consent_event(
+    session: Session,
+    survey: Survey | None,
+    event: DeliveryEvent,
+    config: OperatorConfig,
+    now: datetime,
+) -> Applied:
+    """Unsubscribe / group unsubscribe / spam report revoke email consent (and end an open email
+    invitation ``opted_out``); a group resubscribe grants it again."""
+    granted = event.kind is K.opted_in
+    customers: list[Customer] = []
+    if survey is not None:
+        customer = session.get(Customer, survey.customer_id)
+        if customer is None or customer.erased_at is not None:
+            return _erased_consent_event(session, survey, event, granted, now)
+        customers = [customer]
+    else:
+        email = event.raw.get("email")
+        if isinstance(email, str) and email.strip():
+            customers = list(
+                session.scalars(
+                    select(Customer).where(func.lower(Customer.email) == email.strip().lower())
+                )
+            )
+    if not customers:
+        return Applied("consent event: no customer")
+    name = _raw_status(event)
+    for customer in customers:
+        record_consent(
+            session,
+            customer,
+            {"email": granted},
+            source=f"{event.provider}:{name}"[:120],
+            text_version=None,
+            captured_at=event.occurred_at or now,
+            evidence_kind="webhook",
+            evidence_ref=event.event_id,
+            recorded_at=now,
+        )
+        if not granted:
+            on_consent_revoked(session, customer, "email", config, now)
+    survey_id = survey.id if survey is not None else None
+    subject = subject_of(customers[0])
+    if granted:
+        return Applied("email consent granted", survey_id, subject)
+    if survey is not None and survey.channel == "email":
+        ended = move(
+            session,
+            survey.id,
+            S.opted_out,
+            reason=f"{event.provider} {name}",
+            only_from=OPEN_STATES,
+            now=now,
+            final_reason=f"{event.provider} {name}",
+        )
+        if ended:
+            return Applied("email consent revoked; opted out", survey_id, subject)
+    return Applied("email consent revoked", survey_id, subject)
+
+
+def _erased_consent_event(
+    session: Session, survey: Survey, event: DeliveryEvent, granted: bool, now: datetime
+) -> Applied:
+    """About an erased customer nothing new is recorded (consent evidence names the provider's
+    event); an unsubscribe still ends their open email invitation ``opted_out``, which is only
+    a count."""
+    if not granted and survey.channel == "email":
+        name = _raw_status(event)
+        move(
+            session,
+            survey.id,
+            S.opted_out,
+            reason=f"{event.provider} {name}",
+            only_from=OPEN_STATES,
+            now=now,
+            final_reason=f"{event.provider} {name}",
+        )
+    return Applied("customer erased", erased=True)

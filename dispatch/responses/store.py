@@ -1,0 +1,328 @@
+"""Raw provider webhooks: kept once, then applied once, replayed with back-off after a failure.
+
+The web layer verifies a webhook's signature and builds its :class:`RawWebhook` rows;
+:func:`store_webhooks` keeps each once per provider id (``inbound_events``, unique on source +
+external id) and commits; :func:`handle_webhook` applies one stored row in its own transaction,
+holding the row's lock, and stamps ``handled_at``. What applying a row means is the caller's
+``apply`` (the package routes each source to its rules). A failure while applying rolls back the
+effect (a savepoint), keeps the row with ``handled_at`` null and its (masked) error, and counts
+the attempt: :func:`replay_unhandled_webhooks` applies it again after :func:`replay_pause`, and
+stops after :data:`REPLAY_MAX_ATTEMPTS` failures, leaving the row and its error for an operator.
+
+Once applied, a raw row keeps its payload only when it is tied to a survey (``survey_id``) or a
+customer (``subject_key``), which is where erasure looks (:func:`_ties`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Final
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from channels.sendgrid_email import webhooks as sendgrid_hooks
+from channels.twilio_sms import webhooks as twilio_hooks
+from config import OperatorConfig
+from dispatch.responses.common import (
+    Applied,
+    Handled,
+    RawWebhook,
+    ReplayReport,
+    StoredWebhook,
+)
+from dispatch.scheduler import describe_error
+from models import (
+    InboundEvent,
+    utcnow,
+)
+from models.inbound import claim_inbound_event
+
+log = logging.getLogger(__name__)
+
+RowApplier = Callable[[Session, InboundEvent, OperatorConfig, datetime, bool], Applied]
+"""Applies one stored row's effect: ``(session, row, config, now, live)``."""
+SOURCE_TWILIO_STATUS: Final = "twilio_status"
+SOURCE_TWILIO_INBOUND: Final = "twilio_inbound"
+SOURCE_SENDGRID: Final = "sendgrid"
+WEBHOOK_SOURCES: Final = (SOURCE_TWILIO_STATUS, SOURCE_TWILIO_INBOUND, SOURCE_SENDGRID)
+
+REPLAY_FIRST_PAUSE: Final = timedelta(minutes=1)
+REPLAY_MAX_PAUSE: Final = timedelta(hours=6)
+REPLAY_MAX_ATTEMPTS: Final = 20
+"""A stored webhook whose application failed this many times is no longer replayed (about three
+days of back-off); it stays unapplied with its error, counted by ``nps_webhooks_given_up``."""
+
+
+# --------------------------------------------------------------------------------------------
+# Raw rows: building, storing, handling, replaying
+# --------------------------------------------------------------------------------------------
+
+
+def _external_id(value: str) -> str:
+    return value if len(value) <= 200 else "sha256:" + hashlib.sha256(value.encode()).hexdigest()
+
+
+def raw_twilio_status(form: Mapping[str, str], query_string: str) -> RawWebhook:
+    """A verified status callback as a raw row (raises ``WebhookPayloadError`` if malformed)."""
+    event = twilio_hooks.parse_status_callback(
+        form, twilio_hooks.survey_id_from_query(query_string)
+    )
+    return RawWebhook(
+        SOURCE_TWILIO_STATUS,
+        _external_id(event.event_id),
+        event.kind.value,
+        {"form": dict(form), "query": query_string},
+    )
+
+
+def raw_twilio_inbound(form: Mapping[str, str]) -> RawWebhook:
+    """A verified inbound SMS as a raw row (raises ``WebhookPayloadError`` if malformed)."""
+    sms = twilio_hooks.parse_inbound(form)
+    return RawWebhook(
+        SOURCE_TWILIO_INBOUND, _external_id(sms.message_sid), "inbound_sms", {"form": dict(form)}
+    )
+
+
+def raw_sendgrid_events(body: bytes) -> list[RawWebhook]:
+    """A verified Event Webhook body as raw rows, one per event, in body order."""
+    rows = []
+    for event in sendgrid_hooks.parse_events(body):
+        name = event.raw.get("event")
+        rows.append(
+            RawWebhook(
+                SOURCE_SENDGRID,
+                _external_id(event.event_id),
+                (name if isinstance(name, str) and name else event.kind.value)[:40],
+                dict(event.raw),
+            )
+        )
+    return rows
+
+
+def store_webhooks(
+    factory: sessionmaker[Session], raws: Sequence[RawWebhook]
+) -> list[StoredWebhook]:
+    """Keep each raw event once (one transaction, committed before anything is applied)."""
+    stored: list[StoredWebhook] = []
+    seen: set[int] = set()
+    with factory() as session, session.begin():
+        for raw in raws:
+            row_id = claim_inbound_event(
+                session,
+                source=raw.source,
+                external_id=raw.external_id,
+                event_type=raw.event_type[:40],
+                payload=raw.payload,
+            )
+            if row_id is not None:
+                stored.append(StoredWebhook(row_id, duplicate=False, pending=True))
+                seen.add(row_id)
+                continue
+            existing = session.execute(
+                select(InboundEvent.id, InboundEvent.handled_at).where(
+                    InboundEvent.source == raw.source,
+                    InboundEvent.external_id == raw.external_id,
+                )
+            ).one()
+            pending = existing.handled_at is None and existing.id not in seen
+            stored.append(StoredWebhook(existing.id, duplicate=True, pending=pending))
+            seen.add(existing.id)
+    return stored
+
+
+def replay_pause(attempts: int) -> timedelta:
+    """The pause after the ``attempts``-th failed application of a stored webhook: one minute,
+    doubling with each failure, at most :data:`REPLAY_MAX_PAUSE`."""
+    doublings = min(max(attempts - 1, 0), 16)  # 2**16 minutes is well past the cap already
+    pause: timedelta = REPLAY_FIRST_PAUSE * (2**doublings)
+    return min(pause, REPLAY_MAX_PAUSE)
+
+
+def handle_webhook(
+    factory: sessionmaker[Session],
+    config: OperatorConfig,
+    row_id: int,
+    apply: RowApplier,
+    *,
+    now: datetime | None = None,
+    live: bool = True,
+    skip_locked: bool = False,
+) -> Handled:
+    """Apply one stored row, once. ``live``: the HTTP request is still open, so an SMS reply
+    goes out as TwiML (a replay records the reply it could not send).
+
+    The row is locked for the whole attempt and its effect is applied inside a savepoint: a
+    failure rolls back every write of the effect, and the row records the failure (``attempts``,
+    ``retry_at``, the masked ``error``) in the same transaction, still locked, so a concurrent
+    replayer never sees a half-recorded attempt."""
+    now = now or utcnow()
+    failure: str | None = None
+    attempts = 0
+    try:
+        with factory() as session, session.begin():
+            row = session.scalar(
+                select(InboundEvent)
+                .where(InboundEvent.id == row_id, InboundEvent.handled_at.is_(None))
+                .with_for_update(skip_locked=skip_locked)
+            )
+            if row is None:
+                return Handled(row_id, "already")
+            attempts = (row.attempts or 0) + 1
+            try:
+                with session.begin_nested():
+                    applied = apply(session, row, config, now, live)
+                    session.execute(
+                        update(InboundEvent)
+                        .where(InboundEvent.id == row_id)
+                        .values(
+                            handled_at=now,
+                            result=applied.result[:40],
+                            error=None,
+                            retry_at=None,
+                            **_ties(applied),
+                        )
+                    )
+            except Exception as exc:  # the savepoint is rolled back: nothing of the effect stays
+                failure = describe_error(exc, limit=2000)
+                retry_at = now + replay_pause(attempts)
+                session.execute(
+                    update(InboundEvent)
+                    .where(InboundEvent.id == row_id)
+                    .values(attempts=attempts, retry_at=retry_at, error=failure)
+                )
+    except Exception as exc:  # the transaction itself failed: nothing could be recorded
+        log.warning(
+            "webhook row %s not applied, failure not recorded: %s",
+            row_id,
+            describe_error(exc),
+        )
+        return Handled(row_id, "failed")
+    if failure is not None:
+        _log_failed_attempt(row_id, attempts, failure)
+        return Handled(row_id, "failed")
+    return Handled(row_id, "applied", applied.result, applied.reply)
+
+
+def _ties(applied: Applied) -> dict[str, object]:
+    """What an applied raw row keeps: its payload only while it is tied to a survey or a
+    customer, which is where erasure looks for it. An event that matched no one (an SMS from an
+    unknown number, a SendGrid event for no survey) or that was about an erased customer keeps
+    the provider's event id, type and result, and no payload."""
+    if applied.erased:
+        return {"payload": None}
+    if applied.survey_id is None and applied.subject_key is None:
+        return {"payload": None}
+    ties: dict[str, object] = {}
+    if applied.survey_id is not None:
+        ties["survey_id"] = applied.survey_id
+    if applied.subject_key is not None:
+        ties["subject_key"] = applied.subject_key
+    return ties
+
+
+def _log_failed_attempt(row_id: int, attempts: int, failure: str) -> None:
+    if attempts >= REPLAY_MAX_ATTEMPTS:
+        log.error(
+            "ALERT webhook row %s: given up after %s failed attempts (kept, not replayed): %s",
+            row_id,
+            attempts,
+            failure[:300],
+        )
+    else:
+        log.warning(
+            "webhook row %s not applied (attempt %s; replayed in %s): %s",
+            row_id,
+            attempts,
+            replay_pause(attempts),
+            failure[:300],
+        )
+
+
+def ingest_webhooks(
+    factory: sessionmaker[Session],
+    config: OperatorConfig,
+    raws: Sequence[RawWebhook],
+    apply: RowApplier,
+    *,
+    now: datetime | None = None,
+) -> list[Handled]:
+    """Store, then process: what every webhook route calls after verifying the signature."""
+    results: list[Handled] = []
+    for item in store_webhooks(factory, raws):
+        if not item.pending:
+            results.append(Handled(item.row_id, "duplicate"))
+        else:
+            results.append(handle_webhook(factory, config, item.row_id, apply, now=now))
+    return results
+
+
+def replay_unhandled_webhooks(
+    factory: sessionmaker[Session],
+    config: OperatorConfig,
+    apply: RowApplier,
+    *,
+    now: datetime | None = None,
+    older_than: timedelta = timedelta(minutes=1),
+    limit: int = 500,
+) -> ReplayReport:
+    """Apply stored provider webhooks that are not applied yet (``handled_at`` null), in arrival
+    order: those whose application failed once their back-off has passed (``retry_at``), and
+    those never attempted (a process died between storing and applying). Rows younger than
+    ``older_than`` are left to the request that stored them; rows that failed
+    :data:`REPLAY_MAX_ATTEMPTS` times are left alone, with their error, for an operator.
+    Safe to run from several schedulers at once (rows are taken with ``SKIP LOCKED``)."""
+    now = now or utcnow()
+    report = ReplayReport()
+    with factory() as session:
+        ids = list(
+            session.scalars(
+                select(InboundEvent.id)
+                .where(
+                    InboundEvent.source.in_(WEBHOOK_SOURCES),
+                    InboundEvent.handled_at.is_(None),
+                    InboundEvent.received_at <= now - older_than,
+                    InboundEvent.attempts < REPLAY_MAX_ATTEMPTS,
+                    or_(InboundEvent.retry_at.is_(None), InboundEvent.retry_at <= now),
+                )
+                .order_by(InboundEvent.id)
+                .limit(limit)
+            )
+        )
+    for row_id in ids:
+        handled = handle_webhook(
+            factory, config, row_id, apply, now=now, live=False, skip_locked=True
+        )
+        if handled.status == "applied":
+            report.applied += 1
+        elif handled.status == "failed":
+            report.failed += 1
+        else:
+            report.skipped += 1
+    if report.applied or report.failed:
+        log.info(
+            "webhook replay: %s applied, %s failed, %s skipped",
+            report.applied,
+            report.failed,
+            report.skipped,
+        )
+    return report
+
+
+def given_up_webhooks(session: Session) -> int:
+    """Stored webhooks no longer replayed: :data:`REPLAY_MAX_ATTEMPTS` applications failed."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(InboundEvent)
+            .where(
+                InboundEvent.source.in_(WEBHOOK_SOURCES),
+                InboundEvent.handled_at.is_(None),
+                InboundEvent.attempts >= REPLAY_MAX_ATTEMPTS,
+            )
+        )
+        or 0
+    )
