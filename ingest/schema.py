@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+import types
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Optional, TypeVar, Union, cast
 
 from pydantic import (
     AfterValidator,
@@ -86,6 +86,9 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=True)
 
 
+_M = TypeVar("_M", bound=_Model)
+
+
 class CustomerIn(_Model):
     id: Id
     email: Annotated[str, StringConstraints(max_length=320)] | None = None
@@ -122,46 +125,6 @@ class ConsentIn(_Model):
 
     def channels(self) -> dict[str, bool]:
         return {ch: v for ch, v in (("email", self.email), ("sms", self.sms)) if v is not None}
-
-
-def _state_after(event_type: str, expected: bool) -> Callable[[bool], bool]:
-    """The check of a channel's value in a ``consent.granted`` (``true``) or ``consent.revoked``
-    (``false``) event: the other value contradicts the event type and is refused at its path."""
-    wanted, given = ("true", "false") if expected else ("false", "true")
-    verb = "grant" if expected else "revoke"
-
-    def check(value: bool) -> bool:
-        if value is not expected:
-            raise _rule(
-                "consent_contradicts_type",
-                f"{given} contradicts {event_type}: a channel's value is its consent after the "
-                f"event, so use {wanted} to {verb} it (or leave the channel out)",
-            )
-        return value
-
-    return check
-
-
-Granted = Annotated[
-    bool,
-    AfterValidator(_state_after("consent.granted", True)),
-    WithJsonSchema({"type": "boolean", "const": True, "description": "granted after the event"}),
-]
-Revoked = Annotated[
-    bool,
-    AfterValidator(_state_after("consent.revoked", False)),
-    WithJsonSchema({"type": "boolean", "const": False, "description": "revoked after the event"}),
-]
-
-
-class GrantIn(ConsentIn):
-    email: Granted | None = None
-    sms: Granted | None = None
-
-
-class RevokeIn(ConsentIn):
-    email: Revoked | None = None
-    sms: Revoked | None = None
 
 
 class MoneyIn(_Model):
@@ -291,34 +254,80 @@ class ConsentEvent(_EventBase):
         return value
 
 
-class ConsentGranted(ConsentEvent):
-    """Grants the channels given (each ``true``)."""
+def _model(name: str, base: type[_M], doc: str | None, **namespace: Any) -> type[_M]:
+    """A subclass of ``base`` named ``name`` (the name the OpenAPI document shows)."""
+    namespace.update(__module__=__name__, __qualname__=name, __doc__=doc)
+    return cast("type[_M]", types.new_class(name, (base,), {}, lambda ns: ns.update(namespace)))
 
-    model_config = _example(
-        type="consent.granted",
-        event_id="evt_01HXA2",
-        occurred_at="2026-11-21T08:00:00Z",
-        customer={"id": "c-42"},
-        consent={"sms": True, "source": "preference-center", "text_version": "2026-03"},
+
+def _consent_event(
+    name: str, doc: str, *, granted: bool, example: dict[str, Any]
+) -> type[ConsentEvent]:
+    """The model of ``consent.granted`` (``granted``: each channel given is ``true``) or
+    ``consent.revoked`` (each ``false``), with its consent evidence (``GrantIn``, ``RevokeIn``).
+    A channel's other value contradicts the event type and is refused at its path, so that a
+    ``true`` meant as "yes, revoke" can never be read either way."""
+    said, verb, wanted, other = (
+        ("granted", "grant", "true", "false") if granted else ("revoked", "revoke", "false", "true")
+    )
+    event_type = f"consent.{said}"
+
+    def after(value: bool) -> bool:
+        if value is not granted:
+            raise _rule(
+                "consent_contradicts_type",
+                f"{other} contradicts {event_type}: a channel's value is its consent after the "
+                f"event, so use {wanted} to {verb} it (or leave the channel out)",
+            )
+        return value
+
+    state = Annotated[
+        bool,
+        AfterValidator(after),
+        WithJsonSchema(
+            {"type": "boolean", "const": granted, "description": f"{said} after the event"}
+        ),
+    ]
+    channel = Optional[state]  # noqa: UP045 (a value, not an annotation)
+    evidence = _model(
+        "GrantIn" if granted else "RevokeIn",
+        ConsentIn,
+        None,
+        __annotations__={"email": channel, "sms": channel},
+        email=None,
+        sms=None,
+    )
+    return _model(
+        name,
+        ConsentEvent,
+        doc,
+        __annotations__={"type": Literal[event_type], "consent": evidence},
+        model_config=_example(type=event_type, **example),
     )
 
-    type: Literal["consent.granted"]
-    consent: GrantIn
 
-
-class ConsentRevoked(ConsentEvent):
-    """Revokes the channels given (each ``false``); every unsent survey on them stops."""
-
-    model_config = _example(
-        type="consent.revoked",
-        event_id="evt_01HXB7",
-        occurred_at="2026-11-22T19:12:00Z",
-        customer={"id": "c-42"},
-        consent={"email": False, "source": "preference-center"},
-    )
-
-    type: Literal["consent.revoked"]
-    consent: RevokeIn
+ConsentGranted = _consent_event(
+    "ConsentGranted",
+    "Grants the channels given (each ``true``).",
+    granted=True,
+    example={
+        "event_id": "evt_01HXA2",
+        "occurred_at": "2026-11-21T08:00:00Z",
+        "customer": {"id": "c-42"},
+        "consent": {"sms": True, "source": "preference-center", "text_version": "2026-03"},
+    },
+)
+ConsentRevoked = _consent_event(
+    "ConsentRevoked",
+    "Revokes the channels given (each ``false``); every unsent survey on them stops.",
+    granted=False,
+    example={
+        "event_id": "evt_01HXB7",
+        "occurred_at": "2026-11-22T19:12:00Z",
+        "customer": {"id": "c-42"},
+        "consent": {"email": False, "source": "preference-center"},
+    },
+)
 
 
 class CustomerErased(_EventBase):
@@ -335,10 +344,6 @@ class CustomerErased(_EventBase):
     customer: CustomerRef
 
 
-ShopEvent = Annotated[
-    PurchaseCompleted | OrderEvent | ConsentGranted | ConsentRevoked | CustomerErased,
-    Field(discriminator="type"),
-]
 EVENT_TYPES = (
     "purchase.completed",
     "order.fulfilled",
@@ -357,7 +362,10 @@ EVENT_MODELS: tuple[type[_EventBase], ...] = (
     CustomerErased,
 )
 
-_adapter: TypeAdapter[ShopEvent] = TypeAdapter(ShopEvent)
+ShopEvent = PurchaseCompleted | OrderEvent | ConsentEvent | CustomerErased
+# The models told apart by ``type`` (a type checker sees the built consent models as their base).
+_EVENT_UNION: Any = Annotated[Union[EVENT_MODELS], Field(discriminator="type")]  # noqa: UP007
+_adapter: TypeAdapter[ShopEvent] = TypeAdapter(_EVENT_UNION)
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,9 +394,7 @@ class EventRejected(ValueError):
         super().__init__("; ".join(self.lines))
 
 
-def parse_event(
-    raw: Any, *, now: datetime
-) -> PurchaseCompleted | OrderEvent | ConsentEvent | CustomerErased:
+def parse_event(raw: Any, *, now: datetime) -> ShopEvent:
     """Validate one raw event (a dict from JSON) received at ``now``, or raise
     :class:`EventRejected`."""
     if not isinstance(raw, dict):
