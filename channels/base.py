@@ -11,16 +11,21 @@ A channel sends an :class:`OutboundMessage` and hands back a :class:`SendReceipt
   key, so this is never retried: only the provider's own evidence (a status callback, an event,
   a :class:`MessageLookup`) settles it.
 
-Webhook parsers turn provider payloads into :class:`DeliveryEvent` objects. Nothing outside
-``channels/`` knows a provider's field names or error codes (the approach of django-anymail).
+Webhooks: a provider's route keeps each verified event as a :class:`RawWebhook`; a
+:class:`WebhookSource` (one per kind of provider webhook, listed in
+``channels/webhook_sources.py``) turns a stored raw payload back into a :class:`DeliveryEvent`
+or a :class:`ReceivedSms`. Nothing outside ``channels/`` knows a provider's field names or error
+codes (the approach of django-anymail).
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from config import ChannelName
 
@@ -36,9 +41,15 @@ __all__ = [
     "OutboundMessage",
     "OutcomeUnknownError",
     "PermanentSendError",
+    "RawWebhook",
+    "ReceivedSms",
+    "Reply",
+    "ReplyKind",
     "SendError",
     "SendReceipt",
     "TransientSendError",
+    "WebhookSource",
+    "webhook_id",
 ]
 
 
@@ -141,6 +152,80 @@ class DeliveryEvent:
     error_code: str | None = None
     permanent: bool = True
     raw: dict[str, object] = field(default_factory=dict)
+    status: str = ""  # the provider's own name for what happened (at most 40 characters)
+    recipient: str | None = None  # the email address the event names, when it names one
+
+
+class ReplyKind(enum.StrEnum):
+    score = "score"
+    opt_out = "opt_out"
+    opt_in = "opt_in"
+    help = "help"
+    text = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An interpreted SMS reply; ``score`` is set only for ``kind == score``."""
+
+    kind: ReplyKind
+    score: int | None = None
+    comment: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedSms:
+    """An SMS a customer sent us, normalised: ``reply`` is what it means (the channel read the
+    body and any opt-out verdict of the provider), ``body`` the text as sent."""
+
+    provider: str
+    message_id: str  # the provider's id: evidence for a consent change
+    from_number: str
+    body: str
+    reply: Reply
+
+
+@dataclass(frozen=True, slots=True)
+class RawWebhook:
+    """One provider event as stored: ``source`` names its :class:`WebhookSource`,
+    ``external_id`` is the provider's unique id for it (see :func:`webhook_id`)."""
+
+    source: str
+    external_id: str
+    event_type: str
+    payload: dict[str, Any]
+
+
+def webhook_id(value: str) -> str:
+    """A provider's event id as stored: kept when it fits (200 characters), else its hash."""
+    return value if len(value) <= 200 else "sha256:" + hashlib.sha256(value.encode()).hexdigest()
+
+
+class WebhookSource(Protocol):
+    """One kind of provider webhook, as stored: reads a stored raw payload back into a
+    normalised event, and says how that provider's delivery states are ordered."""
+
+    @property
+    def name(self) -> str:
+        """The ``source`` of its :class:`RawWebhook` rows."""
+        ...
+
+    @property
+    def provider(self) -> str: ...
+
+    @property
+    def channel(self) -> ChannelName: ...
+
+    def advances(self, current: DeliveryEventKind | None, new: DeliveryEventKind) -> bool:
+        """Whether ``new`` moves a message from delivery state ``current`` (``None``: none yet)."""
+        ...
+
+    def read(
+        self, payload: Mapping[str, Any], received_at: datetime | None
+    ) -> DeliveryEvent | ReceivedSms:
+        """A stored raw payload as a normalised event; raises ``WebhookPayloadError`` when it is
+        not what the provider sends."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

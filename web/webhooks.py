@@ -26,9 +26,15 @@ from fastapi.responses import JSONResponse, Response
 
 from channels.sendgrid_email.webhooks import SIGNATURE_HEADER as SENDGRID_SIGNATURE
 from channels.sendgrid_email.webhooks import TIMESTAMP_HEADER as SENDGRID_TIMESTAMP
-from channels.sendgrid_email.webhooks import verify_sendgrid_signature
+from channels.sendgrid_email.webhooks import raw_sendgrid_events, verify_sendgrid_signature
 from channels.twilio_sms.webhooks import SIGNATURE_HEADER as TWILIO_SIGNATURE
-from channels.twilio_sms.webhooks import public_url, twiml_message, verify_twilio_signature
+from channels.twilio_sms.webhooks import (
+    public_url,
+    raw_twilio_inbound,
+    raw_twilio_status,
+    twiml_message,
+    verify_twilio_signature,
+)
 from channels.webhook_errors import WebhookPayloadError
 from dispatch import responses
 from models import utcnow
@@ -102,7 +108,7 @@ async def twilio_status(request: Request) -> Response:
     runtime = runtime_of(request)
     query = request.scope.get("query_string", b"").decode("latin-1")
     try:
-        raw = responses.raw_twilio_status(dict(pairs), query)
+        raw = raw_twilio_status(dict(pairs), query)
     except WebhookPayloadError as exc:
         return _malformed(exc)
     results = await run_in_threadpool(
@@ -120,7 +126,7 @@ async def twilio_inbound(request: Request) -> Response:
         return _forbidden("twilio inbound")
     runtime = runtime_of(request)
     try:
-        raw = responses.raw_twilio_inbound(dict(pairs))
+        raw = raw_twilio_inbound(dict(pairs))
     except WebhookPayloadError as exc:
         return _malformed(exc)
     [handled] = await run_in_threadpool(
@@ -147,7 +153,7 @@ async def sendgrid_events(request: Request) -> Response:
     ):
         return _forbidden("sendgrid")
     try:
-        raws = responses.raw_sendgrid_events(body)
+        raws = raw_sendgrid_events(body)
     except WebhookPayloadError as exc:
         return _malformed(exc)
     results = await run_in_threadpool(

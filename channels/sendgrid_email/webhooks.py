@@ -2,8 +2,9 @@
 
 Pure functions: no database, no web framework. The caller (the web layer) reads the raw body
 *bytes* and the two headers, calls :func:`verify_sendgrid_signature` (on ``False``: 403, write
-nothing), then :func:`parse_events`, stores each raw event keyed by ``event_id`` (unique) and
-applies it idempotently; :data:`EMAIL_RANK` / :func:`advances` keep the delivery state from moving
+nothing), then :func:`raw_sendgrid_events` (parsed with :func:`parse_events`), stores each raw
+event keyed by ``event_id`` (unique) and applies it idempotently (:data:`EVENTS` reads a stored
+event back); :data:`EMAIL_RANK` / :func:`advances` keep the delivery state from moving
 backwards (SendGrid batches, duplicates and reorders events, and retries for 24 hours).
 
 Events carry the recipient's email address: ``raw`` keeps it for the store; never log it.
@@ -15,29 +16,35 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Final
+from typing import Any, Final
 
 from sendgrid.helpers.eventwebhook import EventWebhook
 
-from channels.base import DeliveryEvent, DeliveryEventKind
+from channels.base import ChannelName, DeliveryEvent, DeliveryEventKind, RawWebhook, webhook_id
 from channels.sendgrid_email.errors import PROVIDER
 from channels.webhook_errors import WebhookPayloadError
 
 __all__ = [
     "EMAIL_EVENT_KINDS",
     "EMAIL_RANK",
+    "EVENTS",
     "SIGNATURE_HEADER",
+    "SOURCE_EVENTS",
     "TIMESTAMP_HEADER",
     "advances",
     "normalise_public_key",
     "parse_events",
+    "raw_sendgrid_events",
     "verify_sendgrid_signature",
 ]
 
 SIGNATURE_HEADER: Final = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER: Final = "X-Twilio-Email-Event-Webhook-Timestamp"
+
+SOURCE_EVENTS: Final = "sendgrid"
 
 DEFAULT_MAX_AGE: Final = timedelta(minutes=10)
 
@@ -216,7 +223,27 @@ def _parse_event(event: dict[str, object]) -> DeliveryEvent:
         error_code=error_code,
         permanent=permanent,
         raw=event,
+        status=_status(event, kind),
+        recipient=_recipient(event.get("email")),
     )
+
+
+def _status(event: Mapping[str, object], kind: DeliveryEventKind) -> str:
+    """The event's name as SendGrid wrote it, a bounce with its ``type`` (``bounce`` or
+    ``blocked``: the address is bad, or only this mail was refused)."""
+    value = event.get("event")
+    bounce_type = event.get("type")
+    if value == "bounce" and isinstance(bounce_type, str) and bounce_type in ("bounce", "blocked"):
+        value = f"bounce ({bounce_type})"
+    return str(value)[:40] if value else kind.value
+
+
+def _recipient(value: object) -> str | None:
+    """The event's ``email`` (the recipient): consent events for no survey find the customer by
+    it."""
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    return None
 
 
 def parse_events(raw_body: bytes) -> list[DeliveryEvent]:
@@ -255,3 +282,41 @@ def parse_events(raw_body: bytes) -> list[DeliveryEvent]:
             )
         events.append(_parse_event(item))
     return events
+
+
+# --- stored rows ----------------------------------------------------------------------------------
+
+
+def raw_sendgrid_events(raw_body: bytes) -> list[RawWebhook]:
+    """A verified Event Webhook body as raw rows, one per event, in body order (each event's own
+    dict is its payload). Raises :class:`WebhookPayloadError` like :func:`parse_events`."""
+    rows = []
+    for event in parse_events(raw_body):
+        name = event.raw.get("event")
+        rows.append(
+            RawWebhook(
+                SOURCE_EVENTS,
+                webhook_id(event.event_id),
+                (name if isinstance(name, str) and name else event.kind.value)[:40],
+                dict(event.raw),
+            )
+        )
+    return rows
+
+
+@dataclass(frozen=True, slots=True)
+class _Events:
+    """Stored events (:func:`raw_sendgrid_events`) read back as delivery events."""
+
+    name: str = SOURCE_EVENTS
+    provider: str = PROVIDER
+    channel: ChannelName = ChannelName.email
+
+    def advances(self, current: DeliveryEventKind | None, new: DeliveryEventKind) -> bool:
+        return advances(current, new)
+
+    def read(self, payload: Mapping[str, Any], received_at: datetime | None) -> DeliveryEvent:
+        return _parse_event(dict(payload))
+
+
+EVENTS: Final = _Events()

@@ -32,12 +32,12 @@
 
 from __future__ import annotations
 
-import enum
 import re
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Final
+
+from channels.base import Reply, ReplyKind
 
 __all__ = [
     "KEYWORDS",
@@ -46,23 +46,6 @@ __all__ = [
     "ReplyKind",
     "interpret_reply",
 ]
-
-
-class ReplyKind(enum.StrEnum):
-    score = "score"
-    opt_out = "opt_out"
-    opt_in = "opt_in"
-    help = "help"
-    text = "text"
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """An interpreted SMS reply; ``score`` is set only for ``kind == score``."""
-
-    kind: ReplyKind
-    score: int | None = None
-    comment: str | None = None
 
 
 #: Twilio's opt-out keywords: Twilio itself blocks further messages to a number after one of

@@ -5,8 +5,10 @@ Pure functions: no database, no web framework. The caller (the web layer) does, 
 1. ``url = public_url(settings.public_base_url, request.url.path, request.url.query)`` and
    ``verify_twilio_signature(auth_token, url, form, request.headers.get("X-Twilio-Signature"))``;
    on ``False`` answer 403 and write nothing.
-2. Store the raw form keyed by the event id, then apply the parsed event idempotently:
-   :func:`parse_status_callback` (with :func:`survey_id_from_query`) or :func:`parse_inbound`.
+2. Store the raw form keyed by the event id (:func:`raw_twilio_status`,
+   :func:`raw_twilio_inbound`), then apply it idempotently: :data:`STATUS_CALLBACKS` and
+   :data:`INBOUND_SMS` read a stored row back (:func:`parse_status_callback` with
+   :func:`survey_id_from_query`, :func:`parse_inbound`).
 3. Answer inbound SMS with :func:`twiml_message`.
 
 Status callbacks arrive late, twice and out of order: :data:`SMS_RANK` / :func:`advances` say
@@ -20,33 +22,50 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 from urllib.parse import parse_qs
 
 from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
-from channels.base import DeliveryEvent, DeliveryEventKind
+from channels.base import (
+    ChannelName,
+    DeliveryEvent,
+    DeliveryEventKind,
+    RawWebhook,
+    ReceivedSms,
+    webhook_id,
+)
 from channels.twilio_sms.errors import PROVIDER
+from channels.twilio_sms.replies import interpret_reply
 from channels.webhook_errors import WebhookPayloadError
 
 __all__ = [
+    "INBOUND_SMS",
     "SIGNATURE_HEADER",
     "SMS_ERROR_PERMANENT",
     "SMS_RANK",
     "SMS_STATUS_KINDS",
+    "SOURCE_INBOUND",
+    "SOURCE_STATUS",
+    "STATUS_CALLBACKS",
     "InboundSms",
     "TwilioParams",
     "advances",
     "parse_inbound",
     "parse_status_callback",
     "public_url",
+    "raw_twilio_inbound",
+    "raw_twilio_status",
     "survey_id_from_query",
     "twiml_message",
     "verify_twilio_signature",
 ]
 
 SIGNATURE_HEADER: Final = "X-Twilio-Signature"
+
+SOURCE_STATUS: Final = "twilio_status"
+SOURCE_INBOUND: Final = "twilio_inbound"
 
 #: A received form: a mapping (one value per name) or every (name, value) pair in order.
 #: Multi-dicts with ``multi_items()`` (Starlette's ``FormData``) keep repeated names.
@@ -222,6 +241,8 @@ def parse_status_callback(
     permanent = True
     if kind is DeliveryEventKind.undeliverable:
         permanent = SMS_ERROR_PERMANENT.get(error_code, False) if error_code else False
+    # The status as Twilio wrote it (for reasons and history), from the raw field.
+    label = form.get("MessageStatus") or form.get("SmsStatus")
     return DeliveryEvent(
         provider=PROVIDER,
         event_id=f"{sid}:{status}",
@@ -232,6 +253,7 @@ def parse_status_callback(
         error_code=error_code,
         permanent=permanent,
         raw=dict(form),
+        status=str(label)[:40] if label else kind.value,
     )
 
 
@@ -274,3 +296,79 @@ def twiml_message(text: str | None) -> str:
     if text:
         response.message(text)
     return str(response)
+
+
+# --- stored rows ----------------------------------------------------------------------------------
+
+
+def raw_twilio_status(form: Mapping[str, str], query_string: str) -> RawWebhook:
+    """A verified status callback as a raw row: the form and our StatusCallback URL's query
+    (which carries the survey id). Raises :class:`WebhookPayloadError` if malformed."""
+    event = parse_status_callback(form, survey_id_from_query(query_string))
+    return RawWebhook(
+        SOURCE_STATUS,
+        webhook_id(event.event_id),
+        event.kind.value,
+        {"form": dict(form), "query": query_string},
+    )
+
+
+def raw_twilio_inbound(form: Mapping[str, str]) -> RawWebhook:
+    """A verified inbound SMS as a raw row (raises :class:`WebhookPayloadError` if malformed)."""
+    sms = parse_inbound(form)
+    return RawWebhook(
+        SOURCE_INBOUND, webhook_id(sms.message_sid), "inbound_sms", {"form": dict(form)}
+    )
+
+
+def _stored_form(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class _StatusCallbacks:
+    """Stored status callbacks (:func:`raw_twilio_status`) read back as delivery events."""
+
+    name: str = SOURCE_STATUS
+    provider: str = PROVIDER
+    channel: ChannelName = ChannelName.sms
+
+    def advances(self, current: DeliveryEventKind | None, new: DeliveryEventKind) -> bool:
+        return advances(current, new)
+
+    def read(self, payload: Mapping[str, Any], received_at: datetime | None) -> DeliveryEvent:
+        query = str(payload.get("query") or "")
+        return parse_status_callback(
+            _stored_form(payload.get("form")),
+            survey_id_from_query(query),
+            received_at=received_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _InboundSms:
+    """Stored inbound SMS (:func:`raw_twilio_inbound`) read back, their meaning interpreted
+    (Twilio's Advanced Opt-Out verdict first, see :func:`interpret_reply`)."""
+
+    name: str = SOURCE_INBOUND
+    provider: str = PROVIDER
+    channel: ChannelName = ChannelName.sms
+
+    def advances(self, current: DeliveryEventKind | None, new: DeliveryEventKind) -> bool:
+        return advances(current, new)
+
+    def read(self, payload: Mapping[str, Any], received_at: datetime | None) -> ReceivedSms:
+        sms = parse_inbound(_stored_form(payload.get("form")))
+        return ReceivedSms(
+            provider=PROVIDER,
+            message_id=sms.message_sid,
+            from_number=sms.from_number,
+            body=sms.body,
+            reply=interpret_reply(sms.body, sms.opt_out_type),
+        )
+
+
+STATUS_CALLBACKS: Final = _StatusCallbacks()
+INBOUND_SMS: Final = _InboundSms()

@@ -11,23 +11,30 @@ Three inputs, one set of rules:
 Webhooks are **stored, then processed** (:mod:`dispatch.responses.store`): :func:`ingest_webhooks`
 keeps each raw event once, then applies it; :func:`replay_unhandled_webhooks` (run from the
 scheduler) applies again what failed. This module routes a stored row to its rules
-(:func:`_apply_row`) and keeps every public name importable from ``dispatch.responses``. The
-rules are looked up here, by name, when a row is applied, so replacing one of them on this
-package (``apply_delivery_event``) replaces it for the stored-row path too.
+(:func:`_apply_row`): the row's source (``channels.webhook_sources``) reads it back as a
+normalised :class:`~channels.base.DeliveryEvent` or :class:`~channels.base.ReceivedSms`; nothing
+here knows a provider's field names. The rules are looked up here, by name, when a row is
+applied, so replacing one of them on this package (``apply_delivery_event``) replaces it for the
+stored-row path too.
+
+Every public name stays importable from ``dispatch.responses``; ``raw_twilio_status``,
+``raw_twilio_inbound`` and ``raw_sendgrid_events`` (which build a provider's raw rows) live in
+their channel and are offered here too, for callers that import them from here.
 
 No phone number or email address is logged (``channels.masking``).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from channels.sendgrid_email import webhooks as sendgrid_hooks
-from channels.twilio_sms import webhooks as twilio_hooks
+from channels.base import RawWebhook, ReceivedSms
+from channels.sendgrid_email.webhooks import raw_sendgrid_events
+from channels.twilio_sms.webhooks import raw_twilio_inbound, raw_twilio_status
+from channels.webhook_sources import WEBHOOK_SOURCES as SOURCES
 from config import OperatorConfig
 from dispatch.responses import store
 from dispatch.responses.answers import record_web_comment, record_web_score, unsubscribe_email
@@ -37,7 +44,6 @@ from dispatch.responses.common import (
     SMS_REPLY_STATES,
     Applied,
     Handled,
-    RawWebhook,
     ReplayReport,
     SmsReply,
     StoredWebhook,
@@ -48,14 +54,8 @@ from dispatch.responses.delivery import apply_delivery_event
 from dispatch.responses.sms import apply_inbound_sms
 from dispatch.responses.store import (
     REPLAY_MAX_ATTEMPTS,
-    SOURCE_SENDGRID,
-    SOURCE_TWILIO_INBOUND,
-    SOURCE_TWILIO_STATUS,
     WEBHOOK_SOURCES,
     given_up_webhooks,
-    raw_sendgrid_events,
-    raw_twilio_inbound,
-    raw_twilio_status,
     replay_pause,
     store_webhooks,
 )
@@ -66,9 +66,6 @@ __all__ = [
     "MAX_COMMENT",
     "REPLAY_MAX_ATTEMPTS",
     "SMS_REPLY_STATES",
-    "SOURCE_SENDGRID",
-    "SOURCE_TWILIO_INBOUND",
-    "SOURCE_TWILIO_STATUS",
     "WEBHOOK_SOURCES",
     "Applied",
     "Handled",
@@ -95,33 +92,20 @@ __all__ = [
 ]
 
 
-def _form(value: object) -> dict[str, str]:
-    if not isinstance(value, dict):
-        return {}
-    return {str(k): str(v) for k, v in value.items()}
-
-
 def _apply_row(
     session: Session, row: InboundEvent, config: OperatorConfig, now: datetime, *, live: bool
 ) -> Applied:
+    """Read a stored row back through its source's channel, then apply it."""
     payload = row.payload
     if not isinstance(payload, dict):
         return Applied("payload erased")
-    if row.source == SOURCE_TWILIO_STATUS:
-        query = str(payload.get("query") or "")
-        event = twilio_hooks.parse_status_callback(
-            _form(payload.get("form")),
-            twilio_hooks.survey_id_from_query(query),
-            received_at=row.received_at,
-        )
-        return apply_delivery_event(session, event, config, now)
-    if row.source == SOURCE_TWILIO_INBOUND:
-        sms = twilio_hooks.parse_inbound(_form(payload.get("form")))
-        return apply_inbound_sms(session, sms, config, now, live=live)
-    if row.source == SOURCE_SENDGRID:
-        [event] = sendgrid_hooks.parse_events(json.dumps([payload]).encode())
-        return apply_delivery_event(session, event, config, now)
-    return Applied(f"unknown source {row.source}")
+    source = SOURCES.get(row.source)
+    if source is None:
+        return Applied(f"unknown source {row.source}")
+    event = source.read(payload, row.received_at)
+    if isinstance(event, ReceivedSms):
+        return apply_inbound_sms(session, event, config, now, live=live)
+    return apply_delivery_event(session, event, config, now)
 
 
 def _apply(

@@ -11,7 +11,7 @@ import logging
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -52,16 +52,6 @@ ANSWERABLE_STATES: Final = frozenset(
 # --------------------------------------------------------------------------------------------
 # Small values
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RawWebhook:
-    """One provider event as stored: ``external_id`` is the provider's unique id for it."""
-
-    source: str
-    external_id: str
-    event_type: str
-    payload: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

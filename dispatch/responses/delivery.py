@@ -19,11 +19,8 @@ from typing import Final
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from channels.base import DeliveryEvent, DeliveryEventKind
-from channels.sendgrid_email import webhooks as sendgrid_hooks
-from channels.sendgrid_email.errors import PROVIDER as SENDGRID
-from channels.twilio_sms import webhooks as twilio_hooks
-from channels.twilio_sms.errors import PROVIDER as TWILIO
+from channels.base import DeliveryEvent, DeliveryEventKind, WebhookSource
+from channels.webhook_sources import delivery_rules
 from config import OperatorConfig
 from dispatch.consent import subject_of
 from dispatch.planning import on_consent_revoked
@@ -45,7 +42,6 @@ from models.customers import record_consent
 from models.lifecycle import OPEN_STATES
 
 log = logging.getLogger(__name__)
-_CHANNEL_OF_PROVIDER: Final[Mapping[str, str]] = {TWILIO: "sms", SENDGRID: "email"}
 
 #: Where a delivery event takes the invitation's survey (kinds not listed never move it).
 _DELIVERY_TARGET: Final[Mapping[DeliveryEventKind, SurveyState]] = {
@@ -59,7 +55,7 @@ _DELIVERY_TARGET: Final[Mapping[DeliveryEventKind, SurveyState]] = {
 _KIND_VALUES: Final = frozenset(k.value for k in K)
 
 # --------------------------------------------------------------------------------------------
-# Delivery events (Twilio status callbacks, SendGrid events)
+# Delivery events (SMS status callbacks, email events)
 # --------------------------------------------------------------------------------------------
 
 
@@ -83,13 +79,7 @@ def _survey_for_event(session: Session, event: DeliveryEvent) -> Survey | None:
     return _lock_survey(session, survey_id) if survey_id is not None else None
 
 
-def _advances(channel: str, current: DeliveryEventKind | None, new: DeliveryEventKind) -> bool:
-    if channel == "sms":
-        return twilio_hooks.advances(current, new)
-    return sendgrid_hooks.advances(current, new)
-
-
-def _update_message_status(session: Session, event: DeliveryEvent, channel: str) -> None:
+def _update_message_status(session: Session, event: DeliveryEvent, rules: WebhookSource) -> None:
     """The per-message delivery state on ``messages`` (invitations and reminders alike)."""
     if event.provider_message_id is None:
         return
@@ -105,7 +95,7 @@ def _update_message_status(session: Session, event: DeliveryEvent, channel: str)
     if record is None:
         return
     current = K(record.status) if record.status in _KIND_VALUES else None
-    if _advances(channel, current, event.kind):
+    if rules.advances(current, event.kind):
         record.status = event.kind.value
         if event.kind is K.undeliverable and event.error_code:
             record.error = f"error {event.error_code}"[:200]
@@ -132,14 +122,8 @@ def _state_kind(state: SurveyState, channel: str) -> DeliveryEventKind | None:
 
 
 def _raw_status(event: DeliveryEvent) -> str:
-    if event.provider == TWILIO:
-        value = event.raw.get("MessageStatus") or event.raw.get("SmsStatus")
-    else:
-        value = event.raw.get("event")
-        kind = event.raw.get("type")
-        if value == "bounce" and isinstance(kind, str) and kind in ("bounce", "blocked"):
-            value = f"bounce ({kind})"
-    return str(value)[:40] if value else event.kind.value
+    """The provider's own name for the event (its channel wrote it), for reasons."""
+    return event.status[:40] or event.kind.value
 
 
 def _failure_reason(event: DeliveryEvent) -> str:
@@ -155,8 +139,8 @@ def apply_delivery_event(
     session: Session, event: DeliveryEvent, config: OperatorConfig, now: datetime
 ) -> Applied:
     """Apply one normalised provider event to its survey (see the module docstring)."""
-    channel = _CHANNEL_OF_PROVIDER.get(event.provider)
-    if channel is None:
+    rules = delivery_rules(event.provider)
+    if rules is None:
         return Applied(f"unknown provider {event.provider}"[:40])
     survey = _survey_for_event(session, event)
     if event.kind in (K.opted_out, K.spam_report, K.opted_in):
@@ -171,7 +155,8 @@ def apply_delivery_event(
     def applied(result: str) -> Applied:
         return Applied(result, survey_id, subject, erased=erased)
 
-    _update_message_status(session, event, channel)
+    channel = rules.channel
+    _update_message_status(session, event, rules)
     if event.kind in (K.opened, K.clicked):
         return applied(f"engagement: {event.kind.value}")
     target = _DELIVERY_TARGET.get(event.kind)
@@ -199,7 +184,7 @@ def apply_delivery_event(
                 values["next_reminder_at"] = sent_at + reminder.after
     else:
         current = _state_kind(state, channel)
-        if current is None or target == state or not _advances(channel, current, event.kind):
+        if current is None or target == state or not rules.advances(current, event.kind):
             return applied(f"no change: survey {state.value}")
     if target == S.delivered:
         values["delivered_at"] = event.occurred_at or now
@@ -239,8 +224,8 @@ def _email_consent_event(
             return _erased_consent_event(session, survey, event, granted, now)
         customers = [customer]
     else:
-        email = event.raw.get("email")
-        if isinstance(email, str) and email.strip():
+        email = event.recipient
+        if email is not None and email.strip():
             customers = list(
                 session.scalars(
                     select(Customer).where(func.lower(Customer.email) == email.strip().lower())

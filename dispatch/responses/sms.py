@@ -15,10 +15,8 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from channels.base import ReceivedSms, ReplyKind
 from channels.masking import mask_phone
-from channels.twilio_sms.errors import PROVIDER as TWILIO
-from channels.twilio_sms.replies import Reply, ReplyKind, interpret_reply
-from channels.twilio_sms.webhooks import InboundSms
 from config import OperatorConfig
 from dispatch.consent import customer_erased, subject_of
 from dispatch.planning import on_consent_revoked
@@ -79,24 +77,27 @@ def _open_sms_survey(
     )
 
 
-def _record_reply(session: Session, survey_id: int, kind: str, live: bool) -> None:
-    """The SMS we answer with (as TwiML): kept like every message, and counted for re-prompts."""
+def _record_reply(
+    session: Session, sms: ReceivedSms, survey_id: int, kind: str, live: bool
+) -> None:
+    """The SMS we answer with (in the webhook's answer): kept like every message, and counted
+    for re-prompts."""
     session.add(
         MessageRecord(
             survey_id=survey_id,
             kind=kind,
             channel="sms",
-            provider=TWILIO,
+            provider=sms.provider,
             status="twiml" if live else "not_sent",
         )
     )
 
 
 def apply_inbound_sms(
-    session: Session, sms: InboundSms, config: OperatorConfig, now: datetime, *, live: bool = True
+    session: Session, sms: ReceivedSms, config: OperatorConfig, now: datetime, *, live: bool = True
 ) -> Applied:
     """A customer's SMS: STOP / START / HELP, else an answer to their open SMS survey."""
-    reply = interpret_reply(sms.body, sms.opt_out_type)
+    reply = sms.reply
     customers = list(
         session.scalars(
             select(Customer).where(Customer.phone == sms.from_number).order_by(Customer.id)
@@ -120,7 +121,7 @@ def apply_inbound_sms(
         elif survey is None:
             applied = Applied("no open survey", None, subject)
         else:
-            answer = _sms_answer(session, survey, sms.body, reply, config, now, live, locale)
+            answer = _sms_answer(session, survey, sms, config, now, live, locale)
             applied = Applied(answer.result, answer.survey_id, subject, answer.reply)
     log.info("inbound SMS from %s: %s", mask_phone(sms.from_number), applied.result)
     return applied
@@ -128,7 +129,7 @@ def apply_inbound_sms(
 
 def _sms_opt_out(
     session: Session,
-    sms: InboundSms,
+    sms: ReceivedSms,
     customers: Sequence[Customer],
     config: OperatorConfig,
     now: datetime,
@@ -139,11 +140,11 @@ def _sms_opt_out(
             session,
             customer,
             {"sms": False},
-            source=f"{TWILIO}:sms-reply",
+            source=f"{sms.provider}:sms-reply",
             text_version=None,
             captured_at=now,
             evidence_kind="sms_reply",
-            evidence_ref=sms.message_sid,
+            evidence_ref=sms.message_id,
             recorded_at=now,
         )
         open_ids = list(
@@ -206,7 +207,7 @@ def _opt_out_in_flight(session: Session, customer: Customer, now: datetime) -> l
 
 
 def _sms_opt_in(
-    session: Session, sms: InboundSms, customers: Sequence[Customer], now: datetime
+    session: Session, sms: ReceivedSms, customers: Sequence[Customer], now: datetime
 ) -> Applied:
     """START re-grants SMS consent, but only where STOP (or another revocation) took it away:
     a "YES" from someone who never consented to SMS is not consent."""
@@ -217,11 +218,11 @@ def _sms_opt_in(
                 session,
                 customer,
                 {"sms": True},
-                source=f"{TWILIO}:sms-reply",
+                source=f"{sms.provider}:sms-reply",
                 text_version=None,
                 captured_at=now,
                 evidence_kind="sms_reply",
-                evidence_ref=sms.message_sid,
+                evidence_ref=sms.message_id,
                 recorded_at=now,
             )
             regranted += 1
@@ -232,13 +233,13 @@ def _sms_opt_in(
 def _sms_answer(
     session: Session,
     survey: Survey,
-    body: str,
-    reply: Reply,
+    sms: ReceivedSms,
     config: OperatorConfig,
     now: datetime,
     live: bool,
     locale: str | None,
 ) -> Applied:
+    body, reply = sms.body, sms.reply
     bands = config.survey.bands
     state = SurveyState(survey.state)
     if state in _SCORED:
@@ -246,7 +247,7 @@ def _sms_answer(
         # follow-up question (a score-looking "2 items were missing" is a comment here).
         if reply.kind is ReplyKind.score and reply.comment is None and reply.score is not None:
             outcome = _set_score(session, survey, reply.score, "sms", config, now)
-            _record_reply(session, survey.id, "followup", live)
+            _record_reply(session, sms, survey.id, "followup", live)
             result = "changed score" if outcome == "recorded" else "same score"
             band = bands.band_of(reply.score)
             return Applied(result, survey.id, reply=SmsReply("followup", locale, band))
@@ -254,7 +255,7 @@ def _sms_answer(
         if comment is None or not any(ch.isalnum() for ch in comment):
             return Applied("empty reply ignored", survey.id)
         _set_comment(session, survey, comment, "sms", now)
-        _record_reply(session, survey.id, "thanks", live)
+        _record_reply(session, sms, survey.id, "thanks", live)
         return Applied("comment", survey.id, reply=SmsReply("thanks", locale))
     if reply.kind is ReplyKind.score and reply.score is not None:
         comment = _clean_text(reply.comment) if reply.comment else None
@@ -262,9 +263,9 @@ def _sms_answer(
         if outcome == "closed":
             return Applied("survey closed", survey.id)
         if comment is not None:
-            _record_reply(session, survey.id, "thanks", live)
+            _record_reply(session, sms, survey.id, "thanks", live)
             return Applied("score and comment", survey.id, reply=SmsReply("thanks", locale))
-        _record_reply(session, survey.id, "followup", live)
+        _record_reply(session, sms, survey.id, "followup", live)
         band = bands.band_of(reply.score)
         return Applied("score", survey.id, reply=SmsReply("followup", locale, band))
     # No score could be read: one polite re-prompt, then keep what they write as a comment.
@@ -274,7 +275,7 @@ def _sms_answer(
         .where(MessageRecord.survey_id == survey.id, MessageRecord.kind == "reprompt")
     )
     if not prompts:
-        _record_reply(session, survey.id, "reprompt", live)
+        _record_reply(session, sms, survey.id, "reprompt", live)
         return Applied("re-prompted", survey.id, reply=SmsReply("reprompt", locale))
     comment = _clean_text(reply.comment) if reply.comment else None
     if comment is None:

@@ -15,22 +15,20 @@ customer (``subject_key``), which is where erasure looks (:func:`_ties`).
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Final
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from channels.sendgrid_email import webhooks as sendgrid_hooks
-from channels.twilio_sms import webhooks as twilio_hooks
+from channels.base import RawWebhook
+from channels.webhook_sources import WEBHOOK_SOURCES as SOURCES
 from config import OperatorConfig
 from dispatch.responses.common import (
     Applied,
     Handled,
-    RawWebhook,
     ReplayReport,
     StoredWebhook,
 )
@@ -45,62 +43,16 @@ log = logging.getLogger(__name__)
 
 RowApplier = Callable[[Session, InboundEvent, OperatorConfig, datetime, bool], Applied]
 """Applies one stored row's effect: ``(session, row, config, now, live)``."""
-SOURCE_TWILIO_STATUS: Final = "twilio_status"
-SOURCE_TWILIO_INBOUND: Final = "twilio_inbound"
-SOURCE_SENDGRID: Final = "sendgrid"
-WEBHOOK_SOURCES: Final = (SOURCE_TWILIO_STATUS, SOURCE_TWILIO_INBOUND, SOURCE_SENDGRID)
+
+
+WEBHOOK_SOURCES: Final = tuple(SOURCES)
+"""The ``source`` names of stored provider webhooks (``channels.webhook_sources``)."""
 
 REPLAY_FIRST_PAUSE: Final = timedelta(minutes=1)
 REPLAY_MAX_PAUSE: Final = timedelta(hours=6)
 REPLAY_MAX_ATTEMPTS: Final = 20
 """A stored webhook whose application failed this many times is no longer replayed (about three
 days of back-off); it stays unapplied with its error, counted by ``nps_webhooks_given_up``."""
-
-
-# --------------------------------------------------------------------------------------------
-# Raw rows: building, storing, handling, replaying
-# --------------------------------------------------------------------------------------------
-
-
-def _external_id(value: str) -> str:
-    return value if len(value) <= 200 else "sha256:" + hashlib.sha256(value.encode()).hexdigest()
-
-
-def raw_twilio_status(form: Mapping[str, str], query_string: str) -> RawWebhook:
-    """A verified status callback as a raw row (raises ``WebhookPayloadError`` if malformed)."""
-    event = twilio_hooks.parse_status_callback(
-        form, twilio_hooks.survey_id_from_query(query_string)
-    )
-    return RawWebhook(
-        SOURCE_TWILIO_STATUS,
-        _external_id(event.event_id),
-        event.kind.value,
-        {"form": dict(form), "query": query_string},
-    )
-
-
-def raw_twilio_inbound(form: Mapping[str, str]) -> RawWebhook:
-    """A verified inbound SMS as a raw row (raises ``WebhookPayloadError`` if malformed)."""
-    sms = twilio_hooks.parse_inbound(form)
-    return RawWebhook(
-        SOURCE_TWILIO_INBOUND, _external_id(sms.message_sid), "inbound_sms", {"form": dict(form)}
-    )
-
-
-def raw_sendgrid_events(body: bytes) -> list[RawWebhook]:
-    """A verified Event Webhook body as raw rows, one per event, in body order."""
-    rows = []
-    for event in sendgrid_hooks.parse_events(body):
-        name = event.raw.get("event")
-        rows.append(
-            RawWebhook(
-                SOURCE_SENDGRID,
-                _external_id(event.event_id),
-                (name if isinstance(name, str) and name else event.kind.value)[:40],
-                dict(event.raw),
-            )
-        )
-    return rows
 
 
 def store_webhooks(
@@ -153,7 +105,7 @@ def handle_webhook(
     skip_locked: bool = False,
 ) -> Handled:
     """Apply one stored row, once. ``live``: the HTTP request is still open, so an SMS reply
-    goes out as TwiML (a replay records the reply it could not send).
+    goes out in the webhook's answer (a replay records the reply it could not send).
 
     The row is locked for the whole attempt and its effect is applied inside a savepoint: a
     failure rolls back every write of the effect, and the row records the failure (``attempts``,

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
-from channels.base import ChannelName
+from channels.base import ChannelName, RawWebhook
 from channels.console.send import ConsoleChannel
 from channels.links import AnswerLinks
+from channels.sendgrid_email.webhooks import raw_sendgrid_events
+from channels.twilio_sms.webhooks import raw_twilio_inbound, raw_twilio_status
 from dispatch import responses
-from dispatch.responses import RawWebhook
 from dispatch.scheduler import Scheduler
 from dispatch.sending import Sender
 from models import (
@@ -163,7 +164,7 @@ def twilio_status(survey_id: int | None, sid: str, status: str, error: str = "")
     if error:
         form["ErrorCode"] = error
     query = f"survey_id={survey_id}" if survey_id else ""
-    return responses.raw_twilio_status(form, query)
+    return raw_twilio_status(form, query)
 
 
 def sendgrid_event(
@@ -181,12 +182,12 @@ def sendgrid_event(
         **({"survey_id": str(survey_id)} if survey_id else {}),
         **extra,
     }
-    [raw] = responses.raw_sendgrid_events(json.dumps([payload]).encode())
+    [raw] = raw_sendgrid_events(json.dumps([payload]).encode())
     return raw
 
 
 def inbound(body: str, sid: str | None = None, sender: str = PHONE) -> RawWebhook:
-    return responses.raw_twilio_inbound(
+    return raw_twilio_inbound(
         {
             "MessageSid": sid or f"SMin{next(_seq):030d}",
             "From": sender,
@@ -574,7 +575,7 @@ def test_start_regrants_only_after_a_revocation(db: Database, config):
 def test_advanced_opt_out_verdict_wins(db: Database, config):
     sid = seed_survey(db, state="sent")
     form = {"MessageSid": "SMadv", "From": PHONE, "Body": "9 stop it", "OptOutType": "STOP"}
-    [handled] = run(db, config, responses.raw_twilio_inbound(form))
+    [handled] = run(db, config, raw_twilio_inbound(form))
     assert handled.result == "opted out" and survey_of(db, sid).state == "opted_out"
 
 
