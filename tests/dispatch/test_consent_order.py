@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from channels.twilio_sms.webhooks import raw_twilio_inbound
 from dispatch import responses
 from models import Customer
 from models.customers import latest_consent
@@ -30,7 +31,7 @@ def test_a_future_dated_shop_grant_does_not_outrank_a_later_stop(db, config, res
     survey_id = queued_survey(
         db, config, consent={"sms": True, "source": "checkout", "captured_at": ahead}
     )
-    stop = responses.raw_twilio_inbound(
+    stop = raw_twilio_inbound(
         {
             "MessageSid": "SM" + "5" * 32,
             "From": PHONE,

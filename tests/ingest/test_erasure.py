@@ -27,6 +27,8 @@ import pytest
 from sqlalchemy import JSON, String, Text, insert, select
 from sqlalchemy.engine import make_url
 
+from channels.sendgrid_email.webhooks import raw_sendgrid_events
+from channels.twilio_sms.webhooks import raw_twilio_inbound, raw_twilio_status
 from config import OperatorConfig
 from dispatch import responses
 from dispatch.scheduler import Scheduler
@@ -194,9 +196,7 @@ def provider_events(db: Database, config: OperatorConfig, person: Person) -> Non
         "To": person.phone,
         "From": TWILIO_ENV["TWILIO_FROM"],
     }
-    assert webhooks(db, config, [responses.raw_twilio_status(status, f"survey_id={sms.id}")]) == [
-        "delivered"
-    ]
+    assert webhooks(db, config, [raw_twilio_status(status, f"survey_id={sms.id}")]) == ["delivered"]
     for body in ("9", person.sms_comment):
         form = {
             "MessageSid": f"SM{next(_seq):032d}",
@@ -204,7 +204,7 @@ def provider_events(db: Database, config: OperatorConfig, person: Person) -> Non
             "To": TWILIO_ENV["TWILIO_FROM"],
             "Body": body,
         }
-        webhooks(db, config, [responses.raw_twilio_inbound(form)])
+        webhooks(db, config, [raw_twilio_inbound(form)])
     at = int(NOON.timestamp())
     sent = {"email": person.email.lower(), "timestamp": at, "survey_id": str(email.id)}
     message = f"{email.provider_message_id}.recvd-5f7d9-1"
@@ -221,7 +221,7 @@ def provider_events(db: Database, config: OperatorConfig, person: Person) -> Non
             "sg_message_id": "neverours.recvd-1",
         },
     ]
-    raws = responses.raw_sendgrid_events(json.dumps(events).encode())
+    raws = raw_sendgrid_events(json.dumps(events).encode())
     assert webhooks(db, config, raws) == ["delivered", "engagement: opened", "no matching survey"]
 
 
@@ -541,7 +541,7 @@ def test_erasure_finds_dead_letters_and_pending_webhooks_without_a_key(
     letter = store_dead_letter(db.factory, {"customer": {"id": QUILLON.id}, "x": 1}, "bad")
     other = store_dead_letter(db.factory, {"customer": {"id": MARTA.id}, "x": 1}, "bad")
     form = {"MessageSid": "SM" + "7" * 32, "From": QUILLON.phone, "To": "+1500", "Body": "hi"}
-    [pending] = responses.store_webhooks(db.factory, [responses.raw_twilio_inbound(form)])
+    [pending] = responses.store_webhooks(db.factory, [raw_twilio_inbound(form)])
     with db.session() as s, s.begin():
         s.get(DeadLetter, letter).subject_key = None
         s.get(DeadLetter, other).subject_key = None
@@ -573,8 +573,8 @@ def test_unmatched_webhooks_keep_no_payload(db: Database, config: OperatorConfig
         },
     ]
     raws = [
-        responses.raw_twilio_inbound(stranger),
-        *responses.raw_sendgrid_events(json.dumps(sendgrid).encode()),
+        raw_twilio_inbound(stranger),
+        *raw_sendgrid_events(json.dumps(sendgrid).encode()),
     ]
     handled = responses.ingest_webhooks(db.factory, config, raws, now=now)
     assert [h.result for h in handled] == [
@@ -610,7 +610,7 @@ def test_late_callback_does_not_relink_an_erased_customer(
         "To": QUILLON.phone,
         "From": TWILIO_ENV["TWILIO_FROM"],
     }
-    raw = responses.raw_twilio_status(form, f"survey_id={survey_id}")
+    raw = raw_twilio_status(form, f"survey_id={survey_id}")
     [handled] = responses.ingest_webhooks(db.factory, config, [raw], now=now)
     assert handled.result == "delivered"
     with db.session() as s:
@@ -645,7 +645,7 @@ def test_an_unsubscribe_for_an_erased_customer_records_no_consent(
         "timestamp": int(now.timestamp()),
         "survey_id": str(survey_id),
     }
-    raws = responses.raw_sendgrid_events(json.dumps([event]).encode())
+    raws = raw_sendgrid_events(json.dumps([event]).encode())
     [handled] = responses.ingest_webhooks(db.factory, config, raws, now=now)
     assert handled.result == "customer erased"
     with db.session() as s:
