@@ -1,7 +1,9 @@
 """Sending SMS through Twilio's Messages API with the official client over httpx.
 
 ``POST {api_base}/2010-04-01/Accounts/{sid}/Messages.json`` with ``To``, ``From`` or
-``MessagingServiceSid``, ``Body`` and ``StatusCallback`` (our survey id rides in its URL).
+``MessagingServiceSid``, ``Body`` and ``StatusCallback``: the address of our status webhook,
+:data:`STATUS_CALLBACK_PATH`, with the survey id in its query (named by
+:meth:`TwilioSmsChannel.status_callback_url`, so only this package knows the route).
 Errors are classified in :mod:`channels.twilio_sms.errors`. Twilio's create has no idempotency key,
 so every answer that does not prove "nothing was created" is :class:`OutcomeUnknownError`: a 5xx
 or 408, a connection lost after the request was written, and also a 2xx without a message SID or
@@ -36,7 +38,7 @@ from channels.masking import mask_phone
 from channels.twilio_sms.errors import PROVIDER, from_http_error, from_transport_error
 from channels.twilio_sms.http import DEFAULT_API_BASE, HttpxTwilioClient
 
-__all__ = ["TwilioSmsChannel", "sms_segments"]
+__all__ = ["STATUS_CALLBACK_PATH", "TwilioSmsChannel", "sms_segments"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,9 @@ def sms_segments(text: str) -> int:
     return segments
 
 
+#: The route of our webhook for Twilio's status callbacks (the survey id rides in its query).
+STATUS_CALLBACK_PATH = "/webhooks/twilio/status"
+
 #: How many of the newest matching list entries one lookup reads (one page).
 LOOKUP_LIMIT = 50
 
@@ -111,6 +116,11 @@ class TwilioSmsChannel:
             http_client=self.http_client,
             environment={"NPS_DISPATCH": "1"},
         )
+
+    def status_callback_url(self, public_base_url: str, survey_id: int) -> str:
+        """Where Twilio posts the status of the message of ``survey_id``
+        (:class:`channels.reconcile.StatusCallbacks`)."""
+        return f"{public_base_url.rstrip('/')}{STATUS_CALLBACK_PATH}?survey_id={survey_id}"
 
     def send(self, message: OutboundMessage) -> SendReceipt:
         fields: dict[str, Any] = {"to": message.to, "body": message.body_text}

@@ -18,7 +18,9 @@ from channels.base import (
     PermanentSendError,
     TransientSendError,
 )
+from channels.console.send import ConsoleChannel
 from channels.http import parse_retry_after
+from channels.reconcile import message_lookup, status_callback_url
 from channels.twilio_sms.http import HttpxTwilioClient
 from channels.twilio_sms.send import TwilioSmsChannel, sms_segments
 
@@ -411,6 +413,22 @@ def test_a_lookup_transport_error_is_transient(respx_mock, error):
 
     with pytest.raises(TransientSendError):
         make_channel().find_sent_messages(make_message(), SINCE)
+
+
+# -- the evidence it offers to settle a send -------------------------------------------------------
+
+
+def test_the_channel_names_its_own_status_callback_address():
+    channel = make_channel()
+    assert status_callback_url(channel, "https://nps.example/", 42) == CALLBACK
+    assert status_callback_url(channel, "https://nps.example", 42) == CALLBACK
+    assert message_lookup(channel) is channel
+
+
+def test_the_console_offers_no_evidence():
+    console = ConsoleChannel(ChannelName.sms)
+    assert status_callback_url(console, "https://nps.example", 42) is None
+    assert message_lookup(console) is None
 
 
 # -- segments -------------------------------------------------------------------------------------
