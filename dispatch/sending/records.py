@@ -1,0 +1,200 @@
+"""Steps 4 and 5 of a send: record what the provider's answer proves. Accepted: ``sending ->
+sent`` and one invitation message row (nothing personal for a customer erased meanwhile).
+Nothing created: a transient error goes back to ``scheduled`` with its retry time, a permanent
+one falls back to the next channel or ends ``failed``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from channels.base import OutboundMessage, PermanentSendError, SendReceipt, TransientSendError
+from channels.console.send import PROVIDER as CONSOLE
+from config import OperatorConfig
+from dispatch.sending.claims import fallback_or_end
+from dispatch.sending.common import (
+    MAX_SEND_ATTEMPTS,
+    SendInvariantError,
+    SendOutcome,
+    backoff,
+    erased_customer,
+    log,
+    masked,
+)
+from models import Customer, MessageRecord, Survey, SurveyState, move
+from models.customers import record_consent
+
+S = SurveyState
+
+
+def commit_sent(
+    factory: sessionmaker[Session],
+    survey_id: int,
+    *,
+    channel: str,
+    provider: str,
+    provider_message_id: str | None,
+    segments: int | None,
+    body: str | None,
+    sent_at: datetime,
+    reason: str,
+    config: OperatorConfig,
+    now: datetime,
+) -> tuple[bool, bool]:
+    """``sending -> sent`` and the invitation's message row. For a customer erased
+    meanwhile, the fact and the counts only: no provider id, no body, no reminder.
+    Returns (moved, erased).
+
+    One invitation was accepted, so there is one invitation row per survey, whoever records
+    it: the worker's own answer, a lookup that settled the send while that answer was still
+    on its way, or two schedulers settling the same send. The survey row is locked (after the
+    customer row, in the order the erasure takes them), so the second writer sees the first
+    one's row and adds none."""
+    reminder = config.survey.reminder
+    with factory() as session, session.begin():
+        erased = erased_customer(session, survey_id)
+        kept_id = None if erased else provider_message_id
+        session.execute(select(Survey.id).where(Survey.id == survey_id).with_for_update())
+        recorded = session.scalar(
+            select(MessageRecord.id).where(
+                MessageRecord.survey_id == survey_id, MessageRecord.kind == "invitation"
+            )
+        )
+        moved = move(
+            session,
+            survey_id,
+            S.sent,
+            reason=reason,
+            # send_unknown: the settle window ran out while this worker still waited for the
+            # provider's answer; the answer proves the message went out.
+            only_from=[S.sending, S.send_unknown],
+            now=now,
+            sent_at=sent_at,
+            provider=provider,
+            provider_message_id=kept_id,
+            closes_at=sent_at + config.survey.response_window,
+            next_reminder_at=(
+                sent_at + reminder.after if reminder.max > 0 and not erased else None
+            ),
+        )
+        if recorded is None:
+            session.add(
+                MessageRecord(
+                    survey_id=survey_id,
+                    kind="invitation",
+                    channel=channel,
+                    provider=provider,
+                    provider_message_id=kept_id,
+                    status="accepted",
+                    segments=segments,
+                    body=None if erased else body,
+                )
+            )
+    return bool(moved), erased
+
+
+def record_sent(
+    factory: sessionmaker[Session],
+    survey: Survey,
+    message: OutboundMessage,
+    receipt: SendReceipt,
+    config: OperatorConfig,
+    now: datetime,
+) -> SendOutcome:
+    moved, erased = commit_sent(
+        factory,
+        survey.id,
+        channel=message.channel.value,
+        provider=receipt.provider,
+        provider_message_id=receipt.provider_message_id,
+        segments=receipt.segments,
+        # Only the console keeps what it "sent" (there is no provider copy to look at).
+        body=message.body_text if receipt.provider == CONSOLE else None,
+        sent_at=now,
+        reason=f"accepted by {receipt.provider}",
+        config=config,
+        now=now,
+    )
+    if erased:
+        log.info("survey %s: sent while the customer was erased; nothing personal kept", survey.id)
+    if not moved:
+        # A callback for this message already moved the row on (sent/delivered): fine.
+        log.info("survey %s: sent; state was already advanced by a callback", survey.id)
+    log.info(
+        "survey %s sent by %s to %s",
+        survey.id,
+        receipt.provider,
+        masked(message.channel, message.to),
+    )
+    return SendOutcome(S.sent, receipt.provider_message_id or "accepted without an id")
+
+
+def record_transient(
+    factory: sessionmaker[Session], survey: Survey, now: datetime, exc: TransientSendError
+) -> SendOutcome:
+    """Nothing was created: back to ``scheduled`` with the retry time in the row, or ``failed``
+    once the attempts are used up."""
+    with factory() as session, session.begin():
+        if survey.attempts >= MAX_SEND_ATTEMPTS:
+            why = f"gave up after {survey.attempts} attempts: {exc}"
+            move(
+                session,
+                survey.id,
+                S.failed,
+                reason=why,
+                only_from=[S.sending],
+                now=now,
+                final_reason=why,
+            )
+            log.error("ALERT survey %s failed: %s", survey.id, why)
+            return SendOutcome(S.failed, why)
+        due = now + backoff(survey.attempts, exc.retry_after_seconds)
+        move(
+            session,
+            survey.id,
+            S.scheduled,
+            reason=f"transient: {exc}",
+            only_from=[S.sending],
+            now=now,
+            due_at=due,
+        )
+    log.warning(
+        "survey %s: transient send error (%s); retry at %s", survey.id, exc, due.isoformat()
+    )
+    return SendOutcome(S.scheduled, f"retry at {due.isoformat()}")
+
+
+def record_permanent(
+    factory: sessionmaker[Session],
+    survey: Survey,
+    customer: Customer,
+    config: OperatorConfig,
+    now: datetime,
+    exc: PermanentSendError,
+) -> SendOutcome:
+    """Nothing was created and trying again cannot help: a provider's opt-out is recorded as a
+    consent revocation, then the next channel is tried or the survey ends ``failed``."""
+    why = f"{exc.provider} error {exc.code}: {exc}" if exc.code else f"{exc.provider}: {exc}"
+    with factory() as session, session.begin():
+        fresh = session.get(Customer, customer.id)
+        row = session.get(Survey, survey.id)
+        if fresh is None or row is None:
+            raise SendInvariantError(f"survey {survey.id}: its row or its customer's is missing")
+        if exc.revokes_consent:
+            # The provider says this recipient opted out: that is evidence.
+            record_consent(
+                session,
+                fresh,
+                {survey.channel: False},
+                source=exc.provider,
+                text_version=None,
+                captured_at=now,
+                evidence_kind="provider",
+                evidence_ref=f"error {exc.code}",
+                recorded_at=now,
+            )
+        outcome = fallback_or_end(session, row, fresh, config, now, why, S.failed)
+    log.warning("survey %s: permanent send error: %s", survey.id, why)
+    return outcome

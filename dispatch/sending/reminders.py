@@ -1,0 +1,179 @@
+"""Reminders: the send steps on an open invitation. Claimed by their count (compare-and-set, so a
+duplicate message does nothing), re-checked after the rate-limit wait (still open, so neither
+answered nor opted out; consent, contact, order, erasure), sent once and never retried."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from channels.base import (
+    Channel,
+    ChannelName,
+    OutboundMessage,
+    OutcomeUnknownError,
+    SendError,
+)
+from channels.console.send import PROVIDER as CONSOLE
+from config import OperatorConfig
+from dispatch import timing
+from dispatch.sending.common import erased_customer, log, masked
+from models import Customer, MessageRecord, Order, Survey, current_consent
+from models.customers import ContactStatus
+from models.lifecycle import OPEN_STATES
+
+#: Builds a claimed reminder's message from its fresh rows.
+Build = Callable[[Survey, Customer], OutboundMessage]
+
+
+def reminder_stop(session: Session, survey: Survey | None) -> str | tuple[Survey, Customer]:
+    """Why no reminder may go now, or the survey and its customer when one may: the invitation
+    must still be open (not answered, opted out, bounced or closed), the order standing, the
+    customer not erased, consent for the channel current and the contact valid."""
+    if survey is None or survey.state not in OPEN_STATES:
+        return "not open: no reminder"
+    order = session.get(Order, survey.order_id)
+    customer = session.get(Customer, survey.customer_id)
+    if customer is None or customer.erased_at is not None:
+        return "customer erased: no reminder"
+    if order is not None and order.cancelled_at is not None:
+        return f"order {order.cancel_kind}: no reminder"
+    _, status = customer.contact_for(survey.channel)
+    if not current_consent(session, customer.id, survey.channel) or (status != ContactStatus.valid):
+        return "no consent or contact: no reminder"
+    return survey, customer
+
+
+def claim_reminder(
+    factory: sessionmaker[Session],
+    survey_id: int,
+    expected_sent: int,
+    config: OperatorConfig,
+    now: datetime,
+) -> str | ChannelName:
+    reminder = config.survey.reminder
+    with factory() as session, session.begin():
+        found = session.get(Survey, survey_id)
+        checked = reminder_stop(session, found)
+        if isinstance(checked, str):
+            if found is not None:
+                found.next_reminder_at = None
+            return checked
+        survey, _ = checked
+        if expected_sent >= reminder.max:
+            survey.next_reminder_at = None
+            return "reminders used up"
+        tz = timing.resolve_timezone(survey.timezone, None, None, config.schedule.default_timezone)
+        allowed = timing.next_allowed_moment(
+            now, tz, config.schedule.quiet_hours, config.schedule.send_days
+        )
+        if allowed > now:
+            survey.next_reminder_at = allowed
+            return f"quiet hours: reminder at {allowed.isoformat()}"
+        claimed = session.execute(
+            update(Survey)
+            .where(
+                Survey.id == survey_id,
+                Survey.reminders_sent == expected_sent,
+                Survey.state.in_([st.value for st in OPEN_STATES]),
+            )
+            .values(
+                reminders_sent=expected_sent + 1,
+                next_reminder_at=(
+                    now + reminder.after if expected_sent + 1 < reminder.max else None
+                ),
+            )
+            .returning(Survey.id)
+            .execution_options(synchronize_session=False)
+        ).first()
+        if claimed is None:
+            return "reminder already sent"
+        return ChannelName(survey.channel)
+
+
+def recheck_reminder(
+    factory: sessionmaker[Session], survey_id: int, expected_sent: int, build: Build
+) -> str | OutboundMessage:
+    """After the rate limit wait, in a fresh transaction: the reminder still wanted, built
+    from fresh rows; else the claimed count handed back and no more reminders."""
+    with factory() as session, session.begin():
+        checked = reminder_stop(session, session.get(Survey, survey_id))
+        if isinstance(checked, str):
+            session.execute(
+                update(Survey)
+                .where(Survey.id == survey_id, Survey.reminders_sent == expected_sent + 1)
+                .values(reminders_sent=expected_sent, next_reminder_at=None)
+                .execution_options(synchronize_session=False)
+            )
+            log.info(
+                "survey %s: reminder stopped after the rate limit wait: %s", survey_id, checked
+            )
+            return checked
+        survey, customer = checked
+        return build(survey, customer)
+
+
+def send_reminder(
+    factory: sessionmaker[Session],
+    channels: dict[ChannelName, Channel],
+    wait_for_slot: Callable[[ChannelName], None],
+    build: Build,
+    survey_id: int,
+    expected_sent: int,
+    config: OperatorConfig,
+    now: datetime,
+) -> str:
+    """One reminder, at most once: the row's reminder count is compare-and-set before the
+    provider call, so a duplicate message (same ``expected_sent``) does nothing. Checked
+    again after the rate limit wait; never retried (a retry could be a second copy)."""
+    claimed = claim_reminder(factory, survey_id, expected_sent, config, now)
+    if not isinstance(claimed, ChannelName):
+        return claimed
+    channel = channels.get(claimed)
+    if channel is None:
+        return "channel off"
+    wait_for_slot(claimed)
+    message = recheck_reminder(factory, survey_id, expected_sent, build)
+    if not isinstance(message, OutboundMessage):
+        return message
+    try:
+        receipt = channel.send(message)
+    except SendError as exc:
+        # A reminder is best effort: never retried (a retry could be a second copy).
+        log.warning("survey %s: reminder not sent: %s", survey_id, exc)
+        with factory() as session, session.begin():
+            session.add(
+                MessageRecord(
+                    survey_id=survey_id,
+                    kind="reminder",
+                    channel=message.channel.value,
+                    provider=exc.provider,
+                    status="unknown" if isinstance(exc, OutcomeUnknownError) else "failed",
+                    error=str(exc)[:500],
+                )
+            )
+        return "reminder failed"
+    with factory() as session, session.begin():
+        erased = erased_customer(session, survey_id)
+        session.add(
+            MessageRecord(
+                survey_id=survey_id,
+                kind="reminder",
+                channel=message.channel.value,
+                provider=receipt.provider,
+                provider_message_id=None if erased else receipt.provider_message_id,
+                status="accepted",
+                segments=receipt.segments,
+                body=message.body_text if receipt.provider == CONSOLE and not erased else None,
+            )
+        )
+    log.info(
+        "survey %s: reminder %d sent to %s",
+        survey_id,
+        expected_sent + 1,
+        masked(message.channel, message.to),
+    )
+    return "reminder sent"

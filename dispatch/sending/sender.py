@@ -1,0 +1,195 @@
+"""The :class:`Sender`: one invitation or reminder through its steps, in the order the package
+docstring (:mod:`dispatch.sending`) gives, and the reconciler's entry point
+(:meth:`Sender.settle`). The steps live in the modules beside this one."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from channels.base import (
+    Channel,
+    ChannelName,
+    OutboundMessage,
+    OutcomeUnknownError,
+    PermanentSendError,
+    SendReceipt,
+    TransientSendError,
+)
+from channels.links import AnswerLinks
+from channels.reconcile import FoundMessage, status_callback_url
+from config import OperatorConfig
+from dispatch.ratelimit import InProcessRateLimiter, RateLimiter
+from dispatch.sending.claims import claim, pick_up
+from dispatch.sending.common import SendInvariantError, SendOutcome, log
+from dispatch.sending.message import build_message
+from dispatch.sending.records import record_permanent, record_sent, record_transient
+from dispatch.sending.reminders import send_reminder as send_one_reminder
+from dispatch.sending.settle import LookupSchedule, record_found
+from dispatch.sending.settle import settle as settle_send
+from models import Customer, Survey, SurveyState, utcnow
+
+S = SurveyState
+
+
+class Sender:
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        channels: dict[ChannelName, Channel],
+        links: AnswerLinks,
+        public_base_url: str,
+        rate_limiter: RateLimiter | None = None,
+    ) -> None:
+        self.factory = factory
+        self.channels = channels
+        self.links = links
+        self.public_base_url = public_base_url.rstrip("/")
+        self.rate_limiter = rate_limiter or InProcessRateLimiter()
+        self._lookups = LookupSchedule()
+
+    def send(
+        self, survey_id: int, config: OperatorConfig, now: datetime | None = None
+    ) -> SendOutcome:
+        now = now or utcnow()
+        picked = pick_up(self.factory, survey_id, config, now)
+        if isinstance(picked, SendOutcome):
+            return picked
+        channel = self.channels.get(picked)
+        if channel is None:
+            # The provider was switched off after planning: try the next channel, else fail.
+            claimed_off = self._claim(survey_id, picked, config, now, mark=False)
+            if isinstance(claimed_off, SendOutcome):
+                return claimed_off
+            survey, customer, _ = claimed_off
+            return record_permanent(
+                self.factory,
+                survey,
+                customer,
+                config,
+                now,
+                PermanentSendError(f"channel {survey.channel} is off", provider="config"),
+            )
+        # The slot is reserved before the claim: a claim is never left waiting for a slot.
+        self._wait_for_slot(picked, config)
+        claimed = self._claim(survey_id, picked, config, now)
+        if isinstance(claimed, SendOutcome):
+            return claimed
+        survey, customer, message = claimed
+        if message is None:
+            raise SendInvariantError(f"survey {survey_id}: claimed for sending without a message")
+        try:
+            receipt = channel.send(message)
+        except OutcomeUnknownError as exc:
+            # Maybe sent. Never sent again: the reconciler settles it from the provider.
+            log.warning(
+                "survey %s: send outcome unknown (%s); left for the reconciler", survey_id, exc
+            )
+            return SendOutcome(S.sending, "outcome unknown; the reconciler will settle it")
+        except TransientSendError as exc:
+            return record_transient(self.factory, survey, now, exc)
+        except PermanentSendError as exc:
+            return record_permanent(self.factory, survey, customer, config, now, exc)
+        return self._record_sent(survey, message, receipt, config, now)
+
+    def settle(
+        self, survey_id: int, config: OperatorConfig, now: datetime, give_up_after: timedelta
+    ) -> str:
+        """Resolve a send left in ``sending`` from the provider's evidence, never by sending
+        again (:func:`dispatch.sending.settle.settle`)."""
+        return settle_send(
+            self.factory,
+            self.channels,
+            self._lookups,
+            lambda survey, customer: self._message(survey, customer, config, now),
+            survey_id,
+            config,
+            now,
+            give_up_after,
+        )
+
+    def send_reminder(
+        self,
+        survey_id: int,
+        expected_sent: int,
+        config: OperatorConfig,
+        now: datetime | None = None,
+    ) -> str:
+        """One reminder, at most once, never retried
+        (:func:`dispatch.sending.reminders.send_reminder`)."""
+        now = now or utcnow()
+        return send_one_reminder(
+            self.factory,
+            self.channels,
+            lambda channel: self._wait_for_slot(channel, config),
+            lambda survey, customer: self._message(survey, customer, config, now, is_reminder=True),
+            survey_id,
+            expected_sent,
+            config,
+            now,
+        )
+
+    # -- the steps, bound to this sender's rows, channels and links ----------------------------
+    def _wait_for_slot(self, channel: ChannelName, config: OperatorConfig) -> None:
+        self.rate_limiter.acquire(channel, config.rate_limits.for_channel(channel) or 1.0)
+
+    def _claim(
+        self,
+        survey_id: int,
+        channel: ChannelName,
+        config: OperatorConfig,
+        now: datetime,
+        *,
+        mark: bool = True,
+    ) -> SendOutcome | tuple[Survey, Customer, OutboundMessage | None]:
+        """Claim and re-check (:func:`dispatch.sending.claims.claim`); with ``mark``, build the
+        message and set the marker that the provider may be called."""
+        build = (
+            (lambda survey, customer: self._message(survey, customer, config, now))
+            if mark
+            else None
+        )
+        return claim(self.factory, survey_id, channel, config, now, build)
+
+    def _message(
+        self,
+        survey: Survey,
+        customer: Customer,
+        config: OperatorConfig,
+        now: datetime,
+        *,
+        is_reminder: bool = False,
+    ) -> OutboundMessage:
+        callback = status_callback_url(
+            self.channels.get(ChannelName(survey.channel)), self.public_base_url, survey.id
+        )
+        return build_message(
+            survey, customer, config, now, self.links, callback, is_reminder=is_reminder
+        )
+
+    def _record_sent(
+        self,
+        survey: Survey,
+        message: OutboundMessage,
+        receipt: SendReceipt,
+        config: OperatorConfig,
+        now: datetime,
+    ) -> SendOutcome:
+        """Steps 4 and 5 once the provider accepted
+        (:func:`dispatch.sending.records.record_sent`)."""
+        return record_sent(self.factory, survey, message, receipt, config, now)
+
+    def _record_found(
+        self,
+        survey_id: int,
+        channel: ChannelName,
+        provider: str,
+        found: FoundMessage,
+        started: datetime,
+        config: OperatorConfig,
+        now: datetime,
+    ) -> str:
+        return record_found(
+            self.factory, self._lookups, survey_id, channel, provider, found, started, config, now
+        )
