@@ -13,6 +13,7 @@ from sqlalchemy import Text, and_, cast, delete, func, or_, select, update
 from sqlalchemy.orm import QueryableAttribute, Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from dispatch.responses import WEBHOOK_SOURCES
 from ingest.apply import PLATFORM_SOURCES, ApplyContext, lock_customer
 from ingest.schema import CustomerErased
 from models import (
@@ -139,7 +140,6 @@ def _forget_unattributed(
     before keys existed, or whose event had no usable customer id). Both are few, so their text
     is searched for the person's id, address and number. (Shop platform deliveries not applied
     yet: :func:`_close_pending_deliveries`.)"""
-    from dispatch.responses import WEBHOOK_SOURCES  # it imports this module
 
     contacts = _contacts(customer)
     pending = [_contains(InboundEvent.payload, c, fold=True) for c in contacts]

@@ -2,7 +2,7 @@
 
 Each platform's adapter (``ingest/shopify``, ``ingest/woocommerce``) verifies its signature and
 maps its payload to our shop events (``ingest/schema.py``). What they share is here, the same
-four steps as the provider webhooks of ``dispatch/responses.py``:
+four steps as the provider webhooks of ``dispatch/responses/``:
 
 1. **Store** the delivery raw in the inbound ledger under (platform, shop/delivery id), with the
    keyed pseudonym of the customer it names (``subject_key``): a redelivery is a duplicate and

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from dispatch.responses import replay_pause
 from ingest.platforms.delivery import Adapter, Delivery, Received
 from ingest.service import IngestResult, store_dead_letter
 from models import InboundEvent
@@ -69,7 +70,6 @@ def finish(
 
 
 def record_failure(session: Session, row_id: int, error: str, now: datetime) -> None:
-    from dispatch.responses import replay_pause  # it imports ingest.apply, as this module does
 
     attempts = (
         session.scalar(select(InboundEvent.attempts).where(InboundEvent.id == row_id)) or 0
