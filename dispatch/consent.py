@@ -10,10 +10,10 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models import Customer, Survey
+from models import Customer, Order, Survey
 from models.erasure import subject_key
 
-__all__ = ["customer_erased", "erased_customer", "subject_of"]
+__all__ = ["customer_erased", "erased_customer", "subject_of", "withdrawal_reason"]
 
 
 def customer_erased(session: Session, customer_id: int | None) -> bool:
@@ -44,3 +44,13 @@ def subject_of(customer: Customer | None) -> str | None:
     if customer is None or customer.erased_at is not None:
         return None
     return subject_key(customer.external_id)
+
+
+def withdrawal_reason(order: Order, customer: Customer) -> str | None:
+    """Why a survey may no longer go out, whatever the stage (claiming it when due, or right
+    before the provider call): its order was cancelled or refunded, or its customer erased."""
+    if customer.erased_at is not None:
+        return "customer erased"
+    if order.cancelled_at is not None:
+        return f"order {order.cancel_kind}"
+    return None

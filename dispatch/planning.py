@@ -27,6 +27,10 @@ S = SurveyState
 _NOT_COUNTED_FOR_CAP = (S.withdrawn, S.suppressed, S.failed)
 
 
+class PlanningError(RuntimeError):
+    """An invariant of planning does not hold (a bug or a damaged row, never bad input)."""
+
+
 def unit_hash(key: str) -> float:
     """A uniform number in [0, 1) from a key: reproducible sampling decisions."""
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
@@ -84,7 +88,8 @@ def compute_schedule(
     order: Order, customer: Customer, channel: str, config: OperatorConfig, now: datetime
 ) -> Schedule:
     sched = config.schedule
-    assert order.purchased_at is not None
+    if order.purchased_at is None:
+        raise PlanningError(f"order {order.id}: a survey is planned only once it is purchased")
     choice = timing.select_delay(
         config,
         category=order.category,
@@ -113,7 +118,8 @@ def compute_schedule(
         "timezone": tz.key,
     }
     if anchor.anchor_at is None:
-        assert anchor.waiting_until is not None
+        if anchor.waiting_until is None:
+            raise PlanningError(f"order {order.id}: no anchor and no anchor deadline")
         return Schedule(
             state=S.waiting_anchor,
             anchor_kind=sched.anchor,
@@ -152,7 +158,8 @@ def _schedule_values(schedule: Schedule, config: OperatorConfig) -> dict[str, ob
 def _within_frequency_cap(
     session: Session, customer: Customer, order: Order, cap: timedelta
 ) -> bool:
-    assert order.purchased_at is not None
+    if order.purchased_at is None:
+        raise PlanningError(f"order {order.id}: frequency cap checked before its purchase")
     if cap <= timedelta(0):
         return False
     hit = session.scalar(
@@ -192,7 +199,8 @@ def plan_purchase(
     if reason is not None:
         record_skip(session, order.id, reason, detail)
         return f"skipped: {reason.value}"
-    assert choice.channel is not None
+    if choice.channel is None:
+        raise PlanningError(f"order {order.id}: no channel and no skip reason")
     schedule = compute_schedule(order, customer, choice.channel, config, now)
     survey = Survey(
         order_id=order.id,
@@ -245,7 +253,8 @@ def replan(session: Session, survey: Survey, config: OperatorConfig, now: dateti
     """Recompute a pending survey's schedule under ``config`` (anchor, delay, quiet hours)."""
     order = session.get(Order, survey.order_id)
     customer = session.get(Customer, survey.customer_id)
-    assert order is not None and customer is not None
+    if order is None or customer is None:
+        raise PlanningError(f"survey {survey.id}: its order or customer row is missing")
     schedule = compute_schedule(order, customer, survey.channel, config, now)
     moved = move(
         session,

@@ -43,6 +43,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from channels.masking import mask_text
 from config import OperatorConfig
 from dispatch import planning, timing
+from dispatch.consent import withdrawal_reason
 from dispatch.tick_report import STEP_FAILURES, STEPS, TickReport
 from models import Customer, InboundEvent, Order, Survey, SurveyState, current_consent, move, utcnow
 from models.lifecycle import AWAITING_FOLLOWUP_STATES, OPEN_STATES
@@ -190,10 +191,8 @@ class Scheduler:
                 .with_for_update(of=Survey, skip_locked=True)
             ).all()
             for survey, order, customer in rows:
-                if order.cancelled_at is not None or customer.erased_at is not None:
-                    reason = (
-                        "customer erased" if customer.erased_at else f"order {order.cancel_kind}"
-                    )
+                reason = withdrawal_reason(order, customer)
+                if reason is not None:
                     move(
                         session,
                         survey.id,

@@ -311,9 +311,10 @@ async def answer_page(request: Request, token: str) -> Response:
     shop = runtime.config.survey.shop_name
     now = utcnow()
     checked = await _check(request, token, now)
-    if checked.refusal is not None or checked.survey_id is None:
-        assert checked.refusal is not None
+    if checked.refusal is not None:
         return checked.refusal
+    if checked.survey_id is None:  # _check gives a survey or a refusal, never neither
+        raise RuntimeError("answer link checked without a survey or a refusal")
     view = await run_in_threadpool(_load, runtime.factory, checked.survey_id, now)
     if view is None or not view.answerable:
         lang = view.lang if view else language_of(request.headers.get("accept-language"))
@@ -367,9 +368,10 @@ async def answer_post(request: Request, token: str) -> Response:
     shop = runtime.config.survey.shop_name
     now = utcnow()
     checked = await _check(request, token, now)
-    if checked.refusal is not None or checked.survey_id is None:
-        assert checked.refusal is not None
+    if checked.refusal is not None:
         return checked.refusal
+    if checked.survey_id is None:  # _check gives a survey or a refusal, never neither
+        raise RuntimeError("answer link checked without a survey or a refusal")
     form = await _form(request)
     score = _score_of(form.get("score"))
     comment = form.get("comment")
@@ -410,9 +412,10 @@ async def _unsubscribe_target(request: Request, token: str) -> _Checked:
 async def unsubscribe_page(request: Request, token: str) -> Response:
     runtime = runtime_of(request)
     checked = await _unsubscribe_target(request, token)
-    if checked.refusal is not None or checked.survey_id is None:
-        assert checked.refusal is not None
+    if checked.refusal is not None:
         return checked.refusal
+    if checked.survey_id is None:  # _check gives a survey or a refusal, never neither
+        raise RuntimeError("answer link checked without a survey or a refusal")
     view = await run_in_threadpool(_load, runtime.factory, checked.survey_id, utcnow())
     lang = view.lang if view else language_of(request.headers.get("accept-language"))
     return _render("unsubscribe.html", lang, runtime.config.survey.shop_name)
@@ -429,9 +432,10 @@ def _unsubscribe(
 async def unsubscribe_post(request: Request, token: str) -> Response:
     runtime = runtime_of(request)
     checked = await _unsubscribe_target(request, token)
-    if checked.refusal is not None or checked.survey_id is None:
-        assert checked.refusal is not None
+    if checked.refusal is not None:
         return checked.refusal
+    if checked.survey_id is None:  # _check gives a survey or a refusal, never neither
+        raise RuntimeError("answer link checked without a survey or a refusal")
     await read_limited_body(request, ANSWER_MAX_BODY)  # "List-Unsubscribe=One-Click", or a form
     now = utcnow()
     await run_in_threadpool(_unsubscribe, runtime.factory, runtime.config, checked.survey_id, now)

@@ -192,7 +192,8 @@ def _message(exc: StarletteHTTPException, request: Request) -> str:
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StarletteHTTPException)
+    if not isinstance(exc, StarletteHTTPException):  # registered for this type only
+        raise exc
     status = exc.status_code
     code = exc.code if isinstance(exc, ApiError) else DEFAULT_CODES.get(status, "error")
     param = exc.param if isinstance(exc, ApiError) else None
@@ -202,7 +203,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
+    if not isinstance(exc, RequestValidationError):  # registered for this type only
+        raise exc
     errors = list(exc.errors())
     first = errors[0] if errors else {}
     # The location starts with where the value came from (body, query, path, header).

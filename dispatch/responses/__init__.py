@@ -17,9 +17,8 @@ here knows a provider's field names. The rules are looked up here, by name, when
 applied, so replacing one of them on this package (``apply_delivery_event``) replaces it for the
 stored-row path too.
 
-Every public name stays importable from ``dispatch.responses``; ``raw_twilio_status``,
-``raw_twilio_inbound`` and ``raw_sendgrid_events`` (which build a provider's raw rows) live in
-their channel and are offered here too, for callers that import them from here.
+Every public name is importable from ``dispatch.responses``. The raw rows of each provider are
+built by its channel (``channels/*/webhooks.py``): nothing here knows a provider's fields.
 
 No phone number or email address is logged (``channels.masking``).
 """
@@ -32,8 +31,6 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session, sessionmaker
 
 from channels.base import RawWebhook, ReceivedSms
-from channels.sendgrid_email.webhooks import raw_sendgrid_events
-from channels.twilio_sms.webhooks import raw_twilio_inbound, raw_twilio_status
 from channels.webhook_sources import WEBHOOK_SOURCES as SOURCES
 from config import OperatorConfig
 from dispatch.responses import store
@@ -80,9 +77,6 @@ __all__ = [
     "given_up_webhooks",
     "handle_webhook",
     "ingest_webhooks",
-    "raw_sendgrid_events",
-    "raw_twilio_inbound",
-    "raw_twilio_status",
     "record_web_comment",
     "record_web_score",
     "replay_pause",

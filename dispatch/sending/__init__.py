@@ -37,6 +37,7 @@ message), :mod:`~dispatch.sending.records` (steps 4 and 5), :mod:`~dispatch.send
 reconciler), :mod:`~dispatch.sending.reminders`, :mod:`~dispatch.sending.common` (what they share).
 """
 
+from dispatch.consent import erased_customer
 from dispatch.sending.common import (
     BASE_BACKOFF,
     MAX_BACKOFF,
@@ -44,7 +45,6 @@ from dispatch.sending.common import (
     SendInvariantError,
     SendOutcome,
     backoff,
-    erased_customer,
     masked,
 )
 from dispatch.sending.sender import Sender

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from channels.base import ChannelName, OutboundMessage
 from config import OperatorConfig
 from dispatch import timing
+from dispatch.consent import withdrawal_reason
 from dispatch.planning import choose_channel
 from dispatch.sending.common import SendInvariantError, SendOutcome, log
 from models import Customer, Order, Survey, SurveyState, current_consent, move
@@ -129,8 +130,8 @@ def recheck(
     now: datetime,
 ) -> SendOutcome | None:
     """``None`` when the claimed send may go; else what stopped it, already recorded."""
-    if order.cancelled_at is not None or customer.erased_at is not None:
-        reason = "customer erased" if customer.erased_at else f"order {order.cancel_kind}"
+    reason = withdrawal_reason(order, customer)
+    if reason is not None:
         move(
             session,
             survey.id,

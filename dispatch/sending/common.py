@@ -7,12 +7,8 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from channels.base import ChannelName
 from channels.masking import mask_email, mask_phone
-from models import Customer, Survey
 
 # One logger for the whole send path, whichever module of it speaks.
 log = logging.getLogger("dispatch.sending")
@@ -46,20 +42,3 @@ def backoff(attempt: int, retry_after: float | None) -> timedelta:
 
 def masked(channel: str, contact: str) -> str:
     return mask_email(contact) if channel == ChannelName.email else mask_phone(contact)
-
-
-def erased_customer(session: Session, survey_id: int) -> bool:
-    """Whether the survey's customer is erased, read under a share lock of the customer row.
-
-    The erasure takes that row ``FOR UPDATE`` before it empties the survey's and messages'
-    personal columns, so a writer holding this lock either sees the erasure, or commits first and
-    has its personal data emptied by it (SQLite has a single writer anyway)."""
-    customer_id = session.scalar(select(Survey.customer_id).where(Survey.id == survey_id))
-    if customer_id is None:
-        return True
-    row = session.execute(
-        select(Customer.id, Customer.erased_at)
-        .where(Customer.id == customer_id)
-        .with_for_update(read=True)
-    ).first()
-    return row is None or row.erased_at is not None

@@ -13,13 +13,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from channels.base import OutboundMessage, PermanentSendError, SendReceipt, TransientSendError
 from channels.console.send import PROVIDER as CONSOLE
 from config import OperatorConfig
+from dispatch.consent import erased_customer
 from dispatch.sending.claims import fallback_or_end
 from dispatch.sending.common import (
     MAX_SEND_ATTEMPTS,
     SendInvariantError,
     SendOutcome,
     backoff,
-    erased_customer,
     log,
     masked,
 )

@@ -20,7 +20,8 @@ from channels.base import (
 from channels.console.send import PROVIDER as CONSOLE
 from config import OperatorConfig
 from dispatch import timing
-from dispatch.sending.common import erased_customer, log, masked
+from dispatch.consent import erased_customer
+from dispatch.sending.common import log, masked
 from models import Customer, MessageRecord, Order, Survey, current_consent
 from models.customers import ContactStatus
 from models.lifecycle import OPEN_STATES

@@ -22,6 +22,8 @@ from sqlalchemy import select
 from channels.base import ChannelName
 from channels.console.send import ConsoleChannel
 from channels.links import AnswerLinks
+from channels.sendgrid_email.webhooks import raw_sendgrid_events
+from channels.twilio_sms.webhooks import raw_twilio_inbound
 from dispatch import responses
 from dispatch.scheduler import Scheduler
 from dispatch.sending import Sender
@@ -233,7 +235,7 @@ def sendgrid_event(survey_id: int, name: str, event_id: str, **extra: Any) -> li
         "survey_id": str(survey_id),  # our custom_args ride back as top-level keys
         **extra,
     }
-    return responses.raw_sendgrid_events(json.dumps([payload]).encode())
+    return raw_sendgrid_events(json.dumps([payload]).encode())
 
 
 @pytest.mark.parametrize("answer", list(SENDGRID_AMBIGUOUS.values()), ids=list(SENDGRID_AMBIGUOUS))
@@ -628,7 +630,7 @@ REMINDER_AT = NOON + timedelta(days=3, minutes=1)
 def _answer(channel: str) -> Callable[[Database, Any, int], object]:
     def run(db: Database, config: Any, survey_id: int) -> object:
         if channel == "sms":
-            raw = responses.raw_twilio_inbound(
+            raw = raw_twilio_inbound(
                 {"MessageSid": "SMin" + "0" * 30, "From": PHONE, "To": FROM, "Body": "9"}
             )
             return responses.ingest_webhooks(db.factory, config, [raw], now=REMINDER_AT)
@@ -641,7 +643,7 @@ def _answer(channel: str) -> Callable[[Database, Any, int], object]:
 def _opt_out(channel: str) -> Callable[[Database, Any, int], object]:
     def run(db: Database, config: Any, survey_id: int) -> object:
         if channel == "sms":
-            raw = responses.raw_twilio_inbound(
+            raw = raw_twilio_inbound(
                 {"MessageSid": "SMin" + "1" * 30, "From": PHONE, "To": FROM, "Body": "STOP"}
             )
             return responses.ingest_webhooks(db.factory, config, [raw], now=REMINDER_AT)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from channels.twilio_sms.webhooks import raw_twilio_inbound
 from dispatch import responses
 from dispatch.scheduler import Scheduler
 from models import SurveyState
@@ -31,7 +32,7 @@ SID = "SM" + "5" * 32
 
 
 def stop(db, config, now) -> object:
-    raw = responses.raw_twilio_inbound(
+    raw = raw_twilio_inbound(
         {"MessageSid": "SMin" + "2" * 30, "From": PHONE, "To": FROM, "Body": "STOP"}
     )
     return responses.ingest_webhooks(db.factory, config, [raw], now=now)
