@@ -3,7 +3,7 @@
 - ``customers/redact``: a ``customer.erased`` event for each record of the person: the customer
   of the id, the ``shopify-guest:`` records holding the request's email address or phone number,
   and the customers of the orders in ``orders_to_redact`` (see :mod:`ingest.shopify.mapping`),
-  each through the one erasure (``ingest.apply.apply_erasure``). The stored request is keyed to
+  each through the one erasure (``ingest.erasure.apply_erasure``). The stored request is keyed to
   no one, so an erasure of the customer arriving first does not empty it before it is applied.
 - ``shop/redact`` (48 hours after the shop uninstalled the app): every customer whose data came
   through this shop's webhooks is erased. The shop is known from ``X-Shopify-Shop-Domain``,
