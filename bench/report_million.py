@@ -33,8 +33,9 @@ from sqlalchemy import Engine, make_url, text
 from config import load_config
 from migrations.runner import upgrade
 from models.session import make_engine, make_session_factory
-from reports.build import adjust, bands_of, build_report, tally
+from reports.build import adjust, bands_of, build_report
 from reports.query import Period, fetch_covariates, survey_grid
+from reports.tally import tally
 
 INVITATIONS = 1_000_000
 NOT_SENT = 50_000
