@@ -38,7 +38,7 @@ from channels.twilio_sms.webhooks import (
 from channels.webhook_errors import WebhookPayloadError
 from dispatch import responses
 from models import utcnow
-from web.answers import sms_reply_text
+from web.answer_pages import sms_reply_text
 from web.deps import runtime_of
 from web.errors import json_error
 from web.limits import DEFAULT_MAX_BODY

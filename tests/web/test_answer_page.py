@@ -19,7 +19,7 @@ from dispatch.responses import SmsReply
 from models import Answer, ConsentRecord, InboundEvent, Survey, SurveyTransition, utcnow
 from tests.conftest import Database
 from tests.dispatch.test_responses import answers_of, seed_survey, survey_of
-from web.answers import followup_question, language_of, sms_reply_text
+from web.answer_pages import followup_question, language_of, sms_reply_text
 from web.app import create_app
 from web.ratelimit import RateLimit, RateRule, TokenBuckets, client_key
 
