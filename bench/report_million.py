@@ -34,7 +34,8 @@ from config import load_config
 from migrations.runner import upgrade
 from models.session import make_engine, make_session_factory
 from reports.build import adjust, bands_of, build_report
-from reports.query import Period, fetch_covariates, survey_grid
+from reports.covariates_query import fetch_covariates
+from reports.query import Period, survey_grid
 from reports.tally import tally
 
 INVITATIONS = 1_000_000

@@ -18,15 +18,13 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import OperatorConfig
+from reports.covariates_query import COVARIATE_NAMES, CovariateTable, fetch_covariates
 from reports.params import ReportError, parse_by, parse_date
 from reports.query import (
-    COVARIATE_NAMES,
     NO_ARM,
-    CovariateTable,
     GridRow,
     Period,
     count_purchases,
-    fetch_covariates,
     skip_reasons,
     survey_grid,
 )

@@ -732,7 +732,7 @@ def test_configured_bands_are_used(db: Database, config):
 def test_packed_postgres_fetch_equals_the_row_fetch(pg_db: Database):
     """PostgreSQL packs each covariate column into one value; the plain row fetch (used on
     SQLite) must give the same arrays, odd strings and missing values included."""
-    from reports.query import _fetch_packed, _fetch_rows, fetch_covariates
+    from reports.covariates_query import _fetch_packed, _fetch_rows, fetch_covariates
 
     cases = random_cases(3, 300, START)
     cases[0].category = "home\x1fgarden & déco"
@@ -762,7 +762,8 @@ def test_packed_postgres_fetch_equals_the_row_fetch(pg_db: Database):
 
     from sqlalchemy import and_
 
-    from reports.query import final_invitation, segment_expr
+    from reports.covariates_query import final_invitation
+    from reports.query import segment_expr
 
     cols = [
         ("f", Survey.__table__.c.id),
