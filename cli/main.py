@@ -72,13 +72,14 @@ class _BadLine:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from ingest.service import IngestResult, ingest_batch
-    from wiring.runtime import get_runtime
 
     path = Path(args.file)
     if not path.is_file():
         err_console.print(f"no such file: {path}")
         return 2
-    runtime = get_runtime()
+    runtime = _runtime_with_key()
+    if runtime is None:
+        return 2
     total_lines = sum(1 for line in path.open(encoding="utf-8") if line.strip())
     counts = {"accepted": 0, "duplicate": 0, "conflict": 0, "rejected": 0}
     rejected: list[str] = []
@@ -132,7 +133,9 @@ def cmd_deadletters(args: argparse.Namespace) -> int:
     from ingest.deadletters import list_dead_letters, replay_dead_letters
     from wiring.runtime import get_runtime
 
-    runtime = get_runtime()
+    runtime = get_runtime() if args.action == "list" else _runtime_with_key()
+    if runtime is None:
+        return 2
     if args.action == "list":
         letters = list_dead_letters(runtime.factory, include_replayed=args.all, limit=args.limit)
         table = Table("id", "received", "event_id", "error", "replayed")
@@ -160,10 +163,11 @@ def cmd_tick(args: argparse.Namespace) -> int:
     # Without Redis the queued ids would go to an in-process queue that dies with this command.
     if not _require_broker(Settings.from_env()):
         return 2
-    from wiring.runtime import get_runtime
     from worker.scheduling import build_scheduler
 
-    runtime = get_runtime()
+    runtime = _runtime_with_key()
+    if runtime is None:
+        return 2
     report = build_scheduler(runtime).tick(runtime.config)
     console.print(
         f"re-planned {report.replanned}, anchored {report.anchored}, queued {report.queued}, "
@@ -173,6 +177,24 @@ def cmd_tick(args: argparse.Namespace) -> int:
     for step, count in sorted(report.failures.items()):
         err_console.print(f"step {step} failed ({count}); see the log", markup=False)
     return 1 if report.failures else 0
+
+
+def _runtime_with_key() -> Runtime | None:
+    """The process's runtime, or ``None`` (after saying why) without ``NPS_SECRET_KEY``.
+
+    Customer ids outside the customer row are stored as pseudonyms keyed by it (ledger, dead
+    letters, tombstones); written under a throw-away key, they could never be found again by an
+    erasure or an export. Only `demo` runs without it."""
+    from wiring.runtime import get_runtime
+
+    runtime = get_runtime()
+    if not runtime.settings.secret_key:
+        err_console.print(
+            "NPS_SECRET_KEY is not set: customer ids are stored keyed by it, and without it "
+            "erasure and export could not find them again."
+        )
+        return None
+    return runtime
 
 
 def _require_broker(settings: Settings) -> bool:
@@ -219,10 +241,11 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if not _require_broker(settings):
         return 2
-    from wiring.runtime import get_runtime
     from worker.scheduling import build_scheduler, run_forever
 
-    runtime = get_runtime()
+    runtime = _runtime_with_key()
+    if runtime is None:
+        return 2
     runtime.config_holder.install_sighup_handler()
     runtime.config_holder.start_watching()
     stop = threading.Event()
@@ -290,9 +313,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_customer(args: argparse.Namespace) -> int:
     from ingest.subjects import erase_customer, export_customer
-    from wiring.runtime import get_runtime
 
-    runtime = get_runtime()
+    runtime = _runtime_with_key()
+    if runtime is None:
+        return 2
     if args.action == "export":
         data = export_customer(runtime.factory, args.id)
         if data is None:

@@ -12,14 +12,14 @@ import pytest
 from sqlalchemy import func, select
 
 from models import InboundEvent, Order, Survey
-from tests.conftest import sqlite_database
+from tests.conftest import TEST_SECRET_KEY, sqlite_database
 from tests.factories import order_event, purchase
 
 
 def run_cli(*args: str, env: dict[str, str], timeout: int = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "cli.main", *args],
-        env={**os.environ, **env},
+        env={**os.environ, "NPS_SECRET_KEY": TEST_SECRET_KEY, **env},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -84,6 +84,32 @@ def test_web_refuses_to_start_without_secrets(tmp_path: Path):
     )
     assert result.returncode == 2
     assert "NPS_SECRET_KEY" in result.stderr and "NPS_INGEST_TOKEN" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["ingest", "EVENTS"], ["customer", "export", "c-1"], ["deadletters", "replay"], ["tick"]],
+)
+def test_commands_that_write_pseudonyms_refuse_to_run_without_the_secret_key(
+    tmp_path: Path, command: list[str]
+):
+    """Without NPS_SECRET_KEY the ledger, dead letters and tombstones would be keyed by a
+    throw-away key, and an erasure or export could never find them again."""
+    db_path = tmp_path / "nokey.db"
+    database = sqlite_database(db_path)
+    events = tmp_path / "events.jsonl"
+    events.write_text(json.dumps(purchase("K-1", customer_id="c-1")) + "\n")
+    env = {
+        "NPS_DATABASE_URL": f"sqlite:///{db_path}",
+        "NPS_CONFIG": str(tmp_path / "none.toml"),
+        "NPS_SECRET_KEY": "",
+        "NPS_BROKER_URL": "redis://127.0.0.1:1/0",
+    }
+    result = run_cli(*[str(events) if part == "EVENTS" else part for part in command], env=env)
+    assert result.returncode == 2
+    assert "NPS_SECRET_KEY is not set" in result.stderr
+    with database.session() as s:
+        assert s.scalar(select(func.count()).select_from(InboundEvent)) == 0
 
 
 def test_customer_export_and_erase(tmp_path: Path):
