@@ -25,28 +25,23 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from models.lifecycle import ANSWERED_STATES, INVITED_STATES, OPEN_STATES
 from models.orders import Order
 from models.surveys import Survey
 from reports.query import (
+    ANSWERED_VALUES,
+    INVITED_VALUES,
     NO_ARM,
+    OPEN_VALUES,
     UNKNOWN,
     Period,
     days_to_send_expr,
+    dialect_of,
     segment_expr,
 )
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 StrArray = npt.NDArray[np.str_]
-
-_OPEN = [s.value for s in OPEN_STATES]
-_INVITED = [s.value for s in INVITED_STATES]
-_ANSWERED = [s.value for s in ANSWERED_STATES]
-
-
-def _dialect(session: Session) -> str:
-    return session.get_bind().dialect.name
 
 
 COVARIATE_NAMES: Final = (
@@ -86,10 +81,10 @@ class CovariateTable:
 
 def final_invitation(now: datetime) -> ColumnElement[bool]:
     """Invited, with a final outcome: not inside an open response window."""
-    closed = [s for s in _INVITED if s not in _OPEN]
+    closed = [s for s in INVITED_VALUES if s not in OPEN_VALUES]
     return or_(
         Survey.state.in_(closed),
-        and_(Survey.state.in_(_OPEN), Survey.closes_at <= now),
+        and_(Survey.state.in_(OPEN_VALUES), Survey.closes_at <= now),
     )
 
 
@@ -107,7 +102,7 @@ def fetch_covariates(
     fetched and transposed. Either way the invitees are put in survey id order, so that a
     report over the same data is reproducible to the bit.
     """
-    dialect = _dialect(session)
+    dialect = dialect_of(session)
     columns: list[tuple[str, ColumnElement[Any]]] = [
         ("f", Survey.__table__.c.id),
         ("s", Survey.__table__.c.channel),
@@ -117,7 +112,7 @@ def fetch_covariates(
         ("s", func.coalesce(Order.country, UNKNOWN)),
         ("s", func.coalesce(Survey.arm, NO_ARM)),
         ("f", days_to_send_expr(dialect)),
-        ("f", case((Survey.state.in_(_ANSWERED), 1.0), else_=0.0)),
+        ("f", case((Survey.state.in_(ANSWERED_VALUES), 1.0), else_=0.0)),
         ("f", func.cast(Survey.score, Float)),
     ]
     if by is not None:

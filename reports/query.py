@@ -59,9 +59,9 @@ NOT_SENT = "not_sent"
 UNKNOWN = "unknown"
 NO_ARM = "none"
 
-_OPEN = [s.value for s in OPEN_STATES]
-_INVITED = [s.value for s in INVITED_STATES]
-_ANSWERED = [s.value for s in ANSWERED_STATES]
+OPEN_VALUES = [s.value for s in OPEN_STATES]
+INVITED_VALUES = [s.value for s in INVITED_STATES]
+ANSWERED_VALUES = [s.value for s in ANSWERED_STATES]
 
 
 # --------------------------------------------------------------------------- period
@@ -103,7 +103,7 @@ class Period:
 # --------------------------------------------------------------------------- dialect pieces
 
 
-def _dialect(session: Session) -> str:
+def dialect_of(session: Session) -> str:
     return session.get_bind().dialect.name
 
 
@@ -188,7 +188,7 @@ def segment_sort_key(label: str) -> tuple[int, float, str]:
 
 def band_expr(bands: NpsBands) -> ColumnElement[Any]:
     """``promoter`` / ``passive`` / ``detractor`` for answered surveys, NULL otherwise."""
-    answered = Survey.state.in_(_ANSWERED)
+    answered = Survey.state.in_(ANSWERED_VALUES)
     whens = [
         (and_(answered, Survey.score.between(low, high)), literal(name))
         for name, (low, high) in (
@@ -203,7 +203,7 @@ def band_expr(bands: NpsBands) -> ColumnElement[Any]:
 def open_expr(now: datetime) -> ColumnElement[Any]:
     """1 for an invitation still waiting for its answer (open state, window not closed)."""
     still_open = and_(
-        Survey.state.in_(_OPEN), or_(Survey.closes_at.is_(None), Survey.closes_at > now)
+        Survey.state.in_(OPEN_VALUES), or_(Survey.closes_at.is_(None), Survey.closes_at > now)
     )
     return case((still_open, 1), else_=0)
 
@@ -231,7 +231,7 @@ def survey_grid(
     now: datetime,
 ) -> list[GridRow]:
     """Surveys of the period counted by (keys..., state, band, open, delivery receipt)."""
-    dialect = _dialect(session)
+    dialect = dialect_of(session)
     key_cols = [segment_expr(dialect, k).label(f"k{i}") for i, k in enumerate(keys)]
     band = band_expr(bands).label("band")
     is_open = open_expr(now).label("is_open")
@@ -247,7 +247,7 @@ def survey_grid(
     for row in session.execute(stmt):
         state = str(row.state)
         labels = tuple(
-            delay_label(row[i], state in _INVITED) if k == "delay" else str(row[i])
+            delay_label(row[i], state in INVITED_VALUES) if k == "delay" else str(row[i])
             for i, k in enumerate(keys)
         )
         out.append(
