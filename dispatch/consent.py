@@ -7,13 +7,21 @@ pseudonym stored on raw provider rows, which is where an erasure looks for them.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models import Customer, Order, Survey
+from models import Customer, Order, Survey, SurveyState, move
 from models.erasure import subject_key
 
-__all__ = ["customer_erased", "erased_customer", "subject_of", "withdrawal_reason"]
+__all__ = [
+    "customer_erased",
+    "erased_customer",
+    "subject_of",
+    "withdraw_if_stopped",
+    "withdrawal_reason",
+]
 
 
 def customer_erased(session: Session, customer_id: int | None) -> bool:
@@ -54,3 +62,28 @@ def withdrawal_reason(order: Order, customer: Customer) -> str | None:
     if order.cancelled_at is not None:
         return f"order {order.cancel_kind}"
     return None
+
+
+def withdraw_if_stopped(
+    session: Session,
+    survey: Survey,
+    order: Order,
+    customer: Customer,
+    *,
+    only_from: SurveyState,
+    now: datetime,
+) -> str | None:
+    """End the survey ``withdrawn`` when :func:`withdrawal_reason` says it may not go out;
+    returns that reason, or ``None`` when it may go on."""
+    reason = withdrawal_reason(order, customer)
+    if reason is not None:
+        move(
+            session,
+            survey.id,
+            SurveyState.withdrawn,
+            reason=reason,
+            only_from=[only_from],
+            now=now,
+            final_reason=reason,
+        )
+    return reason

@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from channels.masking import mask_text
 from config import OperatorConfig
 from dispatch import planning, timing
-from dispatch.consent import withdrawal_reason
+from dispatch.consent import withdraw_if_stopped
 from dispatch.tick_report import STEP_FAILURES, STEPS, TickReport
 from models import Customer, InboundEvent, Order, Survey, SurveyState, current_consent, move, utcnow
 from models.lifecycle import AWAITING_FOLLOWUP_STATES, OPEN_STATES
@@ -191,17 +191,9 @@ class Scheduler:
                 .with_for_update(of=Survey, skip_locked=True)
             ).all()
             for survey, order, customer in rows:
-                reason = withdrawal_reason(order, customer)
-                if reason is not None:
-                    move(
-                        session,
-                        survey.id,
-                        S.withdrawn,
-                        reason=reason,
-                        only_from=[S.scheduled],
-                        now=now,
-                        final_reason=reason,
-                    )
+                if withdraw_if_stopped(
+                    session, survey, order, customer, only_from=S.scheduled, now=now
+                ):
                     report.stopped += 1
                     continue
                 if not current_consent(session, customer.id, survey.channel):

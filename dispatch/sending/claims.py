@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from channels.base import ChannelName, OutboundMessage
 from config import OperatorConfig
 from dispatch import timing
-from dispatch.consent import withdrawal_reason
+from dispatch.consent import withdraw_if_stopped
 from dispatch.planning import choose_channel
 from dispatch.sending.common import SendInvariantError, SendOutcome, log
 from models import Customer, Order, Survey, SurveyState, current_consent, move
@@ -130,17 +130,8 @@ def recheck(
     now: datetime,
 ) -> SendOutcome | None:
     """``None`` when the claimed send may go; else what stopped it, already recorded."""
-    reason = withdrawal_reason(order, customer)
+    reason = withdraw_if_stopped(session, survey, order, customer, only_from=S.sending, now=now)
     if reason is not None:
-        move(
-            session,
-            survey.id,
-            S.withdrawn,
-            reason=reason,
-            only_from=[S.sending],
-            now=now,
-            final_reason=reason,
-        )
         return SendOutcome(S.withdrawn, reason)
     consented = current_consent(session, customer.id, survey.channel)
     _, status = customer.contact_for(survey.channel)
