@@ -21,10 +21,7 @@ demo: $(STAMP)
 # The clock guard: these tests run a second time with the wall clock a year ahead, so that a
 # test reading today's date instead of an injected `now` fails here rather than next month.
 CLOCK_GUARD_TESTS := tests/web/test_events_api.py tests/web/test_answer_page.py \
-	tests/web/test_shop_webhooks.py tests/ingest tests/dispatch/test_scheduler.py \
-	tests/dispatch/test_scheduler_windows.py tests/dispatch/test_scheduler_resilience.py \
-	tests/dispatch/test_sending.py tests/dispatch/test_send_promises.py tests/dispatch/test_send_claims.py \
-	tests/dispatch/test_consent_order.py tests/dispatch/test_responses.py tests/dispatch/test_planning.py
+	tests/web/test_shop_webhooks.py tests/ingest tests/dispatch tests/cli
 
 # Starts (and if needed installs) Redis, PostgreSQL and Chromium for the test suite,
 # then runs linters, the type checker and every test. See scripts/test-services.sh.
