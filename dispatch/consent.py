@@ -2,20 +2,26 @@
 
 :func:`customer_erased` / :func:`erased_customer` say whether a customer (or a survey's customer)
 is erased, read under a share lock of the customer row; :func:`subject_of` gives the keyed
-pseudonym stored on raw provider rows, which is where an erasure looks for them.
+pseudonym stored on raw provider rows, which is where an erasure looks for them;
+:func:`consent_granted` is the current-consent rule of ``models.customers.latest_consent`` as
+an expression, for a statement that checks it for its own rows (the send's claim).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.sql.elements import ColumnElement
 
-from models import Customer, Order, Survey, SurveyState, move
+from models import ConsentRecord, Customer, Order, Survey, SurveyState, move
+from models.customers import _EFFECTIVE_AT as EFFECTIVE_AT
 from models.erasure import subject_key
 
 __all__ = [
+    "consent_granted",
     "customer_erased",
     "erased_customer",
     "subject_of",
@@ -45,6 +51,23 @@ def erased_customer(session: Session, survey_id: int) -> bool:
     :func:`customer_erased` for the lock."""
     customer_id = session.scalar(select(Survey.customer_id).where(Survey.id == survey_id))
     return customer_erased(session, customer_id)
+
+
+def consent_granted(
+    customer_id: ColumnElement[Any] | InstrumentedAttribute[int],
+    channel: ColumnElement[Any] | InstrumentedAttribute[str],
+) -> Any:
+    """The latest consent record's grant for ``customer_id`` and ``channel`` (columns of the
+    enclosing statement), as a scalar subquery: ``NULL`` without any record. The same order as
+    :func:`models.customers.latest_consent`: latest by effective time, and at the same moment a
+    revocation before a grant."""
+    return (
+        select(ConsentRecord.granted)
+        .where(ConsentRecord.customer_id == customer_id, ConsentRecord.channel == channel)
+        .order_by(EFFECTIVE_AT.desc(), ConsentRecord.granted.asc(), ConsentRecord.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
 
 
 def subject_of(customer: Customer | None) -> str | None:

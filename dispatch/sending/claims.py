@@ -1,29 +1,48 @@
 """Steps 1 and 3 of a send: pick up the ``queued`` row before the rate-limit wait, then claim it
 ``queued -> sending`` and re-check consent, contact, cancellation and erasure on fresh rows;
 what stops a send ends it (``withdrawn``, ``suppressed``, ``failed``) or falls back to the next
-consented channel."""
+consented channel.
+
+Each is one statement when the send goes ahead: the pick-up an ``UPDATE ... RETURNING`` of the
+lease, the claim an ``UPDATE ... RETURNING`` that carries what the message and the re-check need
+(the customer's contact, name and language, the order's cancellation, the current consent),
+plus its transition row. Only a send that stops, or a row found in another state, reads more."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import Row, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from channels.base import ChannelName, OutboundMessage
 from config import OperatorConfig
 from dispatch import timing
-from dispatch.consent import withdraw_if_stopped
+from dispatch.consent import consent_granted, withdraw_if_stopped, withdrawal_reason
 from dispatch.planning import choose_channel
-from dispatch.sending.common import SendInvariantError, SendOutcome, log
+from dispatch.sending.common import SendInvariantError, SendOutcome, log, record_transition
 from models import Customer, Order, Survey, SurveyState, current_consent, move
 from models.customers import ContactStatus
+from models.lifecycle import can_move
 
 S = SurveyState
 
 #: Builds the message of a claimed survey from its fresh rows.
 Build = Callable[[Survey, Customer], OutboundMessage]
+
+#: The customer's columns a claim carries back (what the message and the re-check read).
+_CUSTOMER_COLUMNS = (
+    Customer.email,
+    Customer.email_status,
+    Customer.phone,
+    Customer.phone_status,
+    Customer.first_name,
+    Customer.locale,
+    Customer.erased_at,
+)
+_ORDER_COLUMNS = (Order.cancelled_at, Order.cancel_kind)
 
 
 def pick_up(
@@ -36,14 +55,21 @@ def pick_up(
     for its slot is not doubled, and a worker that dies while waiting leaves a row the sweep
     finds. Returns the channel to wait for."""
     with factory() as session, session.begin():
-        survey = session.get(Survey, survey_id)
-        if survey is None:
-            return SendOutcome("missing", "no such survey")
-        if survey.state != S.queued:
-            return SendOutcome(survey.state, "not queued: nothing to do")
+        row = session.execute(
+            update(Survey)
+            .where(Survey.id == survey_id, Survey.state == S.queued)
+            .values(queued_at=now)
+            .returning(Survey.channel, Survey.timezone)
+            .execution_options(synchronize_session=False)
+        ).first()
+        if row is None:
+            state = session.scalar(select(Survey.state).where(Survey.id == survey_id))
+            if state is None:
+                return SendOutcome("missing", "no such survey")
+            return SendOutcome(state, "not queued: nothing to do")
         allowed = timing.next_allowed_moment(
             now,
-            timing.resolve_timezone(survey.timezone, None, None, config.schedule.default_timezone),
+            timing.resolve_timezone(row.timezone, None, None, config.schedule.default_timezone),
             config.schedule.quiet_hours,
             config.schedule.send_days,
         )
@@ -59,13 +85,79 @@ def pick_up(
                 due_at=allowed,
             )
             return SendOutcome(S.scheduled, f"quiet hours: due again at {allowed.isoformat()}")
-        session.execute(
-            update(Survey)
-            .where(Survey.id == survey_id, Survey.state == S.queued)
-            .values(queued_at=now)
-            .execution_options(synchronize_session=False)
+        return ChannelName(row.channel)
+
+
+def _claim_statement(survey_id: int, channel: ChannelName, now: datetime, mark: bool) -> Any:
+    """``queued -> sending`` for this survey on this channel, returning the survey's, its
+    customer's and its order's columns the send needs, and its current consent."""
+    values: dict[str, Any] = {
+        "state": S.sending.value,
+        "state_changed_at": now,
+        "attempts": Survey.attempts + 1,
+        "sending_at": now if mark else None,
+    }
+    customer = [
+        select(c).where(Customer.id == Survey.customer_id).scalar_subquery().label(c.key)
+        for c in _CUSTOMER_COLUMNS
+    ]
+    order = [
+        select(c).where(Order.id == Survey.order_id).scalar_subquery().label(c.key)
+        for c in _ORDER_COLUMNS
+    ]
+    # The lifecycle decides whether a queued survey may be claimed at all.
+    claimable = [S.queued.value] if can_move(S.queued, S.sending) else []
+    return (
+        update(Survey)
+        .where(Survey.id == survey_id, Survey.state.in_(claimable), Survey.channel == channel)
+        .values(**values)
+        .returning(
+            Survey.id,
+            Survey.order_id,
+            Survey.customer_id,
+            Survey.channel,
+            Survey.attempts,
+            Survey.tried_channels,
+            Survey.closes_at,
+            Survey.timezone,
+            *customer,
+            *order,
+            consent_granted(Survey.customer_id, Survey.channel).label("consented"),
         )
-        return ChannelName(survey.channel)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _claimed_rows(row: Row[Any]) -> tuple[Survey, Order, Customer]:
+    """The claimed survey, its order and customer as detached objects, from the claim's row."""
+    survey = Survey(
+        id=row.id,
+        order_id=row.order_id,
+        customer_id=row.customer_id,
+        channel=row.channel,
+        state=S.sending.value,
+        attempts=row.attempts,
+        tried_channels=row.tried_channels,
+        closes_at=row.closes_at,
+        timezone=row.timezone,
+    )
+    order = Order(id=row.order_id, **{c.key: getattr(row, c.key) for c in _ORDER_COLUMNS})
+    customer = Customer(
+        id=row.customer_id, **{c.key: getattr(row, c.key) for c in _CUSTOMER_COLUMNS}
+    )
+    return survey, order, customer
+
+
+def _not_claimed(session: Session, survey_id: int, channel: ChannelName) -> SendOutcome:
+    found = session.execute(
+        select(Survey.state, Survey.channel).where(Survey.id == survey_id)
+    ).first()
+    if found is None:
+        return SendOutcome("missing", "no such survey")
+    if found.state != S.queued:
+        return SendOutcome(found.state, "not queued after the wait: nothing to do")
+    # Moved to a fallback channel meanwhile: that channel's own message sends it.
+    return SendOutcome(S.queued, "channel changed while waiting: nothing to do")
 
 
 def claim(
@@ -77,48 +169,47 @@ def claim(
     build: Build | None,
 ) -> SendOutcome | tuple[Survey, Customer, OutboundMessage | None]:
     """After the wait, in one short transaction: claim ``queued -> sending`` (a duplicate
-    message, or a second worker, finds it claimed and does nothing), re-check on fresh rows
-    (what was committed while this worker waited counts), build the message from them and
+    message, or a second worker, finds it claimed and does nothing), re-check what the claim
+    read (what was committed while this worker waited counts), build the message from it and
     set the marker ``sending_at`` that the provider may be called from now on. Without
     ``build`` (the channel is off) the row is claimed and re-checked only: no message, no marker.
 
-    The row is locked first: a STOP committed meanwhile is seen by the consent re-check, or
+    The claim locks the row: a STOP committed meanwhile is seen by the consent re-check, or
     else finds the row with its marker and ends it ``opted_out`` (dispatch.responses). Claim
-    and marker commit together, so a ``sending`` row always has its provider call under way
-    or done, and the scheduler's sweep never takes back a claim whose worker is alive."""
+    and marker commit together, and a send stopped by the re-check has its marker cleared in
+    the same transaction, so a ``sending`` row with its marker always has its provider call
+    under way or done, and the scheduler's sweep never takes back a claim whose worker is
+    alive. The claimed objects returned are detached: the send path reads them, never loads
+    them again."""
     with factory() as session, session.begin():
-        survey = session.get(Survey, survey_id, with_for_update=True)
-        if survey is None:
-            return SendOutcome("missing", "no such survey")
-        if survey.state != S.queued:
-            return SendOutcome(survey.state, "not queued after the wait: nothing to do")
-        if survey.channel != channel:
-            # Moved to a fallback channel meanwhile: that channel's own message sends it.
-            return SendOutcome(S.queued, "channel changed while waiting: nothing to do")
-        order = session.get(Order, survey.order_id)
-        customer = session.get(Customer, survey.customer_id)
-        if order is None or customer is None:
+        row = session.execute(_claim_statement(survey_id, channel, now, build is not None)).first()
+        if row is None:
+            return _not_claimed(session, survey_id, channel)
+        if row.email_status is None:
             raise SendInvariantError(f"survey {survey_id}: its order or customer row is missing")
-        if not move(
-            session,
-            survey_id,
-            S.sending,
-            only_from=[S.queued],
-            now=now,
-            sending_at=None,
-            attempts=survey.attempts + 1,
-        ):
-            return SendOutcome("lost", "claimed by another worker")
-        session.refresh(survey)
-        stop = recheck(session, survey, order, customer, config, now)
-        if stop is not None:
-            log.info("survey %s: stopped at claim time: %s", survey_id, stop.detail)
-            return stop
+        record_transition(session, survey_id, S.queued, S.sending, now=now)
+        survey, order, customer = _claimed_rows(row)
+        _, status = customer.contact_for(survey.channel)
+        may_go = (
+            withdrawal_reason(order, customer) is None
+            and bool(row.consented)
+            and status == ContactStatus.valid
+        )
+        if not may_go:
+            stop = recheck(session, survey, order, customer, config, now)
+            if stop is not None:
+                # Stopped before any provider call: no marker on the row, wherever it went.
+                session.execute(
+                    update(Survey)
+                    .where(Survey.id == survey_id)
+                    .values(sending_at=None)
+                    .execution_options(synchronize_session=False)
+                )
+                log.info("survey %s: stopped at claim time: %s", survey_id, stop.detail)
+                return stop
         if build is None:
             return survey, customer, None
-        message = build(survey, customer)
-        survey.sending_at = now
-        return survey, customer, message
+        return survey, customer, build(survey, customer)
 
 
 def recheck(

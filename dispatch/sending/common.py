@@ -1,14 +1,21 @@
-"""What every step of sending shares: the outcome of an attempt, the retry backoff, the erasure
-check under lock, masked contacts in logs, and the error for a broken invariant."""
+"""What every step of sending shares: the outcome of an attempt, the retry backoff, the one-row
+compare-and-set of a survey's state, masked contacts in logs, and the error for a broken
+invariant."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import insert, update
+from sqlalchemy.orm import Session
 
 from channels.base import ChannelName
 from channels.masking import mask_email, mask_phone
+from models import Survey, SurveyState, SurveyTransition
+from models.lifecycle import can_move
 
 # One logger for the whole send path, whichever module of it speaks.
 log = logging.getLogger("dispatch.sending")
@@ -42,3 +49,53 @@ def backoff(attempt: int, retry_after: float | None) -> timedelta:
 
 def masked(channel: str, contact: str) -> str:
     return mask_email(contact) if channel == ChannelName.email else mask_phone(contact)
+
+
+def move_one(
+    session: Session,
+    survey_id: int,
+    source: SurveyState,
+    target: SurveyState,
+    *,
+    now: datetime,
+    reason: str | None = None,
+    **values: Any,
+) -> bool:
+    """``models.move`` for one survey known to be in ``source``, in two statements: the
+    conditional update (compare-and-set on the state, so a racing writer's update matches no
+    row) and its transition row. Refuses, like ``move``, any move the lifecycle does not list;
+    returns whether the row moved. Loaded objects are not expired: the send path holds none."""
+    if not can_move(source, target):
+        return False
+    moved = session.execute(
+        update(Survey)
+        .where(Survey.id == survey_id, Survey.state == source.value)
+        .values(state=target.value, state_changed_at=now, **values)
+        .returning(Survey.id)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if moved is None:
+        return False
+    record_transition(session, survey_id, source, target, now=now, reason=reason)
+    return True
+
+
+def record_transition(
+    session: Session,
+    survey_id: int,
+    source: SurveyState,
+    target: SurveyState,
+    *,
+    now: datetime,
+    reason: str | None = None,
+) -> None:
+    """The history row of a move this session's own compare-and-set made."""
+    session.execute(
+        insert(SurveyTransition).values(
+            survey_id=survey_id,
+            from_state=source.value,
+            to_state=target.value,
+            at=now,
+            reason=reason,
+        )
+    )

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import exists, insert, literal, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from channels.base import OutboundMessage, PermanentSendError, SendReceipt, TransientSendError
 from channels.console.send import PROVIDER as CONSOLE
 from config import OperatorConfig
-from dispatch.consent import erased_customer
+from dispatch.consent import customer_erased, erased_customer
 from dispatch.sending.claims import fallback_or_end
 from dispatch.sending.common import (
     MAX_SEND_ATTEMPTS,
@@ -22,8 +22,9 @@ from dispatch.sending.common import (
     backoff,
     log,
     masked,
+    move_one,
 )
-from models import Customer, MessageRecord, Survey, SurveyState, move
+from models import Customer, MessageRecord, Survey, SurveyState, move, utcnow
 from models.customers import record_consent
 
 S = SurveyState
@@ -42,57 +43,77 @@ def commit_sent(
     reason: str,
     config: OperatorConfig,
     now: datetime,
+    customer_id: int | None = None,
 ) -> tuple[bool, bool]:
     """``sending -> sent`` and the invitation's message row. For a customer erased
     meanwhile, the fact and the counts only: no provider id, no body, no reminder.
-    Returns (moved, erased).
+    Returns (moved, erased). ``customer_id``, when the caller knows it, spares reading it.
 
     One invitation was accepted, so there is one invitation row per survey, whoever records
     it: the worker's own answer, a lookup that settled the send while that answer was still
-    on its way, or two schedulers settling the same send. The survey row is locked (after the
-    customer row, in the order the erasure takes them), so the second writer sees the first
-    one's row and adds none."""
+    on its way, or two schedulers settling the same send. The customer row is share-locked,
+    then the survey row (the order the erasure takes them); the message row is inserted only
+    when the survey has none, so the second writer adds none.
+
+    The worker's own answer takes four statements: the erasure check, the compare-and-set
+    ``sending -> sent``, its transition row and the message row. Only a row found in another
+    state (settled by a lookup or overtaken by a callback) is read and locked again."""
     reminder = config.survey.reminder
     with factory() as session, session.begin():
-        erased = erased_customer(session, survey_id)
-        kept_id = None if erased else provider_message_id
-        session.execute(select(Survey.id).where(Survey.id == survey_id).with_for_update())
-        recorded = session.scalar(
-            select(MessageRecord.id).where(
-                MessageRecord.survey_id == survey_id, MessageRecord.kind == "invitation"
-            )
+        erased = (
+            erased_customer(session, survey_id)
+            if customer_id is None
+            else customer_erased(session, customer_id)
         )
-        moved = move(
-            session,
-            survey_id,
-            S.sent,
-            reason=reason,
-            # send_unknown: the settle window ran out while this worker still waited for the
-            # provider's answer; the answer proves the message went out.
-            only_from=[S.sending, S.send_unknown],
-            now=now,
-            sent_at=sent_at,
-            provider=provider,
-            provider_message_id=kept_id,
-            closes_at=sent_at + config.survey.response_window,
-            next_reminder_at=(
+        kept_id = None if erased else provider_message_id
+        values = {
+            "sent_at": sent_at,
+            "provider": provider,
+            "provider_message_id": kept_id,
+            "closes_at": sent_at + config.survey.response_window,
+            "next_reminder_at": (
                 sent_at + reminder.after if reminder.max > 0 and not erased else None
             ),
-        )
-        if recorded is None:
-            session.add(
-                MessageRecord(
-                    survey_id=survey_id,
-                    kind="invitation",
-                    channel=channel,
-                    provider=provider,
-                    provider_message_id=kept_id,
-                    status="accepted",
-                    segments=segments,
-                    body=None if erased else body,
+        }
+        moved = move_one(session, survey_id, S.sending, S.sent, now=now, reason=reason, **values)
+        if not moved:
+            session.execute(select(Survey.id).where(Survey.id == survey_id).with_for_update())
+            moved = bool(
+                move(
+                    session,
+                    survey_id,
+                    S.sent,
+                    reason=reason,
+                    # send_unknown: the settle window ran out while this worker still waited
+                    # for the provider's answer; the answer proves the message went out.
+                    only_from=[S.sending, S.send_unknown],
+                    now=now,
+                    **values,
                 )
             )
-    return bool(moved), erased
+        row = {
+            "survey_id": survey_id,
+            "kind": "invitation",
+            "channel": channel,
+            "provider": provider,
+            "provider_message_id": kept_id,
+            "status": "accepted",
+            "segments": segments,
+            "body": None if erased else body,
+            "created_at": utcnow(),
+        }
+        columns = MessageRecord.__table__.c
+        session.execute(
+            insert(MessageRecord).from_select(
+                list(row),
+                select(*[literal(v, columns[k].type) for k, v in row.items()]).where(
+                    ~exists().where(
+                        MessageRecord.survey_id == survey_id, MessageRecord.kind == "invitation"
+                    )
+                ),
+            )
+        )
+    return moved, erased
 
 
 def record_sent(
@@ -116,6 +137,7 @@ def record_sent(
         reason=f"accepted by {receipt.provider}",
         config=config,
         now=now,
+        customer_id=survey.customer_id,
     )
     if erased:
         log.info("survey %s: sent while the customer was erased; nothing personal kept", survey.id)
@@ -139,25 +161,17 @@ def record_transient(
     with factory() as session, session.begin():
         if survey.attempts >= MAX_SEND_ATTEMPTS:
             why = f"gave up after {survey.attempts} attempts: {exc}"
-            move(
-                session,
-                survey.id,
-                S.failed,
-                reason=why,
-                only_from=[S.sending],
-                now=now,
-                final_reason=why,
-            )
+            move_one(session, survey.id, S.sending, S.failed, now=now, reason=why, final_reason=why)
             log.error("ALERT survey %s failed: %s", survey.id, why)
             return SendOutcome(S.failed, why)
         due = now + backoff(survey.attempts, exc.retry_after_seconds)
-        move(
+        move_one(
             session,
             survey.id,
+            S.sending,
             S.scheduled,
-            reason=f"transient: {exc}",
-            only_from=[S.sending],
             now=now,
+            reason=f"transient: {exc}",
             due_at=due,
         )
     log.warning(
