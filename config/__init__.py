@@ -2,10 +2,12 @@
 
 The operator config is split by role: ``values`` (durations, times, amounts, shared literals and
 the base model), one module per group of sections (``survey``, ``schedule``, ``contact``,
-``platforms``), ``operator`` (the whole file), ``loading`` (reading it, with precise errors) and
-``live`` (the reloading holder of a running process). Every public name is importable from here.
+``platforms``, ``alerts``), ``operator`` (the whole file), ``loading`` (reading it, with precise
+errors) and ``live`` (the reloading holder of a running process). Every public name is
+importable from here.
 """
 
+from config.alerts import AlertsConfig, AlertTarget
 from config.contact import ContactConfig, Exclude, RateLimits
 from config.live import ChangeCallback, ConfigHolder, ReloadResult
 from config.loading import (
@@ -41,6 +43,8 @@ from config.values import (
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "WEEKDAYS",
+    "AlertTarget",
+    "AlertsConfig",
     "Amount",
     "AnchorKind",
     "Arm",

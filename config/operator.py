@@ -16,6 +16,7 @@ from typing import Any, Self
 
 from pydantic import PrivateAttr
 
+from config.alerts import AlertsConfig
 from config.contact import ContactConfig, RateLimits
 from config.platforms import ShopifyConfig, WooCommerceConfig
 from config.schedule import ScheduleConfig
@@ -23,6 +24,9 @@ from config.survey import SurveyConfig
 from config.values import ConfigModel, format_clock, format_duration
 
 __all__ = ["OperatorConfig", "default_config"]
+
+#: Sections that plan nothing, left out of the version while at their defaults.
+_OPTIONAL_SECTIONS = ("alerts",)
 
 
 class OperatorConfig(ConfigModel):
@@ -34,6 +38,7 @@ class OperatorConfig(ConfigModel):
     rate_limits: RateLimits = RateLimits()
     shopify: ShopifyConfig = ShopifyConfig()
     woocommerce: WooCommerceConfig = WooCommerceConfig()
+    alerts: AlertsConfig = AlertsConfig()
 
     _version: str = PrivateAttr(default="")
 
@@ -44,10 +49,16 @@ class OperatorConfig(ConfigModel):
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:12]
 
     def canonical_json(self) -> str:
-        """The meaning of this config as one JSON text (sorted keys, canonical spellings)."""
-        return json.dumps(
-            self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=True
-        )
+        """The meaning of this config as one JSON text (sorted keys, canonical spellings).
+
+        A section of :data:`_OPTIONAL_SECTIONS` left at its defaults is not part of it, so adding
+        such a section to the model does not change the version of a config that leaves it out
+        (a changed version re-plans every survey not yet queued)."""
+        meaning = self.model_dump(mode="json")
+        for name in _OPTIONAL_SECTIONS:
+            if getattr(self, name) == type(getattr(self, name))():
+                meaning.pop(name, None)
+        return json.dumps(meaning, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
     @property
     def version(self) -> str:
@@ -78,6 +89,7 @@ class OperatorConfig(ConfigModel):
             f"contact: {' > '.join(c.channels)}, fallback {'on' if c.fallback else 'off'}, "
             f"cap {format_duration(c.frequency_cap)}, sample {c.sample_rate:g}",
             f"rate limits: email {self.rate_limits.email:g}/s, sms {self.rate_limits.sms:g}/s",
+            self.alerts.summary(),
         ]
         return "\n".join(lines)
 

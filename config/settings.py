@@ -41,6 +41,8 @@ class Settings:
     # Unset: POST /webhooks/shopify (and /webhooks/woocommerce) answers 404.
     shopify_webhook_secret: str | None = field(default=None, repr=False)
     woocommerce_webhook_secret: str | None = field(default=None, repr=False)
+    # Signs detractor alert webhooks (X-NPS-Signature); unset: webhook alerts are not sent.
+    alert_signing_secret: str | None = field(default=None, repr=False)
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -62,6 +64,7 @@ class Settings:
             ),
             shopify_webhook_secret=env.get("SHOPIFY_WEBHOOK_SECRET") or None,
             woocommerce_webhook_secret=env.get("WOOCOMMERCE_WEBHOOK_SECRET") or None,
+            alert_signing_secret=env.get("NPS_ALERT_SIGNING_SECRET") or None,
             env=env,
         )
 

@@ -1,5 +1,6 @@
 """SQLAlchemy models. Importing this package registers every table on ``Base.metadata``."""
 
+from models.alerts import AlertState, DetractorAlert
 from models.base import Base, utcnow
 from models.customers import ConsentRecord, Customer, ErasedSubject, current_consent
 from models.inbound import DeadLetter, InboundEvent
@@ -16,11 +17,13 @@ from models.surveys import (
 )
 
 __all__ = [
+    "AlertState",
     "Answer",
     "Base",
     "ConsentRecord",
     "Customer",
     "DeadLetter",
+    "DetractorAlert",
     "Disposition",
     "ErasedSubject",
     "InboundEvent",

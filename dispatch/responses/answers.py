@@ -2,7 +2,8 @@
 
 :func:`record_web_score` / :func:`record_web_comment` take the answer page's posts;
 :func:`_set_score` / :func:`_set_comment` are the one way a score or comment is recorded (SMS
-answers use them too), keeping every answer in ``answers``. Free text about an erased customer
+answers use them too), keeping every answer in ``answers``, and, in the same transaction, the
+detractor alert of a detractor score (:mod:`dispatch.alerts`). Free text about an erased customer
 is never kept. :func:`unsubscribe_email` revokes email consent from the unsubscribe link.
 """
 
@@ -15,6 +16,7 @@ from typing import Literal
 from sqlalchemy.orm import Session
 
 from config import OperatorConfig
+from dispatch import alerts
 from dispatch.consent import customer_erased
 from dispatch.planning import on_consent_revoked
 from dispatch.responses.common import (
@@ -80,6 +82,7 @@ def _set_score(
             comment=comment,
         )
     session.add(Answer(survey_id=survey.id, score=score, comment=comment, via=via, received_at=now))
+    alerts.on_score(session, survey.id, score, config, now, with_comment=comment is not None)
     return "recorded"
 
 
@@ -101,6 +104,7 @@ def _set_comment(session: Session, survey: Survey, comment: str, via: str, now: 
     ):
         return False
     session.add(Answer(survey_id=survey.id, score=None, comment=comment, via=via, received_at=now))
+    alerts.on_comment(session, survey.id, now)
     return True
 
 

@@ -1,0 +1,455 @@
+"""Detractor alerts on real databases: the outbox row written with the score, the sweep, the
+claim, one signed webhook attempt at a time against a real local HTTP server, and email at the
+SendGrid boundary."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from channels.base import ChannelName
+from channels.console.send import ConsoleChannel
+from channels.sendgrid_email.send import SendGridEmailChannel
+from config import AlertsConfig, OperatorConfig
+from dispatch import alerts
+from dispatch.alert_delivery import deliver, signature_header, verify_signature
+from dispatch.responses import record_web_comment, record_web_score
+from ingest.service import ingest_event
+from models import DetractorAlert
+from tests.conftest import Database
+from tests.dispatch.test_responses import seed_survey
+from tests.factories import erased
+
+SECRET = "alert-signing-secret-for-tests"
+
+
+# --- a real receiver ------------------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Receiver:
+    """A local HTTP server answering with ``statuses`` in turn (then 200), keeping requests."""
+
+    statuses: list[int] = field(default_factory=list)
+    requests: list[Received] = field(default_factory=list)
+    url: str = ""
+
+    def json_bodies(self) -> list[dict[str, object]]:
+        return [json.loads(r.body) for r in self.requests]
+
+
+@contextmanager
+def serve_receiver() -> Iterator[Receiver]:
+    """A :class:`Receiver` on a free loopback port, for the time of the ``with`` block."""
+    state = Receiver()
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            with lock:
+                state.requests.append(Received(self.path, dict(self.headers.items()), body))
+                status = state.statuses.pop(0) if state.statuses else 200
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/nps"
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with serve_receiver() as state:
+        yield state
+
+
+def with_alerts(config: OperatorConfig, **targets: str) -> OperatorConfig:
+    return config.model_copy(update={"alerts": AlertsConfig(**targets)})
+
+
+def alerts_of(db: Database) -> list[DetractorAlert]:
+    with db.session() as s:
+        return list(s.scalars(select(DetractorAlert).order_by(DetractorAlert.id)))
+
+
+def score(db: Database, sid: int, value: int, config: OperatorConfig, now: datetime) -> None:
+    with db.session() as s, s.begin():
+        assert record_web_score(s, sid, value, config, now).status in ("recorded", "unchanged")
+
+
+def comment(db: Database, sid: int, text: str, now: datetime) -> None:
+    with db.session() as s, s.begin():
+        record_web_comment(s, sid, text, now)
+
+
+def sweep(db: Database, now: datetime) -> list[int]:
+    enqueued: list[int] = []
+    alerts.enqueue_due_alerts(db.factory, now, enqueued.append)
+    return enqueued
+
+
+def run(db: Database, alert_id: int, config: OperatorConfig, now: datetime, **kw: object) -> str:
+    with httpx.Client(timeout=5) as http:
+        options: dict[str, object] = {"secret": SECRET, "http": http, "email_channel": None}
+        options.update(kw)
+        return deliver(db.factory, alert_id, config, clock=lambda: now, **options)
+
+
+# --- the outbox row ---------------------------------------------------------------------------
+
+
+def test_a_detractor_score_writes_one_row_per_target_due_after_the_comment_wait(
+    db: Database, config, now
+):
+    config = with_alerts(
+        config, detractor_webhook="https://hooks.example.com/nps", detractor_email="cx@example.com"
+    )
+    sid = seed_survey(db, now=now)
+    score(db, sid, 3, config, now)
+    rows = alerts_of(db)
+    assert [(r.survey_id, r.target, r.state) for r in rows] == [
+        (sid, "webhook", "pending"),
+        (sid, "email", "pending"),
+    ]
+    assert {r.due_at for r in rows} == {now + alerts.COMMENT_WAIT}
+    assert sweep(db, now) == []
+    # The follow-up comment makes it due at once.
+    comment(db, sid, "slow delivery", now + timedelta(seconds=5))
+    assert {r.due_at for r in alerts_of(db)} == {now + timedelta(seconds=5)}
+    assert sorted(sweep(db, now + timedelta(seconds=5))) == [r.id for r in rows]
+
+
+@pytest.mark.parametrize("value", [7, 8, 9, 10])
+def test_passive_and_promoter_scores_write_none(db: Database, config, now, value):
+    config = with_alerts(config, detractor_webhook="https://hooks.example.com/nps")
+    score(db, seed_survey(db, now=now), value, config, now)
+    assert alerts_of(db) == []
+
+
+def test_no_alerts_table_without_targets(db: Database, config, now):
+    score(db, seed_survey(db, now=now), 0, config, now)
+    assert alerts_of(db) == []
+    assert sweep(db, now + timedelta(hours=1)) == []
+
+
+def test_a_changed_or_repeated_score_never_makes_a_second_alert(db: Database, config, now):
+    config = with_alerts(config, detractor_webhook="https://hooks.example.com/nps")
+    sid = seed_survey(db, now=now)
+    score(db, sid, 3, config, now)
+    score(db, sid, 5, config, now + timedelta(seconds=1))  # still a detractor
+    score(db, sid, 5, config, now + timedelta(seconds=2))  # the same again
+    [row] = alerts_of(db)
+    assert row.state == "pending"
+    # A change of mind to a passive before delivery cancels it ...
+    score(db, sid, 8, config, now + timedelta(seconds=3))
+    [row] = alerts_of(db)
+    assert row.state == "cancelled" and row.last_error == alerts.SCORE_CHANGED
+    assert sweep(db, now + timedelta(minutes=5)) == []
+    # ... and back to a detractor, the same alert is pending again.
+    score(db, sid, 2, config, now + timedelta(minutes=6))
+    [row] = alerts_of(db)
+    assert row.state == "pending" and row.due_at == now + timedelta(minutes=6, seconds=30)
+
+
+def test_a_score_with_its_comment_is_due_at_once(db: Database, config, now):
+    from dispatch.responses.answers import _set_score
+    from models import Survey
+
+    config = with_alerts(config, detractor_webhook="https://hooks.example.com/nps")
+    sid = seed_survey(db, now=now)
+    with db.session() as s, s.begin():
+        survey = s.get(Survey, sid)
+        assert survey is not None
+        assert _set_score(s, survey, 4, "sms", config, now, comment="broken") == "recorded"
+    [row] = alerts_of(db)
+    assert row.due_at == now
+
+
+def test_sms_replies_write_the_alert_too(db: Database, config, now, frozen_clock):
+    from tests.dispatch.test_responses import sms
+
+    config = with_alerts(config, detractor_webhook="https://hooks.example.com/nps")
+    sid = seed_survey(db, now=now)
+    assert sms(db, config, "4").status == "applied"
+    [row] = alerts_of(db)
+    assert (row.survey_id, row.due_at) == (sid, now + alerts.COMMENT_WAIT)
+    assert sms(db, config, "9").status == "applied"  # a changed mind, before delivery
+    assert alerts_of(db)[0].state == "cancelled"
+    frozen_clock.shift(timedelta(seconds=5))
+    assert sms(db, config, "3").status == "applied"
+    frozen_clock.shift(timedelta(seconds=5))
+    assert sms(db, config, "the courier was rude").status == "applied"
+    [row] = alerts_of(db)
+    assert (row.state, row.due_at) == ("pending", now + timedelta(seconds=10))
+
+
+# --- sweep, claim, webhook --------------------------------------------------------------------
+
+
+def test_webhook_alert_signed_retried_after_a_500_and_sent_once(
+    db: Database, config, now, receiver: Receiver
+):
+    config = with_alerts(config, detractor_webhook=receiver.url)
+    sid = seed_survey(db, now=now)
+    score(db, sid, 2, config, now)
+    comment(db, sid, "Parcel arrived broken", now)
+    receiver.statuses = [500]
+    [alert_id] = sweep(db, now)
+    assert sweep(db, now) == []  # queued: not enqueued twice
+    assert run(db, alert_id, config, now) == "retry"
+    [row] = alerts_of(db)
+    assert (row.state, row.attempts, row.last_error) == ("pending", 1, "HTTP 500")
+    assert row.due_at == now + alerts.backoff(1)
+    assert sweep(db, now + timedelta(seconds=10)) == []  # backing off
+    later = now + alerts.backoff(1)
+    assert sweep(db, later) == [alert_id]
+    assert run(db, alert_id, config, later) == "delivered"
+    # A duplicate message, and later sweeps, send nothing.
+    assert run(db, alert_id, config, later) == "skipped"
+    assert sweep(db, later + timedelta(hours=2)) == []
+    [row] = alerts_of(db)
+    assert (row.state, row.attempts, row.finished_at) == ("delivered", 2, later)
+    assert len(receiver.requests) == 2
+    first, second = receiver.requests
+    assert first.body == second.body  # the same alert, recognisable by its id
+    assert second.headers["X-NPS-Alert-Id"] == str(alert_id)
+    assert verify_signature(SECRET, second.headers["X-NPS-Signature"], second.body, later)
+    assert not verify_signature("another", second.headers["X-NPS-Signature"], second.body, later)
+    body = json.loads(second.body)
+    assert body == {
+        "type": "detractor_alert",
+        "id": alert_id,
+        "survey_id": sid,
+        "order_id": body["order_id"],
+        "channel": "sms",
+        "score": 2,
+        "band": "detractor",
+        "comment": "Parcel arrived broken",
+        "answered_at": "2026-11-20T10:00:00Z",
+        "shop": "Example Shop",
+    }
+    assert body["order_id"].startswith("O-")
+
+
+def test_signature_format_and_freshness(now):
+    body = b'{"a":1}'
+    t = int(now.timestamp())
+    header = signature_header("s3cret", t, body)
+    import hashlib
+    import hmac
+
+    expected = hmac.new(b"s3cret", f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    assert header == f"t={t},v1={expected}"
+    assert verify_signature("s3cret", header, body, now + timedelta(minutes=4))
+    assert not verify_signature("s3cret", header, body, now + timedelta(minutes=6))
+    assert not verify_signature("s3cret", header, body + b" ", now)
+    assert not verify_signature("s3cret", "v1=" + expected, body, now)
+
+
+def test_a_4xx_fails_for_good_and_attempts_are_bounded(
+    db: Database, config, now, receiver: Receiver
+):
+    config = with_alerts(config, detractor_webhook=receiver.url)
+    permanent, flaky = seed_survey(db, now=now), seed_survey(db, now=now)
+    score(db, permanent, 1, config, now)
+    score(db, flaky, 1, config, now)
+    at = now + alerts.COMMENT_WAIT
+    first, second = sweep(db, at)
+    receiver.statuses = [410]
+    assert run(db, first, config, at) == "failed"
+    outcomes = []
+    for _ in range(alerts.MAX_ATTEMPTS):
+        receiver.statuses = [503]
+        at += timedelta(hours=1)
+        assert sweep(db, at) == [second]
+        outcomes.append(run(db, second, config, at))
+    assert outcomes == ["retry"] * (alerts.MAX_ATTEMPTS - 1) + ["failed"]
+    rows = {r.id: r for r in alerts_of(db)}
+    assert (rows[first].state, rows[first].attempts, rows[first].last_error) == (
+        "failed",
+        1,
+        "HTTP 410",
+    )
+    assert rows[second].state == "failed" and rows[second].attempts == alerts.MAX_ATTEMPTS
+    assert "gave up after 8 attempts" in (rows[second].last_error or "")
+    assert sweep(db, at + timedelta(days=1)) == []
+
+
+def test_unsigned_alerts_are_not_sent(db: Database, config, now, receiver: Receiver):
+    config = with_alerts(config, detractor_webhook=receiver.url)
+    score(db, seed_survey(db, now=now), 0, config, now)
+    [alert_id] = sweep(db, now + alerts.COMMENT_WAIT)
+    assert run(db, alert_id, config, now + alerts.COMMENT_WAIT, secret=None) == "retry"
+    assert receiver.requests == []
+    [row] = alerts_of(db)
+    assert row.last_error == "NPS_ALERT_SIGNING_SECRET not set"
+
+
+def test_a_timeout_is_retried(db: Database, config, now):
+    config = with_alerts(config, detractor_webhook="https://hooks.example.com/nps")
+    score(db, seed_survey(db, now=now), 0, config, now)
+    [alert_id] = sweep(db, now + alerts.COMMENT_WAIT)
+
+    def timeout(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=request)
+
+    with httpx.Client(transport=httpx.MockTransport(timeout)) as http:
+        outcome = deliver(
+            db.factory,
+            alert_id,
+            config,
+            secret=SECRET,
+            http=http,
+            email_channel=None,
+            clock=lambda: now + alerts.COMMENT_WAIT,
+        )
+    assert outcome == "retry"
+    assert alerts_of(db)[0].last_error == "ReadTimeout"
+
+
+def test_a_score_changed_after_queueing_is_not_sent(db: Database, config, now, receiver):
+    config = with_alerts(config, detractor_webhook=receiver.url)
+    sid = seed_survey(db, now=now)
+    score(db, sid, 4, config, now)
+    [alert_id] = sweep(db, now + alerts.COMMENT_WAIT)
+    score(db, sid, 10, config, now + alerts.COMMENT_WAIT)
+    assert run(db, alert_id, config, now + alerts.COMMENT_WAIT) == "skipped"
+    assert receiver.requests == [] and alerts_of(db)[0].state == "cancelled"
+
+
+def test_a_target_removed_from_the_config_cancels_its_alert(db, config, now, receiver):
+    with_hook = with_alerts(config, detractor_webhook=receiver.url)
+    score(db, seed_survey(db, now=now), 4, with_hook, now)
+    [alert_id] = sweep(db, now + alerts.COMMENT_WAIT)
+    assert run(db, alert_id, config, now + alerts.COMMENT_WAIT) == "cancelled"
+    assert receiver.requests == []
+
+
+def test_lost_messages_and_dead_workers_are_recovered(db: Database, config, now, receiver):
+    config = with_alerts(config, detractor_webhook=receiver.url, detractor_email="cx@example.com")
+    score(db, seed_survey(db, now=now), 4, config, now)
+    at = now + alerts.COMMENT_WAIT
+    hook, mail = sweep(db, at)
+    # Both messages lost: enqueued again once they have waited QUEUED_STALE.
+    assert sweep(db, at + timedelta(seconds=30)) == []
+    at += alerts.QUEUED_STALE
+    assert sorted(sweep(db, at)) == [hook, mail]
+    # Both claimed by a worker that then died mid-delivery.
+    with db.session() as s, s.begin():
+        assert alerts.claim(s, hook, at) is not None and alerts.claim(s, mail, at) is not None
+        assert alerts.claim(s, hook, at) is None  # a duplicate message claims nothing
+    at += alerts.DELIVERING_STALE
+    assert sweep(db, at) == [hook]  # a webhook is tried again (its id lets the receiver dedupe)
+    rows = {r.id: r for r in alerts_of(db)}
+    assert rows[mail].state == "failed" and "not sent again" in (rows[mail].last_error or "")
+    assert run(db, hook, config, at) == "delivered"
+    assert len(receiver.requests) == 1
+
+
+def test_an_erased_customer_s_undelivered_alert_carries_no_comment(
+    db: Database, config, now, receiver: Receiver
+):
+    config = with_alerts(config, detractor_webhook=receiver.url)
+    sid = seed_survey(db, now=now, customer="c-erase")
+    score(db, sid, 1, config, now)
+    comment(db, sid, "Ana here, call me on +40721000111", now)
+    result = ingest_event(db.factory, erased("c-erase", at=now), config, now)
+    assert result.status == "accepted"
+    [row] = alerts_of(db)
+    assert row.state == "pending"
+    [alert_id] = sweep(db, now + timedelta(seconds=1))
+    assert run(db, alert_id, config, now + timedelta(seconds=1)) == "delivered"
+    [body] = receiver.json_bodies()
+    assert body["comment"] is None and body["score"] == 1
+    assert (
+        b"40721000111" not in receiver.requests[0].body and b"Ana" not in receiver.requests[0].body
+    )
+
+
+# --- email --------------------------------------------------------------------------------
+
+
+def test_email_alert_through_sendgrid(db: Database, config, now, respx_mock):
+    config = with_alerts(config, detractor_email="cx-team@example.com")
+    sid = seed_survey(db, now=now, channel="email")
+    score(db, sid, 6, config, now)
+    comment(db, sid, "Too expensive", now)
+    [alert_id] = sweep(db, now)
+    route = respx_mock.post("https://api.sendgrid.test/v3/mail/send").mock(
+        side_effect=[
+            httpx.Response(429, headers={"Retry-After": "120"}),
+            httpx.Response(202, headers={"X-Message-Id": "sg-alert-1"}),
+        ]
+    )
+    channel = SendGridEmailChannel(
+        "SG.key", "Shop <nps@shop.example>", api_base="https://api.sendgrid.test"
+    )
+    assert run(db, alert_id, config, now, email_channel=channel) == "retry"
+    [row] = alerts_of(db)
+    assert row.due_at == now + timedelta(seconds=120)  # the provider's Retry-After
+    later = now + timedelta(seconds=120)
+    assert sweep(db, later) == [alert_id]
+    assert run(db, alert_id, config, later, email_channel=channel) == "delivered"
+    assert run(db, alert_id, config, later, email_channel=channel) == "skipped"
+    assert route.call_count == 2
+    mail = json.loads(route.calls.last.request.content)
+    assert mail["personalizations"][0]["to"] == [{"email": "cx-team@example.com"}]
+    assert mail["subject"].startswith("Detractor: 6/10 on order O-")
+    assert "Too expensive" in mail["content"][0]["value"]
+    # The customer's survey id is not in the custom args: SendGrid's events about this mail
+    # must not be taken for the customer's invitation.
+    assert mail.get("custom_args", {}).get("survey_id") in (None, "0")
+
+
+def test_email_alert_whose_outcome_is_unknown_is_not_sent_twice(db, config, now, respx_mock):
+    config = with_alerts(config, detractor_email="cx-team@example.com")
+    score(db, seed_survey(db, now=now), 6, config, now)
+    [alert_id] = sweep(db, now + alerts.COMMENT_WAIT)
+    route = respx_mock.post("https://api.sendgrid.test/v3/mail/send").respond(500)
+    channel = SendGridEmailChannel(
+        "SG.key", "nps@shop.example", api_base="https://api.sendgrid.test"
+    )
+    assert run(db, alert_id, config, now + alerts.COMMENT_WAIT, email_channel=channel) == "failed"
+    assert sweep(db, now + timedelta(days=1)) == []
+    assert route.call_count == 1
+
+
+def test_email_alert_to_the_console_without_a_provider(db: Database, config, now):
+    import io
+
+    config = with_alerts(config, detractor_email="cx-team@example.com")
+    score(db, seed_survey(db, now=now), 0, config, now)
+    [alert_id] = sweep(db, now + alerts.COMMENT_WAIT)
+    console = ConsoleChannel(ChannelName.email, stream=io.StringIO())
+    assert run(db, alert_id, config, now + alerts.COMMENT_WAIT, email_channel=console) == (
+        "delivered"
+    )
+    [message] = console.sent
+    assert message.to == "cx-team@example.com" and "0 out of 10" in message.body_text
