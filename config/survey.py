@@ -1,5 +1,5 @@
-"""``[survey]``: the shop's name, the response window, reminders, score bands and the
-follow-up question of each band."""
+"""``[survey]``: the shop's name, the response window, reminders, score bands, the follow-up
+question of each band and an optional industry benchmark NPS shown beside the dashboard's."""
 
 from __future__ import annotations
 
@@ -86,6 +86,11 @@ class SurveyConfig(ConfigModel):
     reminder: Reminder = Reminder()
     bands: Bands = Bands()
     followup: Followup = Followup()
+    # An industry NPS the dashboard compares with. Display only: left out of the config's
+    # version (model_dump), so setting or changing it re-plans no survey.
+    benchmark: float | None = Field(
+        default=None, ge=-100, le=100, allow_inf_nan=False, exclude=True
+    )
 
     @model_validator(mode="after")
     def _reminder_inside_window(self) -> Self:

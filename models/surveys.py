@@ -35,6 +35,9 @@ class Survey(Base):
             sqlite_where=text("state IN ('waiting_anchor', 'scheduled', 'queued')"),
         ),
         Index("ix_surveys_state", "state"),
+        # The dashboard's latest answers, and the report cache's data version (max of it).
+        Index("ix_surveys_answered_at", "answered_at"),
+        Index("ix_surveys_state_changed_at", "state_changed_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
