@@ -15,7 +15,8 @@ the same body and id, so a receiver that took an earlier copy recognises the rep
 configured address. Only an answer proving nothing was sent (a 429, a refused connection) is
 tried again: a mail that may have gone out is not sent twice.
 
-Logs name the alert, its target and the outcome: never the comment, the address or the URL.
+Logs name the alert, its target and the outcome: never the comment, the address or the URL's
+path (a hook's path is often its secret; httpx's own request line shows only its host here).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -176,6 +179,33 @@ def _read_content(session: Session, claimed: Claim, config: OperatorConfig) -> A
 # One attempt per target
 # --------------------------------------------------------------------------------------------
 
+_posting = threading.local()
+
+
+class _HookPathHidden(logging.Filter):
+    """httpx logs every request with its whole URL; during an alert's POST (this thread only)
+    the URL is shown as its scheme and host."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(_posting, "active", False) and isinstance(record.args, tuple):
+            record.args = tuple(
+                f"{arg.scheme}://{arg.host}/[path hidden]" if isinstance(arg, httpx.URL) else arg
+                for arg in record.args
+            )
+        return True
+
+
+logging.getLogger("httpx").addFilter(_HookPathHidden())
+
+
+@contextmanager
+def _path_hidden() -> Iterator[None]:
+    _posting.active = True
+    try:
+        yield
+    finally:
+        _posting.active = False
+
 
 def _retry_after(response: httpx.Response) -> timedelta | None:
     value = response.headers.get("Retry-After", "").strip()
@@ -201,7 +231,8 @@ def post_webhook(
         ALERT_ID_HEADER: str(content.alert_id),
     }
     try:
-        response = http.post(url, content=body, headers=headers)
+        with _path_hidden():
+            response = http.post(url, content=body, headers=headers)
     except httpx.HTTPError as exc:
         return Attempt("retry", type(exc).__name__)
     status = response.status_code

@@ -70,6 +70,10 @@ SCORE_CHANGED: Final = "score changed: no longer a detractor"
 
 _OPEN = (A.pending.value, A.queued.value)
 
+for _target in ("webhook", "email"):  # every series exposed, at zero until it counts
+    for _outcome in ("delivered", "retry", "failed", "cancelled"):
+        DETRACTOR_ALERTS.labels(target=_target, outcome=_outcome)
+
 
 def backoff(attempts: int) -> timedelta:
     """The wait after failed attempt number ``attempts``: 30 s doubling, at most 30 minutes

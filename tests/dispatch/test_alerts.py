@@ -5,6 +5,7 @@ SendGrid boundary."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from channels.base import ChannelName
@@ -213,9 +215,16 @@ def test_sms_replies_write_the_alert_too(db: Database, config, now, frozen_clock
 # --- sweep, claim, webhook --------------------------------------------------------------------
 
 
+def counted(target: str, outcome: str) -> float:
+    labels = {"target": target, "outcome": outcome}
+    return REGISTRY.get_sample_value("nps_detractor_alerts_total", labels) or 0.0
+
+
 def test_webhook_alert_signed_retried_after_a_500_and_sent_once(
-    db: Database, config, now, receiver: Receiver
+    db: Database, config, now, receiver: Receiver, caplog
 ):
+    caplog.set_level(logging.DEBUG)
+    before = {o: counted("webhook", o) for o in ("retry", "delivered")}
     config = with_alerts(config, detractor_webhook=receiver.url)
     sid = seed_survey(db, now=now)
     score(db, sid, 2, config, now)
@@ -256,6 +265,11 @@ def test_webhook_alert_signed_retried_after_a_500_and_sent_once(
         "shop": "Example Shop",
     }
     assert body["order_id"].startswith("O-")
+    assert counted("webhook", "retry") == before["retry"] + 1
+    assert counted("webhook", "delivered") == before["delivered"] + 1
+    # Neither the comment nor the hook's path is logged (httpx's request line included).
+    assert "HTTP Request: POST http://127.0.0.1/[path hidden]" in caplog.text
+    assert "Parcel" not in caplog.text and "/hooks/nps" not in caplog.text
 
 
 def test_signature_format_and_freshness(now):
