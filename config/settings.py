@@ -27,6 +27,22 @@ class SettingsError(RuntimeError):
     pass
 
 
+def _positive_int(env: Mapping[str, str], name: str) -> int | None:
+    """``env[name]`` as a positive integer; unset or empty: ``None``."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise SettingsError(f"{name} must be a positive whole number, not {raw!r}")
+    return int(raw)
+
+
+def export_metrics_dir(path: str) -> None:
+    """Set ``PROMETHEUS_MULTIPROC_DIR`` for this process and the processes it starts; to be
+    called before prometheus_client is imported, which reads it once."""
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
@@ -43,6 +59,12 @@ class Settings:
     woocommerce_webhook_secret: str | None = field(default=None, repr=False)
     # Signs detractor alert webhooks (X-NPS-Signature); unset: webhook alerts are not sent.
     alert_signing_secret: str | None = field(default=None, repr=False)
+    # Where prometheus_client keeps every process's counters (its multiprocess mode), so that
+    # one scrape sums the processes of a host; unset: each process counts in its own memory.
+    prometheus_multiproc_dir: str | None = None
+    metrics_port: int | None = None  # the worker's and scheduler's metrics HTTP port; unset: off
+    metrics_host: str = "127.0.0.1"  # the address that port binds to
+    web_concurrency: int = 1  # uvicorn worker processes of `nps-dispatch web`
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -65,6 +87,10 @@ class Settings:
             shopify_webhook_secret=env.get("SHOPIFY_WEBHOOK_SECRET") or None,
             woocommerce_webhook_secret=env.get("WOOCOMMERCE_WEBHOOK_SECRET") or None,
             alert_signing_secret=env.get("NPS_ALERT_SIGNING_SECRET") or None,
+            prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
+            metrics_port=_positive_int(env, "NPS_METRICS_PORT"),
+            metrics_host=env.get("NPS_METRICS_HOST") or "127.0.0.1",
+            web_concurrency=_positive_int(env, "WEB_CONCURRENCY") or 1,
             env=env,
         )
 

@@ -7,7 +7,11 @@ unexpected exception (:mod:`web.errors`), the real client address behind ``NPS_T
 of the JSON routes is ``{"error": {"code", "message", "param"}}`` (:mod:`web.errors`); the
 OpenAPI document is at ``/openapi.json`` and ``/docs`` (:mod:`web.openapi`). ``GET /healthz``
 answers ``ok`` or ``failing`` and nothing more; ``GET /metrics`` needs the operators' password
-(HTTP basic) or ``NPS_METRICS_TOKEN`` (bearer).
+(HTTP basic) or ``NPS_METRICS_TOKEN`` (bearer), and serves the counters of every process of the
+host when ``PROMETHEUS_MULTIPROC_DIR`` is set (:mod:`web.metrics`).
+
+:func:`create_app` builds the app for a runtime; :func:`serve_app` is the factory each uvicorn
+worker process calls (``nps-dispatch web --workers N``): it sets up the process's logging first.
 """
 
 from __future__ import annotations
@@ -17,16 +21,18 @@ import logging
 import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from sqlalchemy import text
 
+from config.settings import environ
+from logs.format import configure_logging
 from web import answers, dashboard, events, reports, shop_webhooks, webhooks
 from web.auth import require_basic_or_bearer
 from web.errors import UnexpectedErrors, install_error_handlers, json_error
 from web.limits import BodySizeLimit
-from web.metrics import DatabaseCollector
+from web.metrics import app_registry
 from web.openapi import METRICS, error_responses, install_openapi
 from web.proxy import TrustedProxies, parse_networks
 from web.ratelimit import RateLimit
@@ -96,8 +102,9 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
             )
         return JSONResponse({"status": "ok"}, headers=NO_STORE)
 
-    registry = CollectorRegistry()
-    registry.register(DatabaseCollector(app.state.runtime.factory))
+    registry = app_registry(
+        runtime.factory, lambda: app.state.runtime.config.version, settings.prometheus_multiproc_dir
+    )
 
     @app.get(
         "/metrics",
@@ -113,3 +120,9 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         )
 
     return app
+
+
+def serve_app() -> FastAPI:
+    """The app of one uvicorn worker process, with this process's logging set up."""
+    configure_logging(environ())
+    return create_app()

@@ -3,7 +3,7 @@
 :class:`RateLimit` is ASGI middleware: each client may make ``burst`` requests at once, refilled
 at ``per_second`` (GCRA, see :mod:`dispatch.ratelimit`). Over the limit it answers 429 with
 ``Retry-After`` before the route reads anything (``rate_limited`` in the error shape of
-:mod:`web.errors`).
+:mod:`web.errors`), counted in ``nps_rate_limited_requests_total{group}`` (the rule's name).
 
 - **Which routes.** By default the answer page ``/s/...`` (people and mail scanners; its
   unsubscribe URL has a separate, looser bucket, because mailbox providers send RFC 8058 one-click
@@ -46,6 +46,7 @@ from fastapi import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dispatch.ratelimit import RedisBreaker, RedisGcra, gcra
+from logs.metrics import RATE_LIMITED
 from web.errors import ApiError, send_error
 
 __all__ = [
@@ -207,6 +208,7 @@ class RateLimit:
         store = RedisGcra(redis_client, clock) if redis_client is not None else None
         breaker = breaker or RedisBreaker("web rate limits")
         for rule in self.rules:
+            RATE_LIMITED.labels(group=rule.name)  # exposed at 0 before the first refusal
             local = TokenBuckets(
                 rule.per_second, rule.burst, clock=local_clock, max_keys=max_clients
             )
@@ -234,6 +236,7 @@ class RateLimit:
             else:
                 wait = buckets.take(key)
             if wait > 0:
+                RATE_LIMITED.labels(group=rule.name).inc()
                 await self._refuse(scope, send, wait)
                 return
         await self.app(scope, receive, send)
