@@ -44,7 +44,9 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--since", type=_date_arg, help="first purchase day, UTC (inclusive)")
     parser.add_argument("--until", type=_date_arg, help="last purchase day, UTC (exclusive)")
     parser.add_argument("--by", choices=SEGMENT_KEYS, help="segment the report")
-    parser.add_argument("--format", choices=FORMATS, default="table", dest="format")
+    parser.add_argument(
+        "--format", choices=FORMATS, default="table", dest="format", help="output format"
+    )
     parser.add_argument(
         "--compare-since",
         type=_date_arg,

@@ -1,7 +1,8 @@
 """`nps-dispatch demo`: the whole product in one process on the embedded defaults.
 
 SQLite, the in-process dramatiq broker with a real dramatiq Worker, the console channel, and a
-simulated shop whose events go through the real queue actor. Delays are scaled to seconds.
+simulated shop whose events go through the real queue actor. Delays are scaled to seconds. It
+ends with the report, then serves the dashboard until Ctrl-C (:mod:`demo.serve`).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from sqlalchemy import func, select
 
-from config.settings import use_in_process_broker
+from config.settings import environ, use_in_process_broker
 from demo.customers import DEMO_TWILIO_TOKEN, DemoSigner, simulate_customers
+from demo.serve import dashboard_password, database_url, serve_dashboard
 from demo.simulation import SimulatedCustomer
 from models import DeadLetter, InboundEvent, Order, SkippedPurchase, Survey
 from wiring.runtime import Runtime
@@ -70,16 +72,27 @@ SHOWN_STATES = (*PENDING, "sent", "withdrawn", "suppressed", "failed")
 
 
 def run_demo(
-    events: int = 300, seed: int = 7, database: str | None = None, shop: str = "events"
+    events: int = 300,
+    seed: int = 7,
+    database: str | None = None,
+    shop: str = "events",
+    *,
+    serve: bool = False,
+    host: str = "127.0.0.1",
+    port: int = 8000,
 ) -> int:
     """``shop``: ``"events"`` sends the simulated shop's events to the queue actor;
-    ``"shopify"`` sends them as signed Shopify webhooks to ``POST /webhooks/shopify``."""
+    ``"shopify"`` sends them as signed Shopify webhooks to ``POST /webhooks/shopify``.
+    ``database``: a SQLAlchemy URL or a SQLite file path. ``serve``: after the report, serve
+    the dashboard on ``host:port`` until Ctrl-C."""
     console = Console()
+    password = dashboard_password(environ())
     # The demo shows its own tables; per-event log lines would drown them.
     logging.getLogger().setLevel(logging.WARNING)
     use_in_process_broker()  # the demo always uses the in-process broker
     workdir = Path(tempfile.mkdtemp(prefix="nps-demo-"))
-    db_url = database or f"sqlite:///{workdir / 'demo.db'}"
+    db_url = database_url(database, f"sqlite:///{workdir / 'demo.db'}")
+    base_url = f"http://localhost:{port}"
     config_path = workdir / "nps-dispatch.toml"
     config_path.write_text(DEMO_CONFIG, encoding="utf-8")
 
@@ -95,12 +108,13 @@ def run_demo(
     from wiring.services import answer_links
     from worker.broker import broker
 
-    signer = DemoSigner.create("http://localhost:8000")
+    signer = DemoSigner.create(base_url)
     settings = Settings.from_env(
         {
             "NPS_DATABASE_URL": db_url,
             "NPS_CONFIG": str(config_path),
-            "NPS_PUBLIC_BASE_URL": "http://localhost:8000",
+            "NPS_PUBLIC_BASE_URL": base_url,
+            "NPS_DASHBOARD_PASSWORD": password,
             # Only to verify the demo's own simulated, correctly signed provider callbacks; no
             # provider is configured for sending, so every message goes to the console.
             "TWILIO_AUTH_TOKEN": DEMO_TWILIO_TOKEN,
@@ -141,12 +155,14 @@ def run_demo(
         _timing_table(console, runtime)
         _answer_phase(console, runtime, signer, customers, seed)
         _report_phase(console, runtime)
+        console.print(
+            f"[dim]demo finished in {time.monotonic() - started:.1f}s; database kept at {db_url}[/]"
+        )
+        if serve:
+            serve_dashboard(console, runtime, password, host, port)
     finally:
         worker.stop()
         set_runtime(None)
-    console.print(
-        f"[dim]demo finished in {time.monotonic() - started:.1f}s; database kept at {db_url}[/]"
-    )
     return 0
 
 

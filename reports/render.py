@@ -3,6 +3,10 @@
 Both read only the JSON shape of ``reports/REPORT_JSON.md``, so anything that can fetch
 ``GET /v1/reports/nps`` can render the same way.
 
+The tables fit an 80-column terminal: no outer borders, a value and its interval in one cell
+(the interval on a second line), numbers and flags never wrapped or cut, and only the labels
+(segment names come from shop data and can be long) wrapped within their column.
+
 CSV: one row per segment plus a first row whose ``segment`` is ``all``; columns
 :data:`CSV_COLUMNS` (empty cell = undefined, e.g. an NPS without answers):
 
@@ -28,6 +32,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+from rich import box
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
@@ -99,6 +104,30 @@ def _period(period: Mapping[str, str | None]) -> str:
 # --------------------------------------------------------------------------- table
 
 
+def _table(title: str) -> Table:
+    """A compact table: a rule under the header, no borders, one space between columns."""
+    return Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+
+
+def _label_column(table: Table, name: str) -> None:
+    table.add_column(name, overflow="fold", ratio=1, min_width=8)
+
+
+def _number_column(table: Table, name: str) -> None:
+    table.add_column(name, justify="right", no_wrap=True)
+
+
+def _with_ci(value: str, ci: str) -> str:
+    return value if ci == "-" else f"{value}\n{ci}"
+
+
 def _headline(report: Mapping[str, Any]) -> Panel:
     counts = report["counts"]
     rate = report["response_rate"]
@@ -136,10 +165,10 @@ def _headline(report: Mapping[str, Any]) -> Panel:
 def _rates(report: Mapping[str, Any]) -> Group:
     rates = report["rates"]
     disp = report["dispositions"]
-    table = Table(title="AAPOR outcome rates", title_justify="left")
-    table.add_column("rate")
+    table = _table("AAPOR outcome rates")
+    table.add_column("rate", no_wrap=True)
     for i in range(1, 7):
-        table.add_column(str(i), justify="right")
+        _number_column(table, str(i))
     for family, count in (("RR", 6), ("COOP", 4), ("REF", 3), ("CON", 3)):
         cells = [_pct(rates.get(f"{family}{i}")) for i in range(1, count + 1)]
         table.add_row(family, *cells, *([""] * (6 - count)))
@@ -172,11 +201,11 @@ def _adjusted(report: Mapping[str, Any]) -> Group:
         text.append("\n" + adj["note"], style=style)
     for warning in adj.get("warnings", []):
         text.append(f"\nnote: {warning}", style="dim")
-    smd = Table(title="responders vs non-responders (standardised mean difference)")
-    smd.add_column("covariate")
-    smd.add_column("SMD", justify="right")
-    smd.add_column("after weighting", justify="right")
-    smd.add_column("")
+    smd = _table("")
+    _label_column(smd, "covariate")
+    _number_column(smd, "SMD")
+    _number_column(smd, "weighted")
+    smd.add_column("", no_wrap=True)
     for b in adj.get("smd", []):
         smd.add_row(
             b["covariate"],
@@ -184,18 +213,19 @@ def _adjusted(report: Mapping[str, Any]) -> Group:
             _num(b["smd_weighted"], 3),
             Text("|SMD| > 0.1", style="yellow") if b["flagged"] else "",
         )
-    return Group(text, smd)
+    title = Text("responders vs non-responders: standardised mean difference (SMD)")
+    return Group(text, title, smd)
 
 
 def _coverage(report: Mapping[str, Any]) -> Table:
     cov = report["coverage"]
     purchases = cov["purchases"]
-    table = Table(title="coverage: every purchase, step by step", title_justify="left")
-    table.add_column("step")
-    table.add_column("n", justify="right")
-    table.add_column("of purchases", justify="right")
-    table.add_column("lost", justify="right")
-    table.add_column("why")
+    table = _table("coverage: every purchase, step by step")
+    table.add_column("step", overflow="fold", max_width=18)
+    _number_column(table, "n")
+    _number_column(table, "share")
+    _number_column(table, "lost")
+    table.add_column("why", ratio=1, min_width=16)
     table.add_row("purchases", _num(purchases), _pct(1.0 if purchases else None), "", "")
     for step in cov["steps"]:
         reasons = ", ".join(f"{k} {v:,}" for k, v in step["reasons"].items())
@@ -209,54 +239,48 @@ def _coverage(report: Mapping[str, Any]) -> Table:
     return table
 
 
-def _segments(report: Mapping[str, Any]) -> Table:
-    table = Table(title=f"by {report['by']}", title_justify="left")
-    for name, justify in (
-        (report["by"], "left"),
-        ("invited", "right"),
-        ("answered", "right"),
-        ("NPS", "right"),
-        ("95% CI", "right"),
-        ("response", "right"),
-        ("RR2", "right"),
-        ("adjusted", "right"),
-        ("adj. 95% CI", "right"),
-        ("n_eff", "right"),
-        ("flags", "left"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+def _segments(report: Mapping[str, Any]) -> Group:
+    table = _table(f"by {report['by']}")
+    _label_column(table, report["by"])
+    _number_column(table, "answered")
+    _number_column(table, "NPS, 95% CI")
+    _number_column(table, "response")
+    _number_column(table, "adjusted")
+    _number_column(table, "flags")
     for seg in report["segments"]:
         adj = seg.get("adjusted") or {}
         flags = sum(1 for b in adj.get("smd", []) if b["flagged"])
         table.add_row(
             seg["key"],
-            _num(seg["n_invited"]),
-            _num(seg["n_answered"]),
-            _num(seg["nps"]),
-            _ci(seg["nps_ci95"]),
-            _pct(seg["response_rate"]["rate"]),
-            _pct(seg["rates"]["RR2"]),
-            _num(adj.get("nps")),
-            _ci(adj.get("ci95")),
-            _num(adj.get("n_eff")),
-            f"{flags} SMD > 0.1" if flags else "",
+            f"{_num(seg['n_answered'])}\nof {_num(seg['n_invited'])}",
+            _with_ci(_num(seg["nps"]), _ci(seg["nps_ci95"])),
+            _with_ci(_pct(seg["response_rate"]["rate"]), f"RR2 {_pct(seg['rates']['RR2'])}"),
+            _with_ci(_num(adj.get("nps")), _ci(adj.get("ci95"))),
+            str(flags) if flags else "",
         )
-    return table
+    note = Text(
+        "answered of invited; adjusted: the non-response adjusted NPS and its 95% CI; flags: "
+        "covariates on which responders and non-responders differ (|SMD| > 0.1)",
+        style="dim",
+    )
+    return Group(table, note)
 
 
 def _timing(title: str, groups: Sequence[Mapping[str, Any]], reference: str | None) -> Table:
-    table = Table(title=f"{title} (vs {reference})", title_justify="left")
-    for name in ("group", "invited", "NPS", "95% CI", "response", "95% CI ", "vs ref", "p"):
-        table.add_column(name, justify="left" if name == "group" else "right")
+    table = _table(f"{title} (vs {reference})")
+    _label_column(table, "group")
+    _number_column(table, "invited")
+    _number_column(table, "NPS, 95% CI")
+    _number_column(table, "response, 95% CI")
+    _number_column(table, "vs ref")
+    _number_column(table, "p")
     for g in groups:
         vs = g.get("vs_reference") or {}
         table.add_row(
             g["label"],
             _num(g["response_rate"]["nobs"]),
-            _num(g["nps"]["nps"]),
-            _ci(g["nps"]["ci95"]),
-            _pct(g["response_rate"]["rate"]),
-            _ci_pct(g["response_rate"]["ci95"]),
+            _with_ci(_num(g["nps"]["nps"]), _ci(g["nps"]["ci95"])),
+            _with_ci(_pct(g["response_rate"]["rate"]), _ci_pct(g["response_rate"]["ci95"])),
             _num(vs.get("difference")) if vs else "ref",
             _num(vs.get("p_value"), 3) if vs else "",
         )

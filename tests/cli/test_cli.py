@@ -123,7 +123,7 @@ def test_customer_export_and_erase(tmp_path: Path):
     data = json.loads(exported.stdout)
     assert data["customer"]["email"] == "ana@example.com"
     assert data["orders"][0]["id"] == "G-1"
-    erased = run_cli("customer", "erase", "c-gdpr", env=env)
+    erased = run_cli("customer", "erase", "c-gdpr", "--yes", env=env)
     assert erased.returncode == 0, erased.stderr
     assert run_cli("customer", "export", "c-gdpr", env=env).returncode == 1
     with database.session() as s:

@@ -8,7 +8,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from cli.main import build_parser, tuned_scheduler
+from cli.main import build_parser
+from cli.operate import tuned_scheduler
 from models import Survey
 from tests.conftest import NOW
 from tests.seeding import seed_due_surveys

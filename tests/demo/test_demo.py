@@ -26,7 +26,8 @@ def test_demo_runs_and_accounts_for_every_purchase(tmp_path: Path):
             "--events",
             "120",
             "--database",
-            f"sqlite:///{db_path}",
+            str(db_path),  # a plain path is a SQLite file
+            "--no-serve",
         ],
         env={**env, "COLUMNS": "160"},
         capture_output=True,
