@@ -142,6 +142,11 @@ NOT_PERSONAL: Final[Columns] = {
         "error": "field paths and reasons, or a failure's type: never the values",
         "replay_result": _STATE,
     },
+    "detractor_alerts": {
+        "target": _CODE,
+        "state": _STATE,
+        "last_error": "an HTTP status or error kind of a delivery attempt, never a response body",
+    },
 }
 
 
