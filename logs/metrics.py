@@ -47,6 +47,7 @@ SCHEDULER_LATENESS: Final = Histogram(
 )
 DETRACTOR_ALERTS: Final = Counter(
     "nps_detractor_alerts",
-    "Detractor alerts delivered or failed, by target (webhook, email) and outcome",
+    "Detractor alert attempts by target (webhook, email) and outcome "
+    "(delivered, retry, failed, cancelled)",
     ["target", "outcome"],
 )
