@@ -21,6 +21,9 @@ from models.base import insert_ignoring_conflict
 from models.customers import ContactStatus, record_consent
 from models.erasure import erased_at, forget_subject, subject_key
 
+SHOP_SOURCE: Final = "shop"
+"""The inbound ledger's source of the shop's own events."""
+
 
 @dataclass(frozen=True, slots=True)
 class ApplyContext:
@@ -50,6 +53,14 @@ def upsert_customer(session: Session, data: CustomerIn) -> Customer:
         customer = lock_customer(session, data.id)
         if customer is None:  # pragma: no cover - the row was just inserted or committed
             raise RuntimeError("customer row missing after insert")
+    update_customer(customer, data)
+    session.flush()
+    return customer
+
+
+def update_customer(customer: Customer, data: CustomerIn) -> None:
+    """Take the contacts and details an event gives (normalised); a field it leaves out keeps
+    its stored value. Shared by the per-event and the set-based paths."""
     country = data.country or customer.country
     if data.email is not None:
         email = normalise_email(data.email)
@@ -63,8 +74,6 @@ def upsert_customer(session: Session, data: CustomerIn) -> Customer:
             setattr(customer, field, value)
     customer.email_status = customer.email_status or ContactStatus.missing
     customer.phone_status = customer.phone_status or ContactStatus.missing
-    session.flush()
-    return customer
 
 
 def _lock_order(session: Session, external_id: str) -> Order | None:
@@ -93,7 +102,7 @@ def apply_purchase(session: Session, event: PurchaseCompleted, ctx: ApplyContext
     if tombstone is not None and event.occurred_at <= tombstone:
         # A late event about an erased customer: count the purchase, keep no personal data
         # (nor a ledger row tied to them).
-        _fill_order(order, event, customer_id=None)
+        fill_order(order, event, customer_id=None)
         planning.skip_erased(session, order)
         forget_subject(session, subject_key(event.customer.id))
         return "customer erased"
@@ -110,12 +119,12 @@ def apply_purchase(session: Session, event: PurchaseCompleted, ctx: ApplyContext
             evidence_ref=event.event_id,
             recorded_at=ctx.now,
         )
-    _fill_order(order, event, customer_id=customer.id)
+    fill_order(order, event, customer_id=customer.id)
     session.flush()
     return planning.plan_purchase(session, order, customer, ctx.config, ctx.now)
 
 
-def _fill_order(order: Order, event: PurchaseCompleted, customer_id: int | None) -> None:
+def fill_order(order: Order, event: PurchaseCompleted, customer_id: int | None) -> None:
     categories = [i.category for i in event.items if i.category]
     order.customer_id = customer_id
     order.purchased_at = event.occurred_at
@@ -129,14 +138,22 @@ def _fill_order(order: Order, event: PurchaseCompleted, customer_id: int | None)
     order.is_test = event.test
 
 
-def apply_order_event(session: Session, event: OrderEvent, ctx: ApplyContext) -> str:
-    order = _order(session, event.order_id)
+ANCHOR_EVENTS: Final = ("order.fulfilled", "order.delivered")
+
+
+def record_anchor(order: Order, event: OrderEvent) -> None:
+    """An anchor event's time on its order; the first one of each kind stands."""
     if event.type == "order.fulfilled":
         if order.fulfilled_at is None:
             order.fulfilled_at = event.occurred_at
-    elif event.type == "order.delivered":
-        if order.delivered_at is None:
-            order.delivered_at = event.occurred_at
+    elif order.delivered_at is None:
+        order.delivered_at = event.occurred_at
+
+
+def apply_order_event(session: Session, event: OrderEvent, ctx: ApplyContext) -> str:
+    order = _order(session, event.order_id)
+    if event.type in ANCHOR_EVENTS:
+        record_anchor(order, event)
     else:
         if order.cancelled_at is None:
             order.cancelled_at = event.occurred_at

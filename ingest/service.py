@@ -14,11 +14,10 @@ import json
 import logging
 import random
 import time
-import traceback
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import select, text
@@ -26,8 +25,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config import OperatorConfig
 from ingest import apply, erasure, outcome
+from ingest.apply import SHOP_SOURCE
+from ingest.batch import RUN_TYPES, Done, RunItem, apply_run
+from ingest.failures import (
+    TransientFailure,
+    failure_label,
+    transient,
+)
 from ingest.outcome import Outcome
 from ingest.schema import (
+    EVENT_TYPES,
     ConsentEvent,
     CustomerErased,
     EventRejected,
@@ -38,15 +45,28 @@ from ingest.schema import (
     fingerprint,
     parse_event,
 )
+from logs.metrics import EVENTS
 from models import DeadLetter, InboundEvent, utcnow
 from models.erasure import subject_key
 from models.inbound import claim_inbound_event
 
+__all__ = [
+    "APPLY_FAILED",
+    "APPLY_FAILED_REASON",
+    "SHOP_SOURCE",
+    "TRANSIENT_ATTEMPTS",
+    "IngestResult",
+    "ShopEvent",
+    "Status",
+    "failure_label",
+    "ingest_batch",
+    "ingest_event",
+    "ingest_in_session",
+    "store_dead_letter",
+]
+
 log = logging.getLogger(__name__)
 
-SHOP_SOURCE = "shop"
-#: PostgreSQL's "deadlock detected" and "serialization failure": worth one more try.
-TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
 TRANSIENT_ATTEMPTS = 3
 Status = Literal["accepted", "duplicate", "conflict", "rejected"]
 
@@ -70,7 +90,7 @@ class IngestResult:
     retryable: bool = False
     errors: tuple[FieldError, ...] = ()  # one per problem, with its code and field path
     effect: Outcome | None = None  # what an accepted event did, read back from the database
-    event_type: str | None = None  # of an accepted event, for the log line
+    event_type: str | None = None  # when known, for the log line and the events metric
 
     def problems(self) -> tuple[FieldError, ...]:
         """The structured errors; a result built from a bare message gets one without a path."""
@@ -91,62 +111,6 @@ class IngestResult:
 
 
 ShopEvent = PurchaseCompleted | OrderEvent | ConsentEvent | CustomerErased
-
-_ROOT = Path(__file__).resolve().parent.parent
-_PACKAGES = {
-    "config",
-    "logs",
-    "models",
-    "channels",
-    "dispatch",
-    "ingest",
-    "reports",
-    "wiring",
-    "worker",
-    "web",
-    "cli",
-    "demo",
-}
-
-
-def failure_label(exc: BaseException) -> str:
-    """Name a failure for logs and dead letters without its message.
-
-    A database error's message quotes the statement and the values bound to it (contacts,
-    names), so only the exception types, the SQLSTATE or SQLite error name and the innermost
-    line of our own code that was running are kept.
-    """
-    label = type(exc).__name__
-    orig = getattr(exc, "orig", None)  # the driver's exception under SQLAlchemy's
-    if isinstance(orig, BaseException):
-        code = getattr(orig, "sqlstate", None) or getattr(orig, "sqlite_errorname", None)
-        label += f" ({type(orig).__name__}" + (f" {code})" if code else ")")
-    ours = [
-        (path, frame.lineno)
-        for frame in traceback.extract_tb(exc.__traceback__)
-        if (path := _own_file(frame.filename)) is not None
-    ]
-    if ours:
-        path, line = ours[-1]
-        label += f" at {path}:{line}"
-    return label
-
-
-class _TransientFailure(Exception):
-    """A deadlock or serialisation failure while applying an event; the message is its label."""
-
-
-def _transient(exc: BaseException) -> bool:
-    """A deadlock or serialisation failure: the same work can succeed when tried again."""
-    return getattr(getattr(exc, "orig", None), "sqlstate", None) in TRANSIENT_SQLSTATES
-
-
-def _own_file(filename: str) -> str | None:
-    try:
-        relative = Path(filename).resolve().relative_to(_ROOT)
-    except ValueError:
-        return None
-    return relative.as_posix() if relative.parts[0] in _PACKAGES else None
 
 
 def _subject(event: ShopEvent) -> str | None:
@@ -172,24 +136,55 @@ def _repeated(session: Session, event: ShopEvent, digest: str) -> IngestResult:
             InboundEvent.source == SHOP_SOURCE, InboundEvent.external_id == event.event_id
         )
     ).one_or_none()
+    if recorded is None:
+        return _repeated_as(event, digest, None, None)
+    return _repeated_as(event, digest, recorded.fingerprint, recorded.event_type)
+
+
+def _repeated_as(
+    event: ShopEvent, digest: str, recorded_digest: str | None, recorded_type: str | None
+) -> IngestResult:
     # Rows recorded before fingerprints were kept have none: taken as the same event.
-    if recorded is None or recorded.fingerprint in (None, digest):
-        return IngestResult(event.event_id, "duplicate", outcome="already applied")
+    if recorded_digest in (None, digest):
+        return IngestResult(
+            event.event_id, "duplicate", outcome="already applied", event_type=event.type
+        )
     log.warning(
         "event %s (%s) conflicts with the %s recorded under the same event_id",
         event.event_id,
         event.type,
-        recorded.event_type,
+        recorded_type,
     )
     problem = FieldError(
         "conflict",
-        f"already used by a different event (a {recorded.event_type}); nothing was applied; "
+        f"already used by a different event (a {recorded_type}); nothing was applied; "
         "give each event its own event_id",
         "event_id",
     )
     return IngestResult(
-        event.event_id, "conflict", error=problem.line(), outcome="conflict", errors=(problem,)
+        event.event_id,
+        "conflict",
+        error=problem.line(),
+        outcome="conflict",
+        errors=(problem,),
+        event_type=event.type,
     )
+
+
+def _parse(raw: Any, now: datetime) -> tuple[ShopEvent, str] | IngestResult:
+    """The validated event and its content digest, or its rejection."""
+    try:
+        event = parse_event(raw, now=now)
+    except EventRejected as exc:
+        kind = raw.get("type") if isinstance(raw, dict) else None
+        return IngestResult(
+            event_id_of(raw),
+            "rejected",
+            error=str(exc),
+            errors=tuple(exc.errors),
+            event_type=kind if kind in EVENT_TYPES else None,
+        )
+    return event, fingerprint(event)
 
 
 def ingest_in_session(
@@ -204,16 +199,29 @@ def ingest_in_session(
     """Validate and apply one event inside a SAVEPOINT of ``session``.
 
     With ``raise_transient``, a deadlock or serialisation failure is raised (as
-    ``_TransientFailure``) for the caller to retry the whole transaction, instead of being
+    ``TransientFailure``) for the caller to retry the whole transaction, instead of being
     answered as this event's rejection. ``log_accepted=False`` leaves the "accepted" line to
     the caller, to be written once the transaction has committed."""
     now = now or utcnow()
-    try:
-        event = parse_event(raw, now=now)
-    except EventRejected as exc:
-        return IngestResult(event_id_of(raw), "rejected", error=str(exc), errors=tuple(exc.errors))
-    digest = fingerprint(event)
+    parsed = _parse(raw, now)
+    if isinstance(parsed, IngestResult):
+        return parsed
+    event, digest = parsed
     ctx = apply.ApplyContext(config=config, now=now)
+    result = _apply_one(session, event, digest, ctx, raise_transient=raise_transient)
+    if log_accepted and result.status == "accepted":
+        log.info("event %s (%s) accepted: %s", event.event_id, event.type, result.outcome)
+    return result
+
+
+def _apply_one(
+    session: Session,
+    event: ShopEvent,
+    digest: str,
+    ctx: apply.ApplyContext,
+    *,
+    raise_transient: bool,
+) -> IngestResult:
     try:
         with session.begin_nested():
             claimed = claim_inbound_event(
@@ -233,8 +241,8 @@ def ingest_in_session(
         # The savepoint is rolled back (on PostgreSQL this also clears the aborted state), so
         # the events before and after this one in the transaction are unaffected.
         label = failure_label(exc)
-        if raise_transient and _transient(exc):
-            raise _TransientFailure(label) from exc
+        if raise_transient and transient(exc):
+            raise TransientFailure(label) from exc
         log.error("event %s (%s) not applied, nothing kept: %s", event.event_id, event.type, label)
         return IngestResult(
             event.event_id,
@@ -243,11 +251,67 @@ def ingest_in_session(
             outcome=label,
             retryable=True,
             errors=(FieldError("internal_error", APPLY_FAILED_REASON),),
+            event_type=event.type,
         )
-    if log_accepted:
-        log.info("event %s (%s) accepted: %s", event.event_id, event.type, said)
     return IngestResult(
         event.event_id, "accepted", outcome=said, effect=effect, event_type=event.type
+    )
+
+
+def _ingest_set(
+    session: Session,
+    raws: list[Any],
+    config: OperatorConfig,
+    now: datetime,
+    *,
+    raise_transient: bool,
+) -> list[IngestResult]:
+    """Apply a batch in runs (``ingest.batch``): purchases and anchor events together, a fixed
+    number of statements per run; any other event alone, in its own savepoint, in its place.
+
+    A run holds at most one event per order and per event id, so that each event of a run sees
+    the rows as the events before it left them; a second one starts the next run."""
+    ctx = apply.ApplyContext(config=config, now=now)
+    results: list[IngestResult | None] = [None] * len(raws)
+    run: list[tuple[int, RunItem]] = []
+    orders: set[str] = set()
+    ids: set[str] = set()
+
+    def flush() -> None:
+        if not run:
+            return
+        done = apply_run(session, [item for _, item in run], ctx)
+        for (index, item), did in zip(run, done, strict=True):
+            results[index] = _result_of(item, did)
+        run.clear()
+        orders.clear()
+        ids.clear()
+
+    for index, raw in enumerate(raws):
+        parsed = _parse(raw, now)
+        if isinstance(parsed, IngestResult):
+            results[index] = parsed
+            continue
+        event, digest = parsed
+        if isinstance(event, PurchaseCompleted | OrderEvent) and event.type in RUN_TYPES:
+            if event.event_id in ids or event.order_id in orders:
+                flush()
+            run.append((index, RunItem(event, digest, _subject(event))))
+            ids.add(event.event_id)
+            orders.add(event.order_id)
+            continue
+        flush()
+        results[index] = _apply_one(session, event, digest, ctx, raise_transient=raise_transient)
+    flush()
+    return [r for r in results if r is not None]
+
+
+def _result_of(item: RunItem, did: Done) -> IngestResult:
+    event = item.event
+    if did.recorded is not None:
+        return _repeated_as(event, item.digest, *did.recorded)
+    return IngestResult(
+        event.event_id, "accepted", outcome=did.said, effect=did.effect, event_type=event.type
     )
 
 
@@ -263,8 +327,11 @@ def ingest_batch(
     config: OperatorConfig,
     now: datetime | None = None,
 ) -> list[IngestResult]:
-    """Apply a batch in one transaction, each event in its own savepoint (one commit, not N).
+    """Apply a batch in one transaction and one commit: purchases and anchor events as sets
+    (:func:`_ingest_set`), the others each in its own savepoint.
 
+    When applying the set fails, the transaction is rolled back and the batch applied again
+    event by event, each in its own savepoint, so that only the event at fault is rejected.
     A deadlock rolls the whole batch back and runs it again: rolling back only the event that
     hit it would keep the rows the batch's earlier events locked, so the other transaction in
     the cycle would still wait on them and the retried event would deadlock again. On the last
@@ -273,35 +340,64 @@ def ingest_batch(
     now = now or utcnow()
     raws = list(raws)
     attempt = 1
+    one_by_one = False
     while True:
+        last = attempt >= TRANSIENT_ATTEMPTS
         try:
             with factory() as session, session.begin():
-                results = [
-                    ingest_in_session(
-                        session,
-                        raw,
-                        config,
-                        now,
-                        raise_transient=attempt < TRANSIENT_ATTEMPTS,
-                        log_accepted=False,
-                    )
-                    for raw in raws
-                ]
-        except _TransientFailure as exc:
-            log.warning("batch of %d events rolled back and retried: %s", len(raws), exc)
-            time.sleep(random.uniform(0.05, 0.25) * attempt)  # noqa: S311 - jitter only
+                if one_by_one:
+                    results = [
+                        ingest_in_session(
+                            session, raw, config, now, raise_transient=not last, log_accepted=False
+                        )
+                        for raw in raws
+                    ]
+                else:
+                    results = _ingest_set(session, raws, config, now, raise_transient=not last)
+        except TransientFailure as exc:
+            _retry_later(len(raws), str(exc), attempt)
             attempt += 1
             continue
-        # Only now: an attempt rolled back must not have said "accepted".
-        for result in results:
-            if result.status == "accepted":
-                log.info(
-                    "event %s (%s) accepted: %s",
-                    result.event_id,
-                    result.event_type,
-                    result.outcome,
-                )
+        except Exception as exc:
+            if one_by_one:
+                raise
+            if transient(exc) and not last:
+                _retry_later(len(raws), failure_label(exc), attempt)
+                attempt += 1
+                continue
+            log.warning(
+                "batch of %d events not applied as a set (%s): applying them one by one",
+                len(raws),
+                failure_label(exc),
+            )
+            one_by_one = True
+            continue
+        _committed(results)
         return results
+
+
+def _retry_later(size: int, label: str, attempt: int) -> None:
+    log.warning("batch of %d events rolled back and retried: %s", size, label)
+    time.sleep(random.uniform(0.05, 0.25) * attempt)  # noqa: S311 - jitter only
+
+
+def _committed(results: list[IngestResult]) -> None:
+    """Once the batch has committed (an attempt rolled back must not have said "accepted"):
+    one line per event at DEBUG, one for the batch at INFO, and the events metric."""
+    counts: Counter[str] = Counter()
+    for result in results:
+        if result.status == "accepted":
+            log.debug(
+                "event %s (%s) accepted: %s", result.event_id, result.event_type, result.outcome
+            )
+        label = "failed" if result.status == "rejected" and result.retryable else result.status
+        counts[label] += 1
+        EVENTS.labels(type=result.event_type or "invalid", outcome=label).inc()
+    log.info(
+        "batch of %d events: %s",
+        len(results),
+        ", ".join(f"{n} {label}" for label, n in sorted(counts.items())),
+    )
 
 
 def store_dead_letter(

@@ -5,6 +5,7 @@ pseudonym (:func:`subject_key`): in ledger and dead-letter subject keys and in t
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy import func, select, text, update
@@ -31,9 +32,55 @@ def lock_subject(session: Session, customer_external_id: str) -> None:
     created a fresh row under the shop's id, with the contacts the erasure had just removed."""
     if session.get_bind().dialect.name != "postgresql":
         return
-    digest = hashlib.sha256(f"subject\n{subject_key(customer_external_id)}".encode()).digest()
-    key = int.from_bytes(digest[:8], "big", signed=True)
+    key = _lock_key(customer_external_id)
     session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def _lock_key(customer_external_id: str) -> int:
+    digest = hashlib.sha256(f"subject\n{subject_key(customer_external_id)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def lock_subjects(session: Session, customer_external_ids: Iterable[str]) -> None:
+    """:func:`lock_subject` for many customers in one statement, taken in ascending key order
+    so that two transactions locking overlapping sets cannot wait on each other in a cycle."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    keys = sorted({_lock_key(external_id) for external_id in customer_external_ids})
+    if keys:
+        session.execute(
+            text(
+                "SELECT count(pg_advisory_xact_lock(k)) "
+                "FROM unnest(CAST(:keys AS bigint[])) AS t(k)"
+            ),
+            {"keys": keys},
+        )
+
+
+def erased_at_many(
+    session: Session, customer_external_ids: Iterable[str]
+) -> dict[str, datetime | None]:
+    """:func:`erased_at` for many customers: their locks (:func:`lock_subjects`), then one
+    query. Each id maps to its erasure time, or ``None``."""
+    ids = sorted(set(customer_external_ids))
+    lock_subjects(session, ids)
+    keys = {
+        key: external_id
+        for external_id in ids
+        for key in (subject_key(external_id), legacy_tombstone(external_id))
+    }
+    found: dict[str, datetime | None] = dict.fromkeys(ids)
+    if not keys:
+        return found
+    for subject_hash, at in session.execute(
+        select(ErasedSubject.subject_hash, ErasedSubject.erased_at).where(
+            ErasedSubject.subject_hash.in_(list(keys))
+        )
+    ):
+        external_id = keys[subject_hash]
+        was = found[external_id]
+        found[external_id] = at if was is None else max(was, at)
+    return found
 
 
 def erased_at(session: Session, customer_external_id: str) -> datetime | None:
@@ -50,9 +97,17 @@ def forget_subject(session: Session, subject: str) -> None:
     """Unlink the ledger rows about a subject (by its keyed pseudonym): no payload, subject key,
     survey or content digest stays; the event's id, type and result do, so a late copy of it is
     still recognised. For erasure, and for a late event refused because of a tombstone."""
+    forget_subjects(session, [subject])
+
+
+def forget_subjects(session: Session, subjects: Iterable[str]) -> None:
+    """:func:`forget_subject` for many subjects in one statement."""
+    keys = sorted(set(subjects))
+    if not keys:
+        return
     session.execute(
         update(InboundEvent)
-        .where(InboundEvent.subject_key == subject)
+        .where(InboundEvent.subject_key.in_(keys))
         .values(payload=None, subject_key=None, survey_id=None, fingerprint=None)
         .execution_options(synchronize_session=False)
     )

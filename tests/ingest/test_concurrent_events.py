@@ -101,7 +101,7 @@ def test_a_batch_run_again_logs_each_event_accepted_once(
 ) -> None:
     ingest_batch(pg_db.factory, [purchase("L-0", "X"), purchase("L-00", "Y")], config, now)
     first, second = purchase("L-1", "X"), purchase("L-2", "Y")
-    caplog.set_level(logging.INFO, logger="ingest.service")
+    caplog.set_level(logging.DEBUG, logger="ingest.service")
     with pg_db.session() as other, ThreadPoolExecutor(1) as pool:
         other.execute(select(Customer.id).where(Customer.external_id == "Y").with_for_update())
         batch = pool.submit(ingest_batch, pg_db.factory, [first, second], config, now)
