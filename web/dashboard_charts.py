@@ -40,7 +40,8 @@ def _svg(width: int, height: int, title: str, body: list[str]) -> Markup:
 
 
 def _text(x: float, y: float, text: object, **attrs: object) -> str:
-    extra = "".join(f' {k.replace("_", "-")}="{escape(v)}"' for k, v in attrs.items())
+    # class_ is class; text_anchor is text-anchor.
+    extra = "".join(f' {k.rstrip("_").replace("_", "-")}="{escape(v)}"' for k, v in attrs.items())
     return f'<text x="{x:.1f}" y="{y:.1f}"{extra}>{escape(text)}</text>'
 
 
@@ -172,7 +173,7 @@ def _legend(x: float, y: float, items: list[tuple[str, str, str]], band: bool) -
 
 def histogram_chart(counts: Sequence[int], bands: Mapping[str, Sequence[int]]) -> Markup:
     """Answers per score 0..10, each bar in its band's colour."""
-    width, height, left, right, top, bottom = 640, 260, 56, 628, 16, 212
+    width, height, left, right, top, bottom = 480, 250, 52, 472, 16, 202
     body, y = _y_axis(0, max(max(counts, default=0), 1), top, bottom, left, right)
     slot = (right - left) / 11
     for score, n in enumerate(counts):
@@ -197,7 +198,7 @@ _BAND_KEYS: Final = (
 
 def bands_bar(counts: Mapping[str, int]) -> Markup:
     """Promoters, passives and detractors as shares of one bar."""
-    width, height = 640, 86
+    width, height = 480, 86
     total = sum(counts.get(k, 0) for k in ("promoters", "passives", "detractors")) or 1
     body: list[str] = []
     x = 8.0
@@ -220,7 +221,7 @@ def bands_bar(counts: Mapping[str, int]) -> Markup:
         )
         label = f"{key} {counts.get(key, 0):,}"
         body.append(_text(x + 16, 66, label, fill=INK))
-        x += 40 + 7 * len(label)
+        x += 24 + 6.5 * len(label)
     body.append(
         _text(width / 2, 84, "Share of answers", text_anchor="middle", fill=AXIS, class_="axis-x")
     )
@@ -230,8 +231,8 @@ def bands_bar(counts: Mapping[str, int]) -> Markup:
 def rate_chart(groups: Sequence[Mapping[str, Any]], title: str, y_title: str) -> Markup:
     """Response rate per group (``{label, response_rate: {rate, ci95}}``) with its interval."""
     rows = [g for g in groups if g.get("response_rate", {}).get("rate") is not None]
-    row_h, top, left, right = 30, 12, 96, 620
-    width, height = 640, top + row_h * max(len(rows), 1) + 44
+    row_h, top, left, right = 30, 12, 88, 464
+    width, height = 480, top + row_h * max(len(rows), 1) + 44
     bottom = height - 40
     highs = [g["response_rate"]["ci95"][1] for g in rows if g["response_rate"].get("ci95")]
     high = float(max([0.1, *highs, *(g["response_rate"]["rate"] for g in rows)]))
@@ -298,8 +299,8 @@ def rate_chart(groups: Sequence[Mapping[str, Any]], title: str, y_title: str) ->
 def funnel_chart(coverage: Mapping[str, Any]) -> Markup:
     """Purchases, eligible, invited, delivered, answered: one bar each, with counts."""
     steps = ["purchases", "eligible", "invited", "delivered", "answered"]
-    row_h, top, left, right = 32, 8, 96, 560
-    width, height = 640, top + row_h * len(steps) + 28
+    row_h, top, left, right = 32, 8, 76, 380
+    width, height = 480, top + row_h * len(steps) + 28
     base = max(int(coverage.get("purchases") or 0), 1)
     body: list[str] = []
     for i, step in enumerate(steps):
