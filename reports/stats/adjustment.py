@@ -4,7 +4,7 @@ Every invitee has covariates known whether or not they answered (channel, catego
 value, repeat buyer, ...). The steps:
 
 1. **Propensity model.** Logistic regression of ``responded`` on the covariates, unpenalised
-   maximum likelihood by ``statsmodels`` (``sm.Logit``, Newton). Numeric columns enter as they
+   maximum likelihood by ``statsmodels`` (binomial ``GLM``, Newton). Numeric columns enter as they
    are; string columns are one-hot encoded with the most frequent level as reference. All model
    columns are standardised (mean 0, sd 1) before fitting, which leaves the fitted propensities
    unchanged and helps the conditioning. Problems are fixed, never hidden; each fix adds a line
@@ -49,7 +49,10 @@ value, repeat buyer, ...). The steps:
 6. **Bounds** (Manski): the NPS over all invitees if every non-responder were a detractor
    (worst) or a promoter (best). They need no model and always contain the truth.
 
-Scores of non-responders are ignored. All work is vectorised over rows. The covariates and
+Scores of non-responders are ignored. All work is vectorised over rows. A row may stand for
+several invitees with the same covariates, outcome and score (``counts``, frequency weights):
+every sum above then counts it that many times, which gives the figures of the invitees one
+by one from as many rows as there are distinct patterns. The covariates and
 the balance live in :mod:`reports.stats.covariates`, the model fit in
 :mod:`reports.stats.propensity`; this module weighs, estimates and bounds.
 """
@@ -154,12 +157,15 @@ def adjust_nps(
     bands: NpsBands = DEFAULT_BANDS,
     propensity_floor: float = DEFAULT_PROPENSITY_FLOOR,
     smd_threshold: float = SMD_THRESHOLD,
+    counts: npt.ArrayLike | None = None,
 ) -> AdjustedNps:
     """Propensity-weighted (Hajek) NPS over all invitees, with the diagnostics of the module doc.
 
-    ``covariates``: column name -> one value per invitee (strings: categorical; numbers or bools:
-    numeric; no missing values). ``responded``: bool per invitee. ``scores``: 0-10 score per
-    invitee (NaN or anything for non-responders; a responder's score must fall in a band).
+    ``covariates``: column name -> one value per row (strings: categorical; numbers or bools:
+    numeric; or a :class:`Categorical` / :class:`Numeric`; no missing values). ``responded``:
+    bool per row. ``scores``: 0-10 score per row (NaN or anything for non-responders; a
+    responder's score must fall in a band). ``counts``: invitees per row (positive integers;
+    default one each).
     """
     r = np.asarray(responded)
     if r.ndim != 1:
@@ -177,14 +183,23 @@ def adjust_nps(
     v = bands.values(s[r])
     if np.isnan(v).any():
         raise ValueError("every responder needs a score inside an NPS band")
+    if counts is None:
+        c = np.ones(n)
+    else:
+        c = np.asarray(counts, dtype=np.float64)
+        if c.shape != (n,) or not (c >= 1).all() or not (c == np.round(c)).all():
+            raise ValueError(f"counts must be {n} positive integers")
     columns = [parse_column(name, col, n) for name, col in covariates.items()]
 
-    n_r = int(r.sum())
+    rows = n
+    c_r = c[r]
+    n_r = int(c_r.sum())
+    n = int(c.sum())
     n_nr = n - n_r
     notes: list[str] = []
     bounds = None
     if n:
-        total_v = float(v.sum())
+        total_v = float(np.dot(c_r, v))
         bounds = NpsBounds((total_v - 100 * n_nr) / n, (total_v + 100 * n_nr) / n)
     if n_r == 0:
         notes.append("no responders: the NPS is undefined")
@@ -205,52 +220,54 @@ def adjust_nps(
             n_clipped=0,
             max_weight=None,
         )
-    raw = float(v.mean())
+    raw = total_v / n_r
 
     x: FloatArray | None = None
     alpha: FloatArray | None = None
     params: FloatArray | None = None
     names: list[str] = []
     if n_nr == 0:
-        p = np.ones(n)
+        p = np.ones(rows)
         fit = "none"
     else:
-        x, names = design(columns, r, notes)
+        x, names = design(columns, r, notes, c)
         y = r.astype(np.float64)
         if x.shape[1] == 1:
             params = np.array([math.log(n_r / n_nr)])
             alpha = np.zeros(1)
             fit = "intercept"
         else:
-            params, alpha, fit = fit_propensity(x, y, notes)
+            params, alpha, fit = fit_propensity(x, y, notes, c)
         p = expit(x @ params)
 
     p_r = p[r]
     clipped = p_r < propensity_floor
-    n_clipped = int(clipped.sum())
+    n_clipped = int(c_r[clipped].sum())
     if n_clipped:
         notes.append(
             f"{n_clipped} responders had a propensity below {propensity_floor:g}; their "
             f"weights were capped at {1 / propensity_floor:g}"
         )
     w = 1.0 / np.maximum(p_r, propensity_floor)
-    sum_w = float(w.sum())
-    mu = float(np.dot(w, v) / sum_w)
-    n_eff = sum_w**2 / float(np.dot(w, w))
+    cw = c_r * w
+    sum_w = float(cw.sum())
+    mu = float(np.dot(cw, v) / sum_w)
+    n_eff = sum_w**2 / float(np.dot(cw, w))
 
-    # Linearised variance (module docstring, step 4).
+    # Linearised variance (module docstring, step 4); one influence value per row, the same
+    # for each invitee the row stands for.
     a = sum_w / n
     psi_mu = w * (v - mu)
-    infl = np.zeros(n)
+    infl = np.zeros(rows)
     infl[r] = psi_mu
     if x is not None and params is not None and alpha is not None:
         dw = np.where(clipped, 0.0, (v - mu) * (1 - p_r) / p_r)
-        h = x[r].T @ dw / n
-        info = (x.T @ (x * (p * (1 - p))[:, None])) / n + np.diag(alpha)
-        c = np.linalg.lstsq(info, h, rcond=None)[0]
-        infl -= (r - p) * (x @ c) - float(np.dot(alpha * params, c))
+        h = x[r].T @ (c_r * dw) / n
+        info = (x.T @ (x * (c * p * (1 - p))[:, None])) / n + np.diag(alpha)
+        sol = np.linalg.lstsq(info, h, rcond=None)[0]
+        infl -= (r - p) * (x @ sol) - float(np.dot(alpha * params, sol))
     infl /= a
-    se = math.sqrt(float(np.dot(infl, infl))) / n
+    se = math.sqrt(float(np.dot(c, infl * infl))) / n
     ci = (max(mu - Z95 * se, -100.0), min(mu + Z95 * se, 100.0))
 
     return AdjustedNps(
@@ -261,7 +278,7 @@ def adjust_nps(
         n_eff=n_eff,
         n_respondents=n_r,
         n_invited=n,
-        smd=balance(columns, r, w, smd_threshold),
+        smd=balance(columns, r, w, smd_threshold, c),
         bounds=bounds,
         warnings=tuple(notes),
         model_columns=tuple(names),

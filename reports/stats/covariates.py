@@ -1,6 +1,11 @@
 """The covariates of the non-response adjustment (see :mod:`reports.stats.adjustment`): columns
 parsed into numeric or one-hot categorical form, the balance diagnostics (standardised mean
-differences) and the standardised design matrix the propensity model is fitted on."""
+differences) and the standardised design matrix the propensity model is fitted on.
+
+Every function takes ``counts``, a frequency weight per row: a row stands for ``counts[i]``
+invitees with the same covariates, outcome and score. Means, variances, level shares and the
+design's standardisation are the frequency-weighted ones, so grouped rows give the figures of
+the invitees one by one."""
 
 from __future__ import annotations
 
@@ -53,6 +58,15 @@ class Categorical:
 
 
 def parse_column(name: str, raw: object, n: int) -> Numeric | Categorical:
+    """One covariate: strings are categorical, numbers numeric; a :class:`Categorical` or
+    :class:`Numeric` is taken as it is (a categorical's levels not used by any row dropped)."""
+    if isinstance(raw, Numeric | Categorical):
+        size = raw.values.shape[0] if isinstance(raw, Numeric) else raw.codes.shape[0]
+        if size != n:
+            raise ValueError(f"covariate {name!r} has shape ({size},), expected ({n},)")
+        if isinstance(raw, Numeric):
+            return parse_column(name, raw.values, n)
+        return _compact(Categorical(name, raw.levels, raw.codes))
     arr = np.asarray(raw)
     if arr.ndim != 1 or arr.shape[0] != n:
         raise ValueError(f"covariate {name!r} has shape {arr.shape}, expected ({n},)")
@@ -78,6 +92,34 @@ def parse_column(name: str, raw: object, n: int) -> Numeric | Categorical:
     raise TypeError(f"covariate {name!r} has unsupported dtype {arr.dtype}")
 
 
+def _compact(col: Categorical) -> Categorical:
+    """The same column without the levels no row has (levels stay in their order)."""
+    used = np.bincount(col.codes, minlength=len(col.levels)) > 0
+    if used.all():
+        return col
+    new_code = np.cumsum(used) - 1
+    levels = tuple(level for level, keep in zip(col.levels, used, strict=True) if keep)
+    return Categorical(col.name, levels, new_code[col.codes].astype(np.intp))
+
+
+def _shares(codes: IntArray, weights: FloatArray, k: int) -> FloatArray:
+    """Weighted share of each level; a level holding every row has exactly 1."""
+    sums = np.bincount(codes, weights=weights, minlength=k)
+    shares: FloatArray = sums / sums.sum()
+    return shares
+
+
+def weighted_mean_var(x: FloatArray, c: FloatArray) -> tuple[float, float]:
+    """Frequency-weighted mean and population variance (exactly the value and 0 when every
+    row has the same value)."""
+    if x.size and x.min() == x.max():
+        return float(x[0]), 0.0
+    total = float(c.sum())
+    mean = float(np.dot(c, x)) / total
+    dev = x - mean
+    return mean, float(np.dot(c, dev * dev)) / total
+
+
 def standardised_mean_difference(
     mean_r: float, mean_nr: float, var_r: float, var_nr: float, mean_w: float, mean_all: float
 ) -> tuple[float, float]:
@@ -92,33 +134,34 @@ def standardised_mean_difference(
 
 
 def balance(
-    columns: Sequence[Numeric | Categorical], r: BoolArray, w: FloatArray, threshold: float
+    columns: Sequence[Numeric | Categorical],
+    r: BoolArray,
+    w: FloatArray,
+    threshold: float,
+    counts: FloatArray,
 ) -> tuple[CovariateBalance, ...]:
-    """SMDs; ``w`` are the responders' weights (in row order of the responders)."""
+    """SMDs; ``w`` are the responders' weights (in row order of the responders), ``counts``
+    the rows' frequency weights."""
     out: list[CovariateBalance] = []
-    n_r, n_nr = int(r.sum()), int((~r).sum())
+    c_r, c_nr = counts[r], counts[~r]
+    n_r, n_nr = float(c_r.sum()), float(c_nr.sum())
     if n_r == 0 or n_nr == 0:
         return ()
+    cw = c_r * w
     for col in columns:
         if isinstance(col, Numeric):
             x_r, x_nr = col.values[r], col.values[~r]
-            pairs = [
-                (
-                    col.name,
-                    float(x_r.mean()),
-                    float(x_nr.mean()),
-                    float(x_r.var()),
-                    float(x_nr.var()),
-                    float(np.dot(w, x_r) / w.sum()),
-                    float(col.values.mean()),
-                )
-            ]
+            m_r, v_r = weighted_mean_var(x_r, c_r)
+            m_nr, v_nr = weighted_mean_var(x_nr, c_nr)
+            m_w = weighted_mean_var(x_r, cw)[0]
+            m_all = weighted_mean_var(col.values, counts)[0]
+            pairs = [(col.name, m_r, m_nr, v_r, v_nr, m_w, m_all)]
         else:
             k = len(col.levels)
-            p_r = np.bincount(col.codes[r], minlength=k) / n_r
-            p_nr = np.bincount(col.codes[~r], minlength=k) / n_nr
-            p_w = np.bincount(col.codes[r], weights=w, minlength=k) / w.sum()
-            p_all = np.bincount(col.codes, minlength=k) / r.size
+            p_r = _shares(col.codes[r], c_r, k)
+            p_nr = _shares(col.codes[~r], c_nr, k)
+            p_w = _shares(col.codes[r], cw, k)
+            p_all = _shares(col.codes, counts, k)
             pairs = [
                 (
                     f"{col.name}={level}",
@@ -141,10 +184,11 @@ def balance(
 
 
 def design(
-    columns: Sequence[Numeric | Categorical], r: BoolArray, notes: list[str]
+    columns: Sequence[Numeric | Categorical], r: BoolArray, notes: list[str], counts: FloatArray
 ) -> tuple[FloatArray, list[str]]:
-    """Standardised design matrix with a leading intercept column, and the column names."""
-    n = r.size
+    """Standardised design matrix with a leading intercept column, and the column names
+    (columns standardised with the frequency-weighted mean and standard deviation)."""
+    n = float(counts.sum())
     specs: list[tuple[str, Numeric | Categorical, int]] = []  # (label, column, level or -1)
     for col in columns:
         if isinstance(col, Numeric):
@@ -156,8 +200,8 @@ def design(
         if len(col.levels) == 1:
             notes.append(f"covariate {col.name!r} has a single level; left out of the model")
             continue
-        total = np.bincount(col.codes, minlength=len(col.levels))
-        answered = np.bincount(col.codes[r], minlength=len(col.levels))
+        total = np.bincount(col.codes, weights=counts, minlength=len(col.levels))
+        answered = np.bincount(col.codes[r], weights=counts[r], minlength=len(col.levels))
         usable = [j for j in range(len(col.levels)) if 0 < answered[j] < total[j]]
         degenerate = [col.levels[j] for j in range(len(col.levels)) if j not in usable]
         if len(usable) < 2:
@@ -175,22 +219,21 @@ def design(
             )
         specs.extend((f"{col.name}={col.levels[j]}", col, j) for j in usable if j != reference)
 
-    x = np.empty((n, len(specs) + 1), order="F")
+    x = np.empty((r.size, len(specs) + 1), order="F")
     x[:, 0] = 1.0
     for i, (_, col, level) in enumerate(specs, start=1):
         if isinstance(col, Numeric):
             x[:, i] = col.values
         else:
             np.equal(col.codes, level, out=x[:, i], casting="unsafe")
-        mean = x[:, i].mean()
-        sd = x[:, i].std()
+        mean, var = weighted_mean_var(x[:, i], counts)
         x[:, i] -= mean
-        x[:, i] /= sd
+        x[:, i] /= math.sqrt(var)
     names = [label for label, _, _ in specs]
 
     # Drop columns (almost) collinear with earlier ones: 1 - R^2 from the correlation matrix.
     if len(specs) > 1:
-        corr = (x[:, 1:].T @ x[:, 1:]) / n
+        corr = (x[:, 1:].T @ (x[:, 1:] * counts[:, None])) / n
         keep: list[int] = []
         for j in range(len(specs)):
             resid = corr[j, j]

@@ -1,9 +1,14 @@
 """The propensity model of the non-response adjustment (see :mod:`reports.stats.adjustment`):
 logistic regression by maximum likelihood, with a ridge refit when the data separate or the fit
-fails. statsmodels is imported inside, as only the report needs it."""
+fails. statsmodels is imported inside, as only the report needs it.
+
+The rows carry frequency weights (``counts``): statsmodels' binomial GLM with ``freq_weights``
+maximises the likelihood of the invitees one by one, so the coefficients are those of the
+per-invitee fit, from as many rows as there are distinct covariate patterns."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -23,9 +28,15 @@ def expit(eta: FloatArray) -> FloatArray:
 
 
 def fit_propensity(
-    x: FloatArray, y: FloatArray, notes: list[str]
+    x: FloatArray, y: FloatArray, notes: list[str], counts: FloatArray
 ) -> tuple[FloatArray, FloatArray, str]:
-    """(params, penalty vector, fit kind) of the logistic propensity model."""
+    """(params, penalty vector, fit kind) of the logistic propensity model.
+
+    ``x``: the standardised design with its intercept column; ``y``: 1 for responders;
+    ``counts``: invitees per row. Unpenalised: Newton-Raphson from the intercept-only solution
+    until no coefficient moves by more than 1e-8. Ridge: the penalised log-likelihood
+    -loglik/N + alpha/2 |beta|^2 over the N invitees.
+    """
     # Imported here: statsmodels (with scipy and pandas) takes seconds to import, and only the
     # report needs it, not every process that imports this package.
     import statsmodels.api as sm
@@ -36,14 +47,20 @@ def fit_propensity(
         PerfectSeparationWarning,
     )
 
+    n = float(counts.sum())
+    n_r = float(np.dot(counts, y))
+    start = np.zeros(x.shape[1])
+    start[0] = math.log(n_r / (n - n_r))
     zero = np.zeros(x.shape[1])
     problem: str | None = None
     params: Any = None
+    model = sm.GLM(y, x, family=sm.families.Binomial(), freq_weights=counts)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            # check_rank=False: design already removed collinear columns (saves a QR of X).
-            res = sm.Logit(y, x, check_rank=False).fit(method="newton", maxiter=100, disp=0)
+            res = model.fit(
+                start_params=start, method="newton", maxiter=100, max_start_irls=0, disp=0
+            )
             params = np.asarray(res.params, dtype=np.float64)
             if not res.mle_retvals.get("converged", False):
                 problem = "the maximum-likelihood fit did not converge"
@@ -62,9 +79,14 @@ def fit_propensity(
 
     alpha = np.full(x.shape[1], RIDGE_ALPHA)
     alpha[0] = 0.0
+    ridge = sm.GLM(y, x, family=sm.families.Binomial(), freq_weights=counts)
+    # statsmodels' ridge objective divides the log-likelihood by ``nobs``, the number of rows;
+    # with the number of invitees it is the per-invitee objective, and the search takes the
+    # same steps as over the invitees one by one.
+    ridge.nobs = n
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = sm.GLM(y, x, family=sm.families.Binomial()).fit_regularized(alpha=alpha, L1_wt=0.0)
+        res = ridge.fit_regularized(alpha=alpha, L1_wt=0.0)
     notes.append(
         f"propensity model: {problem}; refitted with a ridge penalty alpha={RIDGE_ALPHA:g} on "
         "standardised coefficients (intercept unpenalised)"
