@@ -1,0 +1,239 @@
+"""Set-based ingest: a fixed number of statements per batch, and the same rows, answers and
+outcomes as applying the same events one by one."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from config import OperatorConfig
+from ingest.service import IngestResult, ingest_batch, ingest_in_session
+from models import (
+    ConsentRecord,
+    Customer,
+    InboundEvent,
+    Order,
+    SkippedPurchase,
+    Survey,
+    SurveyTransition,
+)
+from tests.conftest import Database, sqlite_database
+from tests.factories import consent_event, erased, order_event, purchase
+
+
+class Statements:
+    def __init__(self, db: Database) -> None:
+        self.count = 0
+        event.listen(db.engine, "before_cursor_execute", self._seen)
+        self._engine = db.engine
+
+    def _seen(self, *_: Any) -> None:
+        self.count += 1
+
+    def close(self) -> None:
+        event.remove(self._engine, "before_cursor_execute", self._seen)
+
+
+def purchases(n: int, prefix: str, at: datetime) -> list[dict[str, Any]]:
+    return [
+        purchase(
+            f"{prefix}-o-{i}",
+            f"{prefix}-c-{i}",
+            at=at - timedelta(hours=1),
+            email=f"buyer{i}@example.com",
+            phone=f"+4072100{i:04d}",
+        )
+        for i in range(n)
+    ]
+
+
+def test_the_statements_of_a_batch_do_not_grow_with_its_size(db, config, now):
+    counted: dict[int, int] = {}
+    for n in (10, 100):
+        events = purchases(n, f"n{n}", now)
+        events += [order_event("delivered", e["order_id"], at=now) for e in events]
+        statements = Statements(db)
+        try:
+            results = ingest_batch(db.factory, events, config, now)
+        finally:
+            statements.close()
+        assert [r.status for r in results] == ["accepted"] * (2 * n)
+        assert {r.to_dict()["outcome"]["survey_state"] for r in results[n:]} == {"scheduled"}
+        counted[n] = statements.count
+    assert counted[10] == counted[100]
+    with db.session() as s:
+        states = s.scalars(select(Survey.state)).all()
+    assert len(states) == 110 and set(states) == {"scheduled"}
+
+
+def _one_by_one(
+    factory: sessionmaker[Session], raws: list[Any], config: OperatorConfig, now: datetime
+) -> list[IngestResult]:
+    """The event-by-event path, each event in its own savepoint of one transaction."""
+    with factory() as session, session.begin():
+        return [ingest_in_session(session, raw, config, now) for raw in raws]
+
+
+def _answers(results: list[IngestResult]) -> list[dict[str, Any]]:
+    return [r.to_dict() for r in results]
+
+
+def _snapshot(db: Database) -> dict[str, Any]:
+    """Every row the events leave, without row ids and our own clock's stamps."""
+    with db.session() as s:
+        customers = {
+            c.id: "erased" if c.erased_at else c.external_id for c in s.scalars(select(Customer))
+        }
+        orders = {o.id: o.external_id for o in s.scalars(select(Order))}
+        surveys = {v.id: orders[v.order_id] for v in s.scalars(select(Survey))}
+        return {
+            "customers": sorted(
+                (
+                    customers[c.id],
+                    c.email,
+                    c.email_status,
+                    c.phone,
+                    c.phone_status,
+                    c.first_name,
+                    c.locale,
+                    c.timezone,
+                    c.country,
+                    c.previous_orders,
+                )
+                for c in s.scalars(select(Customer))
+            ),
+            "orders": sorted(
+                (
+                    o.external_id,
+                    customers.get(o.customer_id) if o.customer_id else None,
+                    o.purchased_at,
+                    o.fulfilled_at,
+                    o.delivered_at,
+                    o.cancelled_at,
+                    str(o.total_amount),
+                    o.category,
+                    o.country,
+                    o.is_test,
+                )
+                for o in s.scalars(select(Order))
+            ),
+            "consents": sorted(
+                (
+                    customers[c.customer_id],
+                    c.channel,
+                    c.granted,
+                    c.source,
+                    c.captured_at,
+                    c.evidence_ref,
+                )
+                for c in s.scalars(select(ConsentRecord))
+            ),
+            "surveys": sorted(
+                (
+                    orders[v.order_id],
+                    v.channel,
+                    v.state,
+                    v.due_at,
+                    v.anchor_kind,
+                    v.anchor_at,
+                    v.anchor_deadline,
+                    v.delay_seconds,
+                    v.timezone,
+                    v.config_version,
+                    v.tried_channels,
+                    v.final_reason,
+                )
+                for v in s.scalars(select(Survey))
+            ),
+            "transitions": sorted(
+                (surveys[t.survey_id], t.from_state, t.to_state, t.reason)
+                for t in s.scalars(select(SurveyTransition))
+            ),
+            "skips": sorted(
+                (orders[k.order_id], k.reason, k.detail or "")
+                for k in s.scalars(select(SkippedPurchase))
+            ),
+            "ledger": sorted(
+                (e.external_id, e.event_type, e.subject_key or "", e.fingerprint or "")
+                for e in s.scalars(select(InboundEvent))
+            ),
+        }
+
+
+def _mixed_batch(now: datetime) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Events set before the batch, and a batch touching every rule of planning and ingest."""
+    before = now - timedelta(days=2)
+    earlier = [
+        purchase("M-old", "c-repeat", at=before),
+        purchase("M-waiting", "c-wait", at=before),
+        purchase("M-gone-1", "c-gone", at=before - timedelta(days=1)),
+        erased("c-gone", at=before),
+        order_event("delivered", "M-early", at=before),  # a delivery before its purchase
+    ]
+    at = now - timedelta(hours=1)
+    twice = purchase("M-twice", "c-twice", at=at)
+    reused = purchase("M-reused", "c-reused", at=at)
+    batch = [
+        purchase("M-1", "c-1", at=at),
+        purchase("M-sms", "c-sms", at=at, consent={"sms": True, "email": False}),
+        purchase("M-landline", "c-landline", at=at, consent={"sms": True}, phone="+40212000000"),
+        purchase("M-none", "c-none", at=at, consent={}),
+        purchase("M-noemail", "c-noemail", at=at, email=None, consent={"email": True}),
+        purchase("M-test", "c-test", at=at, test=True),
+        purchase("M-cheap", "c-cheap", at=at, amount="0.00"),
+        purchase("M-cap", "c-repeat", at=at),  # within the frequency cap of M-old
+        purchase("M-a", "c-two", at=at),
+        purchase("M-b", "c-two", at=at),  # the same customer twice in one batch
+        purchase("M-early", "c-early", at=before - timedelta(hours=1)),
+        purchase("M-gone-2", "c-gone", at=before - timedelta(hours=1)),  # before the erasure
+        order_event("delivered", "M-waiting", at=at),
+        order_event("fulfilled", "M-1", at=at),  # its purchase earlier in the batch
+        order_event("delivered", "M-unknown", at=at),  # no purchase yet
+        twice,
+        twice,
+        reused,
+        {**purchase("M-reused-2", "c-reused", at=at), "event_id": reused["event_id"]},
+        consent_event("revoked", "c-sms", at=now, sms=False),
+        order_event("cancelled", "M-a", at=now),
+        purchase("M-after", "c-sms", at=now),
+        {"type": "purchase.completed", "event_id": "bad"},
+        order_event("delivered", "M-1", at=now),
+        order_event("delivered", "M-old", at=now),
+    ]
+    return earlier, batch
+
+
+@pytest.mark.parametrize("sample", [1.0, 0.5])
+def test_a_batch_applied_as_sets_leaves_what_one_by_one_leaves(
+    db: Database,
+    tmp_path: Path,
+    config: OperatorConfig,
+    now: datetime,
+    sample: float,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = config.model_copy(
+        update={"contact": config.contact.model_copy(update={"sample_rate": sample})}
+    )
+    other = sqlite_database(tmp_path / "one-by-one.db")
+    try:
+        earlier, batch = _mixed_batch(now)
+        for database in (db, other):
+            _one_by_one(database.factory, earlier, config, now)
+        as_sets = ingest_batch(db.factory, batch, config, now)
+        assert not [r for r in caplog.records if "not applied as a set" in r.getMessage()]
+        one_by_one = _one_by_one(other.factory, batch, config, now)
+        assert _answers(as_sets) == _answers(one_by_one)
+        assert [r.outcome for r in as_sets] == [r.outcome for r in one_by_one]
+        assert _snapshot(db) == _snapshot(other)
+        # Sent again, every event is answered as before it was: a duplicate or a conflict.
+        again = ingest_batch(db.factory, batch, config, now)
+        assert {r.status for r in again} <= {"duplicate", "conflict", "rejected"}
+        assert _snapshot(db) == _snapshot(other) or sample != 1.0
+    finally:
+        other.engine.dispose()
