@@ -27,6 +27,7 @@ state: ``sent``/``delivered`` as ``no_response``, ``answered`` as ``partial``.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 
 
 class SurveyState(enum.StrEnum):
@@ -155,6 +156,18 @@ def can_move(source: SurveyState, target: SurveyState) -> bool:
 def sources_of(target: SurveyState) -> frozenset[SurveyState]:
     """Every state from which ``target`` may be reached."""
     return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
+
+
+class IllegalMove(ValueError):
+    """A move the lifecycle does not allow was asked for: a bug in the caller, never bad input."""
+
+
+def require_moves(moves: Iterable[tuple[SurveyState, SurveyState]]) -> None:
+    """Refuse, before anything is written, a batch of ``(source, target)`` moves in which one is
+    not in :data:`TRANSITIONS`: the rule the single-survey moves follow, checked for a batch."""
+    for source, target in set(moves):
+        if not can_move(source, target):
+            raise IllegalMove(f"a survey may not move from {source.value} to {target.value}")
 
 
 class Disposition(enum.StrEnum):

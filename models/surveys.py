@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import (
+    ColumnElement,
     ForeignKey,
     Index,
     Integer,
     String,
     Text,
+    bindparam,
     insert,
     select,
     text,
@@ -20,7 +23,27 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, BigId, UtcDateTime, utcnow
-from models.lifecycle import SkipReason, SurveyState, sources_of
+from models.lifecycle import (
+    AWAITING_FOLLOWUP_STATES,
+    OPEN_STATES,
+    PENDING_STATES,
+    SkipReason,
+    SurveyState,
+    require_moves,
+    sources_of,
+)
+
+
+def _state_in(states: Iterable[SurveyState]) -> str:
+    """``state IN (...)`` in a fixed order, the predicate of a partial index; a query repeats it
+    word for word (see :data:`PENDING_WHERE`) so that PostgreSQL can use the index."""
+    return "state IN (" + ", ".join(f"'{s.value}'" for s in sorted(states)) + ")"
+
+
+PENDING_WHERE: Final = _state_in(PENDING_STATES)
+QUEUED_WHERE: Final = _state_in([SurveyState.queued])
+OPEN_WHERE: Final = _state_in(OPEN_STATES)
+CLOSING_WHERE: Final = _state_in(OPEN_STATES | AWAITING_FOLLOWUP_STATES)
 
 
 class Survey(Base):
@@ -35,6 +58,41 @@ class Survey(Base):
             sqlite_where=text("state IN ('waiting_anchor', 'scheduled', 'queued')"),
         ),
         Index("ix_surveys_state", "state"),
+        # The scheduler's steps, each a range scan of the rows it acts on, whatever the number of
+        # pending, open or final surveys: due scheduled (or anchor-waiting) rows by due time;
+        # pending rows planned under another config version (two ranges around the current
+        # one); queued rows by their lease; open invitations by reminder and by window end.
+        Index(
+            "ix_surveys_pending_state_due",
+            "state",
+            "due_at",
+            postgresql_where=text(PENDING_WHERE),
+            sqlite_where=text(PENDING_WHERE),
+        ),
+        Index(
+            "ix_surveys_pending_version",
+            "config_version",
+            postgresql_where=text(PENDING_WHERE),
+            sqlite_where=text(PENDING_WHERE),
+        ),
+        Index(
+            "ix_surveys_queued_lease",
+            "queued_at",
+            postgresql_where=text(QUEUED_WHERE),
+            sqlite_where=text(QUEUED_WHERE),
+        ),
+        Index(
+            "ix_surveys_open_reminder",
+            "next_reminder_at",
+            postgresql_where=text(OPEN_WHERE),
+            sqlite_where=text(OPEN_WHERE),
+        ),
+        Index(
+            "ix_surveys_closing",
+            "closes_at",
+            postgresql_where=text(CLOSING_WHERE),
+            sqlite_where=text(CLOSING_WHERE),
+        ),
         # The dashboard's latest answers, and the report cache's data version (max of it).
         Index("ix_surveys_answered_at", "answered_at"),
         Index("ix_surveys_state_changed_at", "state_changed_at"),
@@ -135,6 +193,10 @@ class SkippedPurchase(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
+# Ids per statement, under the bound-parameter limits of both backends.
+_CHUNK: Final = 1000
+
+
 def move(
     session: Session,
     survey_ids: int | Iterable[int],
@@ -162,8 +224,8 @@ def move(
     now = now or utcnow()
     moved: list[tuple[int, str]] = []
     # Chunked to stay under the bound-parameter limits of both backends.
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start : start + _CHUNK]
         observed: dict[str, list[int]] = {}
         for sid, state in session.execute(
             select(Survey.id, Survey.state).where(
@@ -195,13 +257,83 @@ def move(
                 for sid, source in moved
             ],
         )
-        # Loaded Survey objects for these rows are stale now; expire only those (expiring the
-        # whole session would reload every customer and order the caller holds).
-        moved_ids = {sid for sid, _ in moved}
-        for obj in list(session.identity_map.values()):
-            if isinstance(obj, Survey) and obj.id in moved_ids:
-                session.expire(obj)
+        _expire_loaded(session, {sid for sid, _ in moved})
     return [sid for sid, _ in moved]
+
+
+def in_states(*states: SurveyState) -> ColumnElement[bool]:
+    """``surveys.state IN (...)`` with the states written into the SQL (in the order of the
+    partial indexes' predicates), not bound, so that PostgreSQL can match a partial index
+    whatever plan it caches for the statement."""
+    values = sorted(s.value for s in states)
+    return Survey.state.in_(
+        bindparam("states", values, expanding=True, literal_execute=True, unique=True)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """One survey's move in :func:`move_each`: from the state its caller read it in (under a
+    row lock, in the same transaction) to ``target``, with the columns to set beside the state."""
+
+    survey_id: int
+    source: SurveyState
+    target: SurveyState
+    reason: str | None = None
+    values: tuple[tuple[str, Any], ...] = ()
+
+
+def move_each(session: Session, moves: Sequence[Move], *, now: datetime) -> list[int]:
+    """Move many surveys, each to its own target, with a fixed number of statements: one
+    compare-and-set UPDATE per distinct (source, target, reason, values) and one INSERT of every
+    transition, whatever the number of surveys.
+
+    The batch form of :func:`move`, for callers that already hold the rows locked and know their
+    states (the scheduler's claim): every move is checked against the lifecycle first
+    (:func:`models.lifecycle.require_moves`, the same table), and a row no longer in its
+    ``source`` state matches nothing and stays where it is. Returns the ids that moved."""
+    if not moves:
+        return []
+    require_moves((m.source, m.target) for m in moves)
+    groups: dict[
+        tuple[SurveyState, SurveyState, str | None, tuple[tuple[str, Any], ...]], list[int]
+    ]
+    groups = {}
+    for m in moves:
+        groups.setdefault((m.source, m.target, m.reason, m.values), []).append(m.survey_id)
+    transitions: list[dict[str, Any]] = []
+    for (source, target, reason, values), ids in groups.items():
+        for start in range(0, len(ids), _CHUNK):
+            moved = session.scalars(
+                update(Survey)
+                .where(Survey.id.in_(ids[start : start + _CHUNK]), Survey.state == source.value)
+                .values(state=target.value, state_changed_at=now, **dict(values))
+                .returning(Survey.id)
+                .execution_options(synchronize_session=False)
+            ).all()
+            transitions.extend(
+                {
+                    "survey_id": sid,
+                    "from_state": source.value,
+                    "to_state": target.value,
+                    "at": now,
+                    "reason": reason,
+                }
+                for sid in moved
+            )
+    if transitions:
+        # One INSERT for all: a NULL reason is written, not left out (which would split them).
+        session.execute(insert(SurveyTransition).execution_options(render_nulls=True), transitions)
+        _expire_loaded(session, {t["survey_id"] for t in transitions})
+    return [t["survey_id"] for t in transitions]
+
+
+def _expire_loaded(session: Session, ids: set[int]) -> None:
+    """Loaded Survey objects for these rows are stale now; expire only those (expiring the
+    whole session would reload every customer and order the caller holds)."""
+    for obj in list(session.identity_map.values()):
+        if isinstance(obj, Survey) and obj.id in ids:
+            session.expire(obj)
 
 
 def record_skip(

@@ -1,0 +1,86 @@
+"""Planning again from the scheduler: after a config edit, and when an anchor never came.
+
+Re-planning finds the pending surveys planned under another config version through the partial
+index ``ix_surveys_pending_version``: ``config_version < current OR config_version > current``,
+two range scans that touch only the stale rows (a bare ``!=`` cannot use the index and would
+read every pending row on every pass). Once re-planned a row carries the current version, so
+the next pass finds nothing, in two index probes, however many surveys are pending.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from config import OperatorConfig
+from dispatch import planning
+from dispatch.tick_report import TickReport
+from models import Customer, Order, Survey, SurveyState
+from models.lifecycle import PENDING_STATES
+from models.surveys import in_states
+
+S = SurveyState
+
+
+def replan_stale(
+    factory: sessionmaker[Session],
+    config: OperatorConfig,
+    now: datetime,
+    limit: int,
+    report: TickReport,
+) -> None:
+    """Surveys planned under another config version and not yet queued are planned again, so
+    an operator's edit of the delay reaches every survey not yet sent."""
+    version = config.version
+    with factory() as session, session.begin():
+        rows = session.scalars(
+            select(Survey)
+            .where(
+                in_states(*PENDING_STATES),
+                or_(Survey.config_version < version, Survey.config_version > version),
+            )
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).all()
+        _replan(session, rows, config, now)
+        report.replanned += len(rows)
+
+
+def anchor_timeouts(
+    factory: sessionmaker[Session],
+    config: OperatorConfig,
+    now: datetime,
+    limit: int,
+    report: TickReport,
+) -> None:
+    """Surveys whose anchor event never came by their deadline are anchored on the purchase plus
+    ``anchor_timeout``."""
+    with factory() as session, session.begin():
+        rows = session.scalars(
+            select(Survey)
+            .where(in_states(S.waiting_anchor), Survey.due_at <= now)
+            .order_by(Survey.due_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).all()
+        _replan(session, rows, config, now)
+        report.anchored += len(rows)
+
+
+def _replan(
+    session: Session, rows: Sequence[Survey], config: OperatorConfig, now: datetime
+) -> None:
+    if not rows:
+        return
+    # Their orders and customers in two queries, held here so that planning finds them in the
+    # session instead of loading them one survey at a time.
+    loaded = [
+        *session.scalars(select(Order).where(Order.id.in_({s.order_id for s in rows}))),
+        *session.scalars(select(Customer).where(Customer.id.in_({s.customer_id for s in rows}))),
+    ]
+    for survey in rows:
+        planning.replan(session, survey, config, now)
+    del loaded
