@@ -1,5 +1,13 @@
 """Engines and sessions for SQLite (embedded default) and PostgreSQL (production).
 
+A PostgreSQL engine keeps a pool as large as the threads that use it (a dramatiq worker process
+runs 8 by default; uvicorn's thread pool more), so that no thread waits for a connection and no
+connection is opened and closed per message: :data:`POOL_SIZE` kept open plus
+:data:`MAX_OVERFLOW` for peaks. Connections are not pinged on every checkout (a round trip per
+transaction); they are replaced after :data:`POOL_RECYCLE_SECONDS` instead, and a connection the
+server closed meanwhile fails its first statement, which invalidates the pool's older
+connections: :func:`retry_on_disconnect` runs such a unit of work once more on a new one.
+
 Every engine keeps the data it writes out of its error messages and its log: bound parameters
 are hidden (``hide_parameters``), and so is the DETAIL line PostgreSQL adds to a constraint
 violation, which quotes the failing row or key ("Failing row contains (..., ana@example.com,
@@ -9,17 +17,28 @@ violation, which quotes the failing row or key ("Failing row contains (..., ana@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 # The server's DETAIL and CONTEXT lines (values of the row, key or input at fault).
 _SERVER_DETAIL = re.compile(r"^(DETAIL|CONTEXT):.*$", re.MULTILINE)
 _DETAIL_HIDDEN = r"\1:  (hidden: it may quote row values)"
+
+#: Connections a PostgreSQL engine keeps open: dramatiq's 8 threads per worker process, and a
+#: margin for the process's other threads (the config watcher, a web process's thread pool).
+POOL_SIZE = 16
+#: Opened beyond :data:`POOL_SIZE` at a peak, closed again when returned.
+MAX_OVERFLOW = 16
+#: A connection older than this is replaced at checkout (before a server or proxy idle limit).
+POOL_RECYCLE_SECONDS = 1800
+
+T = TypeVar("T")
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -32,7 +51,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         # pysqlite's own transaction handling defers BEGIN and breaks SAVEPOINT; take it over.
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
     else:
-        kwargs.setdefault("pool_pre_ping", True)
+        if "poolclass" not in kwargs:
+            kwargs.setdefault("pool_size", POOL_SIZE)
+            kwargs.setdefault("max_overflow", MAX_OVERFLOW)
+        kwargs.setdefault("pool_recycle", POOL_RECYCLE_SECONDS)
+        kwargs.setdefault("pool_pre_ping", False)
         engine = create_engine(url, **kwargs)
     event.listen(engine, "handle_error", _hide_server_detail)
     return engine
@@ -68,3 +91,18 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any error."""
     with factory() as session, session.begin():
         yield session
+
+
+def retry_on_disconnect(work: Callable[[], T], *, attempts: int = 2) -> T:
+    """Run ``work`` (a whole transaction), once more when it failed because its connection was
+    gone (the server restarted, or closed an idle connection): the failed transaction was rolled
+    back with its connection, and the pool hands out a new one. Only for work that may safely
+    run twice (a compare-and-set, an insert guarded by its own check)."""
+    attempt = 1
+    while True:
+        try:
+            return work()
+        except DBAPIError as exc:
+            if not exc.connection_invalidated or attempt >= attempts:
+                raise
+        attempt += 1

@@ -23,6 +23,7 @@ from dispatch import timing
 from dispatch.consent import consent_granted, withdraw_if_stopped, withdrawal_reason
 from dispatch.planning import choose_channel
 from dispatch.sending.common import SendInvariantError, SendOutcome, log, record_transition
+from logs.metrics import SENDS
 from models import Customer, Order, Survey, SurveyState, current_consent, move
 from models.customers import ContactStatus
 from models.lifecycle import can_move
@@ -205,6 +206,7 @@ def claim(
                     .values(sending_at=None)
                     .execution_options(synchronize_session=False)
                 )
+                SENDS.labels(channel.value, "withdrawn").inc()
                 log.info("survey %s: stopped at claim time: %s", survey_id, stop.detail)
                 return stop
         if build is None:

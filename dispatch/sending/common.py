@@ -1,10 +1,11 @@
 """What every step of sending shares: the outcome of an attempt, the retry backoff, the one-row
-compare-and-set of a survey's state, masked contacts in logs, and the error for a broken
-invariant."""
+compare-and-set of a survey's state, the timed provider call, masked contacts in logs, and the
+error for a broken invariant."""
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -12,8 +13,9 @@ from typing import Any
 from sqlalchemy import insert, update
 from sqlalchemy.orm import Session
 
-from channels.base import ChannelName
+from channels.base import Channel, ChannelName, OutboundMessage, SendReceipt
 from channels.masking import mask_email, mask_phone
+from logs.metrics import SEND_LATENCY
 from models import Survey, SurveyState, SurveyTransition
 from models.lifecycle import can_move
 
@@ -45,6 +47,15 @@ def backoff(attempt: int, retry_after: float | None) -> timedelta:
         return max(timedelta(seconds=retry_after), timedelta(seconds=1))
     factor: int = 2 ** max(attempt - 1, 0)
     return min(BASE_BACKOFF * factor, MAX_BACKOFF)
+
+
+def timed_send(channel: Channel, message: OutboundMessage) -> SendReceipt:
+    """The provider call, its duration observed by channel whatever its answer."""
+    started = time.perf_counter()
+    try:
+        return channel.send(message)
+    finally:
+        SEND_LATENCY.labels(message.channel.value).observe(time.perf_counter() - started)
 
 
 def masked(channel: str, contact: str) -> str:

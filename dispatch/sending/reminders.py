@@ -16,15 +16,27 @@ from channels.base import (
     OutboundMessage,
     OutcomeUnknownError,
     SendError,
+    TransientSendError,
 )
 from channels.console.send import PROVIDER as CONSOLE
 from config import OperatorConfig
 from dispatch import timing
 from dispatch.consent import erased_customer
-from dispatch.sending.common import log, masked
+from dispatch.sending.common import log, masked, timed_send
+from logs.metrics import SENDS
 from models import Customer, MessageRecord, Order, Survey, current_consent
 from models.customers import ContactStatus
 from models.lifecycle import OPEN_STATES
+
+
+def _outcome_of(exc: SendError) -> str:
+    """The outcome label of a provider error (``logs.metrics.SENDS``)."""
+    if isinstance(exc, OutcomeUnknownError):
+        return "unknown"
+    if isinstance(exc, TransientSendError):
+        return "transient"
+    return "permanent"
+
 
 #: Builds a claimed reminder's message from its fresh rows.
 Build = Callable[[Survey, Customer], OutboundMessage]
@@ -139,11 +151,13 @@ def send_reminder(
     wait_for_slot(claimed)
     message = recheck_reminder(factory, survey_id, expected_sent, build)
     if not isinstance(message, OutboundMessage):
+        SENDS.labels(claimed.value, "withdrawn").inc()
         return message
     try:
-        receipt = channel.send(message)
+        receipt = timed_send(channel, message)
     except SendError as exc:
         # A reminder is best effort: never retried (a retry could be a second copy).
+        SENDS.labels(claimed.value, _outcome_of(exc)).inc()
         log.warning("survey %s: reminder not sent: %s", survey_id, exc)
         with factory() as session, session.begin():
             session.add(
@@ -157,6 +171,7 @@ def send_reminder(
                 )
             )
         return "reminder failed"
+    SENDS.labels(claimed.value, "sent").inc()
     with factory() as session, session.begin():
         erased = erased_customer(session, survey_id)
         session.add(

@@ -22,13 +22,15 @@ from channels.reconcile import FoundMessage, status_callback_url
 from config import OperatorConfig
 from dispatch.ratelimit import InProcessRateLimiter, RateLimiter
 from dispatch.sending.claims import claim, pick_up
-from dispatch.sending.common import SendInvariantError, SendOutcome, log
+from dispatch.sending.common import SendInvariantError, SendOutcome, log, timed_send
 from dispatch.sending.message import build_message
 from dispatch.sending.records import record_permanent, record_sent, record_transient
 from dispatch.sending.reminders import send_reminder as send_one_reminder
 from dispatch.sending.settle import LookupSchedule, record_found
 from dispatch.sending.settle import settle as settle_send
+from logs.metrics import SENDS
 from models import Customer, Survey, SurveyState, utcnow
+from models.session import retry_on_disconnect
 
 S = SurveyState
 
@@ -53,7 +55,9 @@ class Sender:
         self, survey_id: int, config: OperatorConfig, now: datetime | None = None
     ) -> SendOutcome:
         now = now or utcnow()
-        picked = pick_up(self.factory, survey_id, config, now)
+        # Each transaction of a send is run again when its pooled connection turned out dead
+        # (models.session): all of them are compare-and-sets, safe to repeat.
+        picked = retry_on_disconnect(lambda: pick_up(self.factory, survey_id, config, now))
         if isinstance(picked, SendOutcome):
             return picked
         channel = self.channels.get(picked)
@@ -80,17 +84,24 @@ class Sender:
         if message is None:
             raise SendInvariantError(f"survey {survey_id}: claimed for sending without a message")
         try:
-            receipt = channel.send(message)
+            receipt = timed_send(channel, message)
         except OutcomeUnknownError as exc:
             # Maybe sent. Never sent again: the reconciler settles it from the provider.
+            SENDS.labels(picked.value, "unknown").inc()
             log.warning(
                 "survey %s: send outcome unknown (%s); left for the reconciler", survey_id, exc
             )
             return SendOutcome(S.sending, "outcome unknown; the reconciler will settle it")
         except TransientSendError as exc:
-            return record_transient(self.factory, survey, now, exc)
+            SENDS.labels(picked.value, "transient").inc()
+            transient = exc
+            return retry_on_disconnect(
+                lambda: record_transient(self.factory, survey, now, transient)
+            )
         except PermanentSendError as exc:
+            SENDS.labels(picked.value, "permanent").inc()
             return record_permanent(self.factory, survey, customer, config, now, exc)
+        SENDS.labels(picked.value, "sent").inc()
         return self._record_sent(survey, message, receipt, config, now)
 
     def settle(
@@ -150,7 +161,9 @@ class Sender:
             if mark
             else None
         )
-        return claim(self.factory, survey_id, channel, config, now, build)
+        return retry_on_disconnect(
+            lambda: claim(self.factory, survey_id, channel, config, now, build)
+        )
 
     def _message(
         self,
@@ -178,7 +191,9 @@ class Sender:
     ) -> SendOutcome:
         """Steps 4 and 5 once the provider accepted
         (:func:`dispatch.sending.records.record_sent`)."""
-        return record_sent(self.factory, survey, message, receipt, config, now)
+        return retry_on_disconnect(
+            lambda: record_sent(self.factory, survey, message, receipt, config, now)
+        )
 
     def _record_found(
         self,
