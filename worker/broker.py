@@ -19,6 +19,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import AgeLimit, Middleware, Retries, default_middleware
 
+import logs.metrics  # noqa: F401 - each worker process's metrics exist from its boot
 from config.settings import environ
 from worker.log_middleware import LoggingMiddleware
 
