@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, Response
 
 from ingest import platforms, shopify, woocommerce
 from ingest.platforms import Delivery
+from logs.metrics import WEBHOOK_VERIFICATION_FAILURES
 from models import utcnow
 from web.deps import runtime_of
 from web.errors import json_error
@@ -56,6 +57,7 @@ def _ignore(platform: str, topic: str) -> JSONResponse:
 
 
 def _refused(platform: str, status: int) -> JSONResponse:
+    WEBHOOK_VERIFICATION_FAILURES.labels(source=platform).inc()
     log.warning("%s webhook refused: missing or invalid signature", platform)
     code = "unauthorized" if status == 401 else "signature_invalid"
     return json_error(status, code, "signature check failed")

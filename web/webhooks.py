@@ -2,12 +2,16 @@
 ``/webhooks/sendgrid/events``.
 
 Each route, in this order: read the body under a cap; **verify** the signature (fail closed: 403
-``signature_invalid`` and nothing written, also when the provider's secret is not configured);
-parse (400 ``invalid_payload``); **store** the raw event keyed by the provider's id; **apply** it
-idempotently (``dispatch.responses``). A failure while applying leaves the raw row unhandled for
-replay and answers 500 ``internal_error``, so a provider that retries (SendGrid does, for 24
-hours) brings it back too; its other events are duplicates by then. Error answers are in the
-shape of :mod:`web.errors`.
+``signature_invalid``, counted in ``nps_webhook_verification_failures``, and nothing written,
+also when the provider's secret is not configured); parse (400 ``invalid_payload``); **store**
+the raw event keyed by the provider's id and answer, **applying** it in the same transaction
+only when that is cheap or must not wait (``dispatch.responses.intake``): a status callback
+that only advances a message's delivery state, an inbound SMS (its answer is the reply, and a
+STOP must hold before the next send), a SendGrid consent event. Everything else stays stored
+and is applied by the scheduler's next replay pass. A failure while applying leaves the raw row
+unhandled for the replay and answers 500 ``internal_error``, so a provider that retries
+(SendGrid does, for 24 hours) brings it back too; its other events are duplicates by then.
+Error answers are in the shape of :mod:`web.errors`.
 
 Twilio signs the URL it called: it is rebuilt from ``NPS_PUBLIC_BASE_URL`` plus the request's
 path and raw query, never from the request's own host (a proxy changes it). SendGrid signs
@@ -37,6 +41,7 @@ from channels.twilio_sms.webhooks import (
 )
 from channels.webhook_errors import WebhookPayloadError
 from dispatch import responses
+from logs.metrics import WEBHOOK_VERIFICATION_FAILURES
 from models import utcnow
 from web.answer_pages import sms_reply_text
 from web.deps import runtime_of
@@ -64,8 +69,9 @@ SENDGRID_DOC: dict[str, Any] = {
 }
 
 
-def _forbidden(provider: str) -> Response:
-    log.warning("%s webhook refused: missing, invalid or stale signature", provider)
+def _forbidden(source: str, route: str) -> Response:
+    WEBHOOK_VERIFICATION_FAILURES.labels(source=source).inc()
+    log.warning("%s %s webhook refused: missing, invalid or stale signature", source, route)
     return json_error(
         403, "signature_invalid", "signature check failed: missing, invalid or stale signature"
     )
@@ -96,26 +102,20 @@ async def _verified_twilio_form(request: Request) -> list[tuple[str, str]] | Non
     return pairs
 
 
-def _failed(results: list[responses.Handled]) -> bool:
-    return any(r.status == "failed" for r in results)
-
-
 @router.post("/webhooks/twilio/status", openapi_extra=TWILIO_DOC)
 async def twilio_status(request: Request) -> Response:
     pairs = await _verified_twilio_form(request)
     if pairs is None:
-        return _forbidden("twilio status")
+        return _forbidden("twilio", "status")
     runtime = runtime_of(request)
     query = request.scope.get("query_string", b"").decode("latin-1")
     try:
         raw = raw_twilio_status(dict(pairs), query)
     except WebhookPayloadError as exc:
         return _malformed(exc)
-    results = await run_in_threadpool(
-        responses.ingest_webhooks, runtime.factory, runtime.config, [raw]
-    )
-    if _failed(results):
-        return json_error(500, "internal_error", NOT_APPLIED)
+    # Stored (and applied when it only advances the message) before the answer; an error
+    # storing it propagates as a 500, so Twilio's retry, if any, brings it back.
+    await run_in_threadpool(responses.take_delivery_event, runtime.factory, raw)
     return Response(status_code=204)
 
 
@@ -123,14 +123,14 @@ async def twilio_status(request: Request) -> Response:
 async def twilio_inbound(request: Request) -> Response:
     pairs = await _verified_twilio_form(request)
     if pairs is None:
-        return _forbidden("twilio inbound")
+        return _forbidden("twilio", "inbound")
     runtime = runtime_of(request)
     try:
         raw = raw_twilio_inbound(dict(pairs))
     except WebhookPayloadError as exc:
         return _malformed(exc)
-    [handled] = await run_in_threadpool(
-        responses.ingest_webhooks, runtime.factory, runtime.config, [raw]
+    handled = await run_in_threadpool(
+        responses.take_inbound_sms, runtime.factory, runtime.config, raw
     )
     if handled.status == "failed":
         return json_error(500, "internal_error", NOT_APPLIED)
@@ -151,18 +151,19 @@ async def sendgrid_events(request: Request) -> Response:
         request.headers.get(SENDGRID_TIMESTAMP),
         utcnow(),
     ):
-        return _forbidden("sendgrid")
+        return _forbidden("sendgrid", "events")
     try:
         raws = raw_sendgrid_events(body)
     except WebhookPayloadError as exc:
         return _malformed(exc)
     results = await run_in_threadpool(
-        responses.ingest_webhooks, runtime.factory, runtime.config, raws
+        responses.take_delivery_batch, runtime.factory, runtime.config, raws
     )
     counts = {
         "received": len(results),
         "applied": sum(r.status == "applied" for r in results),
-        "duplicates": sum(r.status in ("duplicate", "already") for r in results),
+        "stored": sum(r.status == "stored" for r in results),
+        "duplicates": sum(r.status == "duplicate" for r in results),
         "failed": sum(r.status == "failed" for r in results),
     }
     if counts["failed"]:

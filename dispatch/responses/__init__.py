@@ -10,7 +10,10 @@ Three inputs, one set of rules:
 
 Webhooks are **stored, then processed** (:mod:`dispatch.responses.store`): :func:`ingest_webhooks`
 keeps each raw event once, then applies it; :func:`replay_unhandled_webhooks` (run from the
-scheduler) applies again what failed. This module routes a stored row to its rules
+scheduler) applies again what failed. The webhook routes use the quicker intake of
+:mod:`dispatch.responses.intake`: :func:`take_delivery_event`, :func:`take_delivery_batch` and
+:func:`take_inbound_sms` store and answer, applying at once only what is cheap or must not wait,
+and leave the rest stored for the replay. This module routes a stored row to its rules
 (:func:`_apply_row`): the row's source (``channels.webhook_sources``) reads it back as a
 normalised :class:`~channels.base.DeliveryEvent` or :class:`~channels.base.ReceivedSms`; nothing
 here knows a provider's field names. The rules are looked up here, by name, when a row is
@@ -33,7 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from channels.base import RawWebhook, ReceivedSms
 from channels.webhook_sources import WEBHOOK_SOURCES as SOURCES
 from config import OperatorConfig
-from dispatch.responses import store
+from dispatch.responses import intake, store
 from dispatch.responses.answers import record_web_comment, record_web_score, unsubscribe_email
 from dispatch.responses.common import (
     ANSWERABLE_STATES,
@@ -48,6 +51,7 @@ from dispatch.responses.common import (
     can_answer,
 )
 from dispatch.responses.delivery import apply_delivery_event
+from dispatch.responses.intake import Taken, take_delivery_event
 from dispatch.responses.sms import apply_inbound_sms
 from dispatch.responses.store import (
     REPLAY_MAX_ATTEMPTS,
@@ -70,6 +74,7 @@ __all__ = [
     "ReplayReport",
     "SmsReply",
     "StoredWebhook",
+    "Taken",
     "WebAnswer",
     "apply_delivery_event",
     "apply_inbound_sms",
@@ -82,6 +87,9 @@ __all__ = [
     "replay_pause",
     "replay_unhandled_webhooks",
     "store_webhooks",
+    "take_delivery_batch",
+    "take_delivery_event",
+    "take_inbound_sms",
     "unsubscribe_email",
 ]
 
@@ -132,6 +140,30 @@ def ingest_webhooks(
 ) -> list[Handled]:
     """Store, then process: what every webhook route calls after verifying the signature."""
     return store.ingest_webhooks(factory, config, raws, _apply, now=now)
+
+
+def take_delivery_batch(
+    factory: sessionmaker[Session],
+    config: OperatorConfig,
+    raws: Sequence[RawWebhook],
+    *,
+    now: datetime | None = None,
+) -> list[Taken]:
+    """Store a batch of delivery events; apply its consent events now, the rest later
+    (:func:`dispatch.responses.intake.take_delivery_batch`)."""
+    return intake.take_delivery_batch(factory, config, raws, _apply, now=now)
+
+
+def take_inbound_sms(
+    factory: sessionmaker[Session],
+    config: OperatorConfig,
+    raw: RawWebhook,
+    *,
+    now: datetime | None = None,
+) -> Handled:
+    """Store an inbound SMS and apply it in one transaction
+    (:func:`dispatch.responses.intake.take_inbound_sms`)."""
+    return intake.take_inbound_sms(factory, config, raw, _apply, now=now)
 
 
 def replay_unhandled_webhooks(

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Final
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from channels.base import RawWebhook
@@ -222,11 +222,13 @@ def replay_unhandled_webhooks(
     limit: int = 500,
 ) -> ReplayReport:
     """Apply stored provider webhooks that are not applied yet (``handled_at`` null), in arrival
-    order: those whose application failed once their back-off has passed (``retry_at``), and
-    those never attempted (a process died between storing and applying). Rows younger than
-    ``older_than`` are left to the request that stored them; rows that failed
-    :data:`REPLAY_MAX_ATTEMPTS` times are left alone, with their error, for an operator.
-    Safe to run from several schedulers at once (rows are taken with ``SKIP LOCKED``)."""
+    order: those the webhook route left for later (``retry_at`` is their arrival, so at once),
+    those whose application failed once their back-off has passed (``retry_at``), and those
+    never attempted although their request meant to (``retry_at`` null: a process died between
+    storing and applying), once older than ``older_than``, which leaves them to the request
+    that stored them until then. Rows that failed :data:`REPLAY_MAX_ATTEMPTS` times are left
+    alone, with their error, for an operator. Safe to run from several schedulers at once (rows
+    are taken with ``SKIP LOCKED``)."""
     now = now or utcnow()
     report = ReplayReport()
     with factory() as session:
@@ -236,9 +238,14 @@ def replay_unhandled_webhooks(
                 .where(
                     InboundEvent.source.in_(WEBHOOK_SOURCES),
                     InboundEvent.handled_at.is_(None),
-                    InboundEvent.received_at <= now - older_than,
                     InboundEvent.attempts < REPLAY_MAX_ATTEMPTS,
-                    or_(InboundEvent.retry_at.is_(None), InboundEvent.retry_at <= now),
+                    or_(
+                        InboundEvent.retry_at <= now,
+                        and_(
+                            InboundEvent.retry_at.is_(None),
+                            InboundEvent.received_at <= now - older_than,
+                        ),
+                    ),
                 )
                 .order_by(InboundEvent.id)
                 .limit(limit)

@@ -11,9 +11,12 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 
-from models import Answer, ConsentRecord, InboundEvent, SurveyTransition, current_consent
+from config import load_config
+from dispatch import responses
+from models import Answer, ConsentRecord, InboundEvent, SurveyTransition, current_consent, utcnow
 from tests.conftest import Database
 from tests.dispatch.test_responses import EMAIL, seed_survey, survey_of
 from web.app import create_app
@@ -75,6 +78,18 @@ def event(survey_id: int, name: str, event_id: str, message_id: str | None, **ex
     return payload
 
 
+def replay(db: Database) -> responses.ReplayReport:
+    """The scheduler's next replay pass, which applies what the route left stored."""
+    return responses.replay_unhandled_webhooks(db.factory, load_config(None), now=utcnow())
+
+
+def refusals() -> float:
+    value = REGISTRY.get_sample_value(
+        "nps_webhook_verification_failures_total", {"source": "sendgrid"}
+    )
+    return value or 0.0
+
+
 def written(db: Database) -> tuple[int, ...]:
     with db.session() as s:
         return tuple(
@@ -88,6 +103,7 @@ def test_forged_missing_altered_and_stale_signatures_are_refused(client, db, pri
     events = [event(sid, "unsubscribe", "e-1", None)]
     body = json.dumps(events).encode()
     before = written(db)
+    refused_before = refusals()
     now = str(int(time.time()))
     other = ec.generate_private_key(ec.SECP256R1())
     attempts = [
@@ -126,6 +142,7 @@ def test_forged_missing_altered_and_stale_signatures_are_refused(client, db, pri
     # Genuine but stale (11 minutes old): a replayed capture.
     assert send(client, private_key, events, age=11 * 60).status_code == 403
     assert written(db) == before
+    assert refusals() - refused_before == len(attempts) + 2
     assert survey_of(db, sid).state == "sent"
 
 
@@ -146,10 +163,18 @@ def test_batch_with_duplicates_and_reordering(client, db, private_key):
     opened = event(sid, "open", "e-open", msg)
     response = send(client, private_key, [delivered, opened, delivered, processed])
     assert response.status_code == 200
-    assert response.json() == {"received": 4, "applied": 3, "duplicates": 1, "failed": 0}
+    assert response.json() == {
+        "received": 4,
+        "applied": 0,
+        "stored": 3,
+        "duplicates": 1,
+        "failed": 0,
+    }
     # SendGrid retries the whole batch: every event is a duplicate now.
     again = send(client, private_key, [processed, delivered, opened])
     assert again.json()["duplicates"] == 3
+    assert survey_of(db, sid).state == "sent"
+    assert replay(db).applied == 3
     survey = survey_of(db, sid)
     assert survey.state == "delivered" and survey.score is None
     with db.session() as s:
@@ -176,6 +201,7 @@ def test_bounce_and_dropped_are_undeliverable(client, db, private_key):
             event(dropped, "dropped", "e-d", survey_of(db, dropped).provider_message_id),
         ],
     )
+    replay(db)
     assert survey_of(db, bounced).state == "undeliverable"
     assert "5.1.1" in survey_of(db, bounced).final_reason
     assert survey_of(db, dropped).state == "undeliverable"
@@ -198,6 +224,7 @@ def test_click_is_engagement_never_an_answer(client, db, private_key):
         private_key,
         [event(sid, "click", "e-click", None, url="https://nps.example.test/s/abc?score=10")],
     )
+    replay(db)
     assert survey_of(db, sid).score is None
     with db.session() as s:
         row = s.scalar(select(InboundEvent))
@@ -209,18 +236,35 @@ def test_signed_but_not_json_is_400_and_writes_nothing(client, db, private_key):
     assert written(db) == (0, 0, 0, 0)
 
 
-def test_a_failed_event_is_kept_and_the_retry_applies_it(client, db, private_key, monkeypatch):
-    from dispatch import responses
-
+def test_opt_outs_are_applied_before_the_answer(client, db, private_key):
+    """An unsubscribe must hold before any later send: it is applied in the request, while the
+    delivery news beside it waits for the replay."""
     sid = seed_survey(db, channel="email", state="sent")
     msg = survey_of(db, sid).provider_message_id
-    batch = [event(sid, "processed", "e-p", msg), event(sid, "delivered", "e-d", msg)]
+    batch = [event(sid, "delivered", "e-d", msg), event(sid, "unsubscribe", "e-u", None)]
+    response = send(client, private_key, batch)
+    assert response.json() == {
+        "received": 2,
+        "applied": 1,
+        "stored": 1,
+        "duplicates": 0,
+        "failed": 0,
+    }
+    assert survey_of(db, sid).state == "opted_out"
+    with db.session() as s:
+        assert not current_consent(s, survey_of(db, sid).customer_id, "email")
+    assert replay(db).applied == 1  # the delivery news, which moves an ended survey no more
+    assert survey_of(db, sid).state == "opted_out"
+
+
+def test_a_failed_event_is_kept_and_the_retry_applies_it(client, db, private_key, monkeypatch):
+    sid = seed_survey(db, channel="email", state="sent")
+    msg = survey_of(db, sid).provider_message_id
+    batch = [event(sid, "processed", "e-p", msg), event(sid, "unsubscribe", "e-u", None)]
     real = responses.apply_delivery_event
-    calls = {"n": 0}
 
     def flaky(session, ev, config, now):
-        calls["n"] += 1
-        if ev.event_id == "e-d":
+        if ev.event_id == "e-u":
             raise RuntimeError("deadlock detected")
         return real(session, ev, config, now)
 
@@ -229,14 +273,12 @@ def test_a_failed_event_is_kept_and_the_retry_applies_it(client, db, private_key
     assert first.status_code == 500  # SendGrid retries non-2xx for 24 hours
     body = first.json()
     assert body.pop("error")["code"] == "internal_error"
-    assert body == {"received": 2, "applied": 1, "duplicates": 0, "failed": 1}
+    assert body == {"received": 2, "applied": 0, "stored": 1, "duplicates": 0, "failed": 1}
     with db.session() as s:
-        unhandled = s.scalars(
-            select(InboundEvent.external_id).where(InboundEvent.handled_at.is_(None))
-        ).all()
-    assert unhandled == ["e-d"]
+        failed = s.scalars(select(InboundEvent.external_id).where(InboundEvent.attempts > 0)).all()
+    assert failed == ["e-u"]
     monkeypatch.setattr(responses, "apply_delivery_event", real)
     retry = send(client, private_key, batch)
     assert retry.status_code == 200
-    assert retry.json() == {"received": 2, "applied": 1, "duplicates": 1, "failed": 0}
-    assert survey_of(db, sid).state == "delivered"
+    assert retry.json() == {"received": 2, "applied": 0, "stored": 0, "duplicates": 2, "failed": 0}
+    assert survey_of(db, sid).state == "opted_out"

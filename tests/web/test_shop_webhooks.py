@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 
 from ingest import platforms, shopify
 from ingest.shopify import sign as shopify_sign
@@ -28,6 +29,12 @@ from tests.ingest.test_shopify import (
 )
 from tests.ingest.test_woocommerce import order as woo_order
 from web.app import create_app
+
+
+def refusals(source: str) -> float:
+    value = REGISTRY.get_sample_value("nps_webhook_verification_failures_total", {"source": source})
+    return value or 0.0
+
 
 SHOPIFY_SECRET = "shpss_test_0123456789abcdef"
 WOO_SECRET = "wc-secret-0123456789"
@@ -124,12 +131,14 @@ def test_a_forged_shopify_webhook_is_401_and_writes_nothing(db: Database, client
             "signature": shopify_sign(SHOPIFY_SECRET, json.dumps(body).encode()),
         }
     before = table_counts(db)
+    refused = refusals("shopify")
 
     answer = shopify_post(client, "orders/paid", body, **forge)
 
     assert answer.status_code == 401
     assert answer.json()["error"]["code"] == "unauthorized"
     assert table_counts(db) == before
+    assert refusals("shopify") == refused + 1
 
 
 def test_the_shopify_route_is_off_without_its_secret(db: Database, runtime_for, frozen_clock):
@@ -262,11 +271,13 @@ def test_a_signed_woocommerce_order_is_a_purchase_then_a_fulfilment(db: Database
 
 
 def test_a_forged_woocommerce_webhook_is_403_and_writes_nothing(db: Database, client):
+    refused = refusals("woocommerce")
     answer = woo_post(client, woo_order("order_processing"), secret="not-the-secret")
     unsigned = client.post("/webhooks/woocommerce", json=woo_order("order_processing"))
 
     assert answer.status_code == 403 and unsigned.status_code == 403
     assert sum(table_counts(db).values()) == 0
+    assert refusals("woocommerce") == refused + 2
 
 
 def test_a_repeated_woocommerce_delivery_changes_nothing(db: Database, client):

@@ -7,15 +7,26 @@ from urllib.parse import urlencode
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 from twilio.request_validator import RequestValidator
 
 from channels.base import ChannelName
 from channels.console.send import ConsoleChannel
 from channels.links import AnswerLinks
+from config import load_config
+from dispatch import responses
 from dispatch.scheduler import Scheduler
 from dispatch.sending import Sender
-from models import Answer, ConsentRecord, InboundEvent, Survey, SurveyTransition
+from models import (
+    Answer,
+    ConsentRecord,
+    InboundEvent,
+    MessageRecord,
+    Survey,
+    SurveyTransition,
+    utcnow,
+)
 from tests.conftest import Database
 from tests.dispatch.test_responses import PHONE, answers_of, seed_survey, survey_of
 from web.app import create_app
@@ -111,10 +122,16 @@ def test_forged_missing_and_misdirected_signatures_are_refused(client, db: Datab
         # Signed, then a parameter changed on the way.
         {**form, "X-Twilio-Signature": signature(BASE + path, {**params, "Body": "9"})},
     ]
+    refused = REGISTRY.get_sample_value(
+        "nps_webhook_verification_failures_total", {"source": "twilio"}
+    )
     for headers in attempts:
         response = client.post(path, content=body, headers=headers)
         assert response.status_code == 403
     assert written(db) == before
+    assert REGISTRY.get_sample_value(
+        "nps_webhook_verification_failures_total", {"source": "twilio"}
+    ) == (refused or 0) + len(attempts)
     assert survey_of(db, sid).state == "sent"
 
 
@@ -146,19 +163,45 @@ def test_signed_but_malformed_is_400(client, db: Database):
 # --- status callbacks ---------------------------------------------------------------------------
 
 
+def replay(db: Database, later: timedelta = timedelta(0)) -> responses.ReplayReport:
+    """The scheduler's next replay pass, which applies what the routes left stored."""
+    return responses.replay_unhandled_webhooks(db.factory, load_config(None), now=utcnow() + later)
+
+
+def message_status(db: Database, provider_message_id: str) -> str:
+    with db.session() as s:
+        return str(
+            s.scalar(
+                select(MessageRecord.status).where(
+                    MessageRecord.provider_message_id == provider_message_id
+                )
+            )
+        )
+
+
 def test_status_callbacks_twice_and_out_of_order(client, db: Database):
     sid = seed_survey(db, state="sent")
     msg = survey_of(db, sid).provider_message_id
     path = f"/webhooks/twilio/status?survey_id={sid}"
     for status in ("delivered", "delivered", "sent", "queued", "delivered"):
         assert post(client, path, status_params(msg, status)).status_code == 204
-    assert survey_of(db, sid).state == "delivered"
+    # "sent" and "queued" only advance the message: applied at once ("queued" ranks lower than
+    # "sent", so it changes nothing); "delivered" moves the survey: stored for the replay.
+    assert message_status(db, msg) == "sent"
+    assert survey_of(db, sid).state == "sent"
+    assert replay(db).applied == 1
+    assert survey_of(db, sid).state == "delivered" and message_status(db, msg) == "delivered"
     assert rows(db, InboundEvent) == 3  # delivered, sent, queued: one row per provider id
     with db.session() as s:
         transitions = s.scalars(
             select(SurveyTransition.to_state).where(SurveyTransition.survey_id == sid)
         ).all()
+        assert s.scalar(select(func.count()).where(InboundEvent.handled_at.is_(None))) == 0
     assert transitions == ["delivered"]
+    # Late copies after the replay change nothing.
+    for status in ("sent", "delivered"):
+        assert post(client, path, status_params(msg, status)).status_code == 204
+    assert replay(db).applied == 0 and message_status(db, msg) == "delivered"
 
 
 def test_permanent_failure_callback(client, db: Database):
@@ -166,28 +209,53 @@ def test_permanent_failure_callback(client, db: Database):
     msg = survey_of(db, sid).provider_message_id
     path = f"/webhooks/twilio/status?survey_id={sid}"
     post(client, path, status_params(msg, "undelivered", "30006"))
+    replay(db)
     survey = survey_of(db, sid)
     assert survey.state == "undeliverable" and "30006" in survey.final_reason
 
 
 def test_callback_before_our_commit(client, db: Database):
+    """No message of ours has that id yet: the callback is kept and the replay settles it."""
     sid = seed_survey(db, state="sending")
     path = f"/webhooks/twilio/status?survey_id={sid}"
     assert post(client, path, status_params("SMfast", "sent")).status_code == 204
+    assert survey_of(db, sid).state == "sending"
+    replay(db)
     survey = survey_of(db, sid)
     assert survey.state == "sent" and survey.provider_message_id == "SMfast"
 
 
-def test_apply_failure_is_500_and_kept(client, db: Database, monkeypatch):
-    from dispatch import responses
-
+def test_a_callback_whose_application_fails_is_kept_and_applied_later(
+    client, db: Database, monkeypatch
+):
     sid = seed_survey(db, state="sent")
     msg = survey_of(db, sid).provider_message_id
     monkeypatch.setattr(responses, "apply_delivery_event", lambda *a, **k: 1 / 0)
     path = f"/webhooks/twilio/status?survey_id={sid}"
-    assert post(client, path, status_params(msg, "delivered")).status_code == 500
+    assert post(client, path, status_params(msg, "delivered")).status_code == 204
+    assert replay(db).failed == 1
     with db.session() as s:
-        assert s.scalar(select(InboundEvent.handled_at)) is None
+        row = s.scalar(select(InboundEvent))
+        assert row.handled_at is None and row.attempts == 1 and "ZeroDivisionError" in row.error
+    monkeypatch.undo()
+    assert replay(db).applied == 0  # not before its back-off
+    assert replay(db, later=timedelta(minutes=2)).applied == 1
+    assert survey_of(db, sid).state == "delivered"
+
+
+def test_inbound_whose_application_fails_is_500_and_kept(client, db: Database, monkeypatch):
+    sid = seed_survey(db, state="sent")
+    monkeypatch.setattr(responses, "apply_inbound_sms", lambda *a, **k: 1 / 0)
+    params = sms_params("STOP")
+    assert post(client, "/webhooks/twilio/inbound", params).status_code == 500
+    with db.session() as s:
+        row = s.scalar(select(InboundEvent))
+        assert row.handled_at is None and row.attempts == 1 and row.retry_at is not None
+    monkeypatch.undo()
+    # Twilio's retry of the same message applies the stored row at once.
+    assert "<Message>" not in twiml(post(client, "/webhooks/twilio/inbound", params))
+    assert survey_of(db, sid).state == "opted_out"
+    assert rows(db, InboundEvent) == 1
 
 
 # --- inbound SMS --------------------------------------------------------------------------------

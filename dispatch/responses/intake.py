@@ -1,0 +1,310 @@
+"""What the webhook routes call once a signature holds: store the raw event, answer at once, and
+apply it in the same transaction only when that is cheap or must not wait.
+
+- :func:`take_delivery_event` (a status callback): an event that can only advance the delivery
+  state of a message we recorded (``queued``, ``sent``, ``deferred``, an open or a click) is
+  applied by one conditional ``UPDATE`` of that message (its rank must rise) and stored as
+  applied, in one transaction of two statements. Any other (a delivery receipt or a failure that
+  moves the survey, an event for a message we have no record of) is stored in one statement and
+  left for later: :func:`~dispatch.responses.store.replay_unhandled_webhooks` applies it on the
+  scheduler's next pass, through the full rules, which keep a late or repeated event from moving
+  a survey backwards.
+- :func:`take_delivery_batch` (a SendGrid batch): every event stored by one multi-row ``INSERT``;
+  those that change consent (unsubscribes, spam reports, resubscribes) are applied before the
+  answer, each in its own transaction, so an opt-out is recorded before any later send is
+  claimed; the rest are left for later as above.
+- :func:`take_inbound_sms`: stored and applied in one transaction (its answer depends on the
+  effect, and a STOP must hold before the next send): the row is claimed first, so a concurrent
+  copy waits and then finds a duplicate. When applying fails, the transaction is rolled back and
+  the row is stored again on its own with the failure, for the replay.
+
+A duplicate (same source and provider id) has no second effect anywhere. Rows left for later
+carry ``retry_at`` = their arrival, which makes them due for the next replay at once; a row whose
+``retry_at`` is null and that is still unhandled was left by a request that died (the replay
+takes it after a minute).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, Literal
+
+from sqlalchemy import case, func, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from channels.base import DeliveryEvent, DeliveryEventKind, RawWebhook, WebhookSource
+from channels.webhook_sources import WEBHOOK_SOURCES as SOURCES
+from channels.webhook_sources import delivery_rules
+from config import OperatorConfig
+from dispatch.responses.common import Handled
+from dispatch.responses.store import (
+    RowApplier,
+    _log_failed_attempt,
+    _ties,
+    handle_webhook,
+    replay_pause,
+)
+from dispatch.scheduler import describe_error
+from models import InboundEvent, MessageRecord, utcnow
+
+__all__ = ["Taken", "take_delivery_batch", "take_delivery_event", "take_inbound_sms"]
+
+log = logging.getLogger(__name__)
+K = DeliveryEventKind
+
+#: Kinds whose whole effect, once the message is on record, is the message's own delivery
+#: state: none of them moves a survey whose send we committed (``sent`` or later).
+MESSAGE_ONLY: Final = frozenset({K.queued, K.sent, K.deferred, K.opened, K.clicked})
+
+#: Kinds that change consent: applied before the answer, never left for later.
+CONSENT: Final = frozenset({K.opted_out, K.spam_report, K.opted_in})
+
+_CHUNK: Final = 500  # rows per INSERT, well under both backends' bound-parameter limits
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """The outcome of one stored event: ``applied`` now, ``stored`` and left for later,
+    ``duplicate`` (its provider id was stored before), or ``failed`` (kept for the replay)."""
+
+    row_id: int | None
+    status: Literal["applied", "stored", "duplicate", "failed"]
+
+
+def _insert(session: Session, rows: list[dict[str, Any]]) -> Any:
+    dialect = session.get_bind().dialect.name
+    insert_fn = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    return (
+        insert_fn(InboundEvent)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["source", "external_id"])
+        .returning(InboundEvent.id, InboundEvent.external_id)
+    )
+
+
+def _row(raw: RawWebhook, now: datetime, **values: Any) -> dict[str, Any]:
+    row = {
+        "source": raw.source,
+        "external_id": raw.external_id,
+        "event_type": raw.event_type[:40],
+        "payload": raw.payload,
+        "received_at": now,
+        "attempts": 0,
+        "handled_at": None,
+        "result": None,
+        "survey_id": None,
+        "retry_at": None,
+        "error": None,
+    }
+    row.update(values)
+    return row
+
+
+def _read(raw: RawWebhook, now: datetime) -> DeliveryEvent | None:
+    source = SOURCES.get(raw.source)
+    if source is None or not isinstance(raw.payload, dict):
+        return None
+    event = source.read(raw.payload, now)
+    return event if isinstance(event, DeliveryEvent) else None
+
+
+def _advance_message(event: DeliveryEvent, rules: WebhookSource) -> Any:
+    """One ``UPDATE`` of the latest message record with the event's provider id: its delivery
+    state becomes the event's kind unless it already ranks as high (``rules.advances``).
+    Returns the message's survey id, or no row when no message has that id."""
+    new = event.kind
+    kept = [k.value for k in K if not rules.advances(k, new)]
+    latest = (
+        select(func.max(MessageRecord.id))
+        .where(
+            MessageRecord.provider == event.provider,
+            MessageRecord.provider_message_id == event.provider_message_id,
+        )
+        .scalar_subquery()
+    )
+    return (
+        update(MessageRecord)
+        .where(MessageRecord.id == latest)
+        .values(
+            status=case((MessageRecord.status.in_(kept), MessageRecord.status), else_=new.value)
+        )
+        .returning(MessageRecord.survey_id)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def take_delivery_event(
+    factory: sessionmaker[Session], raw: RawWebhook, *, now: datetime | None = None
+) -> Taken:
+    """Store one delivery event (a status callback) and apply it now when it only advances a
+    message's delivery state; else leave it stored for the replay (module docstring)."""
+    now = now or utcnow()
+    event = _read(raw, now)
+    rules = delivery_rules(event.provider) if event is not None else None
+    with factory() as session:
+        if (
+            event is not None
+            and rules is not None
+            and event.kind in MESSAGE_ONLY
+            and rules.advances(None, event.kind)
+            and event.provider_message_id is not None
+        ):
+            survey_id = session.execute(_advance_message(event, rules)).scalar()
+            if survey_id is not None:
+                stored = session.execute(
+                    _insert(
+                        session,
+                        [
+                            _row(
+                                raw,
+                                now,
+                                handled_at=now,
+                                result=f"message {event.kind.value}",
+                                survey_id=survey_id,
+                            )
+                        ],
+                    )
+                ).first()
+                if stored is None:  # a copy was stored first: it had the effect
+                    session.rollback()
+                    return Taken(None, "duplicate")
+                session.commit()
+                return Taken(stored.id, "applied")
+        stored = session.execute(_insert(session, [_row(raw, now, retry_at=now)])).first()
+        session.commit()
+    return Taken(stored.id, "stored") if stored is not None else Taken(None, "duplicate")
+
+
+def take_delivery_batch(
+    factory: sessionmaker[Session],
+    config: OperatorConfig,
+    raws: Sequence[RawWebhook],
+    apply: RowApplier,
+    *,
+    now: datetime | None = None,
+) -> list[Taken]:
+    """Store a batch of delivery events (one ``INSERT`` per 500), then apply the consent events
+    among the new ones, and those stored before whose application is still pending, each in its
+    own transaction; the rest are left for the replay. One outcome per event, in order."""
+    now = now or utcnow()
+    urgent: set[str] = set()
+    rows: dict[str, dict[str, Any]] = {}
+    for raw in raws:
+        if raw.external_id in rows:
+            continue
+        event = _read(raw, now)
+        now_please = event is not None and event.kind in CONSENT
+        if now_please:
+            urgent.add(raw.external_id)
+        rows[raw.external_id] = _row(raw, now, retry_at=None if now_please else now)
+    new: dict[str, int] = {}
+    pending: dict[str, int] = {}
+    with factory() as session, session.begin():
+        values = list(rows.values())
+        for start in range(0, len(values), _CHUNK):
+            chunk = values[start : start + _CHUNK]
+            new.update((r.external_id, r.id) for r in session.execute(_insert(session, chunk)))
+        old = [key for key in urgent if key not in new]
+        if old:
+            source = next(iter(rows.values()))["source"]
+            found = session.execute(
+                select(InboundEvent.external_id, InboundEvent.id).where(
+                    InboundEvent.source == source,
+                    InboundEvent.external_id.in_(old),
+                    InboundEvent.handled_at.is_(None),
+                )
+            )
+            pending = {external_id: row_id for external_id, row_id in found}
+    outcome: dict[str, Taken] = {}
+    for key in rows:
+        if key in urgent and (key in new or key in pending):
+            row_id = new.get(key) or pending[key]
+            handled = handle_webhook(factory, config, row_id, apply, now=now)
+            status: Literal["applied", "failed", "duplicate"] = (
+                "applied" if key in new else ("duplicate")
+            )
+            outcome[key] = Taken(row_id, "failed" if handled.status == "failed" else status)
+        elif key in new:
+            outcome[key] = Taken(new[key], "stored")
+    results: list[Taken] = []
+    seen: set[str] = set()
+    for raw in raws:
+        first = raw.external_id not in seen
+        seen.add(raw.external_id)
+        taken = outcome.get(raw.external_id) if first else None
+        results.append(taken or Taken(None, "duplicate"))
+    return results
+
+
+def take_inbound_sms(
+    factory: sessionmaker[Session],
+    config: OperatorConfig,
+    raw: RawWebhook,
+    apply: RowApplier,
+    *,
+    now: datetime | None = None,
+) -> Handled:
+    """Store an inbound SMS and apply it in the same transaction (module docstring). A copy of
+    one stored before is a duplicate, with no reply; if that earlier one is still unapplied (its
+    application failed), it is applied now."""
+    now = now or utcnow()
+    row = InboundEvent(
+        source=raw.source,
+        external_id=raw.external_id,
+        event_type=raw.event_type[:40],
+        payload=raw.payload,
+        received_at=now,
+        attempts=0,
+    )
+    earlier: int | None = None
+    try:
+        with factory() as session, session.begin():
+            stored = session.execute(_insert(session, [_row(raw, now)])).first()
+            if stored is None:
+                earlier = session.scalar(
+                    select(InboundEvent.id).where(
+                        InboundEvent.source == raw.source,
+                        InboundEvent.external_id == raw.external_id,
+                        InboundEvent.handled_at.is_(None),
+                    )
+                )
+            else:
+                applied = apply(session, row, config, now, True)
+                session.execute(
+                    update(InboundEvent)
+                    .where(InboundEvent.id == stored.id)
+                    .values(handled_at=now, result=applied.result[:40], **_ties(applied))
+                    .execution_options(synchronize_session=False)
+                )
+                return Handled(stored.id, "applied", applied.result, applied.reply)
+    except Exception as exc:  # rolled back: nothing of the effect stays; keep the raw row
+        return _keep_failed(factory, raw, now, describe_error(exc, limit=2000))
+    if earlier is None:
+        return Handled(0, "duplicate")
+    return handle_webhook(factory, config, earlier, apply, now=now)
+
+
+def _keep_failed(
+    factory: sessionmaker[Session], raw: RawWebhook, now: datetime, failure: str
+) -> Handled:
+    """Store a row whose application failed, with its first failure, for the replay. When even
+    that fails (the database is gone), nothing is stored and the caller answers 500."""
+    try:
+        with factory() as session, session.begin():
+            stored = session.execute(
+                _insert(
+                    session,
+                    [_row(raw, now, attempts=1, error=failure, retry_at=now + replay_pause(1))],
+                )
+            ).first()
+    except Exception as exc:
+        log.warning("webhook %s not stored: %s", raw.source, describe_error(exc))
+        return Handled(0, "failed")
+    row_id = stored.id if stored is not None else 0
+    _log_failed_attempt(row_id, 1, failure)
+    return Handled(row_id, "failed")
