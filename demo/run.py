@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.panel import Panel
@@ -249,9 +250,15 @@ def _state_table(runtime: Runtime) -> Table:
                 select(Survey.state, func.count()).group_by(Survey.state)
             ).all()
         }
-    table = Table(title="Schedule: survey states (the database is the schedule)")
+    table = Table(
+        title="Schedule: survey states (the database is the schedule)",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
     for state in SHOWN_STATES:
-        table.add_column(state.replace("_", " "), justify="right")
+        table.add_column(state.replace("_", " "), justify="right", no_wrap=True)
     table.add_row(*(str(counts.get(s, 0)) for s in SHOWN_STATES))
     return table
 
