@@ -13,10 +13,10 @@ import hmac
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
-from wsgiref.simple_server import WSGIServer, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import REGISTRY, CollectorRegistry, make_wsgi_app
-from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -47,6 +47,13 @@ def metrics_registry(multiproc_dir: str | None, *extra: Collector) -> CollectorR
     return registry
 
 
+class _QuietHandler(WSGIRequestHandler):
+    """No line per scrape on stderr."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
 def _with_token(app: WsgiApp, token: str | None) -> WsgiApp:
     """``app`` answering 401 unless ``Authorization: Bearer <token>`` (when a token is set)."""
     if not token:
@@ -72,7 +79,7 @@ def serve_metrics(
     """Serve ``registry`` at ``http://host:port/metrics`` from a daemon thread; returns the
     server (``shutdown()`` stops it). ``port`` 0 picks a free port (``server.server_port``)."""
     app = _with_token(make_wsgi_app(registry), token)
-    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
+    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
     thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
     thread.start()
     return server
