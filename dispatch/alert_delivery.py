@@ -45,8 +45,9 @@ from channels.base import (
     SendError,
     TransientSendError,
 )
+from channels.http import parse_retry_after
 from config import OperatorConfig
-from dispatch.alerts import SCORE_CHANGED, Claim, claim, finish
+from dispatch.alerts import CUSTOMER_ERASED, SCORE_CHANGED, Claim, claim, finish
 from dispatch.consent import customer_erased
 from models import Order, Survey
 
@@ -141,14 +142,18 @@ def verify_signature(
         key, sep, value = part.strip().partition("=")
         if sep:
             fields.setdefault(key, []).append(value)
-    try:
-        timestamp = int(fields["t"][0])
-    except (KeyError, ValueError):
-        return False
+    stamp = (fields.get("t") or [""])[0]
+    if not (stamp.isascii() and stamp.isdigit()):
+        return False  # int() would take "+1", "1_0" and other scripts' digits
+    timestamp = int(stamp)
     if abs(now.timestamp() - timestamp) > tolerance.total_seconds():
         return False
-    expected = _mac(secret, timestamp, body)
-    return any(hmac.compare_digest(expected, given) for given in fields.get("v1", []))
+    expected = _mac(secret, timestamp, body).encode()
+    # Compared as bytes: compare_digest refuses str with other than ASCII (a forged header).
+    return any(
+        hmac.compare_digest(expected, given.encode("utf-8", "replace"))
+        for given in fields.get("v1", [])
+    )
 
 
 def _read_content(session: Session, claimed: Claim, config: OperatorConfig) -> AlertContent | str:
@@ -160,16 +165,18 @@ def _read_content(session: Session, claimed: Claim, config: OperatorConfig) -> A
         return SCORE_CHANGED
     if claimed.target not in config.alerts.targets():
         return "target no longer configured"
+    # Read under the customer's share lock, as every writer does: an erasure committed before
+    # this claim cancels the alert; one waiting for the lock comes after the alert is read.
+    if customer_erased(session, survey.customer_id):
+        return CUSTOMER_ERASED
     order_id = session.scalar(select(Order.external_id).where(Order.id == survey.order_id))
-    # Erasure empties the comment; read under the customer's share lock, as every writer does.
-    comment = None if customer_erased(session, survey.customer_id) else survey.comment
     return AlertContent(
         alert_id=claimed.alert_id,
         survey_id=survey.id,
         order_id=order_id or "",
         channel=survey.channel,
         score=survey.score,
-        comment=comment,
+        comment=survey.comment,
         answered_at=survey.answered_at,
         shop=config.survey.shop_name,
     )
@@ -207,11 +214,14 @@ def _path_hidden() -> Iterator[None]:
         _posting.active = False
 
 
-def _retry_after(response: httpx.Response) -> timedelta | None:
-    value = response.headers.get("Retry-After", "").strip()
-    if value.isdigit():
-        return timedelta(seconds=min(int(value), 3600))
-    return None
+#: The longest ``Retry-After`` a receiver can ask for.
+MAX_RETRY_AFTER: Final = timedelta(hours=1)
+
+
+def _retry_after(response: httpx.Response, now: datetime) -> timedelta | None:
+    """The receiver's ``Retry-After`` (seconds or an HTTP date), at most :data:`MAX_RETRY_AFTER`."""
+    seconds = parse_retry_after(response.headers.get("Retry-After"), now)
+    return None if seconds is None else min(timedelta(seconds=seconds), MAX_RETRY_AFTER)
 
 
 def post_webhook(
@@ -239,7 +249,7 @@ def post_webhook(
     if 200 <= status < 300:
         return Attempt("delivered")
     if status >= 500 or status in (408, 429):
-        return Attempt("retry", f"HTTP {status}", _retry_after(response))
+        return Attempt("retry", f"HTTP {status}", _retry_after(response, now))
     if 300 <= status < 400:
         return Attempt("failed", f"HTTP {status} (redirects are not followed)")
     return Attempt("failed", f"HTTP {status}")

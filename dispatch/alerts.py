@@ -25,13 +25,13 @@ claimed (:mod:`dispatch.alert_delivery`), after any erasure has emptied the comm
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
+from sqlalchemy import ColumnElement, Row, case, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
 from config import OperatorConfig
 from logs.metrics import DETRACTOR_ALERTS
@@ -40,6 +40,7 @@ from models.base import insert_ignoring_conflict
 
 __all__ = [
     "COMMENT_WAIT",
+    "CUSTOMER_ERASED",
     "DELIVERING_STALE",
     "MAX_ATTEMPTS",
     "QUEUED_STALE",
@@ -47,7 +48,6 @@ __all__ = [
     "Claim",
     "backoff",
     "claim",
-    "due_alerts",
     "enqueue_due_alerts",
     "finish",
     "on_comment",
@@ -67,6 +67,14 @@ QUEUED_STALE: Final = timedelta(minutes=2)
 DELIVERING_STALE: Final = timedelta(minutes=5)
 #: ``last_error`` of an alert cancelled because the score left the detractor band.
 SCORE_CHANGED: Final = "score changed: no longer a detractor"
+#: ``last_error`` of an alert whose worker stopped while delivering it.
+WORKER_STOPPED: Final = "worker stopped during delivery"
+#: ``last_error`` of an email alert whose worker stopped while delivering it: never sent twice.
+EMAIL_MAY_HAVE_GONE: Final = WORKER_STOPPED + "; the email may have gone out: not sent again"
+#: ``last_error`` of a webhook alert whose worker stopped during its last attempt.
+OUT_OF_ATTEMPTS: Final = WORKER_STOPPED + f"; gave up after {MAX_ATTEMPTS} attempts"
+#: ``last_error`` of an alert cancelled because its customer was erased before it went out.
+CUSTOMER_ERASED: Final = "customer erased: nothing about them is sent"
 
 _OPEN = (A.pending.value, A.queued.value)
 
@@ -102,13 +110,18 @@ def on_score(
             update(DetractorAlert)
             .where(DetractorAlert.survey_id == survey_id, DetractorAlert.state.in_(_OPEN))
             .values(state=A.cancelled, finished_at=now, last_error=SCORE_CHANGED)
+            .returning(DetractorAlert.target)
             .execution_options(synchronize_session=False)
-        )
-        if _rowcount(cancelled):
-            log.info("survey %s: detractor alert cancelled (score changed)", survey_id)
+        ).scalars()
+        for target in cancelled:
+            DETRACTOR_ALERTS.labels(target=target, outcome="cancelled").inc()
+            log.info("survey %s: detractor alert (%s) cancelled (score changed)", survey_id, target)
+        return
+    targets = config.alerts.targets()
+    if not targets:
         return
     due = now if with_comment else now + COMMENT_WAIT
-    for target in config.alerts.targets():
+    for target in targets:
         session.execute(
             insert_ignoring_conflict(
                 session,
@@ -129,6 +142,7 @@ def on_score(
         update(DetractorAlert)
         .where(
             DetractorAlert.survey_id == survey_id,
+            DetractorAlert.target.in_(targets),
             DetractorAlert.state == A.cancelled,
             DetractorAlert.last_error == SCORE_CHANGED,
         )
@@ -162,53 +176,81 @@ def _rowcount(result: object) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def due_alerts(session: Session, now: datetime, limit: int = 500) -> list[DetractorAlert]:
-    """Pending alerts due by ``now``, oldest first, locked (``SKIP LOCKED``: two schedulers
-    never take the same row)."""
-    return list(
-        session.scalars(
-            select(DetractorAlert)
-            .where(DetractorAlert.state == A.pending, DetractorAlert.due_at <= now)
-            .order_by(DetractorAlert.due_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-    )
-
-
-def _stale(
+def _take(
     session: Session,
-    state: A,
-    column: InstrumentedAttribute[datetime | None],
-    before: datetime,
+    where: Sequence[ColumnElement[bool]],
+    values: Mapping[str, object],
     limit: int,
-) -> list[DetractorAlert]:
-    return list(
-        session.scalars(
-            select(DetractorAlert)
-            .where(DetractorAlert.state == state, column <= before)
-            .order_by(DetractorAlert.due_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
+) -> list[Row[int, str, int]]:
+    """One statement: update up to ``limit`` rows matching ``where`` (oldest due first) and
+    return their ids, targets and attempts. On PostgreSQL the rows are chosen ``FOR UPDATE SKIP
+    LOCKED``, so two sweepers never take the same row; a row another sweeper changed meanwhile
+    is checked against ``where`` again and left out when it no longer matches."""
+    chosen = (
+        select(DetractorAlert.id)
+        .where(*where)
+        .order_by(DetractorAlert.due_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    result = session.execute(
+        update(DetractorAlert)
+        .where(DetractorAlert.id.in_(chosen))
+        .values(**values)
+        .returning(DetractorAlert.id, DetractorAlert.target, DetractorAlert.attempts)
+        .execution_options(synchronize_session=False)
+    )
+    return list(result)
+
+
+def _sweep(session: Session, now: datetime, limit: int) -> list[int]:
+    """The sweep's four statements, whatever the number of rows: due ``pending`` rows become
+    ``queued``; rows ``queued`` since :data:`QUEUED_STALE` are queued anew (a lost message);
+    rows ``delivering`` since :data:`DELIVERING_STALE` (a dead worker) are queued again when
+    they are webhooks with attempts left, else end ``failed``. Returns the ids to enqueue."""
+    queued = {"state": A.queued, "queued_at": now}
+    due = _take(
+        session, [DetractorAlert.state == A.pending, DetractorAlert.due_at <= now], queued, limit
+    )
+    lost = _take(
+        session,
+        [DetractorAlert.state == A.queued, DetractorAlert.queued_at <= now - QUEUED_STALE],
+        {"queued_at": now},
+        limit,
+    )
+    stuck = [
+        DetractorAlert.state == A.delivering,
+        DetractorAlert.claimed_at <= now - DELIVERING_STALE,
+    ]
+    retried = _take(
+        session,
+        [*stuck, DetractorAlert.target == "webhook", DetractorAlert.attempts < MAX_ATTEMPTS],
+        {**queued, "last_error": WORKER_STOPPED},
+        limit,
+    )
+    given_up = _take(
+        session,
+        stuck,
+        {
+            "state": A.failed,
+            "finished_at": now,
+            "last_error": case(
+                (DetractorAlert.target == "email", EMAIL_MAY_HAVE_GONE),
+                else_=OUT_OF_ATTEMPTS,
+            ),
+        },
+        limit,
+    )
+    for alert_id, target, attempts in given_up:
+        DETRACTOR_ALERTS.labels(target=target, outcome="failed").inc()
+        log.error(
+            "ALERT detractor alert %s (%s) failed after %d attempt(s): %s",
+            alert_id,
+            target,
+            attempts,
+            EMAIL_MAY_HAVE_GONE if target == "email" else OUT_OF_ATTEMPTS,
         )
-    )
-
-
-def _recover_delivering(alert: DetractorAlert, now: datetime) -> bool:
-    """A claim whose worker died. Returns whether the alert is to be enqueued again."""
-    if alert.target == "webhook" and alert.attempts < MAX_ATTEMPTS:
-        alert.state, alert.queued_at = A.queued, now
-        alert.last_error = "worker stopped during delivery"
-        return True
-    alert.state, alert.finished_at = A.failed, now
-    alert.last_error = (
-        "worker stopped during delivery; the email may have gone out: not sent again"
-        if alert.target == "email"
-        else f"worker stopped during delivery; gave up after {alert.attempts} attempts"
-    )
-    DETRACTOR_ALERTS.labels(target=alert.target, outcome="failed").inc()
-    log.error("ALERT detractor alert %s (%s): %s", alert.id, alert.target, alert.last_error)
-    return False
+    return [row[0] for row in (*due, *lost, *retried)]
 
 
 def enqueue_due_alerts(
@@ -218,19 +260,12 @@ def enqueue_due_alerts(
     limit: int = 500,
 ) -> int:
     """Queue what is due (and what a lost message or a dead worker left behind), commit, then
-    hand each id to ``enqueue``. Returns how many were enqueued."""
+    hand each id to ``enqueue``. Returns how many were enqueued.
+
+    An ``enqueue`` that raises (the broker away) leaves the rest ``queued``: they are enqueued
+    again :data:`QUEUED_STALE` later, and a duplicate message sends nothing (:func:`claim`)."""
     with factory() as session, session.begin():
-        ids: list[int] = []
-        for alert in due_alerts(session, now, limit):
-            alert.state, alert.queued_at = A.queued, now
-            ids.append(alert.id)
-        for alert in _stale(session, A.queued, DetractorAlert.queued_at, now - QUEUED_STALE, limit):
-            alert.queued_at = now
-            ids.append(alert.id)
-        stuck = _stale(
-            session, A.delivering, DetractorAlert.claimed_at, now - DELIVERING_STALE, limit
-        )
-        ids.extend(alert.id for alert in stuck if _recover_delivering(alert, now))
+        ids = _sweep(session, now, limit)
     # Committed first: a message lost from here on is enqueued again after QUEUED_STALE.
     for alert_id in ids:
         enqueue(alert_id)

@@ -11,12 +11,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from channels.base import ChannelName
 from channels.console.send import ConsoleChannel
@@ -272,6 +273,41 @@ def test_webhook_alert_signed_retried_after_a_500_and_sent_once(
     assert "Parcel" not in caplog.text and "/hooks/nps" not in caplog.text
 
 
+def test_a_signature_header_with_other_than_ascii_is_refused_not_raised(now):
+    t = int(now.timestamp())
+    body = b'{"a":1}'
+    assert not verify_signature("s3cret", f"t={t},v1=\u00e9t\u00e9", body, now)
+    assert not verify_signature("s3cret", "t=\u0661\u0662,v1=00", body, now)
+
+
+def test_a_retry_after_date_is_honoured(db: Database, config, now):
+    config = with_alerts(config, detractor_webhook="https://hooks.example.com/nps")
+    score(db, seed_survey(db, now=now), 0, config, now)
+    at = now + alerts.COMMENT_WAIT
+    [alert_id] = sweep(db, at)
+    until = at + timedelta(minutes=20)
+
+    def busy(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, headers={"Retry-After": format_datetime(until, usegmt=True)})
+
+    with httpx.Client(transport=httpx.MockTransport(busy)) as http:
+        assert run(db, alert_id, config, at, http=http) == "retry"
+    [row] = alerts_of(db)
+    assert (row.state, row.due_at, row.last_error) == ("pending", until, "HTTP 503")
+
+
+def test_a_cancellation_by_a_changed_score_is_counted(db: Database, config, now):
+    config = with_alerts(
+        config, detractor_webhook="https://hooks.example.com/nps", detractor_email="cx@example.com"
+    )
+    before = {t: counted(t, "cancelled") for t in ("webhook", "email")}
+    sid = seed_survey(db, now=now)
+    score(db, sid, 3, config, now)
+    score(db, sid, 9, config, now + timedelta(seconds=1))
+    score(db, sid, 10, config, now + timedelta(seconds=2))  # nothing left to cancel
+    assert {t: counted(t, "cancelled") - before[t] for t in before} == {"webhook": 1, "email": 1}
+
+
 def test_signature_format_and_freshness(now):
     body = b'{"a":1}'
     t = int(now.timestamp())
@@ -387,7 +423,7 @@ def test_lost_messages_and_dead_workers_are_recovered(db: Database, config, now,
     assert len(receiver.requests) == 1
 
 
-def test_an_erased_customer_s_undelivered_alert_carries_no_comment(
+def test_an_erased_customer_s_undelivered_alert_is_cancelled_and_nothing_is_sent(
     db: Database, config, now, receiver: Receiver
 ):
     config = with_alerts(config, detractor_webhook=receiver.url)
@@ -398,13 +434,77 @@ def test_an_erased_customer_s_undelivered_alert_carries_no_comment(
     assert result.status == "accepted"
     [row] = alerts_of(db)
     assert row.state == "pending"
+    before = counted("webhook", "cancelled")
     [alert_id] = sweep(db, now + timedelta(seconds=1))
-    assert run(db, alert_id, config, now + timedelta(seconds=1)) == "delivered"
-    [body] = receiver.json_bodies()
-    assert body["comment"] is None and body["score"] == 1
-    assert (
-        b"40721000111" not in receiver.requests[0].body and b"Ana" not in receiver.requests[0].body
+    # Nothing about an erased customer leaves: not the comment, and not the order and score.
+    assert run(db, alert_id, config, now + timedelta(seconds=1)) == "cancelled"
+    assert receiver.requests == []
+    [row] = alerts_of(db)
+    assert (row.state, row.last_error) == ("cancelled", alerts.CUSTOMER_ERASED)
+    assert counted("webhook", "cancelled") == before + 1
+    # A later score of the erased customer (a link still in a mailbox) records no alert either.
+    score(db, sid, 0, config, now + timedelta(minutes=1))
+    assert [r.state for r in alerts_of(db)] == ["cancelled"]
+
+
+def sweep_statements(db: Database, config: OperatorConfig, now: datetime, size: int) -> list[str]:
+    """The statements of one sweep over ``size`` alerts of each kind it handles: due, lost in
+    the queue, and left ``delivering`` by a dead worker (webhooks and emails)."""
+    config = with_alerts(
+        config, detractor_webhook="https://h.example.com/x", detractor_email="cx@example.com"
     )
+    for n in range(2 * size):
+        score(db, seed_survey(db, now=now, customer=f"c-{size}-{n}"), 1, config, now)
+    at = now + alerts.COMMENT_WAIT
+    ids = set(sweep(db, at))  # 4 * size rows queued
+    surveys = sorted({r.survey_id for r in alerts_of(db) if r.id in ids})
+    with db.session() as s, s.begin():  # half the surveys' alerts claimed, then the worker died
+        for row in alerts_of(db):
+            if row.survey_id in surveys[:size]:
+                assert alerts.claim(s, row.id, at) is not None
+    # The other half's messages were lost; and size * 2 rows more are due.
+    for n in range(size):
+        score(db, seed_survey(db, now=at, customer=f"d-{size}-{n}"), 2, config, at)
+    failed_before = [r.state for r in alerts_of(db)].count("failed")
+    seen: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if not statement.startswith("BEGIN"):
+            seen.append(" ".join(statement.split())[:60])
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        later = at + alerts.DELIVERING_STALE
+        assert len(sweep(db, later)) == 2 * size + 2 * size + size  # due, lost, webhooks again
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+    # The emails whose worker died end failed; the webhooks are among those enqueued again.
+    assert [r.state for r in alerts_of(db)].count("failed") == failed_before + size
+    return seen
+
+
+def test_a_sweep_costs_the_same_statements_for_1_or_5_alerts_of_each_kind(db, config, now):
+    one = sweep_statements(db, config, now, 1)
+    five = sweep_statements(db, config, now, 5)
+    assert one == five
+    assert len(one) == 4 and all(s.startswith("UPDATE detractor_alerts") for s in one)
+
+
+def test_two_sweepers_never_take_the_same_alert(pg_db: Database, config, now):
+    db = pg_db
+    config = with_alerts(config, detractor_webhook="https://hooks.example.com/nps")
+    for n in range(2):
+        score(db, seed_survey(db, now=now, customer=f"c-{n}"), 1, config, now)
+    first, second = (r.id for r in alerts_of(db))
+    at = now + alerts.COMMENT_WAIT
+    with db.session() as other, other.begin():
+        # Another sweeper's transaction has locked the first row and not yet committed.
+        other.execute(
+            select(DetractorAlert.id).where(DetractorAlert.id == first).with_for_update()
+        ).one()
+        assert sweep(db, at) == [second]
+    assert sweep(db, at) == [first]
+    assert sweep(db, at) == []
 
 
 # --- email --------------------------------------------------------------------------------
