@@ -142,11 +142,11 @@ def dead_letter_table(letters: Any, *, full: bool) -> Table:
 def cmd_customer(args: argparse.Namespace, ask: Callable[[str], str] = input) -> int:
     from ingest.subjects import erase_customer, export_customer
 
-    if args.action == "erase" and not args.yes and not _confirmed(args.id, ask):
-        return 1 if sys.stdin.isatty() else 2
     runtime = runtime_with_key()
     if runtime is None:
         return 2
+    if args.action == "erase" and not args.yes and not _confirmed(args.id, ask):
+        return 1 if sys.stdin.isatty() else 2
     if args.action == "export":
         data = export_customer(runtime.factory, args.id)
         if data is None:
