@@ -18,7 +18,12 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import OperatorConfig
-from reports.covariates_query import COVARIATE_NAMES, CovariateTable, fetch_covariates
+from reports.covariates_query import (
+    CATEGORICAL,
+    COVARIATE_NAMES,
+    CovariateTable,
+    fetch_patterns,
+)
 from reports.params import ReportError, parse_by, parse_date
 from reports.query import (
     NO_ARM,
@@ -29,6 +34,7 @@ from reports.query import (
     survey_grid,
 )
 from reports.stats.adjustment import AdjustedNps, adjust_nps
+from reports.stats.covariates import Categorical
 from reports.stats.nps import NpsBands, NpsEstimate, compare_nps, json_float
 from reports.stats.timing import GroupCounts, timing_report
 from reports.tally import (
@@ -113,33 +119,49 @@ def adjusted_note(
 
 
 def covariate_columns(
-    table: CovariateTable, mask: np.ndarray[Any, np.dtype[np.bool_]] | None = None
+    table: CovariateTable, rows: np.ndarray[Any, np.dtype[np.bool_]]
 ) -> tuple[dict[str, Any], list[str]]:
-    """The model's covariates (see ``COVARIATE_NAMES``), and notes on imputation."""
-    sel: Any = slice(None) if mask is None else mask
+    """The model's covariates (see ``COVARIATE_NAMES``) of the table's ``rows``, and notes on
+    imputation (invitees without an anchor or send time get the median over the invitees)."""
     notes: list[str] = []
-    days = table.days_anchor_to_send[sel].copy()
+    counts = table.count[rows]
+    days = table.days_anchor_to_send[rows].copy()
     missing = np.isnan(days)
     if missing.any():
-        fill = float(np.median(days[~missing])) if (~missing).any() else 0.0
+        fill = _median(days[~missing], counts[~missing]) if (~missing).any() else 0.0
         days[missing] = fill
         notes.append(
-            f"days_anchor_to_send: {int(missing.sum())} invitees without an anchor or send "
-            f"time were given the median {fill:.2f}"
+            f"days_anchor_to_send: {int(counts[missing].sum())} invitees without an anchor or "
+            f"send time were given the median {fill:.2f}"
         )
-    total = np.maximum(table.order_total[sel], 0.0)
+    pattern = table.pattern[rows]
+    coded: dict[str, Categorical] = {}
+    for name in CATEGORICAL:
+        levels, codes = np.unique(getattr(table, name), return_inverse=True)
+        coded[name] = Categorical(name, tuple(str(v) for v in levels), codes[pattern])
+    total = np.maximum(table.order_total[rows], 0.0)
     return (
         {
-            "channel": table.channel[sel],
-            "category": table.category[sel],
+            "channel": coded["channel"],
+            "category": coded["category"],
             "log_order_total": np.log1p(total),
-            "repeat_buyer": table.repeat_buyer[sel],
-            "country": table.country[sel],
-            "arm": table.arm[sel],
+            "repeat_buyer": table.repeat_buyer[pattern],
+            "country": coded["country"],
+            "arm": coded["arm"],
             "days_anchor_to_send": days,
         },
         notes,
     )
+
+
+def _median(values: np.ndarray[Any, Any], counts: np.ndarray[Any, Any]) -> float:
+    """The median of ``values`` each repeated ``counts`` times (as numpy's median of them)."""
+    order = np.argsort(values, kind="stable")
+    ranked, cum = values[order], np.cumsum(counts[order])
+    total = int(cum[-1])
+    low = float(ranked[np.searchsorted(cum, (total - 1) // 2, side="right")])
+    high = float(ranked[np.searchsorted(cum, total // 2, side="right")])
+    return low if low == high else (low + high) / 2
 
 
 def adjust(
@@ -147,20 +169,18 @@ def adjust(
     bands: NpsBands,
     mask: np.ndarray[Any, np.dtype[np.bool_]] | None = None,
 ) -> AdjustedNps:
-    """:func:`adjust_nps` over the invitees (of ``mask``), responders without a banded score
+    """:func:`adjust_nps` over the table's rows (of ``mask``), responders without a banded score
     left out (they cannot be weighted; a note says how many)."""
-    responded = table.responded if mask is None else table.responded[mask]
-    score = table.score if mask is None else table.score[mask]
+    chosen = np.ones(table.rows, dtype=np.bool_) if mask is None else mask
+    responded = table.responded[table.pattern]
+    score = table.score[table.pattern]
     usable = ~responded | ~np.isnan(bands.values(score))
-    if mask is None:
-        mask = usable
-        dropped = int((~usable).sum())
-    else:
-        dropped = int((~usable).sum())
-        mask = mask.copy()
-        mask[mask] = usable
-    columns, notes = covariate_columns(table, mask)
-    result = adjust_nps(columns, table.responded[mask], table.score[mask], bands=bands)
+    dropped = int(table.count[chosen & ~usable].sum())
+    rows = chosen & usable
+    columns, notes = covariate_columns(table, rows)
+    result = adjust_nps(
+        columns, responded[rows], score[rows], bands=bands, counts=table.count[rows]
+    )
     if dropped:
         notes.append(f"{dropped} answered invitations without a score in a band were left out")
     if notes:
@@ -276,11 +296,11 @@ def _build(
     keys: tuple[str, ...] = ("arm", "delay")
     if by is not None and by not in keys:
         keys = (*keys, by)
-    grid = survey_grid(session, period, keys, bands, now)
+    patterns = fetch_patterns(session, period, now, bands, keys, by)
+    grid, table = patterns.grid, patterns.covariates
     overall = tally(grid)
     purchases = count_purchases(session, period)
     skipped = skip_reasons(session, period)
-    table = fetch_covariates(session, period, now, by)
 
     estimate = overall.nps()
     adjusted = adjust(table, bands)
@@ -304,11 +324,8 @@ def _build(
     segments: list[dict[str, Any]] = []
     if by is not None:
         tallies = group_tallies(grid, keys.index(by))
-        if table.segment is None:
-            raise RuntimeError(f"the covariates were fetched without the segment {by!r}")
         for key, t in tallies.items():
-            mask = table.segment == key
-            segments.append(segment_entry(key, t, adjust(table, bands, mask)))
+            segments.append(segment_entry(key, t, adjust(table, bands, table.in_segment(key))))
     report["segments"] = segments
     report["timing"] = timing_of(grid, [arm.name for arm in config.schedule.arms])
 

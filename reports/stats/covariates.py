@@ -109,11 +109,13 @@ def _shares(codes: IntArray, weights: FloatArray, k: int) -> FloatArray:
     return shares
 
 
-def weighted_mean_var(x: FloatArray, c: FloatArray) -> tuple[float, float]:
-    """Frequency-weighted mean and population variance (exactly the value and 0 when every
-    row has the same value)."""
+def weighted_mean_var(x: FloatArray, c: FloatArray | None) -> tuple[float, float]:
+    """Frequency-weighted mean and population variance (``c`` None: one invitee per row;
+    exactly the value and 0 when every row has the same value)."""
     if x.size and x.min() == x.max():
         return float(x[0]), 0.0
+    if c is None:
+        return float(x.mean()), float(x.var())
     total = float(c.sum())
     mean = float(np.dot(c, x)) / total
     dev = x - mean
@@ -148,13 +150,14 @@ def balance(
     if n_r == 0 or n_nr == 0:
         return ()
     cw = c_r * w
+    ones = bool((counts == 1).all())
     for col in columns:
         if isinstance(col, Numeric):
             x_r, x_nr = col.values[r], col.values[~r]
-            m_r, v_r = weighted_mean_var(x_r, c_r)
-            m_nr, v_nr = weighted_mean_var(x_nr, c_nr)
+            m_r, v_r = weighted_mean_var(x_r, None if ones else c_r)
+            m_nr, v_nr = weighted_mean_var(x_nr, None if ones else c_nr)
             m_w = weighted_mean_var(x_r, cw)[0]
-            m_all = weighted_mean_var(col.values, counts)[0]
+            m_all = weighted_mean_var(col.values, None if ones else counts)[0]
             pairs = [(col.name, m_r, m_nr, v_r, v_nr, m_w, m_all)]
         else:
             k = len(col.levels)
@@ -219,21 +222,25 @@ def design(
             )
         specs.extend((f"{col.name}={col.levels[j]}", col, j) for j in usable if j != reference)
 
+    ones = bool((counts == 1).all())
     x = np.empty((r.size, len(specs) + 1), order="F")
     x[:, 0] = 1.0
     for i, (_, col, level) in enumerate(specs, start=1):
         if isinstance(col, Numeric):
             x[:, i] = col.values
+            mean, var = weighted_mean_var(x[:, i], None if ones else counts)
         else:
             np.equal(col.codes, level, out=x[:, i], casting="unsafe")
-        mean, var = weighted_mean_var(x[:, i], counts)
+            mean = float(np.bincount(col.codes, weights=counts, minlength=level + 1)[level]) / n
+            var = mean * (1 - mean)
         x[:, i] -= mean
         x[:, i] /= math.sqrt(var)
     names = [label for label, _, _ in specs]
 
     # Drop columns (almost) collinear with earlier ones: 1 - R^2 from the correlation matrix.
     if len(specs) > 1:
-        corr = (x[:, 1:].T @ (x[:, 1:] * counts[:, None])) / n
+        z = x[:, 1:]
+        corr = (z.T @ (z if ones else z * counts[:, None])) / n
         keep: list[int] = []
         for j in range(len(specs)):
             resid = corr[j, j]

@@ -729,57 +729,65 @@ def test_configured_bands_are_used(db: Database, config):
     assert report["bands"] == {"detractor": [0, 5], "passive": [6, 8], "promoter": [9, 10]}
 
 
-def test_packed_postgres_fetch_equals_the_row_fetch(pg_db: Database):
-    """PostgreSQL packs each covariate column into one value; the plain row fetch (used on
-    SQLite) must give the same arrays, odd strings and missing values included."""
-    from reports.covariates_query import _fetch_packed, _fetch_rows, fetch_covariates
+def test_packed_postgres_fetch_equals_the_grouped_fetch(pg_db: Database, config):
+    """PostgreSQL packs the continuous covariates of each group into one value; grouping by
+    them instead (as on SQLite) must give the same grid and the same table, odd strings and
+    missing values included, and the table must hold every final invitation once."""
+    from reports.build import bands_of
+    from reports.covariates_query import fetch_patterns
 
     cases = random_cases(3, 300, START)
     cases[0].category = "home\x1fgarden & déco"
     cases[0].state, cases[0].score = "completed", 9
     cases[1].country = ""
     cases[1].state = "no_response"
+    cases += [Case("no_response", START + timedelta(hours=3), total=12.5) for _ in range(6)]
     seed(pg_db, cases)
+    bands = bands_of(config)
     with pg_db.session() as s:
-        table = fetch_covariates(s, Period(), NOW, "week")
+        packed = fetch_patterns(s, Period(), NOW, bands, ("arm", "delay", "week"), "week")
+        grouped = fetch_patterns(
+            s, Period(), NOW, bands, ("arm", "delay", "week"), "week", packed=False
+        )
+    assert sorted(packed.grid, key=repr) == sorted(grouped.grid, key=repr)
+    a, b = packed.covariates, grouped.covariates
+    for name in ("pattern", "order_total", "days_anchor_to_send", "count", "repeat_buyer"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    for name in ("channel", "category", "country", "arm", "segment", "responded"):
+        assert getattr(a, name).tolist() == getattr(b, name).tolist(), name
+    np.testing.assert_array_equal(a.score, b.score)
+
     final = [c for c in cases if c.state in INVITED and not c.is_open]
-    assert table.n == len(final)
-    # Same order as the survey ids, i.e. as seeded.
-    assert table.category.tolist() == [
-        (c.category or "unknown").replace("\x1f", " ") for c in final
-    ]
-    assert table.country.tolist() == ["unknown" if c.country is None else c.country for c in final]
-    assert table.category[0] == "home garden & déco"
-    assert table.segment.tolist() == [iso_week(c.purchased_at) for c in final]
-    assert np.array_equal(table.responded, [c.responded for c in final])
-    days = [
-        (c.sent_at - c.anchor_at).total_seconds() / 86400 if c.anchor_at else np.nan for c in final
-    ]
-    np.testing.assert_allclose(table.days_anchor_to_send, days)
-    np.testing.assert_array_equal(
-        table.score, [np.nan if c.score is None else c.score for c in final]
+    assert a.n == len(final) and a.rows < len(final)  # equal invitees share a row
+
+    def invitees(table) -> Counter:
+        out: Counter = Counter()
+        for row in range(table.rows):
+            p = table.pattern[row]
+            days = table.days_anchor_to_send[row]
+            key = (
+                str(table.category[p]),
+                str(table.country[p]),
+                str(table.segment[p]),
+                bool(table.responded[p]),
+                None if np.isnan(table.score[p]) else int(table.score[p]),
+                round(float(table.order_total[row]), 6),
+                None if np.isnan(days) else round(float(days), 6),
+            )
+            out[key] += int(table.count[row])
+        return out
+
+    expected = Counter(
+        (
+            c.category or "unknown",
+            "unknown" if c.country is None else c.country,
+            iso_week(c.purchased_at),
+            c.responded,
+            c.score if c.responded else None,
+            round(c.total or 0.0, 6),
+            round((c.sent_at - c.anchor_at).total_seconds() / 86400, 6) if c.anchor_at else None,
+        )
+        for c in final
     )
-
-    from sqlalchemy import and_
-
-    from reports.covariates_query import final_invitation
-    from reports.query import segment_expr
-
-    cols = [
-        ("f", Survey.__table__.c.id),
-        ("s", Order.__table__.c.category),
-        ("s", Order.__table__.c.country),
-        ("f", Survey.__table__.c.score),
-        ("s", segment_expr("postgresql", "week")),
-    ]
-    where = and_(Period().condition(), final_invitation(NOW))
-    with pg_db.session() as s:
-        packed = _fetch_packed(s, cols, where)
-        rows = _fetch_rows(s, cols, where)
-    order_p, order_r = np.argsort(packed[0]), np.argsort(rows[0])
-    for p, r in zip(packed, rows, strict=True):
-        assert p.dtype.kind == r.dtype.kind
-        if p.dtype.kind == "f":
-            np.testing.assert_array_equal(p[order_p], r[order_r])
-        else:
-            assert p[order_p].tolist() == r[order_r].tolist()
+    assert invitees(a) == expected
+    assert "home\x1fgarden & déco" in a.category.tolist()

@@ -115,6 +115,21 @@ def test_grouped_rows_give_the_per_invitee_adjustment(name):
         assert reference.n_clipped == 5
 
 
+@pytest.mark.parametrize("decimals", [None, 4])
+def test_many_rows_start_from_a_subsample_and_reach_the_same_fit(decimals):
+    """Over 100,000 rows Newton starts from a fit on a subsample: same estimate. Continuous
+    values (every row one invitee: Logit), or rounded so that some invitees share a row (GLM
+    with frequency weights)."""
+    covariates, responded, scores, _ = simulate(17, 220_000)
+    if decimals is not None:
+        covariates["log_order_value"] = np.round(covariates["log_order_value"], decimals)
+    reference = per_row_adjust_nps(covariates, responded, scores)
+    g_cov, g_resp, g_scores, counts = grouped(covariates, responded, scores)
+    assert counts.size > 100_000
+    assert bool(counts.max() > 1) is (decimals is not None)
+    assert_same(adjust_nps(g_cov, g_resp, g_scores, counts=counts), reference, 1e-9)
+
+
 def test_precoded_categories_with_unused_levels_are_the_strings():
     """A :class:`Categorical` whose levels include some no row has equals the string column."""
     covariates, responded, scores = biased(3, 5_000)
