@@ -2,11 +2,13 @@
 ``reports/REPORT_JSON.md`` for the purchases of one :class:`reports.filters.FilteredPeriod`.
 
 Without a channel or category this is :func:`reports.build.build_report` itself. With one, the
-same steps run over the filtered population (the same queries, tallies and statistics, taken from
-:mod:`reports.build`, :mod:`reports.query` and :mod:`reports.tally`), and the report gains a
-``filters`` key ``{channel, category}``; ``tests/web/test_dashboard.py`` checks that the two
-paths agree on an unfiltered view. The comparison, when asked for, is the previous period of the
-same length under the same filters.
+report's own assembly (``reports.build._build``) runs over the filtered period: every query it
+makes filters on ``period.condition()``, which :class:`~reports.filters.FilteredPeriod` extends
+with the channel and category, so the figures are the report's, computed the same way for the
+filtered purchases. The report then gains a ``filters`` key ``{channel, category}``. The
+comparison, when asked for, is the previous period of the same length, or the one given, under
+the same filters. ``tests/web/test_dashboard.py`` checks a filtered view against the report's
+segment of the same channel or category.
 """
 
 from __future__ import annotations
@@ -17,21 +19,9 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import OperatorConfig
-from reports.build import (
-    REPORT_VERSION,
-    adjust,
-    adjusted_entry,
-    bands_of,
-    build_report,
-    segment_entry,
-    timing_of,
-)
-from reports.covariates_query import fetch_covariates
+from reports import build
 from reports.filters import FilteredPeriod
 from reports.params import ReportError
-from reports.query import count_purchases, skip_reasons, survey_grid
-from reports.stats.nps import compare_nps
-from reports.tally import coverage_of, group_tallies, headline, tally
 
 
 def build_view_report(
@@ -49,7 +39,7 @@ def build_view_report(
     :func:`reports.build.build_report`, under the view's filters."""
     now = now or datetime.now(UTC)
     if not view.filtered:
-        return build_report(
+        return build.build_report(
             factory,
             config,
             view.since,
@@ -73,9 +63,11 @@ def build_view_report(
             # One snapshot for every query, so that the funnel adds up under concurrent writes.
             session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         try:
-            return _build(session, config, view, by, other, now)
+            report = build._build(session, config, view, by, other, now)
         finally:
             session.rollback()
+    report["filters"] = view.filters()
+    return report
 
 
 def _previous(view: FilteredPeriod) -> FilteredPeriod | None:
@@ -83,55 +75,3 @@ def _previous(view: FilteredPeriod) -> FilteredPeriod | None:
         return None
     length = view.until - view.since
     return view.with_dates(view.since - length, view.since)
-
-
-def _build(
-    session: Session,
-    config: OperatorConfig,
-    view: FilteredPeriod,
-    by: str | None,
-    other: FilteredPeriod | None,
-    now: datetime,
-) -> dict[str, Any]:
-    bands = bands_of(config)
-    keys: tuple[str, ...] = ("arm", "delay")
-    if by is not None and by not in keys:
-        keys = (*keys, by)
-    grid = survey_grid(session, view, keys, bands, now)
-    overall = tally(grid)
-    purchases = count_purchases(session, view)
-    table = fetch_covariates(session, view, now, by)
-    estimate = overall.nps()
-    adjusted = adjust(table, bands)
-    report: dict[str, Any] = {
-        "report_version": REPORT_VERSION,
-        "as_of": now.astimezone(UTC).isoformat(timespec="seconds"),
-        "period": view.to_dict(),
-        "filters": view.filters(),
-        "by": by,
-        "bands": {
-            "detractor": list(bands.detractor),
-            "passive": list(bands.passive),
-            "promoter": list(bands.promoter),
-        },
-        "n_purchases": purchases,
-        **headline(overall),
-    }
-    report["adjusted"] = adjusted_entry(adjusted, estimate)
-    report["bounds"] = None if adjusted.bounds is None else adjusted.bounds.to_dict()
-    report["coverage"] = coverage_of(overall, purchases, skip_reasons(session, view))
-    segments: list[dict[str, Any]] = []
-    if by is not None and table.segment is not None:
-        for key, t in group_tallies(grid, keys.index(by)).items():
-            segments.append(segment_entry(key, t, adjust(table, bands, table.segment == key)))
-    report["segments"] = segments
-    report["timing"] = timing_of(grid, [arm.name for arm in config.schedule.arms])
-    report["compare"] = None
-    if other is not None:
-        previous = tally(survey_grid(session, other, (), bands, now))
-        report["compare"] = {
-            "period": other.to_dict(),
-            **headline(previous),
-            "difference": compare_nps(previous.nps(), estimate).to_dict(),
-        }
-    return report

@@ -14,10 +14,22 @@ from typing import Any, Final
 
 from markupsafe import Markup, escape
 
-BAND_COLOURS: Final = {"detractor": "#d64545", "passive": "#e0a100", "promoter": "#2f9e44"}
-RAW, ADJUSTED, BAND_FILL = "#2563eb", "#7c3aed", "#bfd3fb"
-AXIS, GRID, INK = "#52606d", "#e4e7eb", "#1f2933"
-FONT = 'font-family="system-ui, sans-serif"'
+from web.dashboard_svg import (
+    ADJUSTED,
+    AXIS,
+    BAND_COLOURS,
+    BAND_FILL,
+    GRID,
+    INK,
+    RAW,
+    axis_titles,
+    legend,
+    nice_step,
+    polyline,
+    svg,
+    text,
+    y_axis,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,69 +41,6 @@ class WeekPoint:
     n: int
 
 
-def _svg(width: int, height: int, title: str, body: list[str]) -> Markup:
-    head = (
-        f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
-        f'xmlns="http://www.w3.org/2000/svg" {FONT} font-size="12">'
-        f"<title>{escape(title)}</title>"
-    )
-    # Every text from data went through escape() in _text or at its f-string.
-    return Markup(head + "".join(body) + "</svg>")  # noqa: S704
-
-
-def _text(x: float, y: float, text: object, **attrs: object) -> str:
-    # class_ is class; text_anchor is text-anchor.
-    extra = "".join(f' {k.rstrip("_").replace("_", "-")}="{escape(v)}"' for k, v in attrs.items())
-    return f'<text x="{x:.1f}" y="{y:.1f}"{extra}>{escape(text)}</text>'
-
-
-def _nice_step(span: float, ticks: int = 5) -> float:
-    raw = max(span, 1e-9) / ticks
-    power = 10.0 ** math.floor(math.log10(raw))
-    for mult in (1, 2, 2.5, 5, 10):
-        if raw <= mult * power:
-            return float(mult * power)
-    return 10.0 * power  # pragma: no cover
-
-
-def _y_axis(
-    low: float, high: float, top: float, bottom: float, left: float, right: float, unit: str = ""
-) -> tuple[list[str], Any]:
-    step = _nice_step(high - low)
-    low, high = math.floor(low / step) * step, math.ceil(high / step) * step
-    if high == low:
-        high = low + step
-
-    def y(v: float) -> float:
-        return bottom - (v - low) / (high - low) * (bottom - top)
-
-    out: list[str] = []
-    v = low
-    while v <= high + 1e-9:
-        out.append(
-            f'<line x1="{left}" x2="{right}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="{GRID}"/>'
-        )
-        out.append(_text(left - 6, y(v) + 4, f"{v:g}{unit}", text_anchor="end", fill=AXIS))
-        v += step
-    out.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{bottom}" stroke="{AXIS}"/>')
-    return out, y
-
-
-def _axis_titles(width: int, height: int, x_title: str, y_title: str, left: int = 16) -> list[str]:
-    return [
-        _text(width / 2, height - 4, x_title, text_anchor="middle", fill=AXIS, class_="axis-x"),
-        _text(
-            left,
-            height / 2,
-            y_title,
-            text_anchor="middle",
-            fill=AXIS,
-            class_="axis-y",
-            transform=f"rotate(-90 {left} {height / 2:.1f})",
-        ),
-    ]
-
-
 def weekly_chart(points: Sequence[WeekPoint]) -> Markup:
     """NPS per purchase week: the 95% band of the raw NPS, the raw and the adjusted lines."""
     width, height, left, right, top, bottom = 640, 280, 56, 628, 28, 232
@@ -99,7 +48,7 @@ def weekly_chart(points: Sequence[WeekPoint]) -> Markup:
     values += [v for p in points if p.ci95 for v in p.ci95]
     low = max(-100.0, min(values, default=0.0) - 5)
     high = min(100.0, max(values, default=50.0) + 5)
-    body, y = _y_axis(low, high, top, bottom, left, right)
+    body, y = y_axis(low, high, top, bottom, left, right)
     count = max(len(points), 1)
     slot = (right - left) / count
 
@@ -132,49 +81,26 @@ def weekly_chart(points: Sequence[WeekPoint]) -> Markup:
             value = getattr(p, attr)
             if value is None:
                 if len(segment) > 1:
-                    body.append(_polyline(segment, colour, dash))
+                    body.append(polyline(segment, colour, dash))
                 segment = []
                 continue
             segment.append(f"{x(i):.1f},{y(value):.1f}")
             body.append(f'<circle cx="{x(i):.1f}" cy="{y(value):.1f}" r="3" fill="{colour}"/>')
         if len(segment) > 1:
-            body.append(_polyline(segment, colour, dash))
+            body.append(polyline(segment, colour, dash))
     every = max(1, math.ceil(count / 8))
     for i, p in enumerate(points):
         if i % every == 0:
-            body.append(_text(x(i), bottom + 16, p.label, text_anchor="middle", fill=AXIS))
-    body += _legend(left, 14, [("answered", RAW, ""), ("adjusted", ADJUSTED, "6 4")], band=True)
-    body += _axis_titles(width, height, "Week of purchase", "NPS")
-    return _svg(width, height, "NPS by week of purchase, with its 95% interval", body)
-
-
-def _polyline(points: list[str], colour: str, dash: str) -> str:
-    return (
-        f'<polyline points="{" ".join(points)}" fill="none" stroke="{colour}" '
-        f'stroke-width="2"{dash}/>'
-    )
-
-
-def _legend(x: float, y: float, items: list[tuple[str, str, str]], band: bool) -> list[str]:
-    out: list[str] = []
-    for label, colour, dash in items:
-        dashed = f' stroke-dasharray="{dash}"' if dash else ""
-        out.append(
-            f'<line x1="{x:.0f}" x2="{x + 18:.0f}" y1="{y - 4}" y2="{y - 4}" stroke="{colour}" '
-            f'stroke-width="2"{dashed}/>'
-        )
-        out.append(_text(x + 22, y, label, fill=INK))
-        x += 30 + 7 * len(label)
-    if band:
-        out.append(f'<rect x="{x:.0f}" y="{y - 9}" width="18" height="10" fill="{BAND_FILL}"/>')
-        out.append(_text(x + 22, y, "95% interval", fill=INK))
-    return out
+            body.append(text(x(i), bottom + 16, p.label, text_anchor="middle", fill=AXIS))
+    body += legend(left, 14, [("answered", RAW, ""), ("adjusted", ADJUSTED, "6 4")], band=True)
+    body += axis_titles(width, height, "Week of purchase", "NPS")
+    return svg(width, height, "NPS by week of purchase, with its 95% interval", body)
 
 
 def histogram_chart(counts: Sequence[int], bands: Mapping[str, Sequence[int]]) -> Markup:
     """Answers per score 0..10, each bar in its band's colour."""
     width, height, left, right, top, bottom = 480, 250, 52, 472, 16, 202
-    body, y = _y_axis(0, max(max(counts, default=0), 1), top, bottom, left, right)
+    body, y = y_axis(0, max(max(counts, default=0), 1), top, bottom, left, right)
     slot = (right - left) / 11
     for score, n in enumerate(counts):
         band = next((b for b, (lo, hi) in bands.items() if lo <= score <= hi), "passive")
@@ -184,9 +110,9 @@ def histogram_chart(counts: Sequence[int], bands: Mapping[str, Sequence[int]]) -
             f'height="{max(bottom - y(n), 0):.1f}" fill="{BAND_COLOURS[band]}">'
             f"<title>score {score}: {n} answers ({band})</title></rect>"
         )
-        body.append(_text(x + (slot - 8) / 2, bottom + 16, score, text_anchor="middle", fill=AXIS))
-    body += _axis_titles(width, height, "Score", "Answers")
-    return _svg(width, height, "Answers per score, coloured by band", body)
+        body.append(text(x + (slot - 8) / 2, bottom + 16, score, text_anchor="middle", fill=AXIS))
+    body += axis_titles(width, height, "Score", "Answers")
+    return svg(width, height, "Answers per score, coloured by band", body)
 
 
 _BAND_KEYS: Final = (
@@ -211,7 +137,7 @@ def bands_bar(counts: Mapping[str, int]) -> Markup:
         )
         if w > 40:
             body.append(
-                _text(x + w / 2, 30, f"{100 * share:.0f}%", text_anchor="middle", fill="#fff")
+                text(x + w / 2, 30, f"{100 * share:.0f}%", text_anchor="middle", fill="#fff")
             )
         x += w
     x = 8.0
@@ -220,12 +146,12 @@ def bands_bar(counts: Mapping[str, int]) -> Markup:
             f'<rect x="{x:.0f}" y="56" width="12" height="12" fill="{BAND_COLOURS[band]}"/>'
         )
         label = f"{key} {counts.get(key, 0):,}"
-        body.append(_text(x + 16, 66, label, fill=INK))
+        body.append(text(x + 16, 66, label, fill=INK))
         x += 24 + 6.5 * len(label)
     body.append(
-        _text(width / 2, 84, "Share of answers", text_anchor="middle", fill=AXIS, class_="axis-x")
+        text(width / 2, 84, "Share of answers", text_anchor="middle", fill=AXIS, class_="axis-x")
     )
-    return _svg(width, height, "Detractors, passives and promoters", body)
+    return svg(width, height, "Detractors, passives and promoters", body)
 
 
 def rate_chart(groups: Sequence[Mapping[str, Any]], title: str, y_title: str) -> Markup:
@@ -236,7 +162,7 @@ def rate_chart(groups: Sequence[Mapping[str, Any]], title: str, y_title: str) ->
     bottom = height - 40
     highs = [g["response_rate"]["ci95"][1] for g in rows if g["response_rate"].get("ci95")]
     high = float(max([0.1, *highs, *(g["response_rate"]["rate"] for g in rows)]))
-    step = _nice_step(high * 100) / 100
+    step = nice_step(high * 100) / 100
     high = math.ceil(high / step) * step
 
     def x(v: float) -> float:
@@ -249,14 +175,12 @@ def rate_chart(groups: Sequence[Mapping[str, Any]], title: str, y_title: str) ->
             f'<line x1="{x(tick):.1f}" x2="{x(tick):.1f}" y1="{top}" y2="{bottom}" '
             f'stroke="{GRID}"/>'
         )
-        body.append(
-            _text(x(tick), bottom + 14, f"{100 * tick:g}%", text_anchor="middle", fill=AXIS)
-        )
+        body.append(text(x(tick), bottom + 14, f"{100 * tick:g}%", text_anchor="middle", fill=AXIS))
         tick += step
     for i, g in enumerate(rows):
         cy = top + row_h * i + row_h / 2
         rate = g["response_rate"]
-        body.append(_text(left - 8, cy + 4, g["label"], text_anchor="end", fill=INK))
+        body.append(text(left - 8, cy + 4, g["label"], text_anchor="end", fill=INK))
         if rate.get("ci95"):
             lo, hi = rate["ci95"]
             body.append(
@@ -270,10 +194,10 @@ def rate_chart(groups: Sequence[Mapping[str, Any]], title: str, y_title: str) ->
         )
     if not rows:
         body.append(
-            _text(width / 2, top + 18, "no closed invitations", text_anchor="middle", fill=AXIS)
+            text(width / 2, top + 18, "no closed invitations", text_anchor="middle", fill=AXIS)
         )
     body.append(
-        _text(
+        text(
             (left + right) / 2,
             height - 6,
             "Response rate (95% interval)",
@@ -283,7 +207,7 @@ def rate_chart(groups: Sequence[Mapping[str, Any]], title: str, y_title: str) ->
         )
     )
     body.append(
-        _text(
+        text(
             12,
             height / 2,
             y_title,
@@ -293,7 +217,7 @@ def rate_chart(groups: Sequence[Mapping[str, Any]], title: str, y_title: str) ->
             transform=f"rotate(-90 12 {height / 2:.1f})",
         )
     )
-    return _svg(width, height, title, body)
+    return svg(width, height, title, body)
 
 
 def funnel_chart(coverage: Mapping[str, Any]) -> Markup:
@@ -311,12 +235,12 @@ def funnel_chart(coverage: Mapping[str, Any]) -> Markup:
             f'<rect x="{left}" y="{y + 4}" width="{w:.1f}" height="{row_h - 10}" '
             f'fill="{RAW}" opacity="{1 - 0.13 * i:.2f}"/>'
         )
-        body.append(_text(left - 8, y + row_h / 2 + 3, step, text_anchor="end", fill=INK))
+        body.append(text(left - 8, y + row_h / 2 + 3, step, text_anchor="end", fill=INK))
         body.append(
-            _text(left + w + 6, y + row_h / 2 + 3, f"{n:,} ({100 * n / base:.0f}%)", fill=INK)
+            text(left + w + 6, y + row_h / 2 + 3, f"{n:,} ({100 * n / base:.0f}%)", fill=INK)
         )
     body.append(
-        _text(
+        text(
             (left + right) / 2,
             height - 6,
             "Count (share of purchases)",
@@ -325,4 +249,4 @@ def funnel_chart(coverage: Mapping[str, Any]) -> Markup:
             class_="axis-x",
         )
     )
-    return _svg(width, height, "Coverage: from purchases to answers", body)
+    return svg(width, height, "Coverage: from purchases to answers", body)

@@ -72,7 +72,7 @@ class Extras:
     categories: list[str]
 
 
-def _extras(runtime: Runtime, view: FilteredPeriod, now: datetime) -> Extras:
+def load_extras(runtime: Runtime, view: FilteredPeriod, now: datetime) -> Extras:
     from reports.series import categories, response_by_channel, score_histogram
 
     with runtime.factory() as session:
@@ -117,7 +117,7 @@ def load_figures(runtime: Runtime, query: DashboardQuery, now: datetime) -> Figu
         else cached_report(runtime, view, "week", now, compare=False, version=version)
     )
     extras: Extras = cache_for(runtime).get_or_compute(
-        ("extras", *_view_key(view)), version, lambda: _extras(runtime, view, now)
+        ("extras", *_view_key(view)), version, lambda: load_extras(runtime, view, now)
     )
     return Figures(report, week_points(weekly), extras)
 

@@ -19,7 +19,7 @@ from channels.links import AnswerLinks
 from config import load_config
 from models import Order, Survey
 from reports.build import build_report
-from reports.filtered import _build, _previous, build_view_report
+from reports.filtered import build_view_report
 from reports.filters import FilteredPeriod
 from tests.conftest import TEST_SECRET_KEY, Database
 from tests.reports.test_report_db import Case, random_cases, seed
@@ -140,14 +140,20 @@ def test_a_filtered_view_equals_the_reports_segment(db: Database, config, now, k
     assert [s["key"] for s in filtered["segments"]] == ["2d", "7d", "none"]
 
 
-def test_the_filtered_path_without_filters_is_build_report(db: Database, config, now):
-    seed_dashboard(db, 200)
-    view = FilteredPeriod(date(2026, 10, 1), date(2026, 11, 1))
-    with db.session() as session:
-        composed = _build(session, config, view, "channel", _previous(view), now)
-    reference = build_report(db.factory, config, view.since, view.until, "channel", now=now)
-    composed.pop("filters")
-    assert composed == reference
+def test_a_filtered_view_compares_under_its_filters(db: Database, config, now):
+    cases = seed_dashboard(db, 260)
+    view = FilteredPeriod(date(2026, 10, 15), date(2026, 11, 15), channel="sms")
+    report = build_view_report(db.factory, config, view, None, now=now)
+    previous = report["compare"]
+    assert previous["period"] == {"since": "2026-09-14", "until": "2026-10-15"}
+    assert previous["n_answered"] == sum(
+        1
+        for c in cases
+        if c.channel == "sms"
+        and c.responded
+        and datetime(2026, 9, 14, tzinfo=UTC) <= c.purchased_at < datetime(2026, 10, 15, tzinfo=UTC)
+    )
+    assert report["filters"] == {"channel": "sms", "category": None}
 
 
 def test_empty_period_says_no_answers_yet(client, seeded):
