@@ -1,15 +1,18 @@
 """Delivering one detractor alert: what it says, how it is signed, and one attempt per target.
 
 :func:`deliver` claims the row (:func:`dispatch.alerts.claim`), reads what the alert says from
-the survey *now* (so an erasure before delivery leaves no comment to send), makes one attempt
-and records its outcome (:func:`dispatch.alerts.finish`).
+the survey *now* (an alert whose customer has been erased is cancelled instead: nothing about
+them is sent), makes one attempt and records its outcome (:func:`dispatch.alerts.finish`).
 
 **Webhook**: a JSON ``POST`` (:func:`alert_body`) with ``X-NPS-Signature: t=<unix>,v1=<hex>``,
-the HMAC-SHA256 under ``NPS_ALERT_SIGNING_SECRET`` of ``"<t>.<body>"`` (:func:`signature_header`,
-:func:`verify_signature` for receivers), and ``X-NPS-Alert-Id``. A 2xx answer is delivered; a
-5xx, 408, 429 (``Retry-After`` honoured), a timeout or a connection error is tried again later;
-any other answer (a 4xx, a redirect, which is not followed) fails for good. A retried alert has
-the same body and id, so a receiver that took an earlier copy recognises the repeat.
+the HMAC-SHA256 under ``NPS_ALERT_SIGNING_SECRET`` of ``"<t>.<body>"``, over exactly the bytes
+sent (:func:`signature_header`; :func:`verify_signature` is the receiver's check, constant-time,
+with a freshness window), and ``X-NPS-Alert-Id``. A 2xx answer is delivered; a 5xx, 408, 429
+(``Retry-After`` honoured, in seconds or as a date, at most an hour), a time-out or a connection
+error is tried again later; any other answer (a 4xx, a redirect, which is not followed) fails
+for good. Delivery is at least once: every attempt carries the alert's id, in the header and as
+the body's ``id``, by which a receiver recognises a repeat (the body is read anew at each
+attempt, so a comment that came meanwhile is in the later one).
 
 **Email**: through the email channel (SendGrid, or the console without a provider), to the
 configured address. Only an answer proving nothing was sent (a 429, a refused connection) is
@@ -52,11 +55,15 @@ from dispatch.consent import customer_erased
 from models import Order, Survey
 
 __all__ = [
+    "ALERT_ID_HEADER",
     "SIGNATURE_HEADER",
     "AlertContent",
     "Attempt",
     "alert_body",
     "deliver",
+    "email_message",
+    "post_webhook",
+    "send_email",
     "signature_header",
     "verify_signature",
 ]
@@ -86,6 +93,8 @@ class AlertContent:
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
+    """One attempt's outcome, as :func:`dispatch.alerts.finish` records it."""
+
     outcome: str  # delivered | retry | failed
     error: str | None = None
     retry_after: timedelta | None = None
@@ -227,6 +236,7 @@ def _retry_after(response: httpx.Response, now: datetime) -> timedelta | None:
 def post_webhook(
     http: httpx.Client, url: str, secret: str | None, content: AlertContent, now: datetime
 ) -> Attempt:
+    """One signed POST of ``content`` to ``url``; unsigned (no secret) nothing is sent."""
     if not secret:
         log.error(
             "ALERT detractor alert %s: NPS_ALERT_SIGNING_SECRET is not set; not sent unsigned",
@@ -256,6 +266,7 @@ def post_webhook(
 
 
 def email_message(content: AlertContent, to: str) -> OutboundMessage:
+    """The alert as a plain-text email to ``to``, with no survey id for the provider's events."""
     lines = [
         f"A customer of {content.shop} answered {content.score} out of 10.",
         "",
@@ -277,6 +288,7 @@ def email_message(content: AlertContent, to: str) -> OutboundMessage:
 
 
 def send_email(channel: Channel | None, to: str, content: AlertContent) -> Attempt:
+    """One attempt through the email channel: retried only when nothing can have been sent."""
     if channel is None:
         return Attempt("failed", "email channel off (its provider is not configured)")
     try:

@@ -7,19 +7,28 @@
   once when the follow-up comment arrives (or came with the score). A score changed to a
   non-detractor one before delivery cancels the alert; changed back (still undelivered), the
   same row is pending again. Once claimed or delivered an alert is not called back.
-- **Sweeping** (:func:`enqueue_due_alerts`, one step of the scheduler pass): due rows become
-  ``queued`` and are committed, and only then enqueued; a row queued for longer than
-  :data:`QUEUED_STALE` is enqueued again (a lost message); a row left ``delivering`` for longer
-  than :data:`DELIVERING_STALE` (its worker died) is tried again for a webhook, whose receiver
-  can recognise a repeat by the alert's id, and ends ``failed`` for an email, which may have
-  gone out and is never sent twice.
+- **Sweeping** (:func:`enqueue_due_alerts`, one step of the scheduler pass, four statements
+  whatever the batch): due rows become ``queued`` and are committed, and only then enqueued; a
+  row queued for longer than :data:`QUEUED_STALE` is enqueued again (a lost message, or a
+  broker that was down); a row left ``delivering`` for longer than :data:`DELIVERING_STALE`
+  (its worker died) is tried again for a webhook, whose receiver can recognise a repeat by the
+  alert's id, and ends ``failed`` for an email, which may have gone out and is never sent twice.
 - **Claiming** (:func:`claim`, by the worker): ``queued -> delivering`` with the attempt counted,
   a conditional update, so a duplicate queue message sends nothing; then :func:`finish`
   records the attempt's outcome: ``delivered``, ``failed``, or ``pending`` again after a back-off
   (:func:`backoff`) until :data:`MAX_ATTEMPTS`, then ``failed``.
 
+**Delivered how often.** An email alert at most once: only an answer proving nothing was sent
+is retried, and a claim whose worker died is given up (``failed``, with an ``ALERT`` line).
+A webhook alert at least once, necessarily: a receiver's answer lost to a time-out, or a worker
+killed after the POST and before recording it, leaves no proof either way, so it is posted
+again. Every attempt of one alert carries the same id (the body's ``id`` and the
+``X-NPS-Alert-Id`` header), and there is one alert per survey and target, so a receiver that
+keeps the ids it took sees each alert once.
+
 Nothing personal is stored in the outbox: what an alert says is read from the survey when it is
-claimed (:mod:`dispatch.alert_delivery`), after any erasure has emptied the comment.
+claimed (:mod:`dispatch.alert_delivery`); an alert whose customer was erased before then is
+cancelled, so nothing about them is sent.
 """
 
 from __future__ import annotations
@@ -279,6 +288,8 @@ def enqueue_due_alerts(
 
 @dataclass(frozen=True, slots=True)
 class Claim:
+    """An alert this worker holds in ``delivering``, at attempt number ``attempt``."""
+
     alert_id: int
     survey_id: int
     target: str

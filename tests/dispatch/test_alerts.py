@@ -423,6 +423,22 @@ def test_lost_messages_and_dead_workers_are_recovered(db: Database, config, now,
     assert len(receiver.requests) == 1
 
 
+def test_a_broker_down_at_enqueue_loses_nothing(db: Database, config, now):
+    config = with_alerts(config, detractor_webhook="https://hooks.example.com/nps")
+    for n in range(2):
+        score(db, seed_survey(db, now=now, customer=f"c-{n}"), 1, config, now)
+    at = now + alerts.COMMENT_WAIT
+
+    def broker_down(alert_id: int) -> None:
+        raise ConnectionError("Redis is away")
+
+    with pytest.raises(ConnectionError):
+        alerts.enqueue_due_alerts(db.factory, at, broker_down)
+    assert [r.state for r in alerts_of(db)] == ["queued", "queued"]  # committed before
+    assert sweep(db, at + timedelta(seconds=30)) == []
+    assert sorted(sweep(db, at + alerts.QUEUED_STALE)) == [r.id for r in alerts_of(db)]
+
+
 def test_an_erased_customer_s_undelivered_alert_is_cancelled_and_nothing_is_sent(
     db: Database, config, now, receiver: Receiver
 ):

@@ -5,6 +5,8 @@ answer and an unset ``[alerts]`` send none."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -25,6 +27,7 @@ from web.app import create_app
 from worker.alerting import ALERTS_QUEUE, deliver_detractor_alert
 from worker.broker import broker
 
+REPO = Path(__file__).resolve().parents[2]
 SECRET = "alert-signing-secret-for-acceptance"
 BASE = "https://nps.example.test"
 
@@ -122,3 +125,57 @@ def test_no_alert_without_the_alerts_section(
     frozen_clock.shift(timedelta(minutes=5))
     assert sweep_and_work(db, stub_worker) == 0
     assert alert_rows(db) == [] and receiver.requests == []
+
+
+# The production path: the worker process loads ``worker.actors`` only (``nps-dispatch worker``
+# runs ``dramatiq worker.actors``), and the scheduler process runs ``Scheduler.tick``. Until both
+# reach the alerts, no alert is ever sent outside these tests; each test turns green (and its
+# marker must go) once its half is wired.
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="worker.actors does not import worker.alerting: no worker consumes the alerts queue",
+)
+def test_the_worker_process_registers_the_alert_actor():
+    code = (
+        "import worker.actors\n"
+        "from worker.broker import broker\n"
+        "queues = broker.get_declared_queues()\n"
+        "print('deliver_detractor_alert' in broker.actors, 'alerts' in queues)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        cwd=REPO,
+    )
+    assert done.stdout.split() == ["True", "True"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="the scheduler pass does not run the alert sweep (dispatch.alerts.enqueue_due_alerts)",
+)
+def test_a_scheduler_pass_sends_a_due_alert(
+    db: Database, runtime_for, tmp_path: Path, frozen_clock, stub_worker, receiver: Receiver
+):
+    from worker.scheduling import build_scheduler
+
+    config = tmp_path / "nps-dispatch.toml"
+    config.write_text(f'[alerts]\ndetractor_webhook = "{receiver.url}"\n')
+    runtime = runtime_for(db, NPS_CONFIG=str(config), NPS_ALERT_SIGNING_SECRET=SECRET)
+    client = TestClient(create_app(runtime))
+    detractor = seed_survey(db, now=NOW)
+    assert client.post(answer_link(detractor), data={"score": "1"}).status_code == 200
+    client.post(answer_link(detractor), data={"comment": "Never again"})
+    build_scheduler(runtime).tick(runtime.config)
+    broker.join(ALERTS_QUEUE)
+    stub_worker.join()
+    assert len(receiver.requests) == 1
+    [row] = alert_rows(db)
+    assert row.state == "delivered"
