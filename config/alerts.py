@@ -9,6 +9,8 @@ not part of this file: it comes from the environment (``NPS_ALERT_SIGNING_SECRET
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Annotated, Final, Literal
 from urllib.parse import urlsplit
 
@@ -22,6 +24,24 @@ __all__ = ["AlertTarget", "AlertsConfig"]
 
 AlertTarget = Literal["webhook", "email"]
 _LOOPBACK: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+#: One label of a host name (an underscore is tolerated: some internal names have one).
+_LABEL: Final = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
+def _valid_host(host: str) -> bool:
+    """An IP address, or a host name whose labels (after IDNA encoding) are well formed."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return True
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return False
+    labels = ascii_host.removesuffix(".").split(".")
+    return len(ascii_host) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
 
 
 def _webhook_url(value: object) -> object:
@@ -34,7 +54,7 @@ def _webhook_url(value: object) -> object:
         parts.port  # noqa: B018 - raises on a port that is not a number
     except ValueError:
         raise PydanticCustomError("url", "invalid URL {value}", {"value": repr(value)}) from None
-    if parts.scheme not in ("https", "http") or not host:
+    if parts.scheme not in ("https", "http") or not host or not _valid_host(host):
         raise PydanticCustomError(
             "url",
             "invalid URL {value} (use https://host/path)",

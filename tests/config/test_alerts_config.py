@@ -56,6 +56,9 @@ def test_none_set_means_no_targets():
             "alerts.detractor_webhook: must not carry a user or password",
         ),
         ('detractor_webhook = "https://h.example.com:x/"', "alerts.detractor_webhook: invalid URL"),
+        ('detractor_webhook = "https://exa mple.com/"', "alerts.detractor_webhook: invalid URL"),
+        ('detractor_webhook = "https://hooks..example.com/"', "alerts.detractor_webhook: invalid"),
+        ('detractor_webhook = "https://-hooks.example.com/"', "alerts.detractor_webhook: invalid"),
         ("detractor_webhook = 5", "alerts.detractor_webhook: Input should be a valid string"),
         ('detractor_email = "cx-team"', "alerts.detractor_email: invalid email address"),
         ('detractor_email = "cx@exa mple.com"', "alerts.detractor_email: invalid email address"),
@@ -69,7 +72,15 @@ def test_bad_values_name_the_key(tmp_path: Path, text: str, expected: str):
 
 
 @pytest.mark.parametrize(
-    "url", ["http://localhost:9000/hook", "http://127.0.0.1/hook", "http://[::1]:8080/"]
+    "url",
+    [
+        "http://localhost:9000/hook",
+        "http://127.0.0.1/hook",
+        "http://[::1]:8080/",
+        "https://hooks.\u00e9xample.com/x",
+        "https://10.1.2.3:8443/hook",
+        "https://my_hooks.internal.example/x",
+    ],
 )
 def test_plain_http_only_to_this_machine(url: str):
     assert AlertsConfig(detractor_webhook=url).detractor_webhook == url
