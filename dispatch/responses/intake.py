@@ -30,14 +30,24 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    String,
+    Table,
+    bindparam,
+    case,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from channels.base import DeliveryEvent, DeliveryEventKind, RawWebhook, WebhookSource
+from channels.base import DeliveryEvent, DeliveryEventKind, RawWebhook
 from channels.webhook_sources import WEBHOOK_SOURCES as SOURCES
 from channels.webhook_sources import delivery_rules
 from config import OperatorConfig
@@ -76,15 +86,61 @@ class Taken:
     status: Literal["applied", "stored", "duplicate", "failed"]
 
 
-def _insert(session: Session, rows: list[dict[str, Any]]) -> Any:
-    dialect = session.get_bind().dialect.name
-    insert_fn = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    return (
-        insert_fn(InboundEvent)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=["source", "external_id"])
-        .returning(InboundEvent.id, InboundEvent.external_id)
+_EVENTS: Final = cast(Table, InboundEvent.__table__)
+_MESSAGES: Final = cast(Table, MessageRecord.__table__)
+
+#: ``INSERT ... ON CONFLICT (source, external_id) DO NOTHING RETURNING id, external_id`` per
+#: backend, built once: executed with one row or many (SQLAlchemy's "insertmanyvalues" turns
+#: many into multi-row statements), its compiled form is reused by every request.
+_STORE: Final = {
+    name: insert_fn(_EVENTS)
+    .on_conflict_do_nothing(index_elements=["source", "external_id"])
+    .returning(_EVENTS.c.id, _EVENTS.c.external_id)
+    for name, insert_fn in (("postgresql", postgresql_insert), ("sqlite", sqlite_insert))
+}
+
+#: The latest message record with a provider id takes the event's delivery state unless its own
+#: already ranks as high (``kept``); returns the message's survey id, no row without a message.
+_ADVANCE_MESSAGE: Final = (
+    update(_MESSAGES)
+    .where(
+        _MESSAGES.c.id
+        == select(func.max(_MESSAGES.c.id))
+        .where(
+            _MESSAGES.c.provider == bindparam("b_provider"),
+            _MESSAGES.c.provider_message_id == bindparam("b_message_id"),
+        )
+        .scalar_subquery()
     )
+    .values(
+        status=case(
+            (_MESSAGES.c.status.in_(bindparam("b_kept", expanding=True)), _MESSAGES.c.status),
+            else_=bindparam("b_new", type_=String),
+        )
+    )
+    .returning(_MESSAGES.c.survey_id)
+)
+
+
+def _store(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Insert the rows not stored yet: ``{external_id: id}`` of those inserted."""
+    stmt = _STORE[conn.dialect.name]
+    stored: dict[str, int] = {}
+    for start in range(0, len(rows), _CHUNK):
+        chunk = rows[start : start + _CHUNK]
+        result = conn.execute(stmt, chunk[0] if len(chunk) == 1 else chunk)
+        stored.update({external_id: row_id for row_id, external_id in result})
+    return stored
+
+
+def _engine(factory: sessionmaker[Session]) -> Engine:
+    bind = factory.kw.get("bind")
+    if isinstance(bind, Engine):
+        return bind
+    with factory() as session:
+        engine = session.get_bind()
+    assert isinstance(engine, Engine)
+    return engine
 
 
 def _row(raw: RawWebhook, now: datetime, **values: Any) -> dict[str, Any]:
@@ -113,31 +169,6 @@ def _read(raw: RawWebhook, now: datetime) -> DeliveryEvent | None:
     return event if isinstance(event, DeliveryEvent) else None
 
 
-def _advance_message(event: DeliveryEvent, rules: WebhookSource) -> Any:
-    """One ``UPDATE`` of the latest message record with the event's provider id: its delivery
-    state becomes the event's kind unless it already ranks as high (``rules.advances``).
-    Returns the message's survey id, or no row when no message has that id."""
-    new = event.kind
-    kept = [k.value for k in K if not rules.advances(k, new)]
-    latest = (
-        select(func.max(MessageRecord.id))
-        .where(
-            MessageRecord.provider == event.provider,
-            MessageRecord.provider_message_id == event.provider_message_id,
-        )
-        .scalar_subquery()
-    )
-    return (
-        update(MessageRecord)
-        .where(MessageRecord.id == latest)
-        .values(
-            status=case((MessageRecord.status.in_(kept), MessageRecord.status), else_=new.value)
-        )
-        .returning(MessageRecord.survey_id)
-        .execution_options(synchronize_session=False)
-    )
-
-
 def take_delivery_event(
     factory: sessionmaker[Session], raw: RawWebhook, *, now: datetime | None = None
 ) -> Taken:
@@ -146,7 +177,7 @@ def take_delivery_event(
     now = now or utcnow()
     event = _read(raw, now)
     rules = delivery_rules(event.provider) if event is not None else None
-    with factory() as session:
+    with _engine(factory).connect() as conn:
         if (
             event is not None
             and rules is not None
@@ -154,30 +185,29 @@ def take_delivery_event(
             and rules.advances(None, event.kind)
             and event.provider_message_id is not None
         ):
-            survey_id = session.execute(_advance_message(event, rules)).scalar()
+            survey_id = conn.execute(
+                _ADVANCE_MESSAGE,
+                {
+                    "b_provider": event.provider,
+                    "b_message_id": event.provider_message_id,
+                    "b_kept": [k.value for k in K if not rules.advances(k, event.kind)],
+                    "b_new": event.kind.value,
+                },
+            ).scalar()
             if survey_id is not None:
-                stored = session.execute(
-                    _insert(
-                        session,
-                        [
-                            _row(
-                                raw,
-                                now,
-                                handled_at=now,
-                                result=f"message {event.kind.value}",
-                                survey_id=survey_id,
-                            )
-                        ],
-                    )
-                ).first()
-                if stored is None:  # a copy was stored first: it had the effect
-                    session.rollback()
+                result = f"message {event.kind.value}"
+                applied = _row(raw, now, handled_at=now, result=result, survey_id=survey_id)
+                stored = _store(conn, [applied])
+                if not stored:  # a copy was stored first: it had the effect
+                    conn.rollback()
                     return Taken(None, "duplicate")
-                session.commit()
-                return Taken(stored.id, "applied")
-        stored = session.execute(_insert(session, [_row(raw, now, retry_at=now)])).first()
-        session.commit()
-    return Taken(stored.id, "stored") if stored is not None else Taken(None, "duplicate")
+                conn.commit()
+                return Taken(stored[raw.external_id], "applied")
+        stored = _store(conn, [_row(raw, now, retry_at=now)])
+        conn.commit()
+    if not stored:
+        return Taken(None, "duplicate")
+    return Taken(stored[raw.external_id], "stored")
 
 
 def take_delivery_batch(
@@ -202,17 +232,13 @@ def take_delivery_batch(
         if now_please:
             urgent.add(raw.external_id)
         rows[raw.external_id] = _row(raw, now, retry_at=None if now_please else now)
-    new: dict[str, int] = {}
     pending: dict[str, int] = {}
-    with factory() as session, session.begin():
-        values = list(rows.values())
-        for start in range(0, len(values), _CHUNK):
-            chunk = values[start : start + _CHUNK]
-            new.update((r.external_id, r.id) for r in session.execute(_insert(session, chunk)))
+    with _engine(factory).begin() as conn:
+        new = _store(conn, list(rows.values()))
         old = [key for key in urgent if key not in new]
         if old:
             source = next(iter(rows.values()))["source"]
-            found = session.execute(
+            found = conn.execute(
                 select(InboundEvent.external_id, InboundEvent.id).where(
                     InboundEvent.source == source,
                     InboundEvent.external_id.in_(old),
@@ -264,8 +290,8 @@ def take_inbound_sms(
     earlier: int | None = None
     try:
         with factory() as session, session.begin():
-            stored = session.execute(_insert(session, [_row(raw, now)])).first()
-            if stored is None:
+            stored = _store(session.connection(), [_row(raw, now)])
+            if not stored:
                 earlier = session.scalar(
                     select(InboundEvent.id).where(
                         InboundEvent.source == raw.source,
@@ -275,13 +301,14 @@ def take_inbound_sms(
                 )
             else:
                 applied = apply(session, row, config, now, True)
+                row_id = stored[raw.external_id]
                 session.execute(
                     update(InboundEvent)
-                    .where(InboundEvent.id == stored.id)
+                    .where(InboundEvent.id == row_id)
                     .values(handled_at=now, result=applied.result[:40], **_ties(applied))
                     .execution_options(synchronize_session=False)
                 )
-                return Handled(stored.id, "applied", applied.result, applied.reply)
+                return Handled(row_id, "applied", applied.result, applied.reply)
     except Exception as exc:  # rolled back: nothing of the effect stays; keep the raw row
         return _keep_failed(factory, raw, now, describe_error(exc, limit=2000))
     if earlier is None:
@@ -295,16 +322,13 @@ def _keep_failed(
     """Store a row whose application failed, with its first failure, for the replay. When even
     that fails (the database is gone), nothing is stored and the caller answers 500."""
     try:
-        with factory() as session, session.begin():
-            stored = session.execute(
-                _insert(
-                    session,
-                    [_row(raw, now, attempts=1, error=failure, retry_at=now + replay_pause(1))],
-                )
-            ).first()
+        with _engine(factory).begin() as conn:
+            stored = _store(
+                conn, [_row(raw, now, attempts=1, error=failure, retry_at=now + replay_pause(1))]
+            )
     except Exception as exc:
         log.warning("webhook %s not stored: %s", raw.source, describe_error(exc))
         return Handled(0, "failed")
-    row_id = stored.id if stored is not None else 0
+    row_id = stored.get(raw.external_id, 0)
     _log_failed_attempt(row_id, 1, failure)
     return Handled(row_id, "failed")

@@ -6,8 +6,9 @@ external id) and commits; :func:`handle_webhook` applies one stored row in its o
 holding the row's lock, and stamps ``handled_at``. What applying a row means is the caller's
 ``apply`` (the package routes each source to its rules). A failure while applying rolls back the
 effect (a savepoint), keeps the row with ``handled_at`` null and its (masked) error, and counts
-the attempt: :func:`replay_unhandled_webhooks` applies it again after :func:`replay_pause`, and
-stops after :data:`REPLAY_MAX_ATTEMPTS` failures, leaving the row and its error for an operator.
+the attempt: :func:`replay_unhandled_webhooks` applies it again after :func:`replay_pause` (a
+few rows per transaction, each in its own savepoint), and stops after
+:data:`REPLAY_MAX_ATTEMPTS` failures, leaving the row and its error for an operator.
 
 Once applied, a raw row keeps its payload only when it is tied to a survey (``survey_id``) or a
 customer (``subject_key``), which is where erasure looks (:func:`_ties`).
@@ -51,6 +52,9 @@ WEBHOOK_SOURCES: Final = tuple(SOURCES)
 REPLAY_FIRST_PAUSE: Final = timedelta(minutes=1)
 REPLAY_MAX_PAUSE: Final = timedelta(hours=6)
 REPLAY_MAX_ATTEMPTS: Final = 20
+REPLAY_BATCH: Final = 20
+"""Stored webhooks a replay applies per transaction (each in its own savepoint): one commit
+for them all, and the locks they take held only that long."""
 """A stored webhook whose application failed this many times is no longer replayed (about three
 days of back-off); it stays unapplied with its error, counted by ``nps_webhooks_given_up``."""
 
@@ -94,6 +98,45 @@ def replay_pause(attempts: int) -> timedelta:
     return min(pause, REPLAY_MAX_PAUSE)
 
 
+def _attempt(
+    session: Session,
+    row: InboundEvent,
+    config: OperatorConfig,
+    apply: RowApplier,
+    now: datetime,
+    live: bool,
+) -> tuple[Handled, int, str | None]:
+    """Apply one locked row inside a savepoint, and stamp it applied; on failure roll the
+    savepoint back and record the failure on the row. Returns the outcome, the attempt's number
+    and the failure."""
+    attempts = (row.attempts or 0) + 1
+    try:
+        with session.begin_nested():
+            applied = apply(session, row, config, now, live)
+            session.execute(
+                update(InboundEvent)
+                .where(InboundEvent.id == row.id)
+                .values(
+                    handled_at=now,
+                    result=applied.result[:40],
+                    error=None,
+                    retry_at=None,
+                    **_ties(applied),
+                )
+                .execution_options(synchronize_session=False)
+            )
+    except Exception as exc:  # the savepoint is rolled back: nothing of the effect stays
+        failure = describe_error(exc, limit=2000)
+        session.execute(
+            update(InboundEvent)
+            .where(InboundEvent.id == row.id)
+            .values(attempts=attempts, retry_at=now + replay_pause(attempts), error=failure)
+            .execution_options(synchronize_session=False)
+        )
+        return Handled(row.id, "failed"), attempts, failure
+    return Handled(row.id, "applied", applied.result, applied.reply), attempts, None
+
+
 def handle_webhook(
     factory: sessionmaker[Session],
     config: OperatorConfig,
@@ -112,8 +155,6 @@ def handle_webhook(
     ``retry_at``, the masked ``error``) in the same transaction, still locked, so a concurrent
     replayer never sees a half-recorded attempt."""
     now = now or utcnow()
-    failure: str | None = None
-    attempts = 0
     try:
         with factory() as session, session.begin():
             row = session.scalar(
@@ -123,29 +164,7 @@ def handle_webhook(
             )
             if row is None:
                 return Handled(row_id, "already")
-            attempts = (row.attempts or 0) + 1
-            try:
-                with session.begin_nested():
-                    applied = apply(session, row, config, now, live)
-                    session.execute(
-                        update(InboundEvent)
-                        .where(InboundEvent.id == row_id)
-                        .values(
-                            handled_at=now,
-                            result=applied.result[:40],
-                            error=None,
-                            retry_at=None,
-                            **_ties(applied),
-                        )
-                    )
-            except Exception as exc:  # the savepoint is rolled back: nothing of the effect stays
-                failure = describe_error(exc, limit=2000)
-                retry_at = now + replay_pause(attempts)
-                session.execute(
-                    update(InboundEvent)
-                    .where(InboundEvent.id == row_id)
-                    .values(attempts=attempts, retry_at=retry_at, error=failure)
-                )
+            handled, attempts, failure = _attempt(session, row, config, apply, now, live)
     except Exception as exc:  # the transaction itself failed: nothing could be recorded
         log.warning(
             "webhook row %s not applied, failure not recorded: %s",
@@ -155,8 +174,50 @@ def handle_webhook(
         return Handled(row_id, "failed")
     if failure is not None:
         _log_failed_attempt(row_id, attempts, failure)
-        return Handled(row_id, "failed")
-    return Handled(row_id, "applied", applied.result, applied.reply)
+    return handled
+
+
+def _replay_batch(
+    factory: sessionmaker[Session],
+    config: OperatorConfig,
+    ids: Sequence[int],
+    apply: RowApplier,
+    now: datetime,
+) -> list[Handled]:
+    """Apply a few stored rows in one transaction (one commit for all), each in its own
+    savepoint as :func:`handle_webhook` does; rows another replayer holds are skipped."""
+    results: list[Handled] = []
+    failures: list[tuple[int, int, str]] = []
+    try:
+        with factory() as session, session.begin():
+            rows = session.scalars(
+                select(InboundEvent)
+                .where(InboundEvent.id.in_(ids), InboundEvent.handled_at.is_(None))
+                .order_by(InboundEvent.id)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for row in rows:
+                # Each row reads what it touches afresh: nothing loaded for an earlier row is
+                # taken as current.
+                for obj in list(session.identity_map.values()):
+                    if not isinstance(obj, InboundEvent):
+                        session.expunge(obj)
+                handled, attempts, failure = _attempt(session, row, config, apply, now, False)
+                results.append(handled)
+                if failure is not None:
+                    failures.append((row.id, attempts, failure))
+    except Exception as exc:  # the transaction itself failed: nothing could be recorded
+        log.warning(
+            "webhook rows %s to %s not applied, failure not recorded: %s",
+            ids[0],
+            ids[-1],
+            describe_error(exc),
+        )
+        return [Handled(row_id, "failed") for row_id in ids]
+    for row_id, attempts, failure in failures:
+        _log_failed_attempt(row_id, attempts, failure)
+    done = {h.row_id for h in results}
+    return results + [Handled(row_id, "already") for row_id in ids if row_id not in done]
 
 
 def _ties(applied: Applied) -> dict[str, object]:
@@ -251,16 +312,16 @@ def replay_unhandled_webhooks(
                 .limit(limit)
             )
         )
-    for row_id in ids:
-        handled = handle_webhook(
-            factory, config, row_id, apply, now=now, live=False, skip_locked=True
-        )
-        if handled.status == "applied":
-            report.applied += 1
-        elif handled.status == "failed":
-            report.failed += 1
-        else:
-            report.skipped += 1
+    for start in range(0, len(ids), REPLAY_BATCH):
+        for handled in _replay_batch(
+            factory, config, ids[start : start + REPLAY_BATCH], apply, now
+        ):
+            if handled.status == "applied":
+                report.applied += 1
+            elif handled.status == "failed":
+                report.failed += 1
+            else:
+                report.skipped += 1
     if report.applied or report.failed:
         log.info(
             "webhook replay: %s applied, %s failed, %s skipped",
