@@ -1,4 +1,5 @@
-"""The dramatiq actors. Shops enqueue `ingest_event` on the queue `events`: keep those names."""
+"""The dramatiq actors. Shops enqueue `ingest_event` (one event) or `ingest_events` (a list of
+events, applied as one batch) on the queue `events`: keep those names."""
 
 from __future__ import annotations
 
@@ -66,6 +67,65 @@ def ingest_event(event: Any) -> None:
         raise Retry(label) from None
     if result.retryable:
         raise Retry(f"event {result.event_id} not applied: {result.outcome}")
+
+
+def _store_dead_events(message: dramatiq.MessageProxy, exception: BaseException) -> None:
+    """A list's last attempt failed: a dead letter for each of its events not applied."""
+    from ingest.queued import store_unapplied
+    from ingest.service import failure_label, store_dead_letter
+
+    attempts = message.options.get("retries", 0)
+    reason = str(exception) if isinstance(exception, Retry) else failure_label(exception)
+    events = message.args[0] if message.args else None
+    error = f"{reason} ({attempts} attempts)"
+    factory = get_runtime().factory
+    if isinstance(events, list):
+        letters = store_unapplied(factory, events, error)
+    else:
+        letters = [store_dead_letter(factory, events, error)]
+    log.warning(
+        "message %s: %d dead letters after %d attempts",
+        message.message_id,
+        len(letters),
+        attempts,
+    )
+
+
+@actor(
+    EVENTS_QUEUE,
+    max_retries=INGEST_MAX_RETRIES,
+    min_backoff=INGEST_MIN_BACKOFF_MS,
+    max_backoff=INGEST_MAX_BACKOFF_MS,
+    dead_letter=_store_dead_events,
+)
+def ingest_events(events: list[Any]) -> None:
+    """Many shop events in one message, applied as one batch (a fixed number of statements).
+
+    Each event refused for its content becomes its own dead letter at once; the others apply.
+    When applying fails on our side the whole message is retried with backoff, which is safe:
+    the events already applied are then duplicates. After the last attempt the events not
+    applied become dead letters, one each.
+    """
+    from ingest.queued import ingest_queued
+    from ingest.service import failure_label, store_dead_letter
+
+    runtime = get_runtime()
+    if not isinstance(events, list):
+        letter = store_dead_letter(
+            runtime.factory, events, "a message of ingest_events holds a list"
+        )
+        log.warning("message not a list of events (dead letter %s)", letter)
+        return
+    try:
+        batch = ingest_queued(runtime.factory, events, runtime.config)
+    except Exception as exc:
+        # Raised as Retry, which dramatiq does not log: its own error line would print the
+        # message's arguments, that is every event with its contacts.
+        label = f"{len(events)} events not ingested: {failure_label(exc)}"
+        log.warning("%s; to be retried", label)
+        raise Retry(label) from None
+    if batch.retry is not None:
+        raise Retry(batch.retry)
 
 
 @actor(EVENTS_QUEUE, max_retries=3, min_backoff=1000)
