@@ -45,14 +45,16 @@ def export_metrics_dir(path: str) -> None:
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str = DEFAULT_DATABASE_URL
-    broker_url: str | None = None
+    # URLs may carry a password: kept out of the repr, like every secret below.
+    database_url: str = field(default=DEFAULT_DATABASE_URL, repr=False)
+    broker_url: str | None = field(default=None, repr=False)
     config_path: str = "./nps-dispatch.toml"
     public_base_url: str = "http://localhost:8000"
-    secret_key: str | None = None
-    ingest_token: str | None = None
-    dashboard_password: str | None = None
-    metrics_token: str | None = None  # bearer token for GET /metrics, besides basic auth
+    secret_key: str | None = field(default=None, repr=False)
+    ingest_token: str | None = field(default=None, repr=False)
+    dashboard_password: str | None = field(default=None, repr=False)
+    # Bearer token for GET /metrics, besides basic auth.
+    metrics_token: str | None = field(default=None, repr=False)
     trusted_proxies: tuple[str, ...] = ()  # addresses/networks whose X-Forwarded-For is believed
     # Unset: POST /webhooks/shopify (and /webhooks/woocommerce) answers 404.
     shopify_webhook_secret: str | None = field(default=None, repr=False)
