@@ -251,15 +251,16 @@ def post_webhook(
         ALERT_ID_HEADER: str(content.alert_id),
     }
     try:
-        with _path_hidden():
-            response = http.post(url, content=body, headers=headers)
+        # Only the status and headers are read: the receiver's body is not ours to wait for
+        # (one that never ends would hold this worker thread, and the others' work, for good).
+        with _path_hidden(), http.stream("POST", url, content=body, headers=headers) as response:
+            status, retry_after = response.status_code, _retry_after(response, now)
     except httpx.HTTPError as exc:
         return Attempt("retry", type(exc).__name__)
-    status = response.status_code
     if 200 <= status < 300:
         return Attempt("delivered")
     if status >= 500 or status in (408, 429):
-        return Attempt("retry", f"HTTP {status}", _retry_after(response, now))
+        return Attempt("retry", f"HTTP {status}", retry_after)
     if 300 <= status < 400:
         return Attempt("failed", f"HTTP {status} (redirects are not followed)")
     return Attempt("failed", f"HTTP {status}")

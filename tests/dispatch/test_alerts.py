@@ -362,6 +362,48 @@ def test_unsigned_alerts_are_not_sent(db: Database, config, now, receiver: Recei
     assert row.last_error == "NPS_ALERT_SIGNING_SECRET not set"
 
 
+def test_a_receiver_whose_answer_never_ends_does_not_hold_the_worker(db: Database, config, now):
+    """A 200 followed by a body that never ends: the status is all an alert needs, so the
+    attempt ends (a worker thread held by one bad hook would hold up every other actor)."""
+    stop = threading.Event()
+
+    class Endless(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            try:
+                while not stop.wait(0.05):
+                    self.wfile.write(b"1\r\nx\r\n")
+                    self.wfile.flush()
+            except OSError:
+                pass  # the client went away
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Endless)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    config = with_alerts(config, detractor_webhook=url)
+    score(db, seed_survey(db, now=now), 0, config, now)
+    at = now + alerts.COMMENT_WAIT
+    [alert_id] = sweep(db, at)
+    outcome: list[str] = []
+    attempt = threading.Thread(target=lambda: outcome.append(run(db, alert_id, config, at)))
+    try:
+        attempt.start()
+        attempt.join(timeout=8)
+        assert outcome == ["delivered"]
+    finally:
+        stop.set()
+        attempt.join(timeout=8)
+        server.shutdown()
+        server.server_close()
+
+
 def test_a_timeout_is_retried(db: Database, config, now):
     config = with_alerts(config, detractor_webhook="https://hooks.example.com/nps")
     score(db, seed_survey(db, now=now), 0, config, now)
