@@ -50,7 +50,7 @@ from channels.base import (
 )
 from channels.http import parse_retry_after
 from config import OperatorConfig
-from dispatch.alerts import CUSTOMER_ERASED, SCORE_CHANGED, Claim, claim, finish
+from dispatch.alerts import CUSTOMER_ERASED, SCORE_CHANGED, Claim, Outcome, claim, finish
 from dispatch.consent import customer_erased
 from models import Order, Survey
 
@@ -95,7 +95,7 @@ class AlertContent:
 class Attempt:
     """One attempt's outcome, as :func:`dispatch.alerts.finish` records it."""
 
-    outcome: str  # delivered | retry | failed
+    outcome: Outcome
     error: str | None = None
     retry_after: timedelta | None = None
 

@@ -37,7 +37,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Final, Literal
 
 from sqlalchemy import ColumnElement, Row, case, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -55,6 +55,7 @@ __all__ = [
     "QUEUED_STALE",
     "SCORE_CHANGED",
     "Claim",
+    "Outcome",
     "backoff",
     "claim",
     "enqueue_due_alerts",
@@ -86,6 +87,9 @@ OUT_OF_ATTEMPTS: Final = WORKER_STOPPED + f"; gave up after {MAX_ATTEMPTS} attem
 CUSTOMER_ERASED: Final = "customer erased: nothing about them is sent"
 
 _OPEN = (A.pending.value, A.queued.value)
+
+#: What an attempt can end in (``retry``: ``pending`` again, until its next due time).
+Outcome = Literal["delivered", "retry", "failed", "cancelled"]
 
 for _target in ("webhook", "email"):  # every series exposed, at zero until it counts
     for _outcome in ("delivered", "retry", "failed", "cancelled"):
@@ -299,26 +303,22 @@ class Claim:
 def claim(session: Session, alert_id: int, now: datetime) -> Claim | None:
     """``queued -> delivering``, counting the attempt; ``None`` when it is not queued (a
     duplicate message, or cancelled meanwhile): then nothing is to be sent."""
-    result = session.execute(
+    row = session.execute(
         update(DetractorAlert)
         .where(DetractorAlert.id == alert_id, DetractorAlert.state == A.queued)
         .values(state=A.delivering, claimed_at=now, attempts=DetractorAlert.attempts + 1)
+        .returning(DetractorAlert.survey_id, DetractorAlert.target, DetractorAlert.attempts)
         .execution_options(synchronize_session=False)
-    )
-    if _rowcount(result) != 1:
+    ).first()
+    if row is None:
         return None
-    row = session.execute(
-        select(DetractorAlert.survey_id, DetractorAlert.target, DetractorAlert.attempts).where(
-            DetractorAlert.id == alert_id
-        )
-    ).one()
     return Claim(alert_id, row.survey_id, row.target, row.attempts)
 
 
 def finish(
     session: Session,
     claimed: Claim,
-    outcome: str,
+    outcome: Outcome,
     now: datetime,
     *,
     error: str | None = None,

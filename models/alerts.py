@@ -26,6 +26,8 @@ __all__ = ["AlertState", "DetractorAlert"]
 
 
 class AlertState(enum.StrEnum):
+    """An alert's delivery state (see the module docstring)."""
+
     pending = "pending"
     queued = "queued"
     delivering = "delivering"
@@ -35,6 +37,8 @@ class AlertState(enum.StrEnum):
 
 
 class DetractorAlert(Base):
+    """One alert about one survey's detractor answer, to one target."""
+
     __tablename__ = "detractor_alerts"
     __table_args__ = (
         UniqueConstraint("survey_id", "target", name="uq_detractor_alerts_survey_id_target"),
