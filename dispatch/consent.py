@@ -10,15 +10,22 @@ an expression, for a statement that checks it for its own rows (the send's claim
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from models import ConsentRecord, Customer, Order, Survey, SurveyState, move
 from models.customers import _EFFECTIVE_AT as EFFECTIVE_AT
 from models.erasure import subject_key
+
+_CUSTOMERS = cast(Table, Customer.__table__)
+_ERASED_AT = (
+    select(_CUSTOMERS.c.id, _CUSTOMERS.c.erased_at)
+    .where(_CUSTOMERS.c.id == bindparam("customer_id"))
+    .with_for_update(read=True)
+)
 
 __all__ = [
     "consent_granted",
@@ -38,11 +45,7 @@ def customer_erased(session: Session, customer_id: int | None) -> bool:
     has its personal data emptied by it (SQLite has a single writer anyway)."""
     if customer_id is None:
         return True
-    row = session.execute(
-        select(Customer.id, Customer.erased_at)
-        .where(Customer.id == customer_id)
-        .with_for_update(read=True)
-    ).first()
+    row = session.execute(_ERASED_AT, {"customer_id": customer_id}).first()
     return row is None or row.erased_at is not None
 
 

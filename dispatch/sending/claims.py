@@ -3,18 +3,19 @@
 what stops a send ends it (``withdrawn``, ``suppressed``, ``failed``) or falls back to the next
 consented channel.
 
-Each is one statement when the send goes ahead: the pick-up an ``UPDATE ... RETURNING`` of the
-lease, the claim an ``UPDATE ... RETURNING`` that carries what the message and the re-check need
-(the customer's contact, name and language, the order's cancellation, the current consent),
-plus its transition row. Only a send that stops, or a row found in another state, reads more."""
+Each is one statement when the send goes ahead: the pick-up a read of the row (its lease is
+renewed only when it has run for a while), the claim an ``UPDATE ... RETURNING`` that carries
+what the message and the re-check need (the customer's contact, name and language, the
+order's cancellation, the current consent), plus its transition row. Only a send that stops,
+or a row found in another state, reads more."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row, Table, bindparam, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from channels.base import ChannelName, OutboundMessage
@@ -22,7 +23,13 @@ from config import OperatorConfig
 from dispatch import timing
 from dispatch.consent import consent_granted, withdraw_if_stopped, withdrawal_reason
 from dispatch.planning import choose_channel
-from dispatch.sending.common import SendInvariantError, SendOutcome, log, record_transition
+from dispatch.sending.common import (
+    SURVEYS,
+    SendInvariantError,
+    SendOutcome,
+    log,
+    record_transition,
+)
 from logs.metrics import SENDS
 from models import Customer, Order, Survey, SurveyState, current_consent, move
 from models.customers import ContactStatus
@@ -33,17 +40,91 @@ S = SurveyState
 #: Builds the message of a claimed survey from its fresh rows.
 Build = Callable[[Survey, Customer], OutboundMessage]
 
-#: The customer's columns a claim carries back (what the message and the re-check read).
+#: A ``queued`` row picked up longer ago than this has its lease renewed at pick-up; a fresher
+#: one is only read (no write, so no commit to wait for on the way to the provider).
+LEASE_RENEW_AFTER = timedelta(seconds=30)
+
+_SURVEYS = SURVEYS
+_CUSTOMERS = cast(Table, Customer.__table__)
+_ORDERS = cast(Table, Order.__table__)
+
+#: The customer's and order's columns a claim carries back (what the message and the re-check
+#: read).
 _CUSTOMER_COLUMNS = (
-    Customer.email,
-    Customer.email_status,
-    Customer.phone,
-    Customer.phone_status,
-    Customer.first_name,
-    Customer.locale,
-    Customer.erased_at,
+    "email",
+    "email_status",
+    "phone",
+    "phone_status",
+    "first_name",
+    "locale",
+    "erased_at",
 )
-_ORDER_COLUMNS = (Order.cancelled_at, Order.cancel_kind)
+_ORDER_COLUMNS = ("cancelled_at", "cancel_kind")
+
+_PICK_UP = select(
+    _SURVEYS.c.state, _SURVEYS.c.channel, _SURVEYS.c.timezone, _SURVEYS.c.queued_at
+).where(_SURVEYS.c.id == bindparam("survey_id"))
+
+_RENEW_LEASE = (
+    update(_SURVEYS)
+    .where(_SURVEYS.c.id == bindparam("survey_id"), _SURVEYS.c.state == S.queued.value)
+    .values(queued_at=bindparam("now"))
+)
+
+
+def _claim_statement() -> Any:
+    """``queued -> sending`` for one survey on one channel, returning the survey's, its
+    customer's and its order's columns the send needs, and its current consent."""
+    customer = [
+        select(_CUSTOMERS.c[name])
+        .where(_CUSTOMERS.c.id == _SURVEYS.c.customer_id)
+        .scalar_subquery()
+        .label(name)
+        for name in _CUSTOMER_COLUMNS
+    ]
+    order = [
+        select(_ORDERS.c[name])
+        .where(_ORDERS.c.id == _SURVEYS.c.order_id)
+        .scalar_subquery()
+        .label(name)
+        for name in _ORDER_COLUMNS
+    ]
+    # The lifecycle decides whether a queued survey may be claimed at all.
+    claimable = [S.queued.value] if can_move(S.queued, S.sending) else []
+    return (
+        update(_SURVEYS)
+        .where(
+            _SURVEYS.c.id == bindparam("survey_id"),
+            _SURVEYS.c.state.in_(claimable),
+            _SURVEYS.c.channel == bindparam("b_channel"),
+        )
+        .values(
+            state=S.sending.value,
+            state_changed_at=bindparam("now"),
+            attempts=_SURVEYS.c.attempts + 1,
+            sending_at=bindparam("b_sending_at"),
+        )
+        .returning(
+            _SURVEYS.c.id,
+            _SURVEYS.c.order_id,
+            _SURVEYS.c.customer_id,
+            _SURVEYS.c.channel,
+            _SURVEYS.c.attempts,
+            _SURVEYS.c.tried_channels,
+            _SURVEYS.c.closes_at,
+            _SURVEYS.c.timezone,
+            *customer,
+            *order,
+            consent_granted(_SURVEYS.c.customer_id, _SURVEYS.c.channel).label("consented"),
+        )
+    )
+
+
+_CLAIM = _claim_statement()
+
+_CLEAR_MARKER = (
+    update(_SURVEYS).where(_SURVEYS.c.id == bindparam("survey_id")).values(sending_at=None)
+)
 
 
 def pick_up(
@@ -51,23 +132,17 @@ def pick_up(
 ) -> SendOutcome | ChannelName:
     """Before the rate-limit wait: a row that is not ``queued`` is a duplicate message (or
     settled already) and costs no slot; quiet hours send it back to ``scheduled``. Otherwise
-    the row stays ``queued`` and its ``queued_at`` is renewed, a lease: the stuck-queue sweep
-    enqueues again only rows queued for longer than its ``stuck_after``, so a worker waiting
-    for its slot is not doubled, and a worker that dies while waiting leaves a row the sweep
-    finds. Returns the channel to wait for."""
+    the row stays ``queued``; its ``queued_at`` is a lease: the stuck-queue sweep enqueues
+    again only rows queued for longer than its ``stuck_after``, so a row queued more than
+    :data:`LEASE_RENEW_AFTER` ago has it renewed here, so that a worker waiting for its slot is
+    not doubled, and a worker that dies while waiting leaves a row the sweep finds. Returns the
+    channel to wait for."""
     with factory() as session, session.begin():
-        row = session.execute(
-            update(Survey)
-            .where(Survey.id == survey_id, Survey.state == S.queued)
-            .values(queued_at=now)
-            .returning(Survey.channel, Survey.timezone)
-            .execution_options(synchronize_session=False)
-        ).first()
+        row = session.execute(_PICK_UP, {"survey_id": survey_id}).first()
         if row is None:
-            state = session.scalar(select(Survey.state).where(Survey.id == survey_id))
-            if state is None:
-                return SendOutcome("missing", "no such survey")
-            return SendOutcome(state, "not queued: nothing to do")
+            return SendOutcome("missing", "no such survey")
+        if row.state != S.queued:
+            return SendOutcome(row.state, "not queued: nothing to do")
         allowed = timing.next_allowed_moment(
             now,
             timing.resolve_timezone(row.timezone, None, None, config.schedule.default_timezone),
@@ -86,47 +161,9 @@ def pick_up(
                 due_at=allowed,
             )
             return SendOutcome(S.scheduled, f"quiet hours: due again at {allowed.isoformat()}")
+        if row.queued_at is None or row.queued_at < now - LEASE_RENEW_AFTER:
+            session.execute(_RENEW_LEASE, {"survey_id": survey_id, "now": now})
         return ChannelName(row.channel)
-
-
-def _claim_statement(survey_id: int, channel: ChannelName, now: datetime, mark: bool) -> Any:
-    """``queued -> sending`` for this survey on this channel, returning the survey's, its
-    customer's and its order's columns the send needs, and its current consent."""
-    values: dict[str, Any] = {
-        "state": S.sending.value,
-        "state_changed_at": now,
-        "attempts": Survey.attempts + 1,
-        "sending_at": now if mark else None,
-    }
-    customer = [
-        select(c).where(Customer.id == Survey.customer_id).scalar_subquery().label(c.key)
-        for c in _CUSTOMER_COLUMNS
-    ]
-    order = [
-        select(c).where(Order.id == Survey.order_id).scalar_subquery().label(c.key)
-        for c in _ORDER_COLUMNS
-    ]
-    # The lifecycle decides whether a queued survey may be claimed at all.
-    claimable = [S.queued.value] if can_move(S.queued, S.sending) else []
-    return (
-        update(Survey)
-        .where(Survey.id == survey_id, Survey.state.in_(claimable), Survey.channel == channel)
-        .values(**values)
-        .returning(
-            Survey.id,
-            Survey.order_id,
-            Survey.customer_id,
-            Survey.channel,
-            Survey.attempts,
-            Survey.tried_channels,
-            Survey.closes_at,
-            Survey.timezone,
-            *customer,
-            *order,
-            consent_granted(Survey.customer_id, Survey.channel).label("consented"),
-        )
-        .execution_options(synchronize_session=False)
-    )
 
 
 def _claimed_rows(row: Row[Any]) -> tuple[Survey, Order, Customer]:
@@ -142,17 +179,15 @@ def _claimed_rows(row: Row[Any]) -> tuple[Survey, Order, Customer]:
         closes_at=row.closes_at,
         timezone=row.timezone,
     )
-    order = Order(id=row.order_id, **{c.key: getattr(row, c.key) for c in _ORDER_COLUMNS})
+    order = Order(id=row.order_id, **{name: getattr(row, name) for name in _ORDER_COLUMNS})
     customer = Customer(
-        id=row.customer_id, **{c.key: getattr(row, c.key) for c in _CUSTOMER_COLUMNS}
+        id=row.customer_id, **{name: getattr(row, name) for name in _CUSTOMER_COLUMNS}
     )
     return survey, order, customer
 
 
-def _not_claimed(session: Session, survey_id: int, channel: ChannelName) -> SendOutcome:
-    found = session.execute(
-        select(Survey.state, Survey.channel).where(Survey.id == survey_id)
-    ).first()
+def _not_claimed(session: Session, survey_id: int) -> SendOutcome:
+    found = session.execute(_PICK_UP, {"survey_id": survey_id}).first()
     if found is None:
         return SendOutcome("missing", "no such survey")
     if found.state != S.queued:
@@ -183,9 +218,17 @@ def claim(
     alive. The claimed objects returned are detached: the send path reads them, never loads
     them again."""
     with factory() as session, session.begin():
-        row = session.execute(_claim_statement(survey_id, channel, now, build is not None)).first()
+        row = session.execute(
+            _CLAIM,
+            {
+                "survey_id": survey_id,
+                "b_channel": channel.value,
+                "now": now,
+                "b_sending_at": now if build is not None else None,
+            },
+        ).first()
         if row is None:
-            return _not_claimed(session, survey_id, channel)
+            return _not_claimed(session, survey_id)
         if row.email_status is None:
             raise SendInvariantError(f"survey {survey_id}: its order or customer row is missing")
         record_transition(session, survey_id, S.queued, S.sending, now=now)
@@ -200,12 +243,7 @@ def claim(
             stop = recheck(session, survey, order, customer, config, now)
             if stop is not None:
                 # Stopped before any provider call: no marker on the row, wherever it went.
-                session.execute(
-                    update(Survey)
-                    .where(Survey.id == survey_id)
-                    .values(sending_at=None)
-                    .execution_options(synchronize_session=False)
-                )
+                session.execute(_CLEAR_MARKER, {"survey_id": survey_id})
                 SENDS.labels(channel.value, "withdrawn").inc()
                 log.info("survey %s: stopped at claim time: %s", survey_id, stop.detail)
                 return stop

@@ -8,9 +8,10 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from functools import lru_cache
+from typing import Any, cast
 
-from sqlalchemy import insert, update
+from sqlalchemy import Table, bindparam, insert, update
 from sqlalchemy.orm import Session
 
 from channels.base import Channel, ChannelName, OutboundMessage, SendReceipt
@@ -62,6 +63,35 @@ def masked(channel: str, contact: str) -> str:
     return mask_email(contact) if channel == ChannelName.email else mask_phone(contact)
 
 
+#: The send path's tables, as Core tables: its statements are built once, at import, and
+#: executed with parameters (no ORM unit of work, no statement built per send).
+SURVEYS = cast(Table, Survey.__table__)
+TRANSITIONS = cast(Table, SurveyTransition.__table__)
+
+_TRANSITION = insert(TRANSITIONS).values(
+    survey_id=bindparam("b_survey_id"),
+    from_state=bindparam("source"),
+    to_state=bindparam("target"),
+    at=bindparam("now"),
+    reason=bindparam("b_reason"),
+)
+
+
+@lru_cache(maxsize=32)
+def _move_statement(columns: tuple[str, ...]) -> Any:
+    """The compare-and-set of :func:`move_one`, setting ``columns`` besides the state."""
+    return (
+        update(SURVEYS)
+        .where(SURVEYS.c.id == bindparam("survey_id"), SURVEYS.c.state == bindparam("source"))
+        .values(
+            state=bindparam("target"),
+            state_changed_at=bindparam("now"),
+            **{column: bindparam(f"v_{column}") for column in columns},
+        )
+        .returning(SURVEYS.c.id)
+    )
+
+
 def move_one(
     session: Session,
     survey_id: int,
@@ -78,14 +108,14 @@ def move_one(
     returns whether the row moved. Loaded objects are not expired: the send path holds none."""
     if not can_move(source, target):
         return False
-    moved = session.execute(
-        update(Survey)
-        .where(Survey.id == survey_id, Survey.state == source.value)
-        .values(state=target.value, state_changed_at=now, **values)
-        .returning(Survey.id)
-        .execution_options(synchronize_session=False)
-    ).first()
-    if moved is None:
+    params = {
+        "survey_id": survey_id,
+        "source": source.value,
+        "target": target.value,
+        "now": now,
+        **{f"v_{column}": value for column, value in values.items()},
+    }
+    if session.execute(_move_statement(tuple(sorted(values))), params).first() is None:
         return False
     record_transition(session, survey_id, source, target, now=now, reason=reason)
     return True
@@ -102,11 +132,12 @@ def record_transition(
 ) -> None:
     """The history row of a move this session's own compare-and-set made."""
     session.execute(
-        insert(SurveyTransition).values(
-            survey_id=survey_id,
-            from_state=source.value,
-            to_state=target.value,
-            at=now,
-            reason=reason,
-        )
+        _TRANSITION,
+        {
+            "b_survey_id": survey_id,
+            "source": source.value,
+            "target": target.value,
+            "now": now,
+            "b_reason": reason,
+        },
     )

@@ -6,8 +6,9 @@ one falls back to the next channel or ends ``failed``."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import exists, insert, literal, select
+from sqlalchemy import Table, bindparam, exists, insert, literal, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from channels.base import OutboundMessage, PermanentSendError, SendReceipt, TransientSendError
@@ -28,6 +29,38 @@ from models import Customer, MessageRecord, Survey, SurveyState, move, utcnow
 from models.customers import record_consent
 
 S = SurveyState
+
+_MESSAGES = cast(Table, MessageRecord.__table__)
+_INVITATION_COLUMNS = (
+    "survey_id",
+    "kind",
+    "channel",
+    "provider",
+    "provider_message_id",
+    "status",
+    "segments",
+    "body",
+    "created_at",
+)
+_FIXED = {"kind": "invitation", "status": "accepted"}
+#: The invitation's message row, inserted only when the survey has none yet.
+_INVITATION = insert(_MESSAGES).from_select(
+    list(_INVITATION_COLUMNS),
+    select(
+        *[
+            (
+                literal(_FIXED[name], _MESSAGES.c[name].type)
+                if name in _FIXED
+                else bindparam(f"b_{name}", type_=_MESSAGES.c[name].type)
+            )
+            for name in _INVITATION_COLUMNS
+        ]
+    ).where(
+        ~exists().where(
+            _MESSAGES.c.survey_id == bindparam("b_survey_id"), _MESSAGES.c.kind == "invitation"
+        )
+    ),
+)
 
 
 def commit_sent(
@@ -91,27 +124,17 @@ def commit_sent(
                     **values,
                 )
             )
-        row = {
-            "survey_id": survey_id,
-            "kind": "invitation",
-            "channel": channel,
-            "provider": provider,
-            "provider_message_id": kept_id,
-            "status": "accepted",
-            "segments": segments,
-            "body": None if erased else body,
-            "created_at": utcnow(),
-        }
-        columns = MessageRecord.__table__.c
         session.execute(
-            insert(MessageRecord).from_select(
-                list(row),
-                select(*[literal(v, columns[k].type) for k, v in row.items()]).where(
-                    ~exists().where(
-                        MessageRecord.survey_id == survey_id, MessageRecord.kind == "invitation"
-                    )
-                ),
-            )
+            _INVITATION,
+            {
+                "b_survey_id": survey_id,
+                "b_channel": channel,
+                "b_provider": provider,
+                "b_provider_message_id": kept_id,
+                "b_segments": segments,
+                "b_body": None if erased else body,
+                "b_created_at": utcnow(),
+            },
         )
     return moved, erased
 
