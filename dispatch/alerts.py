@@ -216,11 +216,14 @@ def _take(
     return list(result)
 
 
-def _sweep(session: Session, now: datetime, limit: int) -> list[int]:
+def _sweep(
+    session: Session, now: datetime, limit: int
+) -> tuple[list[int], list[Row[int, str, int]]]:
     """The sweep's four statements, whatever the number of rows: due ``pending`` rows become
     ``queued``; rows ``queued`` since :data:`QUEUED_STALE` are queued anew (a lost message);
     rows ``delivering`` since :data:`DELIVERING_STALE` (a dead worker) are queued again when
-    they are webhooks with attempts left, else end ``failed``. Returns the ids to enqueue."""
+    they are webhooks with attempts left, else end ``failed``. Returns the ids to enqueue, and
+    the rows given up (id, target, attempts)."""
     queued = {"state": A.queued, "queued_at": now}
     due = _take(
         session, [DetractorAlert.state == A.pending, DetractorAlert.due_at <= now], queued, limit
@@ -254,16 +257,7 @@ def _sweep(session: Session, now: datetime, limit: int) -> list[int]:
         },
         limit,
     )
-    for alert_id, target, attempts in given_up:
-        DETRACTOR_ALERTS.labels(target=target, outcome="failed").inc()
-        log.error(
-            "ALERT detractor alert %s (%s) failed after %d attempt(s): %s",
-            alert_id,
-            target,
-            attempts,
-            EMAIL_MAY_HAVE_GONE if target == "email" else OUT_OF_ATTEMPTS,
-        )
-    return [row[0] for row in (*due, *lost, *retried)]
+    return [row[0] for row in (*due, *lost, *retried)], given_up
 
 
 def enqueue_due_alerts(
@@ -278,7 +272,16 @@ def enqueue_due_alerts(
     An ``enqueue`` that raises (the broker away) leaves the rest ``queued``: they are enqueued
     again :data:`QUEUED_STALE` later, and a duplicate message sends nothing (:func:`claim`)."""
     with factory() as session, session.begin():
-        ids = _sweep(session, now, limit)
+        ids, given_up = _sweep(session, now, limit)
+    for alert_id, target, attempts in given_up:  # told once committed
+        DETRACTOR_ALERTS.labels(target=target, outcome="failed").inc()
+        log.error(
+            "ALERT detractor alert %s (%s) failed after %d attempt(s): %s",
+            alert_id,
+            target,
+            attempts,
+            EMAIL_MAY_HAVE_GONE if target == "email" else OUT_OF_ATTEMPTS,
+        )
     # Committed first: a message lost from here on is enqueued again after QUEUED_STALE.
     for alert_id in ids:
         enqueue(alert_id)
