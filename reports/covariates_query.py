@@ -301,20 +301,27 @@ def _unpack(parts: Sequence[Any], n: int) -> FloatArray:
 def _distinct(
     pattern: IntArray, total: FloatArray, days: FloatArray, count: FloatArray
 ) -> tuple[IntArray, FloatArray, FloatArray, FloatArray]:
-    """Equal rows merged (their counts added), sorted by pattern and values."""
+    """Equal rows merged (their counts added), sorted by pattern, days and total."""
     if pattern.size == 0:
         return pattern, total, days, count
-    # Sorted and compared by bit pattern: exact, and NaN equals NaN.
+    # Sorted and compared by bit pattern: exact, and NaN equals NaN. Sorting by pattern and
+    # days first (the pattern as a small integer, which numpy sorts in linear time) usually
+    # settles the order, as continuous values rarely repeat; only ties need the total too.
     t_bits, d_bits = total.view(np.int64), days.view(np.int64)
-    order = np.lexsort((d_bits, t_bits, pattern))
+    order = np.argsort(d_bits, kind="stable")
+    small = pattern.astype(np.uint16) if pattern.max() < 2**16 else pattern
+    order = order[np.argsort(small[order], kind="stable")]
+    same = (pattern[order][1:] == pattern[order][:-1]) & (d_bits[order][1:] == d_bits[order][:-1])
+    if same.any():
+        order = np.lexsort((t_bits, d_bits, pattern))
     pattern, total, days, count = pattern[order], total[order], days[order], count[order]
+    if not same.any():
+        return pattern, total, days, count
     t_bits, d_bits = t_bits[order], d_bits[order]
     new = np.empty(pattern.size, dtype=np.bool_)
     new[0] = True
     new[1:] = (
         (pattern[1:] != pattern[:-1]) | (t_bits[1:] != t_bits[:-1]) | (d_bits[1:] != d_bits[:-1])
     )
-    if new.all():
-        return pattern, total, days, count
     starts = np.flatnonzero(new)
     return pattern[starts], total[starts], days[starts], np.add.reduceat(count, starts)
