@@ -1,0 +1,138 @@
+"""What the ingest benchmarks share: the benchmark database, the bare ``executemany`` baseline,
+the processes' environment and CPU accounting.
+
+The database is ``nps_bench_a`` on the test server (``NPS_BENCH_POSTGRES_URL`` overrides the
+whole URL); its schema is rebuilt with the real migrations before each measurement.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from sqlalchemy import make_url, text
+
+from migrations.runner import upgrade
+from models.session import make_engine
+
+DEFAULT_URL = "postgresql+psycopg://nps:nps@127.0.0.1:5432/nps_bench_a"
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def bench_url() -> str:
+    url = os.environ.get("NPS_BENCH_POSTGRES_URL")
+    if url:
+        return url
+    test = os.environ.get("NPS_TEST_POSTGRES_URL")
+    if test:
+        return make_url(test).set(database="nps_bench_a").render_as_string(hide_password=False)
+    return DEFAULT_URL
+
+
+def libpq_url(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def reset_schema(url: str) -> None:
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    upgrade(engine)
+    engine.dispose()
+
+
+def bare_rows(events: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """The fields of each event as one row of a bare table."""
+    return [
+        (
+            e["event_id"],
+            e["type"],
+            e.get("order_id"),
+            (e.get("customer") or {}).get("id"),
+            (e.get("customer") or {}).get("email"),
+            (e.get("customer") or {}).get("phone"),
+            (e.get("total") or {}).get("amount"),
+            e["occurred_at"],
+        )
+        for e in events
+    ]
+
+
+def executemany_rows_per_s(url: str, events: list[dict[str, Any]], chunk: int = 1000) -> float:
+    """The bare baseline: psycopg ``executemany`` of the same rows into a bare table, one commit
+    per ``chunk`` rows."""
+    rows = bare_rows(events)
+    with psycopg.connect(libpq_url(url)) as conn:
+        conn.execute("DROP TABLE IF EXISTS bare_events")
+        conn.execute(
+            "CREATE TABLE bare_events (event_id text PRIMARY KEY, type text, order_id text, "
+            "customer_id text, email text, phone text, amount numeric, occurred_at timestamptz)"
+        )
+        conn.commit()
+        start = time.perf_counter()
+        with conn.cursor() as cur:
+            for at in range(0, len(rows), chunk):
+                cur.executemany(
+                    "INSERT INTO bare_events VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                    rows[at : at + chunk],
+                )
+                conn.commit()
+        elapsed = time.perf_counter() - start
+        conn.execute("DROP TABLE bare_events")
+    return len(rows) / elapsed
+
+
+def count_rows(url: str, table: str) -> int:
+    with psycopg.connect(libpq_url(url)) as conn:
+        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+        return int(row[0]) if row else 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def product_env(url: str, workdir: Path, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "NPS_DATABASE_URL": url,
+        "NPS_CONFIG": str(workdir / "absent.toml"),
+        "NPS_SECRET_KEY": "bench-secret",
+        "NPS_INGEST_TOKEN": "bench-token",
+        "NPS_DASHBOARD_PASSWORD": "bench",
+        "NPS_LOG_LEVEL": "WARNING",
+        **extra,
+    }
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its live descendants, from /proc."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / _TICK
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        pending.extend(int(c) for c in children)
+    return total
+
+
+def wait_for_port(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on port {port}")

@@ -1,0 +1,127 @@
+"""Benchmark: ``POST /v1/events`` with arrays of 1000 events against the real app on uvicorn.
+
+    python -m bench.ingest_http [--purchases 10000] [--clients 2] [--workers 1]
+
+Rebuilds the schema of the benchmark database (``bench.ingest_common``), starts
+``nps-dispatch web`` on a free loopback port, and sends ``--purchases`` purchases of distinct
+customers, then their delivery events, as arrays of 1000 from ``--clients`` threads (bodies
+encoded beforehand). The bare baseline, in the same run: psycopg ``executemany`` of the same
+rows into a bare table. Prints one JSON object: events/s, the server's CPU-ms per event, the
+baseline's rows/s and the ratio. Nothing asserts on the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.ingest_common import (
+    bench_url,
+    executemany_rows_per_s,
+    free_port,
+    product_env,
+    reset_schema,
+    tree_cpu_seconds,
+    wait_for_port,
+)
+from bench.ingest_profile import fulfilments, shop_events
+
+ARRAY = 1000
+
+
+def deliveries(n: int, prefix: str, at: datetime) -> list[dict[str, Any]]:
+    return [
+        {**e, "type": "order.delivered", "event_id": e["event_id"].replace("evt-f-", "evt-d-")}
+        for e in fulfilments(n, prefix=prefix, at=at)
+    ]
+
+
+def _post_all(port: int, bodies: list[bytes], clients: int) -> list[int]:
+    url = f"http://127.0.0.1:{port}/v1/events"
+    headers = {"Authorization": "Bearer bench-token", "Content-Type": "application/json"}
+
+    def send(share: list[bytes]) -> list[int]:
+        accepted = []
+        with httpx.Client(timeout=600) as client:
+            for body in share:
+                response = client.post(url, content=body, headers=headers)
+                response.raise_for_status()
+                accepted.append(
+                    sum(1 for r in response.json()["results"] if r["status"] == "accepted")
+                )
+        return accepted
+
+    shares = [bodies[i::clients] for i in range(clients)]
+    with ThreadPoolExecutor(clients) as pool:
+        return [n for done in pool.map(send, shares) for n in done]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--purchases", type=int, default=10_000)
+    parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    url = bench_url()
+    now = datetime.now(UTC)
+    purchases = shop_events(args.purchases, prefix="h", at=now)
+    delivered = deliveries(args.purchases, "h", now)
+    events = purchases + delivered
+    bodies = [json.dumps(events[i : i + ARRAY]).encode() for i in range(0, len(events), ARRAY)]
+    reset_schema(url)
+    baseline = executemany_rows_per_s(url, events)
+    with tempfile.TemporaryDirectory() as workdir:
+        port = free_port()
+        server = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "cli.main", "web", "--host", "127.0.0.1"),
+                *("--port", str(port), "--workers", str(args.workers)),
+            ],
+            env=product_env(url, Path(workdir)),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            wait_for_port(port)
+            # One small request first, so that start-up is not counted.
+            _post_all(port, [json.dumps(shop_events(1, prefix="warm", at=now)).encode()], 1)
+            cpu_before = tree_cpu_seconds(server.pid)
+            start = time.perf_counter()
+            accepted = _post_all(port, bodies, args.clients)
+            elapsed = time.perf_counter() - start
+            cpu = tree_cpu_seconds(server.pid) - cpu_before
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    rate = len(events) / elapsed
+    print(
+        json.dumps(
+            {
+                "benchmark": "ingest_http",
+                "ratio_to_executemany": round(rate / baseline, 4),
+                "events_per_s": round(rate, 1),
+                "executemany_rows_per_s": round(baseline, 1),
+                "server_cpu_ms_per_event": round(cpu * 1000 / len(events), 3),
+                "events": len(events),
+                "accepted": sum(accepted),
+                "array": ARRAY,
+                "clients": args.clients,
+                "web_workers": args.workers,
+                "seconds": round(elapsed, 2),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""Benchmark: shop events through the queue, a dramatiq worker on Redis.
+
+    python -m bench.ingest_queue [--events 3000] [--batched-events 10000] [--processes 2]
+                                 [--threads 8]
+
+Three measurements in one run, each by a fresh worker (``--processes`` x ``--threads``) that
+has stored a warm-up event, timed from the moment the messages are enqueued to the last event
+stored:
+
+- the bare baseline: ``bench.ingest_queue_bare``, a dramatiq actor inserting one row into a bare
+  table and committing, one message per event;
+- ``ingest_event``: the product's worker (``nps-dispatch worker``), one purchase per message;
+- ``ingest_events``: the same worker, messages of ``--per-message`` purchases.
+
+The benchmark database is rebuilt before each (``bench.ingest_common``); Redis is
+``NPS_BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6391/1``), flushed first. Prints one JSON
+object: events/s and the workers' CPU-ms per event of each, the ratios, and the workers'
+resident memory. Nothing asserts on the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+from dramatiq import Message
+from dramatiq.brokers.redis import RedisBroker
+
+from bench.ingest_common import (
+    bench_url,
+    count_rows,
+    libpq_url,
+    product_env,
+    reset_schema,
+    tree_cpu_seconds,
+)
+from bench.ingest_profile import shop_events
+
+
+def _redis_url() -> str:
+    return os.environ.get("NPS_BENCH_REDIS_URL", "redis://127.0.0.1:6391/1")
+
+
+def _broker() -> RedisBroker:
+    return RedisBroker(url=_redis_url())
+
+
+def _enqueue(client: RedisBroker, queue: str, actor: str, payloads: list[Any]) -> None:
+    for payload in payloads:
+        client.enqueue(
+            Message(queue_name=queue, actor_name=actor, args=(payload,), kwargs={}, options={})
+        )
+
+
+def _rss_mb(pid: int) -> float:
+    total = 0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+            pending.extend(
+                int(c) for c in Path(f"/proc/{current}/task/{current}/children").read_text().split()
+            )
+        except FileNotFoundError:
+            continue
+    return total / 1024
+
+
+def _drain(
+    command: list[str],
+    env: dict[str, str],
+    count: Any,
+    send: tuple[str, str, Any, list[Any]],
+    total: int,
+) -> dict[str, float]:
+    """Start a worker, wait until it has stored one warm-up event, then enqueue ``send``
+    (queue, actor, warm-up payload, payloads) and time it until ``total`` more are stored."""
+    queue, actor, warm_up, payloads = send
+    redis.Redis.from_url(_redis_url()).flushdb()
+    client = _broker()
+    _enqueue(client, queue, actor, [warm_up])
+    worker = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 1800
+        while (first := count()) == 0:
+            if time.monotonic() > deadline or worker.poll() is not None:
+                raise RuntimeError("the worker took nothing")
+            time.sleep(0.05)
+        start, cpu_start = time.perf_counter(), tree_cpu_seconds(worker.pid)
+        _enqueue(client, queue, actor, payloads)
+        done = first
+        while done < first + total:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {done - first} of {total} events stored")
+            time.sleep(0.05)
+            done = count()
+        elapsed = time.perf_counter() - start
+        cpu = tree_cpu_seconds(worker.pid) - cpu_start
+        rss = _rss_mb(worker.pid)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+        client.close()
+    return {
+        "events_per_s": round(total / elapsed, 1),
+        "cpu_ms_per_event": round(cpu * 1000 / total, 3),
+        "rss_mb": round(rss, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=3000)
+    parser.add_argument("--batched-events", type=int, default=10_000)
+    parser.add_argument("--per-message", type=int, default=500)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8)
+    args = parser.parse_args()
+    url = bench_url()
+    now = datetime.now(UTC)
+    workers = ["--processes", str(args.processes), "--threads", str(args.threads)]
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        env = product_env(url, Path(workdir), NPS_BROKER_URL=_redis_url())
+
+        # The bare baseline.
+        reset_schema(url)
+        with psycopg.connect(libpq_url(url)) as conn:
+            conn.execute(
+                "CREATE TABLE bare_events (event_id text PRIMARY KEY, type text, order_id text, "
+                "customer_id text, email text, phone text, amount numeric, "
+                "occurred_at timestamptz)"
+            )
+        events = shop_events(args.events + 1, prefix="qb", at=now)
+        figures["bare_actor"] = _drain(
+            [sys.executable, "-m", "dramatiq", "bench.ingest_queue_bare", *workers],
+            {**env, "NPS_BENCH_LIBPQ_URL": libpq_url(url)},
+            lambda: count_rows(url, "bare_events"),
+            ("bare", "bare_insert", events[0], events[1:]),
+            args.events,
+        )
+
+        # One event per message.
+        reset_schema(url)
+        events = shop_events(args.events + 1, prefix="qs", at=now)
+        ledger = "inbound_events"
+        figures["ingest_event"] = _drain(
+            [sys.executable, "-m", "cli.main", "worker", *workers],
+            env,
+            lambda: count_rows(url, ledger),
+            ("events", "ingest_event", events[0], events[1:]),
+            args.events,
+        )
+
+        # Many events per message.
+        reset_schema(url)
+        events = shop_events(args.batched_events + 1, prefix="qm", at=now)
+        step = args.per_message
+        lists = [events[i : i + step] for i in range(1, len(events), step)]
+        figures["ingest_events"] = _drain(
+            [sys.executable, "-m", "cli.main", "worker", *workers],
+            env,
+            lambda: count_rows(url, ledger),
+            ("events", "ingest_events", [events[0]], lists),
+            args.batched_events,
+        )
+    bare = figures["bare_actor"]["events_per_s"]
+    print(
+        json.dumps(
+            {
+                "benchmark": "ingest_queue",
+                "ratio_single_to_bare": round(figures["ingest_event"]["events_per_s"] / bare, 3),
+                "ratio_batched_to_bare": round(figures["ingest_events"]["events_per_s"] / bare, 3),
+                **figures,
+                "events": args.events,
+                "batched_events": args.batched_events,
+                "per_message": args.per_message,
+                "processes": args.processes,
+                "threads": args.threads,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
