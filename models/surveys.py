@@ -8,18 +8,22 @@ from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     ForeignKey,
     Index,
     Integer,
     String,
     Text,
+    any_,
     bindparam,
     insert,
+    literal,
     select,
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, BigId, UtcDateTime, utcnow
@@ -284,9 +288,11 @@ class Move:
 
 
 def move_each(session: Session, moves: Sequence[Move], *, now: datetime) -> list[int]:
-    """Move many surveys, each to its own target, with a fixed number of statements: one
-    compare-and-set UPDATE per distinct (source, target, reason, values) and one INSERT of every
-    transition, whatever the number of surveys.
+    """Move many surveys, each to its own target, with a fixed number of statements however
+    many surveys there are: on PostgreSQL one statement per distinct (source, target, reason,
+    values) that updates the rows and records their transitions together (the ids travel as one
+    array); elsewhere one compare-and-set UPDATE per distinct move and one INSERT of every
+    transition.
 
     The batch form of :func:`move`, for callers that already hold the rows locked and know their
     states (the scheduler's claim): every move is checked against the lifecycle first
@@ -301,31 +307,78 @@ def move_each(session: Session, moves: Sequence[Move], *, now: datetime) -> list
     groups = {}
     for m in moves:
         groups.setdefault((m.source, m.target, m.reason, m.values), []).append(m.survey_id)
+    on_postgres = session.get_bind().dialect.name == "postgresql"
+    moved: list[int] = []
     transitions: list[dict[str, Any]] = []
     for (source, target, reason, values), ids in groups.items():
+        changes = {"state": target.value, "state_changed_at": now, **dict(values)}
+        if on_postgres:
+            moved.extend(_move_and_record(session, ids, source, target, reason, now, changes))
+            continue
         for start in range(0, len(ids), _CHUNK):
-            moved = session.scalars(
+            done = session.scalars(
                 update(Survey)
                 .where(Survey.id.in_(ids[start : start + _CHUNK]), Survey.state == source.value)
-                .values(state=target.value, state_changed_at=now, **dict(values))
+                .values(**changes)
                 .returning(Survey.id)
                 .execution_options(synchronize_session=False)
             ).all()
-            transitions.extend(
-                {
-                    "survey_id": sid,
-                    "from_state": source.value,
-                    "to_state": target.value,
-                    "at": now,
-                    "reason": reason,
-                }
-                for sid in moved
-            )
+            moved.extend(done)
+            row = {"from_state": source.value, "to_state": target.value, "at": now}
+            transitions.extend({"survey_id": sid, "reason": reason, **row} for sid in done)
     if transitions:
-        # One INSERT for all: a NULL reason is written, not left out (which would split them).
-        session.execute(insert(SurveyTransition).execution_options(render_nulls=True), transitions)
-        _expire_loaded(session, {t["survey_id"] for t in transitions})
-    return [t["survey_id"] for t in transitions]
+        # RETURNING makes SQLAlchemy send multi-row INSERTs ("insertmanyvalues", up to 1000 rows
+        # each) rather than one INSERT per row; a NULL reason is written, not left out (which
+        # would split the rows into groups).
+        session.scalars(
+            insert(SurveyTransition)
+            .returning(SurveyTransition.id)
+            .execution_options(render_nulls=True),
+            transitions,
+        ).all()
+    if moved:
+        _expire_loaded(session, set(moved))
+    return moved
+
+
+def _move_and_record(
+    session: Session,
+    ids: list[int],
+    source: SurveyState,
+    target: SurveyState,
+    reason: str | None,
+    now: datetime,
+    changes: dict[str, Any],
+) -> Sequence[int]:
+    """PostgreSQL: ``WITH moved AS (UPDATE ... WHERE id = ANY(:ids) AND state = :source
+    RETURNING id) INSERT INTO survey_transitions SELECT ... FROM moved``, one round trip."""
+    surveys = Base.metadata.tables[Survey.__tablename__]
+    transitions = Base.metadata.tables[SurveyTransition.__tablename__]
+    moved = (
+        update(surveys)
+        .where(
+            surveys.c.id == any_(bindparam("ids", ids, type_=ARRAY(BigInteger))),
+            surveys.c.state == source.value,
+        )
+        .values(**changes)
+        .returning(surveys.c.id)
+        .cte("moved")
+    )
+    record = (
+        insert(transitions)
+        .from_select(
+            ["survey_id", "from_state", "to_state", "at", "reason"],
+            select(
+                moved.c.id,
+                literal(source.value, String),
+                literal(target.value, String),
+                literal(now, UtcDateTime),
+                literal(reason, Text),
+            ),
+        )
+        .returning(transitions.c.survey_id)
+    )
+    return session.scalars(record).all()
 
 
 def _expire_loaded(session: Session, ids: set[int]) -> None:

@@ -119,10 +119,10 @@ def claim_batch(
             if customer is not None:
                 planning.on_consent_revoked(session, customer, channel, config, at)
             report.stopped += count
-        moved = move_each(session, moves, now=at)
-        to_enqueue = [sid for sid in moved if sid in due]
+        moved = set(move_each(session, moves, now=at))
+        to_enqueue = [m.survey_id for m in moves if m.target == S.queued and m.survey_id in moved]
         report.stopped += sum(1 for m in moves if m.target == S.withdrawn and m.survey_id in moved)
-        report.deferred += sum(1 for m in moves if m.target == S.scheduled)
+        report.deferred += sum(1 for m in moves if m.target == S.scheduled and m.survey_id in moved)
     if to_enqueue:
         enqueue_many(to_enqueue)
         enqueued_at = clock()
