@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -15,6 +16,8 @@ from wiring.runtime import Runtime
 # A send still in `sending` this long after it began, with no callback and nothing in the
 # provider's log, ends `send_unknown`.
 GIVE_UP_AFTER = timedelta(hours=1)
+
+_building = threading.Lock()
 
 
 def answer_links(runtime: Runtime) -> AnswerLinks:
@@ -34,14 +37,18 @@ def _rate_limiter(runtime: Runtime) -> RateLimiter:
 
 
 def sender(runtime: Runtime) -> Sender:
+    """The runtime's sender, built once: a worker process's threads all ask for it with their
+    first message, and share its channels (their HTTP connection pools) and rate limiter."""
     if runtime.sender is None:
-        runtime.sender = Sender(
-            runtime.factory,
-            channels_from_env(runtime.settings.env),
-            answer_links(runtime),
-            runtime.settings.public_base_url,
-            rate_limiter=_rate_limiter(runtime),
-        )
+        with _building:
+            if runtime.sender is None:
+                runtime.sender = Sender(
+                    runtime.factory,
+                    channels_from_env(runtime.settings.env),
+                    answer_links(runtime),
+                    runtime.settings.public_base_url,
+                    rate_limiter=_rate_limiter(runtime),
+                )
     return runtime.sender
 
 

@@ -132,8 +132,9 @@ class SendGridEmailChannel:
                 response.status_code,
             )
         # Not the X-Message-Id: it leads to SendGrid's copy of the message (address and body),
-        # and it is emptied from our rows when a customer is erased.
-        log.info("sendgrid: survey %s accepted", message.survey_id)
+        # and it is emptied from our rows when a customer is erased. DEBUG: the send path logs
+        # the outcome of every send once, at INFO.
+        log.debug("sendgrid: survey %s accepted", message.survey_id)
         return SendReceipt(provider=PROVIDER, provider_message_id=message_id)
 
     def close(self) -> None:

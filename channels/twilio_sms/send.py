@@ -167,7 +167,8 @@ class TwilioSmsChannel:
         segments = sms_segments(message.body_text)
         # Neither the recipient nor the message's SID: the SID leads to Twilio's copy of the
         # message (number and body), and it is emptied from our rows when a customer is erased.
-        log.info(
+        # DEBUG: the send path logs the outcome of every send once, at INFO.
+        log.debug(
             "twilio: survey %s accepted (%d segment%s)",
             message.survey_id,
             segments,

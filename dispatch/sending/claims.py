@@ -137,20 +137,20 @@ def pick_up(
     :data:`LEASE_RENEW_AFTER` ago has it renewed here, so that a worker waiting for its slot is
     not doubled, and a worker that dies while waiting leaves a row the sweep finds. Returns the
     channel to wait for."""
-    with factory() as session, session.begin():
-        row = session.execute(_PICK_UP, {"survey_id": survey_id}).first()
-        if row is None:
-            return SendOutcome("missing", "no such survey")
-        if row.state != S.queued:
-            return SendOutcome(row.state, "not queued: nothing to do")
-        allowed = timing.next_allowed_moment(
-            now,
-            timing.resolve_timezone(row.timezone, None, None, config.schedule.default_timezone),
-            config.schedule.quiet_hours,
-            config.schedule.send_days,
-        )
-        if allowed > now:
-            # The message waited past the start of quiet hours: wait for the morning.
+    row = _read_row(factory, survey_id)
+    if row is None:
+        return SendOutcome("missing", "no such survey")
+    if row.state != S.queued:
+        return SendOutcome(row.state, "not queued: nothing to do")
+    allowed = timing.next_allowed_moment(
+        now,
+        timing.resolve_timezone(row.timezone, None, None, config.schedule.default_timezone),
+        config.schedule.quiet_hours,
+        config.schedule.send_days,
+    )
+    if allowed > now:
+        # The message waited past the start of quiet hours: wait for the morning.
+        with factory() as session, session.begin():
             move(
                 session,
                 survey_id,
@@ -160,10 +160,23 @@ def pick_up(
                 now=now,
                 due_at=allowed,
             )
-            return SendOutcome(S.scheduled, f"quiet hours: due again at {allowed.isoformat()}")
-        if row.queued_at is None or row.queued_at < now - LEASE_RENEW_AFTER:
+        return SendOutcome(S.scheduled, f"quiet hours: due again at {allowed.isoformat()}")
+    if row.queued_at is None or row.queued_at < now - LEASE_RENEW_AFTER:
+        with factory() as session, session.begin():
             session.execute(_RENEW_LEASE, {"survey_id": survey_id, "now": now})
-        return ChannelName(row.channel)
+    return ChannelName(row.channel)
+
+
+def _read_row(factory: sessionmaker[Session], survey_id: int) -> Row[Any, Any, Any, Any] | None:
+    """The pick-up's read. On PostgreSQL outside a transaction (one round trip, no BEGIN and
+    COMMIT around it): what follows from it is written in transactions of its own, each a
+    compare-and-set on the state it read."""
+    with factory() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            connection = session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+            return connection.execute(_PICK_UP, {"survey_id": survey_id}).first()
+        with session.begin():
+            return session.execute(_PICK_UP, {"survey_id": survey_id}).first()
 
 
 def _claimed_rows(row: Row[Any]) -> tuple[Survey, Order, Customer]:
