@@ -9,6 +9,7 @@ comments are read live, a page at a time. ``GET /v1/reports/nps`` shares the sam
 from __future__ import annotations
 
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,6 +23,7 @@ from web.dashboard_charts import WeekPoint
 from web.dashboard_params import DashboardQuery
 from wiring.runtime import Runtime
 
+_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dashboard")
 _caches: weakref.WeakKeyDictionary[Engine, ReportCache[Any]] = weakref.WeakKeyDictionary()
 
 
@@ -108,18 +110,29 @@ def week_points(weekly: dict[str, Any]) -> list[WeekPoint]:
 
 
 def load_figures(runtime: Runtime, query: DashboardQuery, now: datetime) -> Figures:
+    """The view's figures; on a cold cache the weekly report and the extras are computed in
+    other threads while this one builds the main report (the database works on each query in
+    its own process, and numpy releases the interpreter while it fits)."""
     version = current_version(runtime)
     view = query.view
+    cache = cache_for(runtime)
+    extras = _POOL.submit(
+        cache.get_or_compute,
+        ("extras", *_view_key(view)),
+        version,
+        lambda: load_extras(runtime, view, now),
+    )
+    weekly = None
+    if query.by != "week":
+        weekly = _POOL.submit(
+            cached_report, runtime, view, "week", now, compare=False, version=version
+        )
     report = cached_report(runtime, view, query.by, now, version=version)
-    weekly = (
-        report
-        if query.by == "week"
-        else cached_report(runtime, view, "week", now, compare=False, version=version)
+    return Figures(
+        report,
+        week_points(report if weekly is None else weekly.result()),
+        extras.result(),
     )
-    extras: Extras = cache_for(runtime).get_or_compute(
-        ("extras", *_view_key(view)), version, lambda: load_extras(runtime, view, now)
-    )
-    return Figures(report, week_points(weekly), extras)
 
 
 def load_comments(runtime: Runtime, query: DashboardQuery) -> CommentPage:

@@ -107,6 +107,8 @@ def test_compare_false_and_csv(client, cases):
         ({"format": "xml"}, "format: 'xml' is not json or csv"),
         ({"compare": "maybe"}, "compare: 'maybe' is not true or false"),
         ({"colour": "red"}, "colour: unknown parameter"),
+        ({"channel": "fax"}, "channel: 'fax' is not a channel"),
+        ({"category": "x" * 65}, "category: longer than 64 characters"),
     ],
 )
 def test_bad_parameters_are_422_with_a_clear_message(client, query, message):
@@ -114,3 +116,21 @@ def test_bad_parameters_are_422_with_a_clear_message(client, query, message):
     assert response.status_code == 422
     error = response.json()["error"]
     assert error["code"] == "invalid_parameter" and message in error["message"]
+
+
+def test_channel_and_category_filter_the_report(client, cases):
+    everyone = client.get("/v1/reports/nps", params={"by": "channel"}, auth=AUTH).json()
+    [sms] = [s for s in everyone["segments"] if s["key"] == "sms"]
+    filtered = client.get("/v1/reports/nps", params={"channel": "sms"}, auth=AUTH).json()
+    assert filtered["filters"] == {"channel": "sms", "category": None}
+    assert (filtered["counts"], filtered["nps"]) == (sms["counts"], sms["nps"])
+    books = client.get("/v1/reports/nps", params={"category": "books", "format": "csv"}, auth=AUTH)
+    rows = list(csv.DictReader(io.StringIO(books.text)))
+    expected = sum(
+        1 for c in cases if c.category == "books" and c.responded and c.score is not None
+    )
+    assert rows[0]["segment"] == "all"
+    assert (
+        int(rows[0]["promoters"]) + int(rows[0]["passives"]) + int(rows[0]["detractors"])
+        == expected
+    )
