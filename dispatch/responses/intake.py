@@ -177,14 +177,15 @@ def take_delivery_event(
     now = now or utcnow()
     event = _read(raw, now)
     rules = delivery_rules(event.provider) if event is not None else None
-    with _engine(factory).connect() as conn:
-        if (
-            event is not None
-            and rules is not None
-            and event.kind in MESSAGE_ONLY
-            and rules.advances(None, event.kind)
-            and event.provider_message_id is not None
-        ):
+    engine = _engine(factory)
+    if (
+        event is not None
+        and rules is not None
+        and event.kind in MESSAGE_ONLY
+        and rules.advances(None, event.kind)
+        and event.provider_message_id is not None
+    ):
+        with engine.connect() as conn:
             survey_id = conn.execute(
                 _ADVANCE_MESSAGE,
                 {
@@ -203,11 +204,22 @@ def take_delivery_event(
                     return Taken(None, "duplicate")
                 conn.commit()
                 return Taken(stored[raw.external_id], "applied")
+            conn.rollback()  # no message of ours has that id (yet): nothing changed
+    with _single_statement(engine) as conn:
         stored = _store(conn, [_row(raw, now, retry_at=now)])
         conn.commit()
     if not stored:
         return Taken(None, "duplicate")
     return Taken(stored[raw.external_id], "stored")
+
+
+def _single_statement(engine: Engine) -> Connection:
+    """A connection for one statement that is its own transaction: on PostgreSQL without
+    ``BEGIN`` and ``COMMIT`` round trips (autocommit; the statement is atomic and durable when
+    it returns). SQLite keeps its explicit transactions (``models.session``)."""
+    if engine.dialect.name == "postgresql":
+        return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    return engine.connect()
 
 
 def take_delivery_batch(
