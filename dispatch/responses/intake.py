@@ -61,6 +61,7 @@ from dispatch.responses.store import (
 )
 from dispatch.scheduler import describe_error
 from models import InboundEvent, MessageRecord, utcnow
+from models.session import retry_on_disconnect
 
 __all__ = ["Taken", "take_delivery_batch", "take_delivery_event", "take_inbound_sms"]
 
@@ -173,8 +174,13 @@ def take_delivery_event(
     factory: sessionmaker[Session], raw: RawWebhook, *, now: datetime | None = None
 ) -> Taken:
     """Store one delivery event (a status callback) and apply it now when it only advances a
-    message's delivery state; else leave it stored for the replay (module docstring)."""
-    now = now or utcnow()
+    message's delivery state; else leave it stored for the replay (module docstring). Run once
+    more on a new connection when the pooled one was gone (both steps may safely run twice)."""
+    at = now or utcnow()
+    return retry_on_disconnect(lambda: _take_delivery_event(factory, raw, at))
+
+
+def _take_delivery_event(factory: sessionmaker[Session], raw: RawWebhook, now: datetime) -> Taken:
     event = _read(raw, now)
     rules = delivery_rules(event.provider) if event is not None else None
     engine = _engine(factory)
@@ -244,20 +250,26 @@ def take_delivery_batch(
         if now_please:
             urgent.add(raw.external_id)
         rows[raw.external_id] = _row(raw, now, retry_at=None if now_please else now)
-    pending: dict[str, int] = {}
-    with _engine(factory).begin() as conn:
-        new = _store(conn, list(rows.values()))
-        old = [key for key in urgent if key not in new]
-        if old:
-            source = next(iter(rows.values()))["source"]
-            found = conn.execute(
-                select(InboundEvent.external_id, InboundEvent.id).where(
-                    InboundEvent.source == source,
-                    InboundEvent.external_id.in_(old),
-                    InboundEvent.handled_at.is_(None),
+
+    def store() -> tuple[dict[str, int], dict[str, int]]:
+        """The rows inserted, and the consent events stored before and still unapplied."""
+        pending: dict[str, int] = {}
+        with _engine(factory).begin() as conn:
+            new = _store(conn, list(rows.values()))
+            old = [key for key in urgent if key not in new]
+            if old:
+                source = next(iter(rows.values()))["source"]
+                found = conn.execute(
+                    select(InboundEvent.external_id, InboundEvent.id).where(
+                        InboundEvent.source == source,
+                        InboundEvent.external_id.in_(old),
+                        InboundEvent.handled_at.is_(None),
+                    )
                 )
-            )
-            pending = {external_id: row_id for external_id, row_id in found}
+                pending = {external_id: row_id for external_id, row_id in found}
+        return new, pending
+
+    new, pending = retry_on_disconnect(store)
     outcome: dict[str, Taken] = {}
     for key in rows:
         if key in urgent and (key in new or key in pending):
@@ -299,33 +311,40 @@ def take_inbound_sms(
         received_at=now,
         attempts=0,
     )
-    earlier: int | None = None
-    try:
+
+    def attempt() -> Handled | int | None:
+        """The outcome once applied, else the id of an earlier copy still unapplied (or None)."""
         with factory() as session, session.begin():
             stored = _store(session.connection(), [_row(raw, now)])
             if not stored:
-                earlier = session.scalar(
+                return session.scalar(
                     select(InboundEvent.id).where(
                         InboundEvent.source == raw.source,
                         InboundEvent.external_id == raw.external_id,
                         InboundEvent.handled_at.is_(None),
                     )
                 )
-            else:
-                applied = apply(session, row, config, now, True)
-                row_id = stored[raw.external_id]
-                session.execute(
-                    update(InboundEvent)
-                    .where(InboundEvent.id == row_id)
-                    .values(handled_at=now, result=applied.result[:40], **_ties(applied))
-                    .execution_options(synchronize_session=False)
-                )
-                return Handled(row_id, "applied", applied.result, applied.reply)
+            applied = apply(session, row, config, now, True)
+            row_id = stored[raw.external_id]
+            session.execute(
+                update(InboundEvent)
+                .where(InboundEvent.id == row_id)
+                .values(handled_at=now, result=applied.result[:40], **_ties(applied))
+                .execution_options(synchronize_session=False)
+            )
+            return Handled(row_id, "applied", applied.result, applied.reply)
+
+    try:
+        # Run again once on a new connection when the pooled one was gone: the first attempt
+        # was rolled back with it, and its insert makes a second application impossible.
+        outcome = retry_on_disconnect(attempt)
     except Exception as exc:  # rolled back: nothing of the effect stays; keep the raw row
         return _keep_failed(factory, raw, now, describe_error(exc, limit=2000))
-    if earlier is None:
+    if isinstance(outcome, Handled):
+        return outcome
+    if outcome is None:
         return Handled(0, "duplicate")
-    return handle_webhook(factory, config, earlier, apply, now=now)
+    return handle_webhook(factory, config, outcome, apply, now=now)
 
 
 def _keep_failed(

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import psycopg
 from sqlalchemy import event, select, update
 
 from dispatch import responses
 from models import InboundEvent, MessageRecord, SurveyTransition, utcnow
 from tests.conftest import Database
-from tests.dispatch.test_responses import seed_survey, survey_of, twilio_status
+from tests.dispatch.test_responses import inbound, seed_survey, survey_of, twilio_status
 
 
 def message_status(db: Database, survey_id: int) -> str:
@@ -124,3 +125,34 @@ def test_a_replay_batch_applies_each_row_on_its_own_in_one_commit(db, config, mo
     later = now + timedelta(minutes=2)
     assert responses.replay_unhandled_webhooks(db.factory, config, now=later).applied == 1
     assert survey_of(db, second).state == "undeliverable" and unhandled(db) == []
+
+
+def test_a_connection_the_server_closed_is_replaced_once(pg_db, config):
+    """Pooled connections are not pinged: a webhook that meets one the server closed (a
+    restart) runs once more on a new one, and is stored and applied once."""
+    db = pg_db
+    dsn = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    sid = seed_survey(db, state="sent")
+    msg = survey_of(db, sid).provider_message_id
+    assert responses.take_delivery_event(db.factory, twilio_status(sid, msg, "sent")).status == (
+        "applied"
+    )
+    for raw, expected in (
+        (twilio_status(sid, msg, "delivered"), "stored"),
+        (inbound("9"), "applied"),
+    ):
+        # Every pooled session of this database ends, as in a server restart.
+        with psycopg.connect(dsn, autocommit=True) as outside:  # not one of the pool's
+            outside.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        if raw.event_type == "inbound_sms":
+            handled = responses.take_inbound_sms(db.factory, config, raw)
+            assert handled.status == expected and handled.reply is not None
+        else:
+            assert responses.take_delivery_event(db.factory, raw).status == expected
+    responses.replay_unhandled_webhooks(db.factory, config, now=utcnow())
+    survey = survey_of(db, sid)
+    assert (survey.state, survey.score) == ("answered", 9)
+    assert unhandled(db) == []
