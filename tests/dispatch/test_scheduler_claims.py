@@ -8,6 +8,7 @@ record the moment each batch was claimed and enqueued, not the start of the pass
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -171,3 +172,37 @@ def _lateness() -> tuple[float, float]:
         samples["nps_scheduler_lateness_seconds_count"],
         samples["nps_scheduler_lateness_seconds_sum"],
     )
+
+
+def test_two_schedulers_claiming_batches_never_take_the_same_row(pg_db: Database, config):
+    n = 1200
+    ids = seed_due_surveys(pg_db, n, NOW - timedelta(minutes=1), config_version=config.version)
+    taken: list[list[int]] = [[], []]
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def run(mine: list[int]) -> None:
+        try:
+            scheduler = Scheduler(
+                pg_db.factory, mine.append, enqueue_many=mine.extend, batch_size=50
+            )
+            barrier.wait()
+            scheduler.tick(config, NOW)
+        except BaseException as exc:  # surfaced below: a dead thread must fail the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(mine,)) for mine in taken]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert not set(taken[0]) & set(taken[1])
+    assert sorted(taken[0] + taken[1]) == ids
+    with pg_db.session() as s:
+        moves = Counter(
+            s.scalars(
+                select(SurveyTransition.survey_id).where(SurveyTransition.to_state == "queued")
+            )
+        )
+    assert moves == Counter(dict.fromkeys(ids, 1))
