@@ -1,14 +1,18 @@
 """Many messages for one actor in one broker round trip.
 
-dramatiq's Redis broker enqueues one message per call: a Lua script run (``dispatch``,
-``enqueue`` command) in its own round trip. :func:`send_many` runs the same script for every
-message through one Redis pipeline, with the broker's ``before_enqueue`` / ``after_enqueue``
-middleware hooks around each message as ``Actor.send`` would. Any other broker (the in-process
-stub of the demo and the tests) gets one ``send`` per message.
+dramatiq's Redis broker enqueues one message per call: a run of its Lua script, which stores
+the message in the queue's hash (``HSET <namespace>:<queue>.msgs <id> <message>``) and appends
+its id to the queue (``RPUSH <namespace>:<queue> <id>``), in a round trip of its own.
+:func:`send_many` does the same two writes for a whole batch, in one ``MULTI``/``EXEC``: a worker
+never sees an id whose message is not stored yet, and each message is built as ``Actor.send``
+builds it, with the broker's ``before_enqueue`` / ``after_enqueue`` middleware hooks around it.
+What the script does besides (recording the sender's heartbeat, and now and then handing back
+the messages of workers gone silent) is left to the workers' own calls, which do it too. Any
+other broker (the in-process stub of the demo and the tests) gets one ``send`` per message.
 
-The scheduler calls it only after its batch is committed: if the pipeline fails part-way, the
-surveys it did not carry stay ``queued`` and the stuck-queue sweep enqueues them again; one
-carried twice is harmless, the worker claims ``queued -> sending`` first.
+The scheduler calls it only after its batch is committed: if the write fails, the surveys stay
+``queued`` and the stuck-queue sweep enqueues them again; a message carried twice is harmless,
+the worker claims ``queued -> sending`` first.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from uuid import uuid4
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.common import current_millis
 
 
 def send_many(actor: dramatiq.Actor[Any, Any], arguments: Iterable[tuple[Any, ...]]) -> int:
@@ -32,34 +35,31 @@ def send_many(actor: dramatiq.Actor[Any, Any], arguments: Iterable[tuple[Any, ..
         return len(batch)
     if not batch:
         return 0
-    dispatch = broker.scripts["dispatch"]
-    pipe = broker.client.pipeline(transaction=False)
-    sent = []
+    queue = f"{broker.namespace}:{actor.queue_name}"
+    messages: list[dramatiq.Message[Any]] = []
+    stored: dict[str, bytes] = {}
     for args in batch:
-        message = actor.message(*args)
-        message = message.copy(options={"redis_message_id": str(uuid4())})
-        broker.emit_before("enqueue", message, None)
-        dispatch(
-            keys=[broker.namespace],
-            args=[
-                "enqueue",
-                current_millis(),
-                message.queue_name,
-                broker.broker_id,
-                broker.heartbeat_timeout,
-                broker.dead_message_ttl,
-                broker._should_do_maintenance("enqueue"),
-                broker._max_unpack_size(),  # type: ignore[no-untyped-call]
-                message.options["redis_message_id"],
-                message.encode(),
-            ],
-            client=pipe,
+        # One id for the message and its Redis entry: the broker gives a retried copy a new
+        # Redis id when it enqueues it again.
+        message_id = str(uuid4())
+        message: dramatiq.Message[Any] = dramatiq.Message(
+            queue_name=actor.queue_name,
+            actor_name=actor.actor_name,
+            args=args,
+            kwargs={},
+            options={"redis_message_id": message_id},
+            message_id=message_id,
         )
-        sent.append(message)
-    pipe.execute()
-    for message in sent:
+        broker.emit_before("enqueue", message, None)
+        stored[message_id] = message.encode()
+        messages.append(message)
+    with broker.client.pipeline(transaction=True) as pipe:
+        pipe.hset(f"{queue}.msgs", mapping=stored)  # type: ignore[arg-type]
+        pipe.rpush(queue, *stored)
+        pipe.execute()
+    for message in messages:
         broker.emit_after("enqueue", message, None)
-    return len(sent)
+    return len(messages)
 
 
 def batch_sender(actor: dramatiq.Actor[Any, Any]) -> Callable[[Sequence[int]], object]:
