@@ -14,6 +14,7 @@ comment, and then times, through the whole app (every middleware, basic auth, th
 - **cached**: the same page again, data unchanged (the data version, the live comments page and
   the template), median of ``--hits``; and with a comment search;
 - the parts of a cold load, each alone: the two reports and the histogram, rates and categories;
+- after a survey changes state: the next load (older figures, at once) and the refresh behind it;
 - the bare baselines in the same run: the page's own style sheet through the same app (a static
   answer), and ``SELECT count(*), avg(score) FROM surveys``.
 
@@ -157,6 +158,18 @@ def main(argv: list[str] | None = None) -> int:
     t_search = statistics.median(
         timed(lambda: page(PAGE + "&q=crushed&band=detractor")) for _ in range(args.hits)
     )
+    # New data: the next load shows the figures it has while the new ones are computed behind.
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE surveys SET state_changed_at = now() "
+                "WHERE id = (SELECT min(id) FROM surveys)"
+            )
+        )
+    t_changed = timed(page)
+    started = time.perf_counter()
+    cache.wait_idle()
+    t_refresh = time.perf_counter() - started + t_changed
     t_static = statistics.median(timed(static) for _ in range(args.hits))
     t_count = statistics.median(timed(count) for _ in range(max(3, args.repeat)))
     with engine.connect() as conn:
@@ -175,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                 "cold_seconds": round(t_cold, 3),
                 "cached_seconds": round(t_cached, 4),
                 "cached_search_seconds": round(t_search, 4),
+                "after_new_data_seconds": round(t_changed, 4),
+                "background_refresh_seconds": round(t_refresh, 1),
                 "baseline_static_seconds": round(t_static, 4),
                 "baseline_count_seconds": round(t_count, 4),
                 "cold_over_count": round(t_cold / t_count, 1),

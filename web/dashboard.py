@@ -87,6 +87,7 @@ def _context(query: DashboardQuery, figures: Figures, benchmark: float | None) -
         "differs": words.differs_sentence(adjusted.get("smd") or []),
         "adjustment": words.adjustment_sentence(adjusted, report["nps"]),
         "categories": figures.extras.categories,
+        "updating": figures.updating,
     }
 
 

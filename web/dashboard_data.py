@@ -23,6 +23,9 @@ from web.dashboard_charts import WeekPoint
 from web.dashboard_params import DashboardQuery
 from wiring.runtime import Runtime
 
+# A page may show figures up to this old while newer ones are computed behind it (the page
+# says so); the report API always answers with figures of the current data.
+STALE_FOR = 600.0
 _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dashboard")
 _caches: weakref.WeakKeyDictionary[Engine, ReportCache[Any]] = weakref.WeakKeyDictionary()
 
@@ -31,7 +34,7 @@ def cache_for(runtime: Runtime) -> ReportCache[Any]:
     """This process's cache for the runtime's database."""
     cache = _caches.get(runtime.engine)
     if cache is None:
-        cache = _caches.setdefault(runtime.engine, ReportCache())
+        cache = _caches.setdefault(runtime.engine, ReportCache(stale_for=STALE_FOR))
     return cache
 
 
@@ -52,19 +55,26 @@ def cached_report(
     *,
     compare: bool = True,
     version: tuple[Any, ...] | None = None,
+    allow_stale: bool = False,
 ) -> dict[str, Any]:
-    """The report of ``view``, from the cache while the data has not changed."""
+    """The report of ``view``, from the cache while the data has not changed (with
+    ``allow_stale``, also a recent one while the current one is computed)."""
     from reports.filtered import build_view_report
 
     version = version or current_version(runtime)
     report: dict[str, Any] = cache_for(runtime).get_or_compute(
-        ("report", *_view_key(view), by, compare),
+        _report_key(view, by, compare),
         version,
         lambda: build_view_report(
             runtime.factory, runtime.config, view, by, compare=compare, now=now
         ),
+        allow_stale=allow_stale,
     )
     return report
+
+
+def _report_key(view: FilteredPeriod, by: str | None, compare: bool) -> tuple[Any, ...]:
+    return ("report", *_view_key(view), by, compare)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +100,7 @@ class Figures:
     report: dict[str, Any]
     weeks: list[WeekPoint]
     extras: Extras
+    updating: bool = False
 
 
 def week_points(weekly: dict[str, Any]) -> list[WeekPoint]:
@@ -112,26 +123,38 @@ def week_points(weekly: dict[str, Any]) -> list[WeekPoint]:
 def load_figures(runtime: Runtime, query: DashboardQuery, now: datetime) -> Figures:
     """The view's figures; on a cold cache the weekly report and the extras are computed in
     other threads while this one builds the main report (the database works on each query in
-    its own process, and numpy releases the interpreter while it fits)."""
+    its own process, and numpy releases the interpreter while it fits). Figures of older data
+    are shown while newer ones are computed (``Figures.updating``)."""
     version = current_version(runtime)
     view = query.view
     cache = cache_for(runtime)
+    extras_key = ("extras", *_view_key(view))
     extras = _POOL.submit(
         cache.get_or_compute,
-        ("extras", *_view_key(view)),
+        extras_key,
         version,
         lambda: load_extras(runtime, view, now),
+        allow_stale=True,
     )
     weekly = None
     if query.by != "week":
         weekly = _POOL.submit(
-            cached_report, runtime, view, "week", now, compare=False, version=version
+            cached_report,
+            runtime,
+            view,
+            "week",
+            now,
+            compare=False,
+            version=version,
+            allow_stale=True,
         )
-    report = cached_report(runtime, view, query.by, now, version=version)
+    report = cached_report(runtime, view, query.by, now, version=version, allow_stale=True)
+    keys = (_report_key(view, query.by, True), _report_key(view, "week", False), extras_key)
     return Figures(
         report,
         week_points(report if weekly is None else weekly.result()),
         extras.result(),
+        updating=any(cache.refreshing(key) for key in keys),
     )
 
 

@@ -261,11 +261,19 @@ def test_a_second_load_is_cached_until_an_answer_arrives(
         token_url.split("nps.example.test", 1)[1], data={"score": "10"}, follow_redirects=False
     )
     assert posted.status_code == 303
+    # The next load answers at once with the figures it has, and says newer ones are coming.
+    stale = client.get("/dashboard", params=WHOLE, auth=AUTH).text
+    assert 'id="updating"' in stale and card(stale, "nps-raw") == card(first, "nps-raw")
+    cache.wait_idle()
+    assert cache.stats().misses == misses + 3  # recomputed once, behind the page
     after = client.get("/dashboard", params=WHOLE, auth=AUTH).text
-    assert cache.stats().misses == misses + 3
+    assert 'id="updating"' not in after
     before_n = int(re.search(r"([\d,]+) answers", card(first, "nps-raw")).group(1))
     after_n = int(re.search(r"([\d,]+) answers", card(after, "nps-raw")).group(1))
     assert after_n == before_n + 1
+    # The report API never answers with figures of older data.
+    api = client.get("/v1/reports/nps", params=WHOLE, auth=AUTH).json()
+    assert api["counts"]["n"] == after_n
 
 
 def frozen_clock_now() -> datetime:
