@@ -203,7 +203,7 @@ def apply_delivery_event(
     )
     if not moved:
         return applied(f"no change: survey {state.value}")
-    log.info("survey %s: %s -> %s (%s)", survey.id, state.value, target.value, event.provider)
+    log.info("survey %s: %s -> %s (%s)", survey_id, state.value, target.value, event.provider)
     return applied(target.value)
 
 
