@@ -30,7 +30,7 @@ from web import dashboard_charts as charts
 from web import dashboard_view as words
 from web.auth import require_basic
 from web.dashboard_data import Figures, load_comments, load_figures
-from web.dashboard_params import DashboardQuery, parse_dashboard
+from web.dashboard_params import parse_dashboard
 from web.deps import runtime_of
 from web.errors import ApiError
 
@@ -69,7 +69,7 @@ def _charts(figures: Figures) -> dict[str, Any]:
     }
 
 
-def _context(query: DashboardQuery, figures: Figures, benchmark: float | None) -> dict[str, Any]:
+def _context(figures: Figures, benchmark: float | None) -> dict[str, Any]:
     report = figures.report
     adjusted = report.get("adjusted") or {}
     # The band describes the NPS of everyone invited when it could be estimated.
@@ -129,7 +129,7 @@ async def dashboard(request: Request) -> HTMLResponse:
         query=query,
         form={**query.comment_params(), "by": query.by},
         comments=comments,
-        **_context(query, figures, runtime.config.survey.benchmark),
+        **_context(figures, runtime.config.survey.benchmark),
     )
 
 
