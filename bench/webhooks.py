@@ -19,11 +19,12 @@ connections (lighter than the servers, so that it measures them on a small machi
 request is signed beforehand with Twilio's ``RequestValidator`` over the public URL. Each
 survey gets its ``sent`` and ``delivered`` callbacks, as Twilio sends them.
 
-Measured, for each server: the most requests per second the connections get through (closed
-loop), their p50/p99 latency, the server process's CPU milliseconds per request (from
-``/proc``); then, for the product, open loops at 70% of the bare rate and at 70% of its own
-(requests scheduled at a fixed rate, latency counted from the scheduled time, so a stall is not
-hidden). Finally
+Measured, for each server, in ``--rounds`` closed-loop turns taken alternately (the load of a
+shared machine drifts, and each round's ratio is printed too): the most requests per second
+the connections get through, their p50/p99 latency, the server process's CPU milliseconds per
+request (from ``/proc``); then, for the product, open loops at 70% of the bare rate and at 70%
+of its own (requests scheduled at a fixed rate, latency counted from the scheduled time, so a
+stall is not hidden). Finally
 the rows the product stored but left for later are applied as the scheduler does
 (``replay_unhandled_webhooks``), timed, and checked: every survey ``delivered``. It prints
 one JSON object with the figures and the ratios to the bare baseline.
@@ -41,6 +42,7 @@ import os
 import pstats
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -256,6 +258,20 @@ class Run:
     latencies: list[float]
     statuses: dict[int, int]
 
+    @classmethod
+    def merge(cls, runs: Sequence[Run]) -> Run:
+        statuses: dict[int, int] = {}
+        for run in runs:
+            for status, n in run.statuses.items():
+                statuses[status] = statuses.get(status, 0) + n
+        return cls(
+            sum(r.requests for r in runs),
+            sum(r.seconds for r in runs),
+            sum(r.cpu_seconds for r in runs),
+            [x for r in runs for x in r.latencies],
+            statuses,
+        )
+
     def summary(self) -> dict[str, Any]:
         lat = sorted(self.latencies)
         return {
@@ -394,44 +410,57 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
     bare_port = free_port()
     bare_argv = [sys.executable, "-m", "bench.webhooks", "--bare-server", str(bare_port)]
-    env = server_env(url, bare_port)
     bare_host = f"127.0.0.1:{bare_port}"
-    with server(bare_argv, env, bare_port) as pid:
-        warm(bare_port, bare_requests(bare_host, 2000), pid)
-        bare = asyncio.run(
-            load(bare_port, bare_requests(bare_host, args.bare_requests), args.connections, pid)
-        ).summary()
-    result["bare"] = bare
-
     port = free_port()
     host = f"127.0.0.1:{port}"
-    base = f"http://{host}"
     env = server_env(url, port)
     argv = [sys.executable, "-m", "cli.main", "web", "--host", "127.0.0.1", "--port", str(port)]
     if args.product_root:  # another checkout of the product (an earlier version, to compare)
         env["PYTHONPATH"] = args.product_root
         argv = ["env", "-C", args.product_root, *argv]
-    all_requests = callbacks(base, host, args.surveys)
+    all_requests = callbacks(f"http://{host}", host, args.surveys)
     warmup, rest = all_requests[:200], all_requests[200:]
     closed_part = rest[: len(rest) * 4 // 10]
     paced_bare = rest[len(closed_part) : len(rest) * 7 // 10]
     paced_own = rest[len(closed_part) + len(paced_bare) :]
-    bare_rate = 0.7 * bare["requests_per_s"]
-    with server(argv, env, port) as pid:
+    rounds = max(1, args.rounds)
+    per_bare = bare_requests(bare_host, args.bare_requests // rounds)
+    with (
+        server(bare_argv, server_env(url, bare_port), bare_port) as bare_pid,
+        server(argv, env, port) as pid,
+    ):
+        warm(bare_port, bare_requests(bare_host, 2000), bare_pid)
         warm(port, warmup, pid)
-        # As fast as the connections go; then scheduled at 70% of the bare rate, and at 70%
-        # of the product's own rate.
-        product = asyncio.run(load(port, closed_part, args.connections, pid)).summary()
+        # Closed loops, the two servers in turn (the load of a shared machine drifts): each
+        # round's ratio, and the figures over every round.
+        bare_runs: list[Run] = []
+        product_runs: list[Run] = []
+        step = len(closed_part) // rounds
+        for r in range(rounds):
+            chunk = closed_part[r * step : (r + 1) * step if r < rounds - 1 else None]
+            bare_runs.append(asyncio.run(load(bare_port, per_bare, args.connections, bare_pid)))
+            product_runs.append(asyncio.run(load(port, chunk, args.connections, pid)))
+        bare = Run.merge(bare_runs).summary()
+        product = Run.merge(product_runs).summary()
+        round_ratios = [
+            round((p.requests / p.seconds) / (b.requests / b.seconds), 3)
+            for b, p in zip(bare_runs, product_runs, strict=True)
+        ]
+        # Then open loops: at 70% of the bare rate, and at 70% of the product's own.
+        bare_rate = 0.7 * bare["requests_per_s"]
         at_bare = asyncio.run(
             load(port, paced_bare, args.connections, pid, rate=bare_rate)
         ).summary()
         own_rate = 0.7 * product["requests_per_s"]
         at_own = asyncio.run(load(port, paced_own, args.connections, pid, rate=own_rate)).summary()
+    result["bare"] = bare
     result["product"] = product
     result["product_at_70pct_of_bare"] = {"target_rate_per_s": round(bare_rate, 1), **at_bare}
     result["product_at_70pct_of_its_max"] = {"target_rate_per_s": round(own_rate, 1), **at_own}
     result["ratios"] = {
         "requests_per_s_vs_bare": round(product["requests_per_s"] / bare["requests_per_s"], 3),
+        "requests_per_s_vs_bare_by_round": round_ratios,
+        "requests_per_s_vs_bare_median_round": statistics.median(round_ratios),
         "cpu_ms_vs_bare": round(product["cpu_ms_per_request"] / bare["cpu_ms_per_request"], 2),
         "p99_ms_at_70pct_of_bare": at_bare["p99_ms"],
     }
@@ -537,6 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--surveys", type=int, default=4000)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--bare-requests", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=3, help="closed-loop turns of each server")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument(
         "--product-root", help="run the product server from this source tree (to compare versions)"
