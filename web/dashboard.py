@@ -33,6 +33,7 @@ from web.dashboard_data import Figures, load_comments, load_figures
 from web.dashboard_params import parse_dashboard
 from web.deps import runtime_of
 from web.errors import ApiError
+from web.openapi import error_responses
 
 router = APIRouter()
 STATIC: Final = Path(__file__).parent / "static"
@@ -103,7 +104,12 @@ def _page(request: Request, status: int, **context: Any) -> HTMLResponse:
     return HTMLResponse(page, status_code=status, headers=HEADERS)
 
 
-@router.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
+@router.get(
+    "/dashboard",
+    response_class=HTMLResponse,
+    summary="The operators' dashboard (HTML; a bad parameter is a 422 page naming it)",
+    responses=error_responses(401),
+)
 async def dashboard(request: Request) -> HTMLResponse:
     runtime = runtime_of(request)
     require_basic(request, runtime.settings.dashboard_password)
