@@ -123,10 +123,11 @@ def test_headline_and_filters_are_the_reports(client, seeded, sqlite_db, config,
     assert f"{answered_sms} answers" in card(sms, "nps-raw")
 
 
-@pytest.mark.parametrize("key", ["channel", "category"])
-def test_a_filtered_view_equals_the_reports_segment(db: Database, config, now, key):
+@pytest.mark.parametrize(
+    ("key", "value"), [("channel", "sms"), ("category", "books"), ("category", "unknown")]
+)
+def test_a_filtered_view_equals_the_reports_segment(db: Database, config, now, key, value):
     seed_dashboard(db, 260)
-    value = "sms" if key == "channel" else "books"
     view = FilteredPeriod(date(2026, 9, 1), date(2026, 11, 21), **{key: value})
     filtered = build_view_report(db.factory, config, view, "arm", now=now)
     [segment] = [
