@@ -23,31 +23,22 @@ deadlocking. Any error leaves the caller to roll the batch back and apply it eve
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, Final
 
-from sqlalchemy import Insert, Table, bindparam, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from dispatch.planning import compute_schedule
-from ingest.apply import (
-    ANCHOR_EVENTS,
-    SHOP_SOURCE,
-    ApplyContext,
-    fill_order,
-    record_anchor,
-    update_customer,
-)
-from ingest.batch_plan import ConsentBook, decide, schedule_values
+from ingest.apply import ANCHOR_EVENTS, ApplyContext, fill_order, record_anchor, update_customer
+from ingest.batch_load import PENDING, Run, RunItem, insert, table_of
+from ingest.batch_plan import decide, schedule_values
 from ingest.outcome import Ignored, Outcome, Planned, Recorded, Skipped
 from ingest.schema import OrderEvent, PurchaseCompleted
 from models import (
     ConsentRecord,
     Customer,
-    InboundEvent,
     Order,
     SkippedPurchase,
     SkipReason,
@@ -56,15 +47,12 @@ from models import (
     move,
     utcnow,
 )
-from models.customers import ContactStatus
-from models.erasure import erased_at_many, forget_subjects, subject_key
+from models.erasure import forget_subjects, subject_key
 from models.lifecycle import PENDING_STATES
 
 __all__ = ["RUN_TYPES", "Done", "RunItem", "apply_run"]
 
 RUN_TYPES: Final = frozenset({"purchase.completed", *ANCHOR_EVENTS})
-_NOT_COUNTED_FOR_CAP: Final = (SurveyState.withdrawn, SurveyState.suppressed, SurveyState.failed)
-_PENDING: Final = sorted(s.value for s in PENDING_STATES)
 
 _CUSTOMER_FIELDS: Final = (
     "email",
@@ -106,13 +94,6 @@ _SCHEDULE_FIELDS: Final = (
 
 
 @dataclass(frozen=True, slots=True)
-class RunItem:
-    event: PurchaseCompleted | OrderEvent
-    digest: str
-    subject: str | None
-
-
-@dataclass(frozen=True, slots=True)
 class Done:
     """What one event of the run did: accepted (``said``, ``effect``), or found in the ledger
     already (``recorded``: the fingerprint and type recorded under its event id)."""
@@ -120,23 +101,6 @@ class Done:
     said: str | None = None
     effect: Outcome | None = None
     recorded: tuple[str | None, str | None] | None = None
-
-
-def _insert(session: Session, table: Table, ignoring: Sequence[str] = ()) -> Insert:
-    """``INSERT`` for the session's backend; with ``ignoring``, ``ON CONFLICT (ignoring) DO
-    NOTHING`` (a concurrent insert of the same key waits for that transaction, then inserts
-    nothing)."""
-    if session.get_bind().dialect.name == "postgresql":
-        pg = postgresql_insert(table)
-        return pg.on_conflict_do_nothing(index_elements=list(ignoring)) if ignoring else pg
-    lite = sqlite_insert(table)
-    return lite.on_conflict_do_nothing(index_elements=list(ignoring)) if ignoring else lite
-
-
-def _table(model: type[Any]) -> Table:
-    table = model.__table__
-    assert isinstance(table, Table)
-    return table
 
 
 def _bulk_update(
@@ -165,190 +129,9 @@ def _values(obj: Any, fields: Iterable[str]) -> dict[str, Any]:
     return {"id": obj.id, **{name: getattr(obj, name) for name in fields}}
 
 
-class _Held:
-    """A row held in memory for the run: its columns as plain attributes.
-
-    Building ORM instances and setting their instrumented attributes cost more than the rest
-    of planning; the planning functions only read and set attributes, so plain objects stand in
-    for the model they are cast to (written back with :func:`_bulk_update`)."""
-
-    def __init__(self, row: Mapping[Any, Any]) -> None:
-        self.__dict__.update(row)
-
-
-class _HeldCustomer(_Held):
-    def contact_for(self, channel: str) -> tuple[str | None, str]:
-        return Customer.contact_for(cast(Customer, self), channel)
-
-
-def _order(row: Mapping[Any, Any]) -> Order:
-    return cast(Order, _Held(row))
-
-
-def _customer(row: Mapping[Any, Any]) -> Customer:
-    return cast(Customer, _HeldCustomer(row))
-
-
-class _Run:
-    """The rows one run touches, loaded once, changed in memory, written once."""
-
-    def __init__(self, session: Session, items: list[RunItem], ctx: ApplyContext) -> None:
-        self.session = session
-        self.items = items
-        self.ctx = ctx
-        self.orders: dict[str, Order] = {}
-        self.customers: dict[str, Customer] = {}  # locked, by the shop's id
-        self.by_id: dict[int, Customer] = {}
-        self.surveys: dict[int, Survey] = {}  # of the anchor events' orders, by order id
-        self.erased: dict[str, Any] = {}
-        self.book = ConsentBook()
-        self.counted: dict[int, list[Any]] = {}
-
-    # -- loading ------------------------------------------------------------------------------
-
-    def claim(self) -> tuple[list[int], dict[str, tuple[str | None, str | None]]]:
-        """Ledger rows for every event; returns the indexes claimed and, for the others, what
-        is recorded under their event id."""
-        table = _table(InboundEvent)
-        received = utcnow()
-        rows = [
-            {
-                "source": SHOP_SOURCE,
-                "external_id": item.event.event_id,
-                "event_type": item.event.type,
-                "subject_key": item.subject,
-                "fingerprint": item.digest,
-                "received_at": received,
-            }
-            for item in sorted(self.items, key=lambda item: item.event.event_id)
-        ]
-        statement = _insert(self.session, table, ["source", "external_id"]).returning(
-            table.c.external_id
-        )
-        claimed = set(self.session.execute(statement, rows).scalars())
-        others = sorted({item.event.event_id for item in self.items} - claimed)
-        recorded: dict[str, tuple[str | None, str | None]] = {}
-        if others:
-            for external_id, digest, event_type in self.session.execute(
-                select(table.c.external_id, table.c.fingerprint, table.c.event_type).where(
-                    table.c.source == SHOP_SOURCE, table.c.external_id.in_(others)
-                )
-            ):
-                recorded[external_id] = (digest, event_type)
-        live = [i for i, item in enumerate(self.items) if item.event.event_id in claimed]
-        return live, recorded
-
-    def load_orders(self, live: list[int]) -> None:
-        table = _table(Order)
-        ids = sorted({self.items[i].event.order_id for i in live})
-        if not ids:
-            return
-        created = utcnow()
-        self.session.execute(
-            _insert(self.session, table, ["external_id"]),
-            [
-                {"external_id": external_id, "is_test": False, "created_at": created}
-                for external_id in ids
-            ],
-        )
-        rows = self.session.execute(
-            select(table)
-            .where(table.c.external_id.in_(ids))
-            .order_by(table.c.external_id)
-            .with_for_update()
-        )
-        for row in rows.mappings():
-            self.orders[row["external_id"]] = _order(row)
-
-    def load_customers(self, purchases: list[PurchaseCompleted]) -> None:
-        self.erased = erased_at_many(self.session, [p.customer.id for p in purchases])
-        ids = sorted({p.customer.id for p in purchases if not self._erased_before(p)})
-        table = _table(Customer)
-        if ids:
-            now = utcnow()
-            missing = ContactStatus.missing
-            self.session.execute(
-                _insert(self.session, table, ["external_id"]),
-                [
-                    {
-                        "external_id": external_id,
-                        "email_status": missing,
-                        "phone_status": missing,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                    for external_id in ids
-                ],
-            )
-            rows = self.session.execute(
-                select(table)
-                .where(table.c.external_id.in_(ids))
-                .order_by(table.c.external_id)
-                .with_for_update()
-            )
-            for row in rows.mappings():
-                customer = _customer(row)
-                self.customers[customer.external_id] = customer
-                self.by_id[customer.id] = customer
-
-    def load_surveys(self, anchored: list[Order]) -> None:
-        table = _table(Survey)
-        order_ids = sorted(order.id for order in anchored)
-        if order_ids:
-            for row in self.session.execute(
-                select(table).where(table.c.order_id.in_(order_ids))
-            ).mappings():
-                self.surveys[row["order_id"]] = cast(Survey, _Held(row))
-        wanted = sorted(
-            {
-                s.customer_id
-                for s in self.surveys.values()
-                if s.state in _PENDING and s.customer_id not in self.by_id
-            }
-        )
-        if wanted:
-            customers = _table(Customer)
-            for row in self.session.execute(
-                select(customers).where(customers.c.id.in_(wanted))
-            ).mappings():
-                self.by_id[row["id"]] = _customer(row)
-
-    def load_history(self) -> None:
-        ids = sorted(customer.id for customer in self.customers.values())
-        if not ids:
-            return
-        consents = _table(ConsentRecord)
-        for row in self.session.execute(
-            select(
-                consents.c.customer_id,
-                consents.c.channel,
-                consents.c.granted,
-                consents.c.captured_at,
-                consents.c.recorded_at,
-                consents.c.id,
-            ).where(consents.c.customer_id.in_(ids))
-        ):
-            self.book.load(*row)
-        surveys, orders = _table(Survey), _table(Order)
-        for customer_id, purchased_at in self.session.execute(
-            select(surveys.c.customer_id, orders.c.purchased_at)
-            .join(orders, orders.c.id == surveys.c.order_id)
-            .where(
-                surveys.c.customer_id.in_(ids),
-                surveys.c.state.not_in([s.value for s in _NOT_COUNTED_FOR_CAP]),
-                orders.c.purchased_at.is_not(None),
-            )
-        ):
-            self.counted.setdefault(customer_id, []).append(purchased_at)
-
-    def _erased_before(self, event: PurchaseCompleted) -> bool:
-        tombstone = self.erased.get(event.customer.id)
-        return tombstone is not None and event.occurred_at <= tombstone
-
-
 def apply_run(session: Session, items: list[RunItem], ctx: ApplyContext) -> list[Done]:
     """Apply a run (see the module's docstring); one :class:`Done` per item, in order."""
-    run = _Run(session, items, ctx)
+    run = Run(session, items, ctx)
     live, recorded = run.claim()
     done: list[Done | None] = [None] * len(items)
     taken = set(live)
@@ -394,42 +177,42 @@ class _Writes:
         self.replans: list[tuple[int, Survey, SurveyState, dict[str, Any]]] = []
         self.forget: set[str] = set()
 
-    def flush(self, run: _Run, done: list[Done | None]) -> None:
+    def flush(self, run: Run, done: list[Done | None]) -> None:
         session = run.session
         _bulk_update(
             session,
-            _table(Customer),
+            table_of(Customer),
             _CUSTOMER_FIELDS,
             [_values(c, _CUSTOMER_FIELDS) for c in run.customers.values()],
         )
         _bulk_update(
             session,
-            _table(Order),
+            table_of(Order),
             _ORDER_FIELDS,
             [_values(o, _ORDER_FIELDS) for o in run.orders.values()],
         )
         if self.consents:
-            session.execute(_insert(session, _table(ConsentRecord)), self.consents)
+            session.execute(insert(session, table_of(ConsentRecord)), self.consents)
         if self.skips:
-            session.execute(_insert(session, _table(SkippedPurchase)), self.skips)
+            session.execute(insert(session, table_of(SkippedPurchase)), self.skips)
         if self.surveys:
-            session.execute(_insert(session, _table(Survey)), self.surveys)
+            session.execute(insert(session, table_of(Survey)), self.surveys)
         if self.replans:
             self._replan(run, done)
         forget_subjects(session, self.forget)
 
-    def _replan(self, run: _Run, done: list[Done | None]) -> None:
+    def _replan(self, run: Run, done: list[Done | None]) -> None:
         """The re-planned surveys' schedules, written while they are still pending (which also
         locks them), then their states moved (``move`` records each transition)."""
         session, now = run.session, run.ctx.now
-        surveys = _table(Survey)
+        surveys = table_of(Survey)
         _bulk_update(
             session,
             surveys,
             _SCHEDULE_FIELDS,
             [{"id": survey.id, **values} for _, survey, _, values in self.replans],
             # Not IN (...): an expanding parameter cannot go into an executemany.
-            or_(*(surveys.c.state == state for state in _PENDING)),
+            or_(*(surveys.c.state == state for state in PENDING)),
         )
         moved: set[int] = set()
         for target in sorted({target for _, _, target, _ in self.replans}):
@@ -456,7 +239,7 @@ class _Writes:
                 )
 
 
-def _purchase(run: _Run, writes: _Writes, event: PurchaseCompleted) -> Done:
+def _purchase(run: Run, writes: _Writes, event: PurchaseCompleted) -> Done:
     order = run.orders[event.order_id]
     if order.purchased_at is not None:
         return Done("order already recorded", Ignored(reason="order_already_recorded"))
@@ -525,13 +308,13 @@ def _skip(order: Order, reason: SkipReason, detail: str | None) -> dict[str, Any
     return {"order_id": order.id, "reason": reason.value, "detail": detail, "created_at": utcnow()}
 
 
-def _anchor(run: _Run, writes: _Writes, event: OrderEvent, index: int) -> Done:
+def _anchor(run: Run, writes: _Writes, event: OrderEvent, index: int) -> Done:
     order = run.orders[event.order_id]
     record_anchor(order, event)
     if order.purchased_at is None:
         return Done("kept until the purchase arrives", Recorded(purchase_recorded=False))
     survey = run.surveys.get(order.id)
-    if survey is None or survey.state not in _PENDING:
+    if survey is None or survey.state not in PENDING:
         return Done(
             "anchor recorded",
             Recorded(

@@ -1,16 +1,17 @@
 """One validation and one idempotency for every path in: queue, HTTP and file.
 
 Each event is validated (nothing is written for a bad one), then claimed in the inbound ledger
-under its ``event_id`` with a fingerprint of its content, and applied in the same savepoint. The
-same ``event_id`` again is a duplicate when the content matches and a conflict when it does not;
-either way it changes nothing. An error while applying rolls back that event's savepoint, claim
-included, and is answered as a rejection; the other events of the batch still commit.
+under its ``event_id`` with a fingerprint of its content, in the same transaction as its effect.
+The same ``event_id`` again is a duplicate when the content matches and a conflict when it does
+not; either way it changes nothing. A batch's purchases and anchor events are applied as sets,
+a fixed number of statements per run of them (``ingest.batch``); the other events one by one,
+each in its own savepoint, in their place. When applying the set fails, the batch is rolled
+back and applied event by event, so that only the event at fault is answered as a rejection and
+the others still commit.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import random
 import time
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import OperatorConfig
@@ -32,6 +33,7 @@ from ingest.failures import (
     failure_label,
     transient,
 )
+from ingest.letters import store_dead_letter
 from ingest.outcome import Outcome
 from ingest.schema import (
     EVENT_TYPES,
@@ -46,7 +48,7 @@ from ingest.schema import (
     parse_event,
 )
 from logs.metrics import EVENTS
-from models import DeadLetter, InboundEvent, utcnow
+from models import InboundEvent, utcnow
 from models.erasure import subject_key
 from models.inbound import claim_inbound_event
 
@@ -398,55 +400,3 @@ def _committed(results: list[IngestResult]) -> None:
         len(results),
         ", ".join(f"{n} {label}" for label, n in sorted(counts.items())),
     )
-
-
-def store_dead_letter(
-    factory: sessionmaker[Session], raw: Any, error: str, source: str = "queue"
-) -> int:
-    """Keep an event we could not take, whole, for `nps-dispatch deadletters list|replay`.
-
-    Once: when the same content is already waiting in the store (a failure hook that ran twice,
-    or the shop sending one bad event twice), that letter's id is returned and nothing is added.
-    The letter is keyed by the keyed pseudonym of its customer id, so erasure finds it; a letter
-    about a customer already erased keeps only the event's non-personal fields.
-    """
-    event_id = event_id_of(raw)
-    with factory() as session, session.begin():
-        subject, kept = erasure.dead_letter_subject(session, raw)
-        if kept is not raw:
-            error = f"{error}; personal data not kept: customer erased"
-        try:
-            payload = json.dumps(kept, default=str, ensure_ascii=False)
-        except (TypeError, ValueError):
-            payload = repr(kept)
-        if session.get_bind().dialect.name == "postgresql":
-            # Two hooks storing the same letter at once queue here (SQLite has one writer).
-            digest = hashlib.sha256(f"{source}\n{payload}".encode()).digest()
-            key = int.from_bytes(digest[:8], "big", signed=True)
-            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
-        same_id = (
-            DeadLetter.event_id.is_(None) if event_id is None else DeadLetter.event_id == event_id
-        )
-        waiting = session.scalar(
-            select(DeadLetter.id)
-            .where(
-                DeadLetter.source == source,
-                same_id,
-                DeadLetter.payload == payload,
-                DeadLetter.replayed_at.is_(None),
-            )
-            .order_by(DeadLetter.id)
-            .limit(1)
-        )
-        if waiting is not None:
-            return waiting
-        letter = DeadLetter(
-            source=source,
-            event_id=event_id,
-            subject_key=subject,
-            payload=payload,
-            error=error,
-        )
-        session.add(letter)
-        session.flush()
-        return letter.id

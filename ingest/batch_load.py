@@ -1,0 +1,236 @@
+"""Loading and locking the rows a set-based run touches (``ingest.batch``).
+
+Each kind of row is read with one ``IN`` query, and locked in a stable order (``external_id``
+for orders and customers, the key for the subjects' advisory locks) in the order of the
+per-event path (ledger, orders, subjects, customers), so two runs touching the same rows wait
+for each other instead of deadlocking. Rows are held as plain objects (:class:`Held`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, cast
+
+from sqlalchemy import Insert, Table, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from ingest.apply import SHOP_SOURCE, ApplyContext
+from ingest.batch_plan import ConsentBook
+from ingest.schema import OrderEvent, PurchaseCompleted
+from models import ConsentRecord, Customer, InboundEvent, Order, Survey, SurveyState, utcnow
+from models.customers import ContactStatus
+from models.erasure import erased_at_many
+from models.lifecycle import PENDING_STATES
+
+__all__ = ["PENDING", "Held", "Run", "RunItem", "insert", "table_of"]
+
+_NOT_COUNTED_FOR_CAP: Final = (SurveyState.withdrawn, SurveyState.suppressed, SurveyState.failed)
+PENDING: Final = sorted(s.value for s in PENDING_STATES)
+
+
+@dataclass(frozen=True, slots=True)
+class RunItem:
+    event: PurchaseCompleted | OrderEvent
+    digest: str
+    subject: str | None
+
+
+def insert(session: Session, table: Table, ignoring: Sequence[str] = ()) -> Insert:
+    """``INSERT`` for the session's backend; with ``ignoring``, ``ON CONFLICT (ignoring) DO
+    NOTHING`` (a concurrent insert of the same key waits for that transaction, then inserts
+    nothing)."""
+    if session.get_bind().dialect.name == "postgresql":
+        pg = postgresql_insert(table)
+        return pg.on_conflict_do_nothing(index_elements=list(ignoring)) if ignoring else pg
+    lite = sqlite_insert(table)
+    return lite.on_conflict_do_nothing(index_elements=list(ignoring)) if ignoring else lite
+
+
+def table_of(model: type[Any]) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+class Held:
+    """A row held in memory for the run: its columns as plain attributes.
+
+    Building ORM instances and setting their instrumented attributes cost more than the rest
+    of planning; the planning functions only read and set attributes, so plain objects stand in
+    for the model they are cast to (written back by ``ingest.batch``)."""
+
+    def __init__(self, row: Mapping[Any, Any]) -> None:
+        self.__dict__.update(row)
+
+
+class HeldCustomer(Held):
+    def contact_for(self, channel: str) -> tuple[str | None, str]:
+        return Customer.contact_for(cast(Customer, self), channel)
+
+
+def _order(row: Mapping[Any, Any]) -> Order:
+    return cast(Order, Held(row))
+
+
+def _customer(row: Mapping[Any, Any]) -> Customer:
+    return cast(Customer, HeldCustomer(row))
+
+
+class Run:
+    """The rows one run touches, loaded once, changed in memory, written once."""
+
+    def __init__(self, session: Session, items: list[RunItem], ctx: ApplyContext) -> None:
+        self.session = session
+        self.items = items
+        self.ctx = ctx
+        self.orders: dict[str, Order] = {}
+        self.customers: dict[str, Customer] = {}  # locked, by the shop's id
+        self.by_id: dict[int, Customer] = {}
+        self.surveys: dict[int, Survey] = {}  # of the anchor events' orders, by order id
+        self.erased: dict[str, Any] = {}
+        self.book = ConsentBook()
+        self.counted: dict[int, list[Any]] = {}
+
+    # -- loading ------------------------------------------------------------------------------
+
+    def claim(self) -> tuple[list[int], dict[str, tuple[str | None, str | None]]]:
+        """Ledger rows for every event; returns the indexes claimed and, for the others, what
+        is recorded under their event id."""
+        table = table_of(InboundEvent)
+        received = utcnow()
+        rows = [
+            {
+                "source": SHOP_SOURCE,
+                "external_id": item.event.event_id,
+                "event_type": item.event.type,
+                "subject_key": item.subject,
+                "fingerprint": item.digest,
+                "received_at": received,
+            }
+            for item in sorted(self.items, key=lambda item: item.event.event_id)
+        ]
+        statement = insert(self.session, table, ["source", "external_id"]).returning(
+            table.c.external_id
+        )
+        claimed = set(self.session.execute(statement, rows).scalars())
+        others = sorted({item.event.event_id for item in self.items} - claimed)
+        recorded: dict[str, tuple[str | None, str | None]] = {}
+        if others:
+            for external_id, digest, event_type in self.session.execute(
+                select(table.c.external_id, table.c.fingerprint, table.c.event_type).where(
+                    table.c.source == SHOP_SOURCE, table.c.external_id.in_(others)
+                )
+            ):
+                recorded[external_id] = (digest, event_type)
+        live = [i for i, item in enumerate(self.items) if item.event.event_id in claimed]
+        return live, recorded
+
+    def load_orders(self, live: list[int]) -> None:
+        table = table_of(Order)
+        ids = sorted({self.items[i].event.order_id for i in live})
+        if not ids:
+            return
+        created = utcnow()
+        self.session.execute(
+            insert(self.session, table, ["external_id"]),
+            [
+                {"external_id": external_id, "is_test": False, "created_at": created}
+                for external_id in ids
+            ],
+        )
+        rows = self.session.execute(
+            select(table)
+            .where(table.c.external_id.in_(ids))
+            .order_by(table.c.external_id)
+            .with_for_update()
+        )
+        for row in rows.mappings():
+            self.orders[row["external_id"]] = _order(row)
+
+    def load_customers(self, purchases: list[PurchaseCompleted]) -> None:
+        self.erased = erased_at_many(self.session, [p.customer.id for p in purchases])
+        ids = sorted({p.customer.id for p in purchases if not self._erased_before(p)})
+        table = table_of(Customer)
+        if ids:
+            now = utcnow()
+            missing = ContactStatus.missing
+            self.session.execute(
+                insert(self.session, table, ["external_id"]),
+                [
+                    {
+                        "external_id": external_id,
+                        "email_status": missing,
+                        "phone_status": missing,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for external_id in ids
+                ],
+            )
+            rows = self.session.execute(
+                select(table)
+                .where(table.c.external_id.in_(ids))
+                .order_by(table.c.external_id)
+                .with_for_update()
+            )
+            for row in rows.mappings():
+                customer = _customer(row)
+                self.customers[customer.external_id] = customer
+                self.by_id[customer.id] = customer
+
+    def load_surveys(self, anchored: list[Order]) -> None:
+        table = table_of(Survey)
+        order_ids = sorted(order.id for order in anchored)
+        if order_ids:
+            for row in self.session.execute(
+                select(table).where(table.c.order_id.in_(order_ids))
+            ).mappings():
+                self.surveys[row["order_id"]] = cast(Survey, Held(row))
+        wanted = sorted(
+            {
+                s.customer_id
+                for s in self.surveys.values()
+                if s.state in PENDING and s.customer_id not in self.by_id
+            }
+        )
+        if wanted:
+            customers = table_of(Customer)
+            for row in self.session.execute(
+                select(customers).where(customers.c.id.in_(wanted))
+            ).mappings():
+                self.by_id[row["id"]] = _customer(row)
+
+    def load_history(self) -> None:
+        ids = sorted(customer.id for customer in self.customers.values())
+        if not ids:
+            return
+        consents = table_of(ConsentRecord)
+        for row in self.session.execute(
+            select(
+                consents.c.customer_id,
+                consents.c.channel,
+                consents.c.granted,
+                consents.c.captured_at,
+                consents.c.recorded_at,
+                consents.c.id,
+            ).where(consents.c.customer_id.in_(ids))
+        ):
+            self.book.load(*row)
+        surveys, orders = table_of(Survey), table_of(Order)
+        for customer_id, purchased_at in self.session.execute(
+            select(surveys.c.customer_id, orders.c.purchased_at)
+            .join(orders, orders.c.id == surveys.c.order_id)
+            .where(
+                surveys.c.customer_id.in_(ids),
+                surveys.c.state.not_in([s.value for s in _NOT_COUNTED_FOR_CAP]),
+                orders.c.purchased_at.is_not(None),
+            )
+        ):
+            self.counted.setdefault(customer_id, []).append(purchased_at)
+
+    def _erased_before(self, event: PurchaseCompleted) -> bool:
+        tombstone = self.erased.get(event.customer.id)
+        return tombstone is not None and event.occurred_at <= tombstone
