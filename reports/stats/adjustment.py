@@ -122,10 +122,13 @@ class AdjustedNps:
     propensity_floor: float
     n_clipped: int
     max_weight: float | None
+    model_rows: int = 0
+    """Distinct rows (covariates, outcome, score) the invitees were fitted on."""
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready; keys: nps, raw_nps, ci95, se, n_eff, n_respondents, n_invited, smd, bounds,
-        warnings, model_columns, fit, interval_method, propensity_floor, n_clipped, max_weight."""
+        warnings, model_columns, fit, interval_method, propensity_floor, n_clipped, max_weight,
+        model_rows."""
         return {
             "nps": json_float(self.nps),
             "raw_nps": json_float(self.raw_nps),
@@ -143,6 +146,7 @@ class AdjustedNps:
             "propensity_floor": self.propensity_floor,
             "n_clipped": self.n_clipped,
             "max_weight": json_float(self.max_weight),
+            "model_rows": self.model_rows,
         }
 
 
@@ -219,6 +223,7 @@ def adjust_nps(
             propensity_floor=propensity_floor,
             n_clipped=0,
             max_weight=None,
+            model_rows=rows,
         )
     raw = total_v / n_r
 
@@ -286,4 +291,5 @@ def adjust_nps(
         propensity_floor=propensity_floor,
         n_clipped=n_clipped,
         max_weight=float(w.max()),
+        model_rows=rows,
     )
