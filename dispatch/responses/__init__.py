@@ -173,9 +173,16 @@ def replay_unhandled_webhooks(
     now: datetime | None = None,
     older_than: timedelta = timedelta(minutes=1),
     limit: int = 500,
+    budget_seconds: float = 2.0,
 ) -> ReplayReport:
     """Apply stored webhooks not applied yet, once their back-off has passed
     (:func:`dispatch.responses.store.replay_unhandled_webhooks`)."""
     return store.replay_unhandled_webhooks(
-        factory, config, _apply, now=now, older_than=older_than, limit=limit
+        factory,
+        config,
+        _apply,
+        now=now,
+        older_than=older_than,
+        limit=limit,
+        budget_seconds=budget_seconds,
     )

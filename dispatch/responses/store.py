@@ -17,6 +17,7 @@ customer (``subject_key``), which is where erasure looks (:func:`_ties`).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Final
@@ -281,6 +282,7 @@ def replay_unhandled_webhooks(
     now: datetime | None = None,
     older_than: timedelta = timedelta(minutes=1),
     limit: int = 500,
+    budget_seconds: float = 2.0,
 ) -> ReplayReport:
     """Apply stored provider webhooks that are not applied yet (``handled_at`` null), in arrival
     order: those the webhook route left for later (``retry_at`` is their arrival, so at once),
@@ -289,39 +291,49 @@ def replay_unhandled_webhooks(
     storing and applying), once older than ``older_than``, which leaves them to the request
     that stored them until then. Rows that failed :data:`REPLAY_MAX_ATTEMPTS` times are left
     alone, with their error, for an operator. Safe to run from several schedulers at once (rows
-    are taken with ``SKIP LOCKED``)."""
+    are taken with ``SKIP LOCKED``). Rows are read ``limit`` at a time, and more are read while
+    the call has run less than ``budget_seconds``, so a backlog drains over a few passes
+    without holding up the scheduler's other steps."""
     now = now or utcnow()
     report = ReplayReport()
-    with factory() as session:
-        ids = list(
-            session.scalars(
-                select(InboundEvent.id)
-                .where(
-                    InboundEvent.source.in_(WEBHOOK_SOURCES),
-                    InboundEvent.handled_at.is_(None),
-                    InboundEvent.attempts < REPLAY_MAX_ATTEMPTS,
-                    or_(
-                        InboundEvent.retry_at <= now,
-                        and_(
-                            InboundEvent.retry_at.is_(None),
-                            InboundEvent.received_at <= now - older_than,
+    started = time.monotonic()
+    after = 0
+    while True:
+        with factory() as session:
+            ids = list(
+                session.scalars(
+                    select(InboundEvent.id)
+                    .where(
+                        InboundEvent.id > after,
+                        InboundEvent.source.in_(WEBHOOK_SOURCES),
+                        InboundEvent.handled_at.is_(None),
+                        InboundEvent.attempts < REPLAY_MAX_ATTEMPTS,
+                        or_(
+                            InboundEvent.retry_at <= now,
+                            and_(
+                                InboundEvent.retry_at.is_(None),
+                                InboundEvent.received_at <= now - older_than,
+                            ),
                         ),
-                    ),
+                    )
+                    .order_by(InboundEvent.id)
+                    .limit(limit)
                 )
-                .order_by(InboundEvent.id)
-                .limit(limit)
             )
-        )
-    for start in range(0, len(ids), REPLAY_BATCH):
-        for handled in _replay_batch(
-            factory, config, ids[start : start + REPLAY_BATCH], apply, now
-        ):
-            if handled.status == "applied":
-                report.applied += 1
-            elif handled.status == "failed":
-                report.failed += 1
-            else:
-                report.skipped += 1
+        for start in range(0, len(ids), REPLAY_BATCH):
+            for handled in _replay_batch(
+                factory, config, ids[start : start + REPLAY_BATCH], apply, now
+            ):
+                if handled.status == "applied":
+                    report.applied += 1
+                elif handled.status == "failed":
+                    report.failed += 1
+                else:
+                    report.skipped += 1
+        # A full load may leave more behind: take the next while the pass has time left.
+        if len(ids) < limit or time.monotonic() - started >= budget_seconds:
+            break
+        after = ids[-1]
     if report.applied or report.failed:
         log.info(
             "webhook replay: %s applied, %s failed, %s skipped",

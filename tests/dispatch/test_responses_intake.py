@@ -156,3 +156,18 @@ def test_a_connection_the_server_closed_is_replaced_once(pg_db, config):
     survey = survey_of(db, sid)
     assert (survey.state, survey.score) == ("answered", 9)
     assert unhandled(db) == []
+
+
+def test_a_backlog_is_read_a_load_at_a_time_within_the_pass_budget(db, config):
+    surveys = [seed_survey(db, state="sent") for _ in range(5)]
+    now = utcnow()
+    for sid in surveys:
+        raw = twilio_status(sid, survey_of(db, sid).provider_message_id, "delivered")
+        responses.take_delivery_event(db.factory, raw, now=now)
+    one_load = responses.replay_unhandled_webhooks(
+        db.factory, config, now=now, limit=2, budget_seconds=0
+    )
+    assert one_load.applied == 2
+    rest = responses.replay_unhandled_webhooks(db.factory, config, now=now, limit=2)
+    assert rest.applied == 3 and unhandled(db) == []
+    assert {survey_of(db, sid).state for sid in surveys} == {"delivered"}
