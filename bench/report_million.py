@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             "sent": sent,
             "final_invitations_in_model": table.n,
             "model_rows": table.rows,
-            "grouped_rows_from_sql": len(fetched.grid),
+            "rows_from_the_group_by": fetched.groups,
             "seeded_seconds": None if seeded is None else round(seeded, 1),
         },
         "seconds": {

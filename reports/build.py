@@ -52,6 +52,10 @@ POSTGRES_SETTINGS: list[str] = [
     # of every row. There are a few thousand groups, so hashing them is right, in memory.
     "SET LOCAL enable_sort = off",
     "SET LOCAL work_mem = '256MB'",
+    # The aggregate packs values per group, which PostgreSQL 15 cannot split across workers;
+    # letting the join's rows reach it through a Gather still runs the join in parallel.
+    "SET LOCAL parallel_setup_cost = 0",
+    "SET LOCAL parallel_tuple_cost = 0",
     # Compiling the expressions costs more than it saves on a query that runs once.
     "SET LOCAL jit = off",
 ]

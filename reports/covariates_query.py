@@ -111,6 +111,8 @@ class SurveyPatterns:
 
     grid: list[GridRow]
     covariates: CovariateTable
+    groups: int
+    """Rows the ``GROUP BY`` returned."""
 
 
 # Columns of the GROUP BY, in order; the ``--by`` week key is appended when asked for.
@@ -194,7 +196,7 @@ def fetch_patterns(
     rows.sort(key=lambda row: tuple((v is None, v) for v in row[:width]))
     grid = _grid(rows, keys, bands, width)
     table = _covariates(rows, by, width, packed)
-    return SurveyPatterns(grid, table)
+    return SurveyPatterns(grid, table, len(rows))
 
 
 def _band(state: str, score: int | None, bands: NpsBands) -> str | None:

@@ -266,8 +266,9 @@ def adjust_nps(
     infl = np.zeros(rows)
     infl[r] = psi_mu
     if x is not None and params is not None and alpha is not None:
-        dw = np.where(clipped, 0.0, (v - mu) * (1 - p_r) / p_r)
-        h = x[r].T @ (c_r * dw) / n
+        dw = np.zeros(rows)
+        dw[r] = np.where(clipped, 0.0, c_r * (v - mu) * (1 - p_r) / p_r)
+        h = x.T @ dw / n
         info = (x.T @ (x * (c * p * (1 - p))[:, None])) / n + np.diag(alpha)
         sol = np.linalg.lstsq(info, h, rcond=None)[0]
         infl -= (r - p) * (x @ sol) - float(np.dot(alpha * params, sol))
