@@ -38,7 +38,7 @@ from sqlalchemy import Engine, make_url, text
 from config import load_config
 from migrations.runner import upgrade
 from models.session import make_engine, make_session_factory
-from reports.build import POSTGRES_SETTINGS, adjust, bands_of, build_report
+from reports.build import adjust, bands_of, build_report, tune_session
 from reports.covariates_query import fetch_patterns
 from reports.query import Period
 
@@ -228,9 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     def patterns(by: str | None) -> Callable[[], Any]:
         def run() -> Any:
             with factory() as session:
-                conn = session.connection()
-                for setting in POSTGRES_SETTINGS:
-                    conn.exec_driver_sql(setting)
+                tune_session(session)
                 keys = ("arm", "delay") if by is None else ("arm", "delay", by)
                 return fetch_patterns(session, period, now, bands, keys, by)
 

@@ -256,6 +256,16 @@ def segment_entry(key: str, t: Tally, adjusted: AdjustedNps | None) -> dict[str,
 SessionSource = Session | sessionmaker[Session]
 
 
+def tune_session(session: Session) -> None:
+    """Apply :data:`POSTGRES_SETTINGS` to the session's current transaction (PostgreSQL only;
+    ``SET LOCAL``, so they end with it). :func:`build_report` does it for the sessions it
+    opens; a caller running the report's assembly in its own transaction may call it first."""
+    if session.get_bind().dialect.name == "postgresql":
+        conn = session.connection()
+        for setting in POSTGRES_SETTINGS:
+            conn.exec_driver_sql(setting)
+
+
 def build_report(
     session_or_factory: SessionSource,
     config: OperatorConfig,
@@ -291,9 +301,8 @@ def build_report(
     with session_or_factory() as session:
         if session.get_bind().dialect.name == "postgresql":
             # One snapshot for every query, so that the funnel adds up under concurrent writes.
-            conn = session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-            for setting in POSTGRES_SETTINGS:
-                conn.exec_driver_sql(setting)
+            session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            tune_session(session)
         try:
             return _build(session, config, period, by, other, now)
         finally:

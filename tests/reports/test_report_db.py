@@ -791,3 +791,17 @@ def test_packed_postgres_fetch_equals_the_grouped_fetch(pg_db: Database, config)
     )
     assert invitees(a) == expected
     assert "home\x1fgarden & déco" in a.category.tolist()
+
+
+def test_report_planner_settings_last_one_transaction(db: Database):
+    from sqlalchemy import text
+
+    from reports.build import tune_session
+
+    with db.session() as s:
+        tune_session(s)  # a no-op on SQLite
+        if db.engine.dialect.name == "postgresql":
+            assert s.execute(text("SHOW enable_sort")).scalar() == "off"
+            assert s.execute(text("SHOW jit")).scalar() == "off"
+            s.rollback()
+            assert s.execute(text("SHOW enable_sort")).scalar() == "on"
