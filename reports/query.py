@@ -1,9 +1,10 @@
-"""The report's SQL: aggregation in the database, one vectorised fetch for the propensity model.
+"""The report's SQL pieces: the period, the segment keys, the dialect-specific expressions,
+and the small aggregates (purchases, skip reasons, the grid of a compared period).
 
 Everything that counts is a ``SELECT ... GROUP BY`` (states, score bands, skip reasons, segment
-keys), so the database does the counting and Python only sees a few hundred aggregated rows. The
-one per-row fetch, one row per invitee with a final outcome moved column-wise into numpy arrays
-for the adjustment, is in :mod:`reports.covariates_query`.
+keys), so the database does the counting and Python only sees aggregated rows. The report's
+main pass, one ``GROUP BY`` giving both its counting grid and the propensity model's rows, is
+in :mod:`reports.covariates_query`.
 
 Period: ``Order.purchased_at`` in ``[since, until)``, both UTC dates (midnight), either open.
 
