@@ -3,6 +3,7 @@ outcomes as applying the same events one by one."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -237,3 +238,28 @@ def test_a_batch_applied_as_sets_leaves_what_one_by_one_leaves(
         assert _snapshot(db) == _snapshot(other) or sample != 1.0
     finally:
         other.engine.dispose()
+
+
+def _events_counted(kind: str, outcome: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("nps_events_total", {"type": kind, "outcome": outcome}) or 0.0
+
+
+def test_each_event_is_counted_once_by_type_and_outcome(db, config, now, caplog):
+    first = purchase("MC-1", "mc-c1", at=now - timedelta(hours=1))
+    reused = {**order_event("delivered", "MC-1", at=now), "event_id": first["event_id"]}
+    batch = [first, first, reused, {"type": "purchase.completed", "event_id": "mc-bad"}]
+    keys = [
+        ("purchase.completed", "accepted"),
+        ("purchase.completed", "duplicate"),
+        ("order.delivered", "conflict"),
+        ("purchase.completed", "rejected"),
+    ]
+    before = {key: _events_counted(*key) for key in keys}
+    caplog.set_level(logging.INFO, logger="ingest.service")
+    results = ingest_batch(db.factory, batch, config, now)
+    assert [r.status for r in results] == ["accepted", "duplicate", "conflict", "rejected"]
+    assert {key: _events_counted(*key) - before[key] for key in keys} == dict.fromkeys(keys, 1.0)
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert lines == ["batch of 4 events: 1 accepted, 1 conflict, 1 duplicate, 1 rejected"]
