@@ -8,6 +8,7 @@ lives in :mod:`dispatch.timing`; this module reads and writes rows.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -21,7 +22,7 @@ from dispatch import timing
 from models import Customer, Order, SkipReason, Survey, SurveyState, current_consent, move
 from models.customers import ContactStatus
 from models.lifecycle import PENDING_STATES, UNSENT_STATES
-from models.surveys import record_skip
+from models.surveys import Move, move_each, record_skip
 
 S = SurveyState
 _NOT_COUNTED_FOR_CAP = (S.withdrawn, S.suppressed, S.failed)
@@ -266,6 +267,36 @@ def replan(session: Session, survey: Survey, config: OperatorConfig, now: dateti
         **_schedule_values(schedule, config),
     )
     return f"re-planned: {schedule.state.value}" if moved else "not pending"
+
+
+def replan_many(
+    session: Session, surveys: Sequence[Survey], config: OperatorConfig, now: datetime
+) -> int:
+    """:func:`replan` for many pending surveys held locked by the caller: their orders and
+    customers read in two queries, and the moves written by :func:`models.surveys.move_each`
+    (one statement per survey on PostgreSQL, as each gets its own schedule). Returns how many
+    moved."""
+    if not surveys:
+        return 0
+    orders = {
+        o.id: o
+        for o in session.scalars(select(Order).where(Order.id.in_({s.order_id for s in surveys})))
+    }
+    customers = {
+        c.id: c
+        for c in session.scalars(
+            select(Customer).where(Customer.id.in_({s.customer_id for s in surveys}))
+        )
+    }
+    moves: list[Move] = []
+    for survey in surveys:
+        order, customer = orders.get(survey.order_id), customers.get(survey.customer_id)
+        if order is None or customer is None:
+            raise PlanningError(f"survey {survey.id}: its order or customer row is missing")
+        schedule = compute_schedule(order, customer, survey.channel, config, now)
+        values = tuple(_schedule_values(schedule, config).items())
+        moves.append(Move(survey.id, S(survey.state), schedule.state, "re-planned", values))
+    return len(move_each(session, moves, now=now))
 
 
 def on_consent_revoked(

@@ -9,7 +9,6 @@ the next pass finds nothing, in two index probes, however many surveys are pendi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import or_, select
@@ -18,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from config import OperatorConfig
 from dispatch import planning
 from dispatch.tick_report import TickReport
-from models import Customer, Order, Survey, SurveyState
+from models import Survey, SurveyState
 from models.lifecycle import PENDING_STATES
 from models.surveys import in_states
 
@@ -45,7 +44,7 @@ def replan_stale(
             .limit(limit)
             .with_for_update(skip_locked=True)
         ).all()
-        _replan(session, rows, config, now)
+        planning.replan_many(session, rows, config, now)
         report.replanned += len(rows)
 
 
@@ -66,21 +65,5 @@ def anchor_timeouts(
             .limit(limit)
             .with_for_update(skip_locked=True)
         ).all()
-        _replan(session, rows, config, now)
+        planning.replan_many(session, rows, config, now)
         report.anchored += len(rows)
-
-
-def _replan(
-    session: Session, rows: Sequence[Survey], config: OperatorConfig, now: datetime
-) -> None:
-    if not rows:
-        return
-    # Their orders and customers in two queries, held here so that planning finds them in the
-    # session instead of loading them one survey at a time.
-    loaded = [
-        *session.scalars(select(Order).where(Order.id.in_({s.order_id for s in rows}))),
-        *session.scalars(select(Customer).where(Customer.id.in_({s.customer_id for s in rows}))),
-    ]
-    for survey in rows:
-        planning.replan(session, survey, config, now)
-    del loaded
