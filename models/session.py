@@ -54,11 +54,29 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         if "poolclass" not in kwargs:
             kwargs.setdefault("pool_size", POOL_SIZE)
             kwargs.setdefault("max_overflow", MAX_OVERFLOW)
+            # The connection used last is handed out first: after a server restart the first
+            # checkout meets a dead connection, whose failure replaces every older one.
+            kwargs.setdefault("pool_use_lifo", True)
         kwargs.setdefault("pool_recycle", POOL_RECYCLE_SECONDS)
         kwargs.setdefault("pool_pre_ping", False)
         engine = create_engine(url, **kwargs)
     event.listen(engine, "handle_error", _hide_server_detail)
+    event.listen(engine, "handle_error", _server_ended_session_is_disconnect)
     return engine
+
+
+#: SQLSTATE classes that mean the server ended the session or cannot serve it: connection
+#: exceptions (08) and an operator or crash shutdown (57P01-57P03).
+_SESSION_ENDED = ("08", "57P01", "57P02", "57P03")
+
+
+def _server_ended_session_is_disconnect(context: ExceptionContext) -> None:
+    """A session the server ended (a restart, ``pg_terminate_backend``) is a lost connection,
+    even when the driver read the server's last error before noticing the closed socket: the
+    pool then replaces every connection opened before it instead of handing them out again."""
+    state = getattr(context.original_exception, "sqlstate", None)
+    if isinstance(state, str) and state.startswith(_SESSION_ENDED):
+        context.is_disconnect = True
 
 
 def _hide_server_detail(context: ExceptionContext) -> None:

@@ -23,6 +23,7 @@ from config import OperatorConfig
 from dispatch import timing
 from dispatch.consent import consent_granted, withdraw_if_stopped, withdrawal_reason
 from dispatch.planning import choose_channel
+from dispatch.sending.claim_one import claim_in_one, give_back
 from dispatch.sending.common import (
     SURVEYS,
     SendInvariantError,
@@ -229,7 +230,21 @@ def claim(
     the same transaction, so a ``sending`` row with its marker always has its provider call
     under way or done, and the scheduler's sweep never takes back a claim whose worker is
     alive. The claimed objects returned are detached: the send path reads them, never loads
-    them again."""
+    them again.
+
+    On PostgreSQL a send that may go is claimed first in one statement
+    (:mod:`dispatch.sending.claim_one`); what it does not claim comes here."""
+    bind = factory.kw.get("bind")
+    if build is not None and getattr(getattr(bind, "dialect", None), "name", "") == "postgresql":
+        fast = claim_in_one(factory, survey_id, channel, now, _CUSTOMER_COLUMNS, _ORDER_COLUMNS)
+        if fast is not None:
+            survey, _, customer = _claimed_rows(fast)
+            try:
+                message = build(survey, customer)
+            except Exception:
+                give_back(factory, survey_id, survey.attempts, now)
+                raise
+            return survey, customer, message
     with factory() as session, session.begin():
         row = session.execute(
             _CLAIM,
