@@ -32,7 +32,8 @@ their count, re-checked after the rate limit wait (still open, so neither answer
 consent, contact, order, erasure), never retried.
 
 Where each part lives: :mod:`~dispatch.sending.sender` (the :class:`Sender`, the steps in order),
-:mod:`~dispatch.sending.claims` (steps 1 and 3), :mod:`~dispatch.sending.message` (building the
+:mod:`~dispatch.sending.claims` (steps 1 and 3; :mod:`~dispatch.sending.claim_one`, step 3 in
+one statement on PostgreSQL when nothing stops the send), :mod:`~dispatch.sending.message` (the
 message), :mod:`~dispatch.sending.records` (steps 4 and 5), :mod:`~dispatch.sending.settle` (the
 reconciler), :mod:`~dispatch.sending.reminders`, :mod:`~dispatch.sending.common` (what they share).
 """
