@@ -4,7 +4,8 @@ never without consent, never silently lost.
 The order of steps is the product's promise:
 
 1. **Pick up** the ``queued`` row: a duplicate queue message finds it in another state and does
-   nothing. Its ``queued_at`` is renewed (a lease against the stuck-queue sweep).
+   nothing. Its ``queued_at`` is a lease against the stuck-queue sweep, renewed when it has run
+   for more than 30 seconds.
 2. **Wait** for a slot of the channel's rate limit, the row still ``queued``: a backlog of waits
    never leaves claims waiting that a sweep would take back, and a worker that dies here leaves
    a queued row that the sweep enqueues again.
