@@ -92,6 +92,7 @@ class Run:
         self.surveys: dict[int, Survey] = {}  # of the anchor events' orders, by order id
         self.erased: dict[str, Any] = {}
         self.book = ConsentBook()
+        self.created: set[int] = set()  # ids of the customers this run created
         self.counted: dict[int, list[Any]] = {}
 
     # -- loading ------------------------------------------------------------------------------
@@ -157,29 +158,38 @@ class Run:
         if ids:
             now = utcnow()
             missing = ContactStatus.missing
-            self.session.execute(
-                insert(self.session, table, ["external_id"]),
-                [
-                    {
-                        "external_id": external_id,
-                        "email_status": missing,
-                        "phone_status": missing,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                    for external_id in ids
-                ],
-            )
-            rows = self.session.execute(
-                select(table)
-                .where(table.c.external_id.in_(ids))
-                .order_by(table.c.external_id)
-                .with_for_update()
-            )
-            for row in rows.mappings():
+            # New rows come back from the insert (locked by it); only the others are read.
+            created = {
+                row["external_id"]: row
+                for row in self.session.execute(
+                    insert(self.session, table, ["external_id"]).returning(*table.c),
+                    [
+                        {
+                            "external_id": external_id,
+                            "email_status": missing,
+                            "phone_status": missing,
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                        for external_id in ids
+                    ],
+                ).mappings()
+            }
+            rows = list(created.values())
+            existing = [external_id for external_id in ids if external_id not in created]
+            if existing:
+                rows += self.session.execute(
+                    select(table)
+                    .where(table.c.external_id.in_(existing))
+                    .order_by(table.c.external_id)
+                    .with_for_update()
+                ).mappings()
+            for row in rows:
                 customer = _customer(row)
                 self.customers[customer.external_id] = customer
                 self.by_id[customer.id] = customer
+                if customer.external_id in created:
+                    self.created.add(customer.id)
 
     def load_surveys(self, anchored: list[Order]) -> None:
         table = table_of(Survey)
@@ -204,7 +214,9 @@ class Run:
                 self.by_id[row["id"]] = _customer(row)
 
     def load_history(self) -> None:
-        ids = sorted(customer.id for customer in self.customers.values())
+        """Consent records and counted surveys of the customers; one created by this run has
+        none (no other transaction sees it before this one commits)."""
+        ids = sorted(c.id for c in self.customers.values() if c.id not in self.created)
         if not ids:
             return
         consents = table_of(ConsentRecord)
