@@ -17,6 +17,7 @@ STEPS: Final = (
     "close_windows",
     "replay_webhooks",
     "prune_payloads",
+    "alerts",
     "settle",
 )
 """The steps of a pass, in the order they run; the ``step`` label of the failure counter."""
@@ -43,6 +44,7 @@ class TickReport:
     settled: int = 0
     reminders: int = 0
     pruned: int = 0
+    alerts: int = 0  # detractor alerts handed to the queue
     enqueued: list[int] = field(default_factory=list)
     # Failures by step name (see STEPS); for settle, one per survey whose settling raised.
     failures: dict[str, int] = field(default_factory=dict)

@@ -9,6 +9,7 @@ from typing import Any
 import dramatiq
 from dramatiq import Retry
 
+import worker.alerting  # noqa: F401 - declares deliver_detractor_alert (queue "alerts") here
 from wiring.runtime import get_runtime
 from worker.broker import EVENTS_QUEUE, SENDS_QUEUE, actor
 

@@ -16,6 +16,7 @@ from models import utcnow
 from wiring.runtime import Runtime
 from wiring.services import scheduler
 from worker.actors import send_reminder, send_survey
+from worker.alerting import deliver_detractor_alert
 from worker.enqueue import batch_sender
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ MIN_PAUSE_SECONDS = 0.1
 def build_scheduler(runtime: Runtime) -> Scheduler:
     built = scheduler(runtime, enqueue_send=send_survey.send, enqueue_reminder=send_reminder.send)
     built.enqueue_many = batch_sender(send_survey)
+    built.enqueue_alert = deliver_detractor_alert.send
     return built
 
 

@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import OperatorConfig
+from dispatch.alerts import enqueue_due_alerts
 from dispatch.scheduler.claim import claim_batch
 from dispatch.scheduler.errors import describe_error, log, origin
 from dispatch.scheduler.replan import anchor_timeouts, replan_stale
@@ -40,6 +41,7 @@ class Scheduler:
         enqueue_reminder: Callable[[int, int], object] | None = None,
         settle: Callable[[int, datetime], object] | None = None,
         replay_webhooks: Callable[[datetime], object] | None = None,
+        enqueue_alert: Callable[[int], object] | None = None,
         batch_size: int = 500,
         stuck_after: timedelta = timedelta(minutes=10),
         sending_timeout: timedelta = timedelta(minutes=2),
@@ -51,6 +53,7 @@ class Scheduler:
         self.enqueue_reminder = enqueue_reminder
         self.settle = settle
         self.replay_webhooks = replay_webhooks
+        self.enqueue_alert = enqueue_alert
         self.batch_size = batch_size
         self.stuck_after = stuck_after
         self.sending_timeout = sending_timeout
@@ -77,6 +80,7 @@ class Scheduler:
             "prune_payloads": lambda: prune_raw_payloads(
                 self.factory, start, self.payload_retention, size * 10, report
             ),
+            "alerts": lambda: self._alerts(start, report),
             "settle": lambda: self._reconcile_sending(start, report),
         }
         for name in STEPS:
@@ -125,6 +129,13 @@ class Scheduler:
         """Webhooks stored but not applied (a failure mid-apply) are applied again."""
         if self.replay_webhooks is not None:
             self.replay_webhooks(now)
+
+    def _alerts(self, now: datetime, report: TickReport) -> None:
+        """Due detractor alerts go to the queue (:mod:`dispatch.alerts`)."""
+        if self.enqueue_alert is not None:
+            report.alerts += enqueue_due_alerts(
+                self.factory, now, self.enqueue_alert, self.batch_size
+            )
 
     def _reconcile_sending(self, now: datetime, report: TickReport) -> None:
         if self.settle is not None:

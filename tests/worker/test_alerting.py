@@ -128,16 +128,10 @@ def test_no_alert_without_the_alerts_section(
 
 
 # The production path: the worker process loads ``worker.actors`` only (``nps-dispatch worker``
-# runs ``dramatiq worker.actors``), and the scheduler process runs ``Scheduler.tick``. Until both
-# reach the alerts, no alert is ever sent outside these tests; each test turns green (and its
-# marker must go) once its half is wired.
+# runs ``dramatiq worker.actors``), and the scheduler process runs ``Scheduler.tick``: without
+# either half, no alert would ever be sent outside these tests.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="worker.actors does not import worker.alerting: no worker consumes the alerts queue",
-)
 def test_the_worker_process_registers_the_alert_actor():
     code = (
         "import worker.actors\n"
@@ -156,11 +150,6 @@ def test_the_worker_process_registers_the_alert_actor():
     assert done.stdout.split() == ["True", "True"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the scheduler pass does not run the alert sweep (dispatch.alerts.enqueue_due_alerts)",
-)
 def test_a_scheduler_pass_sends_a_due_alert(
     db: Database, runtime_for, tmp_path: Path, frozen_clock, stub_worker, receiver: Receiver
 ):
