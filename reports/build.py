@@ -136,8 +136,10 @@ def adjusted_note(
 def covariate_columns(
     table: CovariateTable, rows: np.ndarray[Any, np.dtype[np.bool_]]
 ) -> tuple[dict[str, Any], list[str]]:
-    """The model's covariates (see ``COVARIATE_NAMES``) of the table's ``rows``, and notes on
-    imputation (invitees without an anchor or send time get the median over the invitees)."""
+    """The model's covariates (see ``COVARIATE_NAMES``; the order value in steps of 0.1 on the
+    log scale, whole days to send capped at 60, as :mod:`reports.covariates_query` builds them)
+    of the table's ``rows``, and notes on imputation (invitees without an anchor or send time
+    get the median over the invitees)."""
     notes: list[str] = []
     counts = table.count[rows]
     days = table.days_anchor_to_send[rows].copy()
@@ -154,12 +156,11 @@ def covariate_columns(
     for name in CATEGORICAL:
         levels, codes = np.unique(getattr(table, name), return_inverse=True)
         coded[name] = Categorical(name, tuple(str(v) for v in levels), codes[pattern])
-    total = np.maximum(table.order_total[rows], 0.0)
     return (
         {
             "channel": coded["channel"],
             "category": coded["category"],
-            "log_order_total": np.log1p(total),
+            "log_order_total": table.log_order_total[rows],
             "repeat_buyer": table.repeat_buyer[pattern],
             "country": coded["country"],
             "arm": coded["arm"],

@@ -1,20 +1,27 @@
 """The report's one pass over the surveys of a period: a ``GROUP BY`` of the surveys by their
 discrete keys (state, score, open window, delivery receipt, channel, category, country, arm,
-repeat buyer, days from anchor to send, and the ``--by`` key), turned into the counting grid of
-:mod:`reports.tally` and the covariate patterns of the non-response adjustment.
+repeat buyer, days from anchor to send, order value step, and the ``--by`` key), turned into the
+counting grid of :mod:`reports.tally` and the covariate patterns of the non-response adjustment.
 
-The adjustment's two continuous covariates, the order total and the fractional days from anchor
-to send, cannot be grouped away without changing the model. On PostgreSQL each group carries
-them packed (big-endian float8 ``bytea``, one value per survey), so a million invitations cross
-the wire as a few thousand rows and land in numpy without a Python object per value; elsewhere
-the ``GROUP BY`` also takes the two values, and equal rows arrive counted. Either way the model
-rows are the distinct (covariates, outcome, score) combinations, each with how many invitees it
-holds (:class:`CovariateTable`), in an order that depends only on the data, so a report over
-the same data is reproducible to the bit.
+The model's two numeric covariates are coarse by specification, so that invitees share rows:
+
+- ``days_anchor_to_send``: whole days from the anchor to the send,
+  ``floor((sent_at - anchor_at) / 1 day)`` (the ``delay`` key of the grid), capped at
+  :data:`MAX_DAYS_TO_SEND` (``60`` stands for 60 days or more); NULL without an anchor or send
+  time (the model imputes the median);
+- ``log_order_total``: ``ln(1 + max(order total, 0))`` rounded to the nearest multiple of
+  :data:`LOG_TOTAL_STEP` (0.1, steps of about 10% in price). PostgreSQL computes the step in the
+  ``GROUP BY``; SQLite (whose ``ln()`` depends on how it was built) groups by the total in
+  cents and the step is taken here, the groups of the same step then merged.
+
+The model rows are the distinct (covariates, outcome, score) combinations, each with how many
+invitees it holds (:class:`CovariateTable`), in an order that depends only on the data, so a
+report over the same data is reproducible to the bit.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,7 +29,7 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import ColumnElement, Float, case, func, literal_column, select
+from sqlalchemy import ColumnElement, Integer, case, func, literal_column, select
 from sqlalchemy.orm import Session
 
 from models.orders import Order
@@ -35,7 +42,6 @@ from reports.query import (
     UNKNOWN,
     GridRow,
     Period,
-    days_to_send_expr,
     delay_days_expr,
     delay_label,
     dialect_of,
@@ -60,6 +66,18 @@ COVARIATE_NAMES: Final = (
 )
 CATEGORICAL: Final = ("channel", "category", "country", "arm")
 
+MAX_DAYS_TO_SEND: Final = 60
+"""``days_anchor_to_send`` is capped here: the last value stands for this many days or more."""
+LOG_TOTAL_STEP_PER_UNIT: Final = 10
+LOG_TOTAL_STEP: Final = 1 / LOG_TOTAL_STEP_PER_UNIT
+"""``log_order_total`` is ``ln(1 + total)`` rounded to a multiple of this (0.1)."""
+
+
+def log_total_step(total: float) -> int:
+    """The order value's step: ``round(ln(1 + max(total, 0)) / LOG_TOTAL_STEP)``."""
+    return round(math.log1p(max(total, 0.0)) * LOG_TOTAL_STEP_PER_UNIT)
+
+
 _ANSWERED = frozenset(ANSWERED_VALUES)
 _INVITED = frozenset(INVITED_VALUES)
 
@@ -70,13 +88,14 @@ class CovariateTable:
 
     A row is one combination of covariates, outcome and score; ``count`` says how many
     invitees it holds. Per row: ``pattern`` (index into the per-pattern arrays),
-    ``order_total``, ``days_anchor_to_send`` (NaN without an anchor or send time), ``count``.
+    ``log_order_total`` (a multiple of :data:`LOG_TOTAL_STEP`), ``days_anchor_to_send`` (whole
+    days, capped at :data:`MAX_DAYS_TO_SEND`; NaN without an anchor or send time), ``count``.
     Per pattern: the categorical covariates, ``repeat_buyer``, ``responded``, ``score`` (NaN
     for non-responders) and ``segment``, the ``--by`` label (None without ``--by``).
     """
 
     pattern: IntArray
-    order_total: FloatArray
+    log_order_total: FloatArray
     days_anchor_to_send: FloatArray
     count: FloatArray
     channel: StrArray
@@ -115,7 +134,8 @@ class SurveyPatterns:
     """Rows the ``GROUP BY`` returned."""
 
 
-# Columns of the GROUP BY, in order; the ``--by`` week key is appended when asked for.
+# Columns of the GROUP BY, in order: the order value's step (or total in cents, see
+# :func:`_total_column`) follows; the ``--by`` week key is appended when asked for.
 _KEYS: Final = (
     "state",
     "score",
@@ -128,6 +148,20 @@ _KEYS: Final = (
     "repeat_buyer",
     "delay",
 )
+_TOTAL = len(_KEYS)
+
+
+def _total_column(dialect: str) -> ColumnElement[Any]:
+    """PostgreSQL: the order value's step (see :func:`log_total_step`). SQLite: the total in
+    cents, whose step :func:`_covariates` takes (``ln()`` is missing from some SQLite builds)."""
+    if dialect == "postgresql":
+        sql = (
+            "CAST(ROUND(LN(1 + GREATEST(CAST(COALESCE(orders.total_amount, 0) AS DOUBLE PRECISION)"
+            f", 0)) * {LOG_TOTAL_STEP_PER_UNIT}) AS INTEGER)"
+        )
+    else:
+        sql = "CAST(ROUND(MAX(COALESCE(orders.total_amount, 0), 0) * 100) AS INTEGER)"
+    return literal_column(sql, Integer)
 
 
 def _key_columns(dialect: str, now: datetime, week: bool) -> list[ColumnElement[Any]]:
@@ -149,6 +183,7 @@ def _key_columns(dialect: str, now: datetime, week: bool) -> list[ColumnElement[
         func.coalesce(Survey.arm, NO_ARM),
         case((func.coalesce(Order.previous_orders, 0) > 0, 1), else_=0),
         delay_days_expr(dialect),
+        _total_column(dialect),
     ]
     if week:
         columns.append(iso_week_expr(dialect))
@@ -162,40 +197,24 @@ def fetch_patterns(
     bands: NpsBands,
     keys: Sequence[str],
     by: str | None = None,
-    *,
-    packed: bool | None = None,
 ) -> SurveyPatterns:
     """One ``GROUP BY`` over the surveys of ``period``: the grid over ``keys`` (segment keys,
-    as :func:`reports.query.survey_grid`) and the covariate table with ``by`` as its segment.
-
-    ``packed``: carry the continuous covariates packed per group (the default on PostgreSQL,
-    which alone can) or group by them too.
-    """
+    as :func:`reports.query.survey_grid`) and the covariate table with ``by`` as its segment."""
     dialect = dialect_of(session)
-    if packed is None:
-        packed = dialect == "postgresql"
     key_cols = _key_columns(dialect, now, "week" in (by, *keys))
-    total = func.cast(func.coalesce(Order.total_amount, 0), Float)
-    days = days_to_send_expr(dialect)
-    base = select().select_from(Survey).join(Order, Order.id == Survey.order_id)
-    if packed:
-        nan: ColumnElement[Any] = literal_column("'NaN'::float8")
-        empty: ColumnElement[Any] = literal_column("''::bytea")
-        values = [
-            func.string_agg(func.float8send(total), empty),
-            func.string_agg(func.float8send(func.coalesce(days, nan)), empty),
-        ]
-        stmt = base.add_columns(*key_cols, func.count(), *values).group_by(*key_cols)
-    else:
-        stmt = base.add_columns(*key_cols, func.count(), total, days).group_by(
-            *key_cols, total, days
-        )
-    rows: list[Any] = list(session.execute(stmt.where(period.condition())).all())
+    stmt = (
+        select(*key_cols, func.count())
+        .select_from(Survey)
+        .join(Order, Order.id == Survey.order_id)
+        .where(period.condition())
+        .group_by(*key_cols)
+    )
+    rows: list[Any] = list(session.execute(stmt).all())
     width = len(key_cols)
     # Sorted by their keys, so that the table's order depends on the data alone.
     rows.sort(key=lambda row: tuple((v is None, v) for v in row[:width]))
     grid = _grid(rows, keys, bands, width)
-    table = _covariates(rows, by, width, packed)
+    table = _covariates(rows, by, width, cents=dialect != "postgresql")
     return SurveyPatterns(grid, table, len(rows))
 
 
@@ -237,12 +256,9 @@ def _grid(rows: Sequence[Any], keys: Sequence[str], bands: NpsBands, width: int)
     return [GridRow(*cell, n=n) for cell, n in counts.items()]
 
 
-def _covariates(rows: Sequence[Any], by: str | None, width: int, packed: bool) -> CovariateTable:
+def _covariates(rows: Sequence[Any], by: str | None, width: int, cents: bool) -> CovariateTable:
     patterns: dict[tuple[Any, ...], int] = {}
-    index: list[int] = []
-    sizes: list[int] = []
-    totals: list[Any] = []
-    days: list[Any] = []
+    counts: dict[tuple[int, int, int | None], int] = {}
     for row in rows:
         state = str(row[0])
         if state not in _INVITED or row[2]:
@@ -255,33 +271,25 @@ def _covariates(rows: Sequence[Any], by: str | None, width: int, packed: bool) -
             None if not responded or row[1] is None else float(row[1]),
             None if by is None else _label(row, by, width),
         )
-        index.append(patterns.setdefault(key, len(patterns)))
-        sizes.append(int(row[width]))
-        totals.append(row[width + 1])
-        days.append(row[width + 2])
-
-    if packed:
-        n_values = np.array(sizes, dtype=np.intp)
-        pattern = np.repeat(np.array(index, dtype=np.intp), n_values)
-        order_total = _unpack(totals, int(n_values.sum()))
-        days_to_send = _unpack(days, int(n_values.sum()))
-        count = np.ones(pattern.size)
-    else:
-        pattern = np.array(index, dtype=np.intp)
-        order_total = np.array(totals, dtype=np.float64)
-        days_to_send = np.array([np.nan if d is None else d for d in days], dtype=np.float64)
-        count = np.array(sizes, dtype=np.float64)
-    pattern, order_total, days_to_send, count = _distinct(pattern, order_total, days_to_send, count)
+        total = int(row[_TOTAL] or 0)
+        step = log_total_step(total / 100) if cents else total
+        days = None if row[9] is None else min(int(row[9]), MAX_DAYS_TO_SEND)
+        cell = (patterns.setdefault(key, len(patterns)), step, days)
+        counts[cell] = counts.get(cell, 0) + int(row[width])
+    # In the order of pattern, days (missing first), step: it depends on the data alone.
+    cells = sorted(counts, key=lambda c: (c[0], c[2] is not None, c[2] or 0, c[1]))
     keys = list(patterns)
 
     def column(i: int) -> StrArray:
         return np.array([k[i] for k in keys], dtype=np.str_).reshape(len(keys))
 
     return CovariateTable(
-        pattern=pattern,
-        order_total=order_total,
-        days_anchor_to_send=days_to_send,
-        count=count,
+        pattern=np.array([c[0] for c in cells], dtype=np.intp),
+        log_order_total=np.array([c[1] for c in cells], dtype=np.float64) / LOG_TOTAL_STEP_PER_UNIT,
+        days_anchor_to_send=np.array(
+            [np.nan if c[2] is None else c[2] for c in cells], dtype=np.float64
+        ),
+        count=np.array([counts[c] for c in cells], dtype=np.float64),
         channel=column(0),
         category=column(1),
         country=column(2),
@@ -291,39 +299,3 @@ def _covariates(rows: Sequence[Any], by: str | None, width: int, packed: bool) -
         score=np.array([np.nan if k[6] is None else k[6] for k in keys], dtype=np.float64),
         segment=None if by is None else column(7),
     )
-
-
-def _unpack(parts: Sequence[Any], n: int) -> FloatArray:
-    out = np.frombuffer(b"".join(bytes(p or b"") for p in parts), dtype=">f8").astype(np.float64)
-    if out.shape != (n,):
-        raise RuntimeError(f"covariate fetch: {out.shape[0]} values for {n} invitees")
-    return out
-
-
-def _distinct(
-    pattern: IntArray, total: FloatArray, days: FloatArray, count: FloatArray
-) -> tuple[IntArray, FloatArray, FloatArray, FloatArray]:
-    """Equal rows merged (their counts added), sorted by pattern, days and total."""
-    if pattern.size == 0:
-        return pattern, total, days, count
-    # Sorted and compared by bit pattern: exact, and NaN equals NaN. Sorting by pattern and
-    # days first (the pattern as a small integer, which numpy sorts in linear time) usually
-    # settles the order, as continuous values rarely repeat; only ties need the total too.
-    t_bits, d_bits = total.view(np.int64), days.view(np.int64)
-    order = np.argsort(d_bits, kind="stable")
-    small = pattern.astype(np.uint16) if pattern.max() < 2**16 else pattern
-    order = order[np.argsort(small[order], kind="stable")]
-    same = (pattern[order][1:] == pattern[order][:-1]) & (d_bits[order][1:] == d_bits[order][:-1])
-    if same.any():
-        order = np.lexsort((t_bits, d_bits, pattern))
-    pattern, total, days, count = pattern[order], total[order], days[order], count[order]
-    if not same.any():
-        return pattern, total, days, count
-    t_bits, d_bits = t_bits[order], d_bits[order]
-    new = np.empty(pattern.size, dtype=np.bool_)
-    new[0] = True
-    new[1:] = (
-        (pattern[1:] != pattern[:-1]) | (t_bits[1:] != t_bits[:-1]) | (d_bits[1:] != d_bits[:-1])
-    )
-    starts = np.flatnonzero(new)
-    return pattern[starts], total[starts], days[starts], np.add.reduceat(count, starts)

@@ -126,18 +126,6 @@ def delay_days_expr(dialect: str) -> ColumnElement[Any]:
     return literal_column(sql, Integer)
 
 
-def days_to_send_expr(dialect: str) -> ColumnElement[Any]:
-    """Days (fractional) from anchor to send, NULL when either end is missing."""
-    if dialect == "postgresql":
-        sql = (
-            "CAST(EXTRACT(EPOCH FROM (surveys.sent_at - surveys.anchor_at)) / 86400.0"
-            " AS DOUBLE PRECISION)"
-        )
-    else:
-        sql = "(julianday(surveys.sent_at) - julianday(surveys.anchor_at))"
-    return literal_column(sql, Float)
-
-
 def iso_week_expr(dialect: str) -> ColumnElement[Any]:
     """ISO 8601 week of the purchase in UTC, ``YYYY-Www``."""
     if dialect == "postgresql":

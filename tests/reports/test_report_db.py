@@ -632,9 +632,10 @@ def test_adjusted_matches_an_independent_statsmodels_fit(db: Database, config):
         values = np.array([getattr(c, name) for c in cases])
         for level in sorted(set(values) - {ref_level}):
             cols.append((values == level).astype(float))
-    cols.append(np.log1p([c.total for c in cases]))
+    # The order value in steps of 0.1 on the log scale, whole days from anchor to send.
+    cols.append(np.round(np.log1p([c.total for c in cases]) * 10) / 10)
     cols.append(np.array([c.previous_orders > 0 for c in cases], dtype=float))
-    cols.append(np.array([c.delay_hours / 24 for c in cases]))
+    cols.append(np.floor(np.array([c.delay_hours / 24 for c in cases])))
     x = np.column_stack(cols)
     fit = sm.Logit(r, x).fit(disp=0)
     p = fit.predict(x)
@@ -729,12 +730,14 @@ def test_configured_bands_are_used(db: Database, config):
     assert report["bands"] == {"detractor": [0, 5], "passive": [6, 8], "promoter": [9, 10]}
 
 
-def test_packed_postgres_fetch_equals_the_grouped_fetch(pg_db: Database, config):
-    """PostgreSQL packs the continuous covariates of each group into one value; grouping by
-    them instead (as on SQLite) must give the same grid and the same table, odd strings and
-    missing values included, and the table must hold every final invitation once."""
+def test_fetch_holds_every_final_invitation_once_with_coarse_covariates(db: Database, config):
+    """The covariate table holds each final invitation once, with the order value in steps of
+    0.1 on the log scale and whole days to send capped at 60, as built one invitee at a time by
+    the reference (odd strings, missing and negative totals, long delays included); invitees
+    sharing them share a row."""
     from reports.build import bands_of
     from reports.covariates_query import fetch_patterns
+    from tests.reports.stats.per_row import invitees as per_invitee
 
     cases = random_cases(3, 300, START)
     cases[0].category = "home\x1fgarden & déco"
@@ -742,25 +745,18 @@ def test_packed_postgres_fetch_equals_the_grouped_fetch(pg_db: Database, config)
     cases[1].country = ""
     cases[1].state = "no_response"
     cases += [Case("no_response", START + timedelta(hours=3), total=12.5) for _ in range(6)]
-    seed(pg_db, cases)
-    bands = bands_of(config)
-    with pg_db.session() as s:
-        packed = fetch_patterns(s, Period(), NOW, bands, ("arm", "delay", "week"), "week")
-        grouped = fetch_patterns(
-            s, Period(), NOW, bands, ("arm", "delay", "week"), "week", packed=False
+    cases += [
+        Case("no_response", START, total=total, delay_hours=hours)
+        for total, hours in ((None, 24 * 75.5), (-3.0, 24 * 60.0), (0.0, 24 * 59.99), (1e5, 1.0))
+    ]
+    seed(db, cases)
+    with db.session() as s:
+        patterns = fetch_patterns(
+            s, Period(), NOW, bands_of(config), ("arm", "delay", "week"), "week"
         )
-    assert sorted(packed.grid, key=repr) == sorted(grouped.grid, key=repr)
-    a, b = packed.covariates, grouped.covariates
-    for name in ("pattern", "order_total", "days_anchor_to_send", "count", "repeat_buyer"):
-        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
-    for name in ("channel", "category", "country", "arm", "segment", "responded"):
-        assert getattr(a, name).tolist() == getattr(b, name).tolist(), name
-    np.testing.assert_array_equal(a.score, b.score)
+    table = patterns.covariates
 
-    final = [c for c in cases if c.state in INVITED and not c.is_open]
-    assert a.n == len(final) and a.rows < len(final)  # equal invitees share a row
-
-    def invitees(table) -> Counter:
+    def invitees() -> Counter:
         out: Counter = Counter()
         for row in range(table.rows):
             p = table.pattern[row]
@@ -771,12 +767,13 @@ def test_packed_postgres_fetch_equals_the_grouped_fetch(pg_db: Database, config)
                 str(table.segment[p]),
                 bool(table.responded[p]),
                 None if np.isnan(table.score[p]) else int(table.score[p]),
-                round(float(table.order_total[row]), 6),
-                None if np.isnan(days) else round(float(days), 6),
+                float(table.log_order_total[row]),
+                None if np.isnan(days) else float(days),
             )
             out[key] += int(table.count[row])
         return out
 
+    final = per_invitee.final_invitations(cases)
     expected = Counter(
         (
             c.category or "unknown",
@@ -784,13 +781,15 @@ def test_packed_postgres_fetch_equals_the_grouped_fetch(pg_db: Database, config)
             iso_week(c.purchased_at),
             c.responded,
             c.score if c.responded else None,
-            round(c.total or 0.0, 6),
-            round((c.sent_at - c.anchor_at).total_seconds() / 86400, 6) if c.anchor_at else None,
+            per_invitee.log_order_total(c.total),
+            None if math.isnan(days := per_invitee.days_anchor_to_send(c)) else days,
         )
         for c in final
     )
-    assert invitees(a) == expected
-    assert "home\x1fgarden & déco" in a.category.tolist()
+    assert invitees() == expected
+    assert table.n == len(final) and table.rows < len(final)
+    assert table.days_anchor_to_send[~np.isnan(table.days_anchor_to_send)].max() == 60
+    assert "home\x1fgarden & déco" in table.category.tolist()
 
 
 def test_report_planner_settings_last_one_transaction(db: Database):

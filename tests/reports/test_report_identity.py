@@ -1,11 +1,19 @@
-"""The report's figures stay what the per-invitee computation gave.
+"""The report's figures are those of the per-invitee computation.
 
 ``report_expected.json`` holds complete reports (overall and per segment: counts, NPS and
 intervals, AAPOR rates, the propensity model's columns, the adjusted NPS, its interval, n_eff,
-every SMD, the bounds, the warnings) computed over the populations below by the report as it
-was when it still fetched one row per invitee and fitted the model row by row (commit bfd71d2).
-The report must reproduce them to 1e-9 on SQLite and PostgreSQL. Rewrite the file with
-``python -m tests.reports.test_report_identity`` only when a figure is meant to change.
+every SMD, the bounds, the warnings) over the populations below, on SQLite and PostgreSQL. The
+report must reproduce them to 1e-9.
+
+Everything but ``adjusted`` (and the ``bounds`` beside it) was computed by the report as it was
+when it still fetched one row per invitee (commit bfd71d2). ``adjusted`` and ``bounds`` are the
+model of the current specification (order value in steps of 0.1 on the log scale, whole days to
+send capped at 60) fitted one row per invitee by the reference in ``tests/reports/stats/per_row``,
+with covariates built per invitee from the population itself (``per_row/invitees.py``), not
+from the report's SQL. ``python -m tests.reports.test_report_identity`` (with
+``NPS_TEST_POSTGRES_URL`` set) rewrites the file that way: the report's counts, then the
+reference's ``adjusted`` and ``bounds`` in every entry. Run it only when a figure is meant to
+change.
 """
 
 from __future__ import annotations
@@ -23,8 +31,8 @@ import pytest
 from config import OperatorConfig
 from reports.build import build_report
 from tests.conftest import Database
+from tests.reports.stats.per_row import invitees as per_invitee
 from tests.reports.test_report_db import (
-    INVITED,
     NOW,
     START,
     Case,
@@ -103,32 +111,20 @@ def reports_of(db: Database, config: OperatorConfig) -> dict[str, Any]:
 
 def constant_covariates(cases: list[Case]) -> set[str]:
     """The covariates every final invitation of ``cases`` has the same value of."""
-    final = [c for c in cases if c.state in INVITED and not c.is_open]
-    values = {
-        "channel": {c.channel for c in final},
-        "category": {c.category for c in final},
-        "country": {c.country for c in final},
-        "arm": {c.arm for c in final},
-        "log_order_total": {c.total or 0 for c in final},
-        "repeat_buyer": {(c.previous_orders or 0) > 0 for c in final},
-        "days_anchor_to_send": {
-            c.sent_at - c.anchor_at for c in final if c.sent_at and c.anchor_at
-        },
-    }
-    return {name for name, seen in values.items() if len(seen) <= 1}
+    columns, _ = per_invitee.covariates(per_invitee.final_invitations(cases))
+    return {name for name, values in columns.items() if len(set(values.tolist())) <= 1}
 
 
 def assert_balance(got: dict[str, Any], expected: dict[str, Any], constant: set[str], path: str):
     """SMDs as the per-invitee figures, except for a covariate constant in the population: its
-    mean difference over a zero spread was a ratio of rounding errors (any number, or null),
-    and is now 0 and not flagged. SQLite's day arithmetic (julianday) leaves rounding noise in
-    equal durations, so there the constant send delay is not checked."""
+    mean difference over a zero spread is a ratio of rounding errors in the reference (any
+    number, or null), and 0 and not flagged in the report."""
     assert [b["covariate"] for b in got["smd"]] == [b["covariate"] for b in expected["smd"]]
     for g, e in zip(got["smd"], expected["smd"], strict=True):
         name = e["covariate"].split("=")[0]
         if name not in constant:
             assert_same(g, e, f"{path}.smd.{e['covariate']}", TOLERANCE)
-        elif name != "days_anchor_to_send" or path.split("/")[1] != "sqlite":
+        else:
             assert (g["smd"], g["smd_weighted"], g["flagged"]) == (0.0, 0.0, False), path
 
 
@@ -174,16 +170,37 @@ def test_report_reproduces_the_per_invitee_figures(db: Database, config, name):
         segment = None if by == "None" else by
         assert_report(got[by], report, cases, segment, f"{name}/{dialect}/by={by}")
     adjusted = got["None"]["adjusted"]
-    if name == "mixed":  # discrete totals and delays: invitees share rows
-        assert adjusted["model_rows"] < adjusted["n_invited"]
+    # Coarse covariates: invitees share rows.
+    assert adjusted["model_rows"] < adjusted["n_invited"]
     if name == "separated":
         assert expected["None"]["adjusted"]["fit"] == "ridge"
     else:
         assert expected["None"]["adjusted"]["fit"] == "logit"
 
 
+def with_reference_adjustment(
+    reports: dict[str, Any], cases: list[Case], config: OperatorConfig
+) -> dict[str, Any]:
+    """``reports`` (by segment key) with every ``adjusted`` and ``bounds`` replaced by the
+    per-invitee reference's (see the module docstring)."""
+    from reports.build import bands_of
+
+    bands = bands_of(config)
+    for by, report in reports.items():
+        segment = None if by == "None" else by
+        entries = [(report, [c for c in cases if c.state])]
+        entries += [
+            (e, [c for c in cases if c.state and segment_of(c, segment) == e["key"]])
+            for e in report["segments"]
+        ]
+        for entry, population in entries:
+            entry["adjusted"] = per_invitee.adjusted(population, bands, entry)
+            entry["bounds"] = entry["adjusted"]["bounds"]
+    return reports
+
+
 def write_expected() -> None:  # pragma: no cover - run by hand
-    """Recompute ``report_expected.json`` with the report as it is now."""
+    """Recompute ``report_expected.json``: the report's counts, the reference's adjustment."""
     import os
     import tempfile
 
@@ -205,14 +222,16 @@ def write_expected() -> None:  # pragma: no cover - run by hand
         with tempfile.TemporaryDirectory() as tmp:
             lite = sqlite_database(Path(tmp) / "expected.db")
             seed(lite, build())
-            out[name]["sqlite"] = reports_of(lite, config)
+            out[name]["sqlite"] = with_reference_adjustment(
+                reports_of(lite, config), build(), config
+            )
             lite.engine.dispose()
         tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
         with pg_engine.begin() as conn:
             conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
         pg = Database(pg_engine, make_session_factory(pg_engine))
         seed(pg, build())
-        out[name]["postgresql"] = reports_of(pg, config)
+        out[name]["postgresql"] = with_reference_adjustment(reports_of(pg, config), build(), config)
     pg_engine.dispose()
     EXPECTED.write_text(json.dumps(out, sort_keys=True, separators=(",", ":")) + "\n")
     print(f"wrote {EXPECTED}", file=sys.stderr)
