@@ -6,9 +6,9 @@ one falls back to the next channel or ends ``failed``."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, exists, insert, literal, select
+from sqlalchemy import Table, bindparam, exists, insert, literal, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from channels.base import OutboundMessage, PermanentSendError, SendReceipt, TransientSendError
@@ -18,6 +18,8 @@ from dispatch.consent import customer_erased, erased_customer
 from dispatch.sending.claims import fallback_or_end
 from dispatch.sending.common import (
     MAX_SEND_ATTEMPTS,
+    SURVEYS,
+    TRANSITIONS,
     SendInvariantError,
     SendOutcome,
     backoff,
@@ -63,6 +65,53 @@ _INVITATION = insert(_MESSAGES).from_select(
 )
 
 
+def _sent_in_one() -> Any:
+    """PostgreSQL: ``sending -> sent`` with its transition row and the invitation's message row,
+    in one statement (a data-modifying WITH). The rows are written only when the survey moved
+    from ``sending``: then no one has recorded its invitation yet (any other writer moves it
+    from there, or finds it in another state)."""
+    moved = (
+        update(SURVEYS)
+        .where(SURVEYS.c.id == bindparam("b_survey_id"), SURVEYS.c.state == S.sending.value)
+        .values(
+            state=S.sent.value,
+            state_changed_at=bindparam("now"),
+            **{column: bindparam(f"v_{column}") for column in _SENT_COLUMNS},
+        )
+        .returning(SURVEYS.c.id)
+        .cte("moved")
+    )
+    history = insert(TRANSITIONS).from_select(
+        ["survey_id", "from_state", "to_state", "at", "reason"],
+        select(
+            moved.c.id,
+            literal(S.sending.value),
+            literal(S.sent.value),
+            bindparam("now", type_=TRANSITIONS.c.at.type),
+            bindparam("b_reason", type_=TRANSITIONS.c.reason.type),
+        ),
+    )
+    message = insert(_MESSAGES).from_select(
+        list(_INVITATION_COLUMNS),
+        select(
+            moved.c.id,
+            *[
+                (
+                    literal(_FIXED[name], _MESSAGES.c[name].type)
+                    if name in _FIXED
+                    else bindparam(f"b_{name}", type_=_MESSAGES.c[name].type)
+                )
+                for name in _INVITATION_COLUMNS[1:]
+            ],
+        ),
+    )
+    return select(moved.c.id).add_cte(history.cte("history")).add_cte(message.cte("message"))
+
+
+_SENT_COLUMNS = ("sent_at", "provider", "provider_message_id", "closes_at", "next_reminder_at")
+_SENT_IN_ONE = _sent_in_one()
+
+
 def commit_sent(
     factory: sessionmaker[Session],
     survey_id: int,
@@ -88,9 +137,10 @@ def commit_sent(
     then the survey row (the order the erasure takes them); the message row is inserted only
     when the survey has none, so the second writer adds none.
 
-    The worker's own answer takes four statements: the erasure check, the compare-and-set
-    ``sending -> sent``, its transition row and the message row. Only a row found in another
-    state (settled by a lookup or overtaken by a callback) is read and locked again."""
+    The worker's own answer takes two statements on PostgreSQL (the erasure check, then the
+    compare-and-set ``sending -> sent`` with its transition and message rows in one), four on
+    SQLite. Only a row found in another state (settled by a lookup or overtaken by a callback)
+    is read and locked again."""
     reminder = config.survey.reminder
     with factory() as session, session.begin():
         erased = (
@@ -108,7 +158,29 @@ def commit_sent(
                 sent_at + reminder.after if reminder.max > 0 and not erased else None
             ),
         }
-        moved = move_one(session, survey_id, S.sending, S.sent, now=now, reason=reason, **values)
+        message = {
+            "b_survey_id": survey_id,
+            "b_channel": channel,
+            "b_provider": provider,
+            "b_provider_message_id": kept_id,
+            "b_segments": segments,
+            "b_body": None if erased else body,
+            "b_created_at": utcnow(),
+        }
+        if session.get_bind().dialect.name == "postgresql":
+            params = {
+                **message,
+                "now": now,
+                "b_reason": reason,
+                **{f"v_{column}": value for column, value in values.items()},
+            }
+            if session.execute(_SENT_IN_ONE, params).first() is not None:
+                return True, erased
+            moved = False
+        else:
+            moved = move_one(
+                session, survey_id, S.sending, S.sent, now=now, reason=reason, **values
+            )
         if not moved:
             session.execute(select(Survey.id).where(Survey.id == survey_id).with_for_update())
             moved = bool(
@@ -124,18 +196,7 @@ def commit_sent(
                     **values,
                 )
             )
-        session.execute(
-            _INVITATION,
-            {
-                "b_survey_id": survey_id,
-                "b_channel": channel,
-                "b_provider": provider,
-                "b_provider_message_id": kept_id,
-                "b_segments": segments,
-                "b_body": None if erased else body,
-                "b_created_at": utcnow(),
-            },
-        )
+        session.execute(_INVITATION, message)
     return moved, erased
 
 
