@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,19 @@ def test_redis_worker_process_applies_lists_once(redis_url, tmp_path: Path):
     finally:
         worker.terminate()
         worker.wait(timeout=30)
+
+
+def test_after_the_last_attempt_an_event_reusing_a_taken_event_id_becomes_a_dead_letter(
+    db, runtime_for, now, frozen_clock
+):
+    """The ledger holds the id, but for other content: this event was never applied."""
+    runtime = runtime_for(db)
+    first = purchase("QR-1", "qr-c1", at=now - timedelta(hours=1))
+    reused = {**order_event("cancelled", "QR-1", at=now), "event_id": first["event_id"]}
+    ingest_events.fn([first])
+    letters = store_unapplied(
+        runtime.factory, [first, reused], "OperationalError (16 attempts)", now=now
+    )
+    assert len(letters) == 1
+    [letter] = list_dead_letters(db.factory)
+    assert letter.event_id == first["event_id"] and '"order.cancelled"' in letter.payload
