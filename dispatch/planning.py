@@ -8,7 +8,7 @@ lives in :mod:`dispatch.timing`; this module reads and writes rows.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -25,7 +25,8 @@ from models.lifecycle import PENDING_STATES, UNSENT_STATES
 from models.surveys import Move, move_each, record_skip
 
 S = SurveyState
-_NOT_COUNTED_FOR_CAP = (S.withdrawn, S.suppressed, S.failed)
+NOT_COUNTED_FOR_CAP = (S.withdrawn, S.suppressed, S.failed)
+"""Survey states that do not count for the frequency cap (nothing reached the customer)."""
 
 
 class PlanningError(RuntimeError):
@@ -52,10 +53,23 @@ def choose_channel(
 ) -> ChannelChoice:
     """The first channel in the operator's preference with a current grant and a valid contact,
     among the channels whose provider is configured in this deployment."""
+    return choose_channel_with(
+        lambda channel: current_consent(session, customer.id, channel), customer, config, exclude
+    )
+
+
+def choose_channel_with(
+    consented: Callable[[str], bool],
+    customer: Customer,
+    config: OperatorConfig,
+    exclude: tuple[str, ...] = (),
+) -> ChannelChoice:
+    """:func:`choose_channel` with each channel's current consent read from ``consented``
+    (the set-based ingest path passes the consent it loaded for a whole batch)."""
     enabled = enabled_channels(environ())
     consented_without_contact: SkipReason | None = None
     for channel in config.contact.channels:
-        if channel in exclude or not current_consent(session, customer.id, channel):
+        if channel in exclude or not consented(channel):
             continue
         _, status = customer.contact_for(channel)
         if status == ContactStatus.valid:
@@ -70,6 +84,55 @@ def choose_channel(
                 else SkipReason.no_contact
             )
     return ChannelChoice(None, consented_without_contact or SkipReason.no_consent)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What planning decides for a purchase: a channel, or the reason (and detail) it is
+    skipped."""
+
+    channel: str | None
+    skip: SkipReason | None
+    detail: str | None = None
+
+
+def decide_purchase(
+    order: Order,
+    customer: Customer,
+    config: OperatorConfig,
+    consented: Callable[[str], bool],
+    capped: Callable[[], bool],
+) -> Decision:
+    """The rule of :func:`plan_purchase`, in its order: cancelled, test order, minimum total,
+    the first channel with a current grant, a valid contact and a configured provider
+    (:func:`choose_channel_with`), sampling, then the frequency cap. ``consented(channel)``
+    is the customer's current consent on a channel; ``capped()`` whether another survey of the
+    customer counts against this purchase (asked last, only when everything else passed)."""
+    contact = config.contact
+    if order.cancelled_at is not None:
+        return Decision(None, SkipReason.cancelled, order.cancel_kind)
+    if order.is_test and contact.exclude.test_orders:
+        return Decision(None, SkipReason.excluded_test_order)
+    if order.total_amount is not None and order.total_amount < contact.exclude.min_total:
+        return Decision(None, SkipReason.excluded_min_total)
+    choice = choose_channel_with(consented, customer, config)
+    if choice.skip is not None:
+        return Decision(None, choice.skip)
+    if unit_hash(f"sample:{order.external_id}") >= contact.sample_rate:
+        return Decision(None, SkipReason.sampled_out)
+    if capped():
+        return Decision(None, SkipReason.frequency_cap)
+    if choice.channel is None:
+        raise PlanningError(f"order {order.id}: no channel and no skip reason")
+    return Decision(choice.channel, None)
+
+
+def within_cap(counted: Sequence[datetime], purchased_at: datetime, cap: timedelta) -> bool:
+    """Another counted survey of the customer whose purchase lies within ``cap`` either way
+    (the frequency cap over purchase times already loaded; the query below is the same test)."""
+    if cap <= timedelta(0):
+        return False
+    return any(purchased_at - cap < at < purchased_at + cap for at in counted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +205,8 @@ def compute_schedule(
     )
 
 
-def _schedule_values(schedule: Schedule, config: OperatorConfig) -> dict[str, object]:
+def schedule_values(schedule: Schedule, config: OperatorConfig) -> dict[str, object]:
+    """The survey columns a schedule fills."""
     return {
         "anchor_kind": schedule.anchor_kind,
         "anchor_at": schedule.anchor_at,
@@ -168,7 +232,7 @@ def _within_frequency_cap(
         .join(Order, Order.id == Survey.order_id)
         .where(
             Survey.customer_id == customer.id,
-            Survey.state.not_in([s.value for s in _NOT_COUNTED_FOR_CAP]),
+            Survey.state.not_in([s.value for s in NOT_COUNTED_FOR_CAP]),
             Order.purchased_at > order.purchased_at - cap,
             Order.purchased_at < order.purchased_at + cap,
         )
@@ -181,41 +245,32 @@ def plan_purchase(
     session: Session, order: Order, customer: Customer, config: OperatorConfig, now: datetime
 ) -> str:
     """Plan one survey for a purchase, or record why not. Returns a short outcome."""
-    contact = config.contact
-    reason: SkipReason | None = None
-    detail: str | None = None
-    if order.cancelled_at is not None:
-        reason, detail = SkipReason.cancelled, order.cancel_kind
-    elif order.is_test and contact.exclude.test_orders:
-        reason = SkipReason.excluded_test_order
-    elif order.total_amount is not None and order.total_amount < contact.exclude.min_total:
-        reason = SkipReason.excluded_min_total
-    if reason is None:
-        choice = choose_channel(session, customer, config)
-        reason = choice.skip
-    if reason is None and unit_hash(f"sample:{order.external_id}") >= contact.sample_rate:
-        reason = SkipReason.sampled_out
-    if reason is None and _within_frequency_cap(session, customer, order, contact.frequency_cap):
-        reason = SkipReason.frequency_cap
-    if reason is not None:
-        record_skip(session, order.id, reason, detail)
+    decision = decide_purchase(
+        order,
+        customer,
+        config,
+        lambda channel: current_consent(session, customer.id, channel),
+        lambda: _within_frequency_cap(session, customer, order, config.contact.frequency_cap),
+    )
+    if decision.channel is None:
+        reason = decision.skip or SkipReason.no_consent
+        record_skip(session, order.id, reason, decision.detail)
         return f"skipped: {reason.value}"
-    if choice.channel is None:
-        raise PlanningError(f"order {order.id}: no channel and no skip reason")
-    schedule = compute_schedule(order, customer, choice.channel, config, now)
+    channel = decision.channel
+    schedule = compute_schedule(order, customer, channel, config, now)
     survey = Survey(
         order_id=order.id,
         customer_id=customer.id,
-        channel=choice.channel,
+        channel=channel,
         state=schedule.state.value,
         state_changed_at=now,
         planned_at=now,
-        tried_channels=choice.channel,
-        **_schedule_values(schedule, config),
+        tried_channels=channel,
+        **schedule_values(schedule, config),
     )
     session.add(survey)
     session.flush()
-    return f"planned: {choice.channel}, {schedule.state.value}"
+    return f"planned: {channel}, {schedule.state.value}"
 
 
 def skip_erased(session: Session, order: Order) -> None:
@@ -264,7 +319,7 @@ def replan(session: Session, survey: Survey, config: OperatorConfig, now: dateti
         reason="re-planned",
         only_from=PENDING_STATES,
         now=now,
-        **_schedule_values(schedule, config),
+        **schedule_values(schedule, config),
     )
     return f"re-planned: {schedule.state.value}" if moved else "not pending"
 
@@ -294,7 +349,7 @@ def replan_many(
         if order is None or customer is None:
             raise PlanningError(f"survey {survey.id}: its order or customer row is missing")
         schedule = compute_schedule(order, customer, survey.channel, config, now)
-        values = tuple(_schedule_values(schedule, config).items())
+        values = tuple(schedule_values(schedule, config).items())
         moves.append(Move(survey.id, S(survey.state), schedule.state, "re-planned", values))
     return len(move_each(session, moves, now=now))
 

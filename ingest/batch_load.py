@@ -17,17 +17,17 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from dispatch.planning import NOT_COUNTED_FOR_CAP
 from ingest.apply import SHOP_SOURCE, ApplyContext
 from ingest.batch_plan import ConsentBook
 from ingest.schema import OrderEvent, PurchaseCompleted
-from models import ConsentRecord, Customer, InboundEvent, Order, Survey, SurveyState, utcnow
+from models import ConsentRecord, Customer, InboundEvent, Order, Survey, utcnow
 from models.customers import ContactStatus
 from models.erasure import erased_at_many
 from models.lifecycle import PENDING_STATES
 
 __all__ = ["PENDING", "Held", "Run", "RunItem", "insert", "table_of"]
 
-_NOT_COUNTED_FOR_CAP: Final = (SurveyState.withdrawn, SurveyState.suppressed, SurveyState.failed)
 PENDING: Final = sorted(s.value for s in PENDING_STATES)
 
 
@@ -237,7 +237,7 @@ class Run:
             .join(orders, orders.c.id == surveys.c.order_id)
             .where(
                 surveys.c.customer_id.in_(ids),
-                surveys.c.state.not_in([s.value for s in _NOT_COUNTED_FOR_CAP]),
+                surveys.c.state.not_in([s.value for s in NOT_COUNTED_FOR_CAP]),
                 orders.c.purchased_at.is_not(None),
             )
         ):

@@ -86,11 +86,20 @@ _EFFECTIVE_AT = case(
 )
 
 
+def consent_rank(
+    captured_at: datetime, recorded_at: datetime, granted: bool, record_id: int
+) -> tuple[datetime, bool, int]:
+    """The order of :func:`latest_consent` for records already in memory: the greatest rank is
+    the current record. Effective time (capture time, capped by when it was recorded), then a
+    revocation before a grant at the same moment, then the latest recorded (highest id)."""
+    return (min(captured_at, recorded_at), not granted, record_id)
+
+
 def latest_consent(session: Session, customer_id: int, channel: str) -> bool | None:
     """The latest record's grant for this customer and channel, ``None`` when there is none.
 
     Latest by effective time; at the same moment a revocation outranks a grant (when in doubt,
-    do not send)."""
+    do not send). :func:`consent_rank` is the same order in Python."""
     granted: bool | None = session.scalar(
         select(ConsentRecord.granted)
         .where(ConsentRecord.customer_id == customer_id, ConsentRecord.channel == channel)

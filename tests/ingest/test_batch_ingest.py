@@ -72,6 +72,38 @@ def test_the_statements_of_a_batch_do_not_grow_with_its_size(db, config, now):
     assert len(states) == 110 and set(states) == {"scheduled"}
 
 
+def test_the_statements_do_not_grow_for_known_customers_with_history(db, config, now):
+    """Customers with consent records and counted surveys, one of them erased: their history,
+    tombstones and locks are read per batch too, not per event."""
+    counted: dict[int, int] = {}
+    for n in (10, 100):
+        first = purchases(n, f"h{n}", now - timedelta(days=200))
+        ingest_batch(db.factory, first, config, now)
+        ingest_batch(db.factory, [erased(f"h{n}-c-0", at=now)], config, now)
+        again = [
+            purchase(
+                f"h{n}-o2-{i}",
+                f"h{n}-c-{i}",
+                at=now - timedelta(hours=1),
+                consent={"sms": i % 2 == 0},
+                phone=f"+4072100{i:04d}",
+            )
+            for i in range(n)
+        ]
+        again += [order_event("delivered", e["order_id"], at=now) for e in first + again]
+        statements = Statements(db)
+        try:
+            results = ingest_batch(db.factory, again, config, now)
+        finally:
+            statements.close()
+        assert {r.status for r in results} == {"accepted"}
+        outcomes = [r.outcome for r in results[:n]]
+        assert outcomes[0] == "customer erased"
+        assert set(outcomes[1:]) == {"planned: email, waiting_anchor"}
+        counted[n] = statements.count
+    assert counted[10] == counted[100]
+
+
 def _one_by_one(
     factory: sessionmaker[Session], raws: list[Any], config: OperatorConfig, now: datetime
 ) -> list[IngestResult]:
@@ -128,7 +160,7 @@ def _snapshot(db: Database) -> dict[str, Any]:
                     customers[c.customer_id],
                     c.channel,
                     c.granted,
-                    c.source,
+                    c.source or "",
                     c.captured_at,
                     c.evidence_ref,
                 )
@@ -175,6 +207,17 @@ def _mixed_batch(now: datetime) -> tuple[list[dict[str, Any]], list[dict[str, An
         purchase("M-gone-1", "c-gone", at=before - timedelta(days=1)),
         erased("c-gone", at=before),
         order_event("delivered", "M-early", at=before),  # a delivery before its purchase
+        # Bought later than the batch's purchase of the same customer: the cap looks both ways.
+        purchase("M-later", "c-forward", at=now + timedelta(hours=2)),
+        # A grant then a revocation taking effect at the same moment: the revocation wins.
+        consent_event("granted", "c-tie", at=now, email=True),
+        consent_event("revoked", "c-tie", at=now, email=False),
+        # A known customer with consent history and no purchase yet.
+        consent_event("granted", "c-known", at=before, sms=True),
+        # A revocation at `now`, then (in the batch) a grant dated ahead of our clock: it takes
+        # effect when we record it, the same moment, so the revocation still wins.
+        purchase("M-ahead-old", "c-ahead", at=before - timedelta(days=200)),
+        consent_event("revoked", "c-ahead", at=now, email=False),
     ]
     at = now - timedelta(hours=1)
     twice = purchase("M-twice", "c-twice", at=at)
@@ -192,6 +235,15 @@ def _mixed_batch(now: datetime) -> tuple[list[dict[str, Any]], list[dict[str, An
         purchase("M-b", "c-two", at=at),  # the same customer twice in one batch
         purchase("M-early", "c-early", at=before - timedelta(hours=1)),
         purchase("M-gone-2", "c-gone", at=before - timedelta(hours=1)),  # before the erasure
+        purchase("M-forward", "c-forward", at=at),  # within the cap of the later M-later
+        purchase("M-tie", "c-tie", at=at, consent={}),  # revoked at the same moment as granted
+        purchase("M-known", "c-known", at=at, consent={}),  # sms granted before, email not
+        purchase(
+            "M-ahead",
+            "c-ahead",
+            at=at,
+            consent={"email": True, "captured_at": (now + timedelta(hours=12)).isoformat()},
+        ),
         order_event("delivered", "M-waiting", at=at),
         order_event("fulfilled", "M-1", at=at),  # its purchase earlier in the batch
         order_event("delivered", "M-unknown", at=at),  # no purchase yet
@@ -217,6 +269,7 @@ def test_a_batch_applied_as_sets_leaves_what_one_by_one_leaves(
     now: datetime,
     sample: float,
     caplog: pytest.LogCaptureFixture,
+    frozen_clock: Any,
 ) -> None:
     config = config.model_copy(
         update={"contact": config.contact.model_copy(update={"sample_rate": sample})}
@@ -229,6 +282,14 @@ def test_a_batch_applied_as_sets_leaves_what_one_by_one_leaves(
         as_sets = ingest_batch(db.factory, batch, config, now)
         assert not [r for r in caplog.records if "not applied as a set" in r.getMessage()]
         one_by_one = _one_by_one(other.factory, batch, config, now)
+        if sample == 1.0:
+            outcomes = {
+                raw.get("order_id"): r.outcome for raw, r in zip(batch, one_by_one, strict=True)
+            }
+            assert outcomes["M-forward"] == "skipped: frequency_cap"
+            assert outcomes["M-tie"] == "skipped: no_consent"
+            assert outcomes["M-known"] == "planned: sms, waiting_anchor"
+            assert outcomes["M-ahead"] == "skipped: no_consent"
         assert _answers(as_sets) == _answers(one_by_one)
         assert [r.outcome for r in as_sets] == [r.outcome for r in one_by_one]
         assert _snapshot(db) == _snapshot(other)
