@@ -47,13 +47,15 @@ from reports.tally import (
 )
 
 POSTGRES_SETTINGS: list[str] = [
-    # The GROUP BY's keys include flags computed from timestamps (window open, delivered, days
-    # to send), which PostgreSQL cannot estimate: it expects a group per survey and plans a sort
-    # of every row. There are a few thousand groups, so hashing them is right, in memory.
+    # The report's GROUP BY has keys computed from timestamps and amounts (window open, days to
+    # send, order value step), which PostgreSQL cannot estimate: it expects a group per survey,
+    # and for the two grouping sets it would sort every row. The groups are the distinct
+    # covariate patterns (tens of thousands for a million invitations, ~100 MB of hash tables),
+    # so hashing both sets is right, in memory.
     "SET LOCAL enable_sort = off",
-    "SET LOCAL work_mem = '256MB'",
-    # The aggregate packs values per group, which PostgreSQL 15 cannot split across workers;
-    # letting the join's rows reach it through a Gather still runs the join in parallel.
+    "SET LOCAL work_mem = '512MB'",
+    # Grouping sets are not split across workers by PostgreSQL 15; letting the join's rows
+    # reach the aggregate through a Gather still runs the join in parallel.
     "SET LOCAL parallel_setup_cost = 0",
     "SET LOCAL parallel_tuple_cost = 0",
     # Compiling the expressions costs more than it saves on a query that runs once.

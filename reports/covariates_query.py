@@ -29,7 +29,7 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import ColumnElement, Integer, case, func, literal_column, select
+from sqlalchemy import ColumnElement, Integer, case, func, literal_column, select, tuple_
 from sqlalchemy.orm import Session
 
 from models.orders import Order
@@ -42,10 +42,11 @@ from reports.query import (
     UNKNOWN,
     GridRow,
     Period,
+    band_expr,
     delay_days_expr,
     delay_label,
     dialect_of,
-    iso_week_expr,
+    segment_expr,
 )
 from reports.stats.nps import NpsBands
 
@@ -90,8 +91,10 @@ class CovariateTable:
     invitees it holds. Per row: ``pattern`` (index into the per-pattern arrays),
     ``log_order_total`` (a multiple of :data:`LOG_TOTAL_STEP`), ``days_anchor_to_send`` (whole
     days, capped at :data:`MAX_DAYS_TO_SEND`; NaN without an anchor or send time), ``count``.
-    Per pattern: the categorical covariates, ``repeat_buyer``, ``responded``, ``score`` (NaN
-    for non-responders) and ``segment``, the ``--by`` label (None without ``--by``).
+    Per pattern: the categorical covariates, ``repeat_buyer``, ``responded``, ``score`` (the
+    lowest score of the responder's band, which gives the figures of the responder's own score;
+    NaN for non-responders and for a score in no band) and ``segment``, the ``--by`` label
+    (None without ``--by``).
     """
 
     pattern: IntArray
@@ -134,23 +137,6 @@ class SurveyPatterns:
     """Rows the ``GROUP BY`` returned."""
 
 
-# Columns of the GROUP BY, in order: the order value's step (or total in cents, see
-# :func:`_total_column`) follows; the ``--by`` week key is appended when asked for.
-_KEYS: Final = (
-    "state",
-    "score",
-    "is_open",
-    "delivered",
-    "channel",
-    "category",
-    "country",
-    "arm",
-    "repeat_buyer",
-    "delay",
-)
-_TOTAL = len(_KEYS)
-
-
 def _total_column(dialect: str) -> ColumnElement[Any]:
     """PostgreSQL: the order value's step (see :func:`log_total_step`). SQLite: the total in
     cents, whose step :func:`_covariates` takes (``ln()`` is missing from some SQLite builds)."""
@@ -164,30 +150,56 @@ def _total_column(dialect: str) -> ColumnElement[Any]:
     return literal_column(sql, Integer)
 
 
-def _key_columns(dialect: str, now: datetime, week: bool) -> list[ColumnElement[Any]]:
-    is_open = case(
-        (
-            Survey.state.in_(OPEN_VALUES) & (Survey.closes_at.is_(None) | (Survey.closes_at > now)),
-            1,
-        ),
-        else_=0,
+def _open_expr(now: datetime) -> ColumnElement[Any]:
+    still_open = Survey.state.in_(OPEN_VALUES) & (
+        Survey.closes_at.is_(None) | (Survey.closes_at > now)
     )
-    columns: list[ColumnElement[Any]] = [
+    return case((still_open, 1), else_=0)
+
+
+def _grid_columns(dialect: str, now: datetime, keys: Sequence[str]) -> list[ColumnElement[Any]]:
+    """The counting grid: state, score, open window, delivery receipt, then ``keys``."""
+    return [
         Survey.__table__.c.state,
         Survey.__table__.c.score,
-        is_open,
+        _open_expr(now),
         case((Survey.delivered_at.is_not(None), 1), else_=0),
+        *(segment_expr(dialect, k) for k in keys),
+    ]
+
+
+def _model_columns(
+    dialect: str, now: datetime, bands: NpsBands, by: str | None
+) -> list[ColumnElement[Any]]:
+    """The model's rows: outcome (1 answered, 0 a final non-response, NULL not in the model),
+    the responder's score band, the covariates (see :data:`_MODEL`), then the ``--by`` key when
+    it is not a covariate. Every figure of the adjustment depends on a score only through its
+    band's value (+100 / 0 / -100), so responders are grouped by band, not by score."""
+    outcome = case(
+        (Survey.state.in_(ANSWERED_VALUES), 1),
+        (Survey.state.in_(INVITED_VALUES) & (_open_expr(now) == 0), 0),
+        else_=None,
+    )
+    delay = delay_days_expr(dialect)
+    columns: list[ColumnElement[Any]] = [
+        outcome,
+        band_expr(bands),
         Survey.__table__.c.channel,
         func.coalesce(Order.category, UNKNOWN),
         func.coalesce(Order.country, UNKNOWN),
         func.coalesce(Survey.arm, NO_ARM),
         case((func.coalesce(Order.previous_orders, 0) > 0, 1), else_=0),
-        delay_days_expr(dialect),
+        case((delay > MAX_DAYS_TO_SEND, MAX_DAYS_TO_SEND), else_=delay),
         _total_column(dialect),
     ]
-    if week:
-        columns.append(iso_week_expr(dialect))
-    return [col.label(f"k{i}") for i, col in enumerate(columns)]
+    if by is not None and by not in _MODEL:
+        columns.append(segment_expr(dialect, by))
+    return columns
+
+
+# Positions in a model row (see _model_columns).
+_MODEL: Final = {"channel": 2, "category": 3, "country": 4, "arm": 5}
+_REPEAT, _DAYS, _TOTAL = 6, 7, 8
 
 
 def fetch_patterns(
@@ -198,24 +210,39 @@ def fetch_patterns(
     keys: Sequence[str],
     by: str | None = None,
 ) -> SurveyPatterns:
-    """One ``GROUP BY`` over the surveys of ``period``: the grid over ``keys`` (segment keys,
-    as :func:`reports.query.survey_grid`) and the covariate table with ``by`` as its segment."""
+    """The grid over ``keys`` (segment keys, as :func:`reports.query.survey_grid`) and the
+    covariate table with ``by`` as its segment, from one scan of the surveys of ``period``
+    (``GROUPING SETS`` on PostgreSQL; two ``GROUP BY`` statements elsewhere)."""
     dialect = dialect_of(session)
-    key_cols = _key_columns(dialect, now, "week" in (by, *keys))
-    stmt = (
-        select(*key_cols, func.count())
-        .select_from(Survey)
-        .join(Order, Order.id == Survey.order_id)
-        .where(period.condition())
-        .group_by(*key_cols)
-    )
-    rows: list[Any] = list(session.execute(stmt).all())
-    width = len(key_cols)
-    # Sorted by their keys, so that the table's order depends on the data alone.
-    rows.sort(key=lambda row: tuple((v is None, v) for v in row[:width]))
-    grid = _grid(rows, keys, bands, width)
-    table = _covariates(rows, by, width, cents=dialect != "postgresql")
-    return SurveyPatterns(grid, table, len(rows))
+    grid_cols = [c.label(f"g{i}") for i, c in enumerate(_grid_columns(dialect, now, keys))]
+    model_cols = [c.label(f"m{i}") for i, c in enumerate(_model_columns(dialect, now, bands, by))]
+    base = select().select_from(Survey).join(Order, Order.id == Survey.order_id)
+    base = base.where(period.condition())
+    grid_rows: list[Any]
+    model_rows: list[Any]
+    if dialect == "postgresql":
+        stmt = base.add_columns(
+            func.grouping(model_cols[0].element), *grid_cols, *model_cols, func.count()
+        ).group_by(
+            func.grouping_sets(
+                tuple_(*(c.element for c in grid_cols)),
+                tuple_(*(c.element for c in model_cols)),
+            )
+        )
+        rows = session.execute(stmt).all()
+        width = len(grid_cols)
+        grid_rows = [(*r[1 : 1 + width], r[-1]) for r in rows if r[0]]
+        model_rows = [r[1 + width :] for r in rows if not r[0]]
+    else:
+        grid_rows = list(
+            session.execute(base.add_columns(*grid_cols, func.count()).group_by(*grid_cols))
+        )
+        model_rows = list(
+            session.execute(base.add_columns(*model_cols, func.count()).group_by(*model_cols))
+        )
+    grid = _grid(grid_rows, keys, bands)
+    table = _covariates(model_rows, by, bands, cents=dialect != "postgresql")
+    return SurveyPatterns(grid, table, len(grid_rows) + len(model_rows))
 
 
 def _band(state: str, score: int | None, bands: NpsBands) -> str | None:
@@ -231,60 +258,61 @@ def _band(state: str, score: int | None, bands: NpsBands) -> str | None:
     return None
 
 
-def _label(row: Sequence[Any], key: str, width: int) -> str:
-    """A segment label of a grouped row (see :func:`reports.query.segment_expr`)."""
-    if key == "delay":
-        return delay_label(row[9], str(row[0]) in _INVITED)
-    if key == "week":
-        return str(row[width - 1])
-    index = {"channel": 4, "category": 5, "country": 6, "arm": 7}[key]
-    return str(row[index])
-
-
-def _grid(rows: Sequence[Any], keys: Sequence[str], bands: NpsBands, width: int) -> list[GridRow]:
+def _grid(rows: Sequence[Any], keys: Sequence[str], bands: NpsBands) -> list[GridRow]:
     counts: dict[tuple[tuple[str, ...], str, str | None, bool, bool], int] = {}
     for row in rows:
         state = str(row[0])
-        cell = (
-            tuple(_label(row, k, width) for k in keys),
-            state,
-            _band(state, row[1], bands),
-            bool(row[2]),
-            bool(row[3]),
+        labels = tuple(
+            delay_label(row[4 + i], state in _INVITED) if k == "delay" else str(row[4 + i])
+            for i, k in enumerate(keys)
         )
-        counts[cell] = counts.get(cell, 0) + int(row[width])
+        cell = (labels, state, _band(state, row[1], bands), bool(row[2]), bool(row[3]))
+        counts[cell] = counts.get(cell, 0) + int(row[-1])
     return [GridRow(*cell, n=n) for cell, n in counts.items()]
 
 
-def _covariates(rows: Sequence[Any], by: str | None, width: int, cents: bool) -> CovariateTable:
-    patterns: dict[tuple[Any, ...], int] = {}
-    counts: dict[tuple[int, int, int | None], int] = {}
+def _segment(row: Sequence[Any], by: str) -> str:
+    if by in _MODEL:
+        return str(row[_MODEL[by]])
+    if by == "delay":
+        return delay_label(row[_TOTAL + 1], True)
+    return str(row[_TOTAL + 1])
+
+
+def _covariates(
+    rows: Sequence[Any], by: str | None, bands: NpsBands, cents: bool
+) -> CovariateTable:
+    band_score = {
+        "promoter": float(bands.promoter[0]),
+        "passive": float(bands.passive[0]),
+        "detractor": float(bands.detractor[0]),
+    }
+    counts: dict[tuple[tuple[Any, ...], int, int | None], int] = {}
     for row in rows:
-        state = str(row[0])
-        if state not in _INVITED or row[2]:
+        if row[0] is None:
             continue  # not invited, or the response window is still open
-        responded = state in _ANSWERED
         key = (
-            *(str(row[i]) for i in (4, 5, 6, 7)),
-            float(row[8]),
-            responded,
-            None if not responded or row[1] is None else float(row[1]),
-            None if by is None else _label(row, by, width),
+            *(str(row[i]) for i in _MODEL.values()),
+            float(row[_REPEAT]),
+            bool(row[0]),
+            band_score.get(row[1]) if row[0] else None,
+            "" if by is None else _segment(row, by),
         )
         total = int(row[_TOTAL] or 0)
         step = log_total_step(total / 100) if cents else total
-        days = None if row[9] is None else min(int(row[9]), MAX_DAYS_TO_SEND)
-        cell = (patterns.setdefault(key, len(patterns)), step, days)
-        counts[cell] = counts.get(cell, 0) + int(row[width])
-    # In the order of pattern, days (missing first), step: it depends on the data alone.
-    cells = sorted(counts, key=lambda c: (c[0], c[2] is not None, c[2] or 0, c[1]))
+        cell = (key, step, None if row[_DAYS] is None else int(row[_DAYS]))
+        counts[cell] = counts.get(cell, 0) + int(row[-1])
+    # Patterns numbered in sorted order and rows sorted by pattern, days (missing first) and
+    # step, so that the table's order depends on the data alone.
+    patterns = {k: i for i, k in enumerate(sorted({c[0] for c in counts}, key=_pattern_order))}
+    cells = sorted(counts, key=lambda c: (patterns[c[0]], c[2] is not None, c[2] or 0, c[1]))
     keys = list(patterns)
 
     def column(i: int) -> StrArray:
         return np.array([k[i] for k in keys], dtype=np.str_).reshape(len(keys))
 
     return CovariateTable(
-        pattern=np.array([c[0] for c in cells], dtype=np.intp),
+        pattern=np.array([patterns[c[0]] for c in cells], dtype=np.intp),
         log_order_total=np.array([c[1] for c in cells], dtype=np.float64) / LOG_TOTAL_STEP_PER_UNIT,
         days_anchor_to_send=np.array(
             [np.nan if c[2] is None else c[2] for c in cells], dtype=np.float64
@@ -299,3 +327,8 @@ def _covariates(rows: Sequence[Any], by: str | None, width: int, cents: bool) ->
         score=np.array([np.nan if k[6] is None else k[6] for k in keys], dtype=np.float64),
         segment=None if by is None else column(7),
     )
+
+
+def _pattern_order(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A pattern's sort key: no score (non-responders) as -1."""
+    return (*key[:6], -1.0 if key[6] is None else key[6], key[7])

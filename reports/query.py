@@ -33,7 +33,6 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import (
     ColumnElement,
-    Float,
     Integer,
     String,
     and_,
@@ -111,8 +110,10 @@ def dialect_of(session: Session) -> str:
 def delay_days_expr(dialect: str) -> ColumnElement[Any]:
     """Whole days from anchor to send (floor), NULL when either end is missing."""
     if dialect == "postgresql":
+        # date_part gives the seconds as a double (EXTRACT a slower numeric); a double holds
+        # microseconds exactly at these magnitudes, so the floor is the same.
         sql = (
-            "CAST(FLOOR(EXTRACT(EPOCH FROM (surveys.sent_at - surveys.anchor_at)) / 86400) "
+            "CAST(FLOOR(date_part('epoch', surveys.sent_at - surveys.anchor_at) / 86400) "
             "AS INTEGER)"
         )
     else:

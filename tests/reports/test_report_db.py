@@ -733,8 +733,8 @@ def test_configured_bands_are_used(db: Database, config):
 def test_fetch_holds_every_final_invitation_once_with_coarse_covariates(db: Database, config):
     """The covariate table holds each final invitation once, with the order value in steps of
     0.1 on the log scale and whole days to send capped at 60, as built one invitee at a time by
-    the reference (odd strings, missing and negative totals, long delays included); invitees
-    sharing them share a row."""
+    the reference (odd strings, missing and negative totals, long delays included), and a
+    responder's score as the lowest of its band; invitees sharing them share a row."""
     from reports.build import bands_of
     from reports.covariates_query import fetch_patterns
     from tests.reports.stats.per_row import invitees as per_invitee
@@ -750,10 +750,9 @@ def test_fetch_holds_every_final_invitation_once_with_coarse_covariates(db: Data
         for total, hours in ((None, 24 * 75.5), (-3.0, 24 * 60.0), (0.0, 24 * 59.99), (1e5, 1.0))
     ]
     seed(db, cases)
+    bands = bands_of(config)
     with db.session() as s:
-        patterns = fetch_patterns(
-            s, Period(), NOW, bands_of(config), ("arm", "delay", "week"), "week"
-        )
+        patterns = fetch_patterns(s, Period(), NOW, bands, ("arm", "delay", "week"), "week")
     table = patterns.covariates
 
     def invitees() -> Counter:
@@ -773,6 +772,10 @@ def test_fetch_holds_every_final_invitation_once_with_coarse_covariates(db: Data
             out[key] += int(table.count[row])
         return out
 
+    def band_floor(score: int) -> int:  # responders are grouped by band
+        bounds = (bands.detractor, bands.passive, bands.promoter)
+        return next(low for low, high in bounds if low <= score <= high)
+
     final = per_invitee.final_invitations(cases)
     expected = Counter(
         (
@@ -780,7 +783,7 @@ def test_fetch_holds_every_final_invitation_once_with_coarse_covariates(db: Data
             "unknown" if c.country is None else c.country,
             iso_week(c.purchased_at),
             c.responded,
-            c.score if c.responded else None,
+            band_floor(c.score) if c.responded else None,
             per_invitee.log_order_total(c.total),
             None if math.isnan(days := per_invitee.days_anchor_to_send(c)) else days,
         )
