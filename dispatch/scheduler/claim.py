@@ -1,11 +1,11 @@
 """Claiming due surveys: one batch at a time, with a fixed number of statements per batch.
 
-A batch is taken by one statement: the due ``scheduled`` rows in due order, locked
-``FOR UPDATE SKIP LOCKED`` on PostgreSQL (any number of schedulers share the work without taking
-the same row), each with what its re-check needs beside it: its order's cancellation, its
-customer's erasure and the current consent for its channel (a correlated subquery, the rule of
-:func:`dispatch.consent.consent_granted`). The re-checks then run in Python, quiet hours once per
-time zone, and every survey moves in one :func:`models.surveys.move_each`:
+A batch is taken by one statement: the due ``scheduled`` rows in due order, locked ``FOR UPDATE
+SKIP LOCKED`` on PostgreSQL (any number of schedulers share the work without taking the same
+row), each with what its re-check needs beside it: its order's cancellation, its customer's
+erasure and the current consent for its channel (a correlated subquery, the rule of
+:func:`dispatch.consent.consent_granted`). The re-checks then run in Python, quiet hours once
+per time zone, and every survey moves in one :func:`models.surveys.move_each`:
 
 - order cancelled or customer erased: ``withdrawn``, with the reason of
   :func:`dispatch.consent.withdrawal_reason`;
@@ -17,9 +17,10 @@ time zone, and every survey moves in one :func:`models.surveys.move_each`:
 - otherwise ``queued``, stamped with the moment of the move.
 
 The batch commits, and only then are its ids enqueued: a crash in between leaves ``queued`` rows
-that the stuck-queue sweep enqueues again; the other order could send a survey still marked
-``scheduled``. Each enqueued survey's lateness (enqueue moment minus due time) is observed in
-``nps_scheduler_lateness_seconds``.
+that the stuck-queue sweep enqueues again once their lease runs out, and an enqueue that fails
+(Redis down) expires their lease so that the next pass enqueues them; the other order could send
+a survey still marked ``scheduled``. Each enqueued survey's lateness (enqueue moment minus due
+time) is observed in ``nps_scheduler_lateness_seconds``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from config import OperatorConfig
 from dispatch import planning, timing
 from dispatch.consent import consent_granted, withdrawal_reason
+from dispatch.scheduler.upkeep import expire_leases
 from dispatch.tick_report import TickReport
 from logs.metrics import SCHEDULER_LATENESS
 from models import Customer, Order, Survey, SurveyState
@@ -124,7 +126,13 @@ def claim_batch(
         report.stopped += sum(1 for m in moves if m.target == S.withdrawn and m.survey_id in moved)
         report.deferred += sum(1 for m in moves if m.target == S.scheduled and m.survey_id in moved)
     if to_enqueue:
-        enqueue_many(to_enqueue)
+        try:
+            enqueue_many(to_enqueue)
+        except Exception:
+            # Committed ``queued``, not on the queue (Redis down, say): the next pass's
+            # stuck-queue sweep enqueues them, rather than once their lease has run out.
+            expire_leases(factory, to_enqueue)
+            raise
         enqueued_at = clock()
         for sid in to_enqueue:
             SCHEDULER_LATENESS.observe(max(0.0, (enqueued_at - due[sid]).total_seconds()))

@@ -3,8 +3,11 @@
 Re-planning finds the pending surveys planned under another config version through the partial
 index ``ix_surveys_pending_version``: ``config_version < current OR config_version > current``,
 two range scans that touch only the stale rows (a bare ``!=`` cannot use the index and would
-read every pending row on every pass). Once re-planned a row carries the current version, so
-the next pass finds nothing, in two index probes, however many surveys are pending.
+read every pending row on every pass), plus a probe for rows with no version recorded (``NULL``
+compares as neither, and such a row must not keep an old plan for ever). The versions are
+hashes, so "older" means nothing: only "another" does, which the two ranges cover. Once
+re-planned a row carries the current version, so the next pass finds nothing, in three index
+probes, however many surveys are pending.
 """
 
 from __future__ import annotations
@@ -39,7 +42,11 @@ def replan_stale(
             select(Survey)
             .where(
                 in_states(*PENDING_STATES),
-                or_(Survey.config_version < version, Survey.config_version > version),
+                or_(
+                    Survey.config_version < version,
+                    Survey.config_version > version,
+                    Survey.config_version.is_(None),
+                ),
             )
             .limit(limit)
             .with_for_update(skip_locked=True)

@@ -9,13 +9,14 @@ it acts on, not the number of surveys stored.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatch.scheduler.errors import describe_error, log, origin
 from dispatch.tick_report import STEP_FAILURES, TickReport
+from logs.metrics import SCHEDULER_LATENESS
 from models import InboundEvent, Survey, SurveyState, move
 from models.lifecycle import AWAITING_FOLLOWUP_STATES, OPEN_STATES
 from models.surveys import in_states
@@ -29,6 +30,31 @@ def failed(report: TickReport, step: str, n: int = 1) -> None:
     STEP_FAILURES.labels(step=step).inc(n)
 
 
+#: The ``queued_at`` of a ``queued`` row whose message never reached the broker (its enqueue
+#: failed): older than any lease, so the next pass's stuck-queue sweep takes it at once.
+LEASE_EXPIRED = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def expire_leases(factory: Factory, ids: Sequence[int]) -> None:
+    """Mark ``queued`` rows whose enqueue failed as :data:`LEASE_EXPIRED`, so the next pass
+    enqueues them again instead of waiting out ``stuck_after``. If even this fails (the
+    database is gone too), the rows keep their lease and are enqueued once it runs out."""
+    try:
+        with factory() as session, session.begin():
+            session.execute(
+                update(Survey)
+                .where(Survey.id.in_(list(ids)), Survey.state == S.queued)
+                .values(queued_at=LEASE_EXPIRED)
+                .execution_options(synchronize_session=False)
+            )
+    except Exception as exc:
+        log.error(
+            "%s queued surveys not enqueued, lease kept (enqueued once it runs out): %s",
+            len(ids),
+            describe_error(exc),
+        )
+
+
 def requeue_stuck(
     factory: Factory,
     now: datetime,
@@ -39,17 +65,19 @@ def requeue_stuck(
 ) -> None:
     """``queued`` rows older than ``stuck_after`` are enqueued again: a message lost by the
     broker, or a scheduler stopped between its commit and its enqueue. A duplicate is harmless:
-    the worker claims ``queued -> sending`` before sending."""
+    the worker claims ``queued -> sending`` before sending. Rows whose enqueue failed
+    (:data:`LEASE_EXPIRED`) are taken first, and their lateness is observed now, as it never
+    was; if this enqueue fails too, their leases are expired again for the next pass."""
     cutoff = now - stuck_after
     with factory() as session, session.begin():
-        ids = list(
-            session.scalars(
-                select(Survey.id)
-                .where(in_states(S.queued), Survey.queued_at < cutoff)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-        )
+        rows = session.execute(
+            select(Survey.id, Survey.queued_at, Survey.due_at)
+            .where(in_states(S.queued), Survey.queued_at < cutoff)
+            .order_by(Survey.queued_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).all()
+        ids = [row.id for row in rows]
         if ids:
             session.execute(
                 update(Survey)
@@ -65,7 +93,14 @@ def requeue_stuck(
             ", ".join(map(str, ids[:20])),
             ", ..." if len(ids) > 20 else "",
         )
-        enqueue_many(ids)
+        try:
+            enqueue_many(ids)
+        except Exception:
+            expire_leases(factory, ids)
+            raise
+        for row in rows:
+            if row.queued_at == LEASE_EXPIRED and row.due_at is not None:
+                SCHEDULER_LATENESS.observe(max(0.0, (now - row.due_at).total_seconds()))
     report.requeued += len(ids)
     report.enqueued.extend(ids)
 

@@ -202,8 +202,9 @@ def test_settling_is_isolated_per_survey(db: Database, config, clock):
 
 
 def test_a_failing_step_is_counted_and_the_later_steps_run(db: Database, config, clock):
-    """The broker is down: enqueueing raises. Claimed rows stay `queued` (re-enqueued later);
-    reminders, closing, replay and pruning still happen."""
+    """The broker is down: enqueueing raises. Claimed rows stay `queued`, their lease expired,
+    so the stuck-queue sweep tries them again at once (and fails too); reminders, closing,
+    replay and pruning still happen."""
     ids = seed_pass_work(db, config)
 
     def broker_down(_survey_id: int) -> None:
@@ -220,16 +221,16 @@ def test_a_failing_step_is_counted_and_the_later_steps_run(db: Database, config,
         ),
     ).tick(config, PASS)
 
-    assert report.failures == {"claim_due": 1}
+    assert report.failures == {"claim_due": 1, "requeue_stuck": 1}
     assert {step: failures_counted(step) - before[step] for step in STEPS} == {
-        step: (1.0 if step == "claim_due" else 0.0) for step in STEPS
+        step: (1.0 if step in ("claim_due", "requeue_stuck") else 0.0) for step in STEPS
     }
     assert survey_of(db, ids["due"]).state == "queued"
     assert reminders == [(ids["reminder"], 0)]
     assert_other_steps_ran(db, ids, report)
-    # Once the broker is back, the stuck `queued` row goes out.
+    # Once the broker is back, the `queued` row goes out on the next pass.
     enqueued: list[int] = []
-    later = Scheduler(db.factory, enqueued.append).tick(config, PASS + timedelta(minutes=11))
+    later = Scheduler(db.factory, enqueued.append).tick(config, PASS + timedelta(seconds=5))
     assert enqueued == [ids["due"]] and later.failures == {}
 
 
