@@ -218,6 +218,7 @@ def _mixed_batch(now: datetime) -> tuple[list[dict[str, Any]], list[dict[str, An
         # effect when we record it, the same moment, so the revocation still wins.
         purchase("M-ahead-old", "c-ahead", at=before - timedelta(days=200)),
         consent_event("revoked", "c-ahead", at=now, email=False),
+        purchase("M-fb-old", "c-fb", at=before - timedelta(days=200), phone=None),
     ]
     at = now - timedelta(hours=1)
     twice = purchase("M-twice", "c-twice", at=at)
@@ -235,6 +236,11 @@ def _mixed_batch(now: datetime) -> tuple[list[dict[str, Any]], list[dict[str, An
         purchase("M-b", "c-two", at=at),  # the same customer twice in one batch
         purchase("M-early", "c-early", at=before - timedelta(hours=1)),
         purchase("M-gone-2", "c-gone", at=before - timedelta(hours=1)),  # before the erasure
+        # Read by an event applied on its own, then given a phone by a purchase of a run: the
+        # revocation after it falls back to SMS with that phone.
+        consent_event("granted", "c-fb", at=at, email=True),
+        purchase("M-fb", "c-fb", at=at, phone="+40721000999", consent={"email": True, "sms": True}),
+        consent_event("revoked", "c-fb", at=at + timedelta(minutes=1), email=False),
         purchase("M-forward", "c-forward", at=at),  # within the cap of the later M-later
         purchase("M-tie", "c-tie", at=at, consent={}),  # revoked at the same moment as granted
         purchase("M-known", "c-known", at=at, consent={}),  # sms granted before, email not

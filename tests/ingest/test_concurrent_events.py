@@ -8,7 +8,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select, text
@@ -18,7 +18,7 @@ from config import OperatorConfig
 from ingest.apply import _order, upsert_customer
 from ingest.schema import CustomerIn
 from ingest.service import ingest_batch
-from models import Customer, Order
+from models import Customer, Order, Survey
 from tests.conftest import Database
 from tests.factories import purchase
 
@@ -114,3 +114,30 @@ def test_a_batch_run_again_logs_each_event_accepted_once(
     for event in (first, second):
         said = [m for m in messages if m.startswith(f"event {event['event_id']} ")]
         assert len(said) == 1 and "(purchase.completed) accepted" in said[0]
+
+
+def test_two_batches_about_one_customer_and_one_order_plan_one_survey(
+    pg_db: Database, config: OperatorConfig, now: datetime
+) -> None:
+    """The first batch is applied as sets and held open; the second, about the same order and
+    customer, waits for it and then sees what it planned: the order is recorded once and the
+    frequency cap holds across the two batches."""
+    from ingest.service import _ingest_set
+
+    at = now - timedelta(hours=1)
+    first = [purchase("B-shared", "C-both", at=at), purchase("B-1", "C-both", at=at)]
+    second = [purchase("B-shared", "C-both", at=at), purchase("B-2", "C-both", at=at)]
+    with pg_db.session() as holding, ThreadPoolExecutor(1) as pool:
+        held = _ingest_set(holding, first, config, now, raise_transient=False)
+        assert [r.outcome for r in held] == [
+            "planned: email, waiting_anchor",
+            "skipped: frequency_cap",
+        ]
+        later = pool.submit(ingest_batch, pg_db.factory, second, config, now)
+        _wait_for_a_lock_wait(holding)
+        holding.commit()
+        outcomes = [r.outcome for r in later.result(timeout=60)]
+    assert outcomes == ["order already recorded", "skipped: frequency_cap"]
+    with pg_db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Survey)) == 1
+        assert s.scalar(select(func.count()).where(Order.external_id == "B-shared")) == 1

@@ -19,7 +19,13 @@ from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from config import OperatorConfig
-from ingest.service import IngestResult, ingest_event, ingest_in_session, store_dead_letter
+from ingest.service import (
+    IngestResult,
+    ingest_batch,
+    ingest_event,
+    ingest_in_session,
+    store_dead_letter,
+)
 from models import ConsentRecord, Customer, DeadLetter, InboundEvent, Survey
 from models.erasure import subject_key
 from tests.conftest import Database
@@ -135,3 +141,27 @@ def test_a_webhook_applied_while_the_erasure_runs_is_unlinked_by_it(
         stored = s.get(InboundEvent, row_id)
         assert stored is not None
         assert stored.payload is None and stored.subject_key is None
+
+
+def test_a_batch_during_the_erasure_does_not_bring_the_customer_back(
+    pg_db: Database, config: OperatorConfig
+) -> None:
+    """The batch's purchases are applied as a set: its subjects are locked together, the
+    erased one among others, and only that one is refused."""
+    ingest_event(pg_db.factory, purchase("A-1", "c-1", at="2026-11-18T10:00:00Z"), config, NOW)
+    batch = [
+        purchase("A-3", "c-0", at="2026-11-20T10:00:00Z"),
+        purchase("A-2", "c-1", at="2026-11-20T10:00:00Z"),
+        purchase("A-4", "c-2", at="2026-11-20T10:00:00Z"),
+    ]
+
+    results: list[IngestResult] = _while_erasing(
+        pg_db, config, lambda: ingest_batch(pg_db.factory, batch, config, NOW)
+    )
+
+    assert [r.outcome for r in results] == [
+        "planned: email, waiting_anchor",
+        "customer erased",
+        "planned: email, waiting_anchor",
+    ]
+    assert sorted(_live_customers(pg_db)) == ["c-0", "c-2"]
