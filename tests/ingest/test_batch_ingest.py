@@ -13,6 +13,7 @@ from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import OperatorConfig
+from ingest.schema import EVENT_TYPES
 from ingest.service import IngestResult, ingest_batch, ingest_in_session
 from models import (
     ConsentRecord,
@@ -252,6 +253,8 @@ def _mixed_batch(now: datetime) -> tuple[list[dict[str, Any]], list[dict[str, An
         ),
         order_event("delivered", "M-waiting", at=at),
         order_event("fulfilled", "M-1", at=at),  # its purchase earlier in the batch
+        purchase("M-1", "c-other", at=at),  # a second purchase event for one order
+        purchase("M-old", "c-other", at=at),  # and for an order recorded before the batch
         order_event("delivered", "M-unknown", at=at),  # no purchase yet
         twice,
         twice,
@@ -330,3 +333,21 @@ def test_each_event_is_counted_once_by_type_and_outcome(db, config, now, caplog)
     assert {key: _events_counted(*key) - before[key] for key in keys} == dict.fromkeys(keys, 1.0)
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert lines == ["batch of 4 events: 1 accepted, 1 conflict, 1 duplicate, 1 rejected"]
+
+
+def test_a_type_we_do_not_know_is_counted_as_invalid_never_as_its_own_label(db, config, now):
+    from prometheus_client import REGISTRY
+
+    chosen = "ana@example.com"
+    before = _events_counted("invalid", "rejected")
+    results = ingest_batch(db.factory, [{"type": chosen, "event_id": "mx-1"}], config, now)
+    assert [r.status for r in results] == ["rejected"]
+    assert _events_counted("invalid", "rejected") - before == 1.0
+    labels = {
+        sample.labels.get("type")
+        for metric in REGISTRY.collect()
+        if metric.name == "nps_events"
+        for sample in metric.samples
+    }
+    assert "invalid" in labels and chosen not in labels
+    assert labels <= {"invalid", *EVENT_TYPES}
