@@ -12,14 +12,15 @@ SQL, then times, each the best of ``--repeat`` runs:
 - the bare baseline over the same rows: ``SELECT count(*), avg(score) FROM surveys`` and a bare
   ``GROUP BY`` of the surveys joined to their orders (channel x state, counts only);
 - ``build_report`` overall and ``--by channel``;
-- the overall report's parts: the one ``GROUP BY`` of :func:`reports.covariates_query.
-  fetch_patterns` (grid and covariate rows), and the adjustment (propensity model, Hajek
-  estimate, SMDs) overall and per channel.
+- the overall report's parts: the one scan of :func:`reports.covariates_query.
+  fetch_patterns` (two grouping sets: the counting grid and the model's covariate patterns),
+  and the adjustment (propensity model, Hajek estimate, SMDs) overall and per channel.
 
 It prints one JSON object: the figures in seconds, the baselines of the same run, the ratios
 (report / bare GROUP BY, report / count), the machine's load average, and how many rows the
-model was fitted on for how many invitees. It is not a test: nothing asserts on the figures,
-which depend on the machine.
+model was fitted on for how many invitees (``model_rows``: distinct patterns of the coarse
+covariates, outcome and score band) and how many rows the grouping sets returned. It is not a
+test: nothing asserts on the figures, which depend on the machine.
 """
 
 from __future__ import annotations

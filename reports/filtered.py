@@ -62,6 +62,7 @@ def build_view_report(
         if session.get_bind().dialect.name == "postgresql":
             # One snapshot for every query, so that the funnel adds up under concurrent writes.
             session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            build.tune_session(session)
         try:
             report = build._build(session, config, view, by, other, now)
         finally:
