@@ -242,6 +242,11 @@ def _mixed_batch(now: datetime) -> tuple[list[dict[str, Any]], list[dict[str, An
         consent_event("granted", "c-fb", at=at, email=True),
         purchase("M-fb", "c-fb", at=at, phone="+40721000999", consent={"email": True, "sms": True}),
         consent_event("revoked", "c-fb", at=at + timedelta(minutes=1), email=False),
+        # Read by an event applied on its own, then purchased in a run, then read again.
+        order_event("cancelled", "M-stale", at=at),
+        purchase("M-stale", "c-stale", at=at),
+        order_event("refunded", "M-stale", at=at),
+        order_event("delivered", "M-stale", at=at),
         purchase("M-forward", "c-forward", at=at),  # within the cap of the later M-later
         purchase("M-tie", "c-tie", at=at, consent={}),  # revoked at the same moment as granted
         purchase("M-known", "c-known", at=at, consent={}),  # sms granted before, email not
