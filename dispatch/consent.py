@@ -17,7 +17,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from models import ConsentRecord, Customer, Order, Survey, SurveyState, move
-from models.customers import _EFFECTIVE_AT as EFFECTIVE_AT
+from models.customers import consent_order
 from models.erasure import subject_key
 
 _CUSTOMERS = cast(Table, Customer.__table__)
@@ -61,13 +61,13 @@ def consent_granted(
     channel: ColumnElement[Any] | InstrumentedAttribute[str],
 ) -> Any:
     """The latest consent record's grant for ``customer_id`` and ``channel`` (columns of the
-    enclosing statement), as a scalar subquery: ``NULL`` without any record. The same order as
-    :func:`models.customers.latest_consent`: latest by effective time, and at the same moment a
-    revocation before a grant."""
+    enclosing statement), as a scalar subquery: ``NULL`` without any record. The order is
+    :func:`models.customers.consent_order`, the one :func:`models.customers.latest_consent`
+    uses: latest by effective time, and at the same moment a revocation before a grant."""
     return (
         select(ConsentRecord.granted)
         .where(ConsentRecord.customer_id == customer_id, ConsentRecord.channel == channel)
-        .order_by(EFFECTIVE_AT.desc(), ConsentRecord.granted.asc(), ConsentRecord.id.desc())
+        .order_by(*consent_order())
         .limit(1)
         .scalar_subquery()
     )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, case, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.sql.elements import ColumnElement
 
 from models.base import Base, BigId, UtcDateTime, utcnow
 
@@ -77,13 +79,21 @@ class ErasedSubject(Base):
     erased_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
-# When a consent record took effect: its capture time, but never later than when we recorded it.
-# A shop's clock running ahead (events may be dated up to a day in the future) must not let its
-# grant outrank a STOP or an unsubscribe that we stamp with our own clock after it.
-_EFFECTIVE_AT = case(
-    (ConsentRecord.captured_at > ConsentRecord.recorded_at, ConsentRecord.recorded_at),
-    else_=ConsentRecord.captured_at,
-)
+def consent_order() -> tuple[ColumnElement[Any], ...]:
+    """The ORDER BY that puts the current consent record first, for any query over
+    ``consent_records`` (:func:`latest_consent`, and statements that check consent for their
+    own rows, such as the send's claim): latest by when the record took effect, then a
+    revocation before a grant of the same moment, then the latest recorded.
+
+    A record took effect at its capture time, but never later than when we recorded it: a
+    shop's clock running ahead (events may be dated up to a day in the future) must not let
+    its grant outrank a STOP or an unsubscribe that we stamp with our own clock after it.
+    :func:`consent_rank` is the same order in Python."""
+    effective_at = case(
+        (ConsentRecord.captured_at > ConsentRecord.recorded_at, ConsentRecord.recorded_at),
+        else_=ConsentRecord.captured_at,
+    )
+    return (effective_at.desc(), ConsentRecord.granted.asc(), ConsentRecord.id.desc())
 
 
 def consent_rank(
@@ -103,7 +113,7 @@ def latest_consent(session: Session, customer_id: int, channel: str) -> bool | N
     granted: bool | None = session.scalar(
         select(ConsentRecord.granted)
         .where(ConsentRecord.customer_id == customer_id, ConsentRecord.channel == channel)
-        .order_by(_EFFECTIVE_AT.desc(), ConsentRecord.granted.asc(), ConsentRecord.id.desc())
+        .order_by(*consent_order())
         .limit(1)
     )
     return granted
