@@ -102,6 +102,11 @@ _STORE: Final = {
 
 #: The latest message record with a provider id takes the event's delivery state unless its own
 #: already ranks as high (``kept``); returns the message's survey id, no row without a message.
+#: The provider id is compared on the updated row itself too, not only in the subquery that
+#: found it: PostgreSQL evaluates that subquery once, and re-checks only the row's own
+#: conditions when the row was changed meanwhile. An erasure holding the row (it empties the
+#: message's provider id) thus leaves nothing to update once it commits, and the event goes to
+#: the full rules, which know the customer is erased, instead of tying its raw payload to them.
 _ADVANCE_MESSAGE: Final = (
     update(_MESSAGES)
     .where(
@@ -111,7 +116,9 @@ _ADVANCE_MESSAGE: Final = (
             _MESSAGES.c.provider == bindparam("b_provider"),
             _MESSAGES.c.provider_message_id == bindparam("b_message_id"),
         )
-        .scalar_subquery()
+        .scalar_subquery(),
+        _MESSAGES.c.provider == bindparam("b_provider"),
+        _MESSAGES.c.provider_message_id == bindparam("b_message_id"),
     )
     .values(
         status=case(
