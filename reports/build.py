@@ -321,7 +321,7 @@ def _build(
     now: datetime,
 ) -> dict[str, Any]:
     bands = bands_of(config)
-    # One GROUP BY serves the overall figures, the timing view and the segments.
+    # One scan serves the overall figures, the timing view, the segments and the model.
     keys: tuple[str, ...] = ("arm", "delay")
     if by is not None and by not in keys:
         keys = (*keys, by)

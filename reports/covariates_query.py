@@ -1,7 +1,9 @@
-"""The report's one pass over the surveys of a period: a ``GROUP BY`` of the surveys by their
-discrete keys (state, score, open window, delivery receipt, channel, category, country, arm,
-repeat buyer, days from anchor to send, order value step, and the ``--by`` key), turned into the
-counting grid of :mod:`reports.tally` and the covariate patterns of the non-response adjustment.
+"""The report's one pass over the surveys of a period, counted in two grouping sets: the
+counting grid of :mod:`reports.tally` (state, score, open window, delivery receipt and the
+segment keys) and the covariate patterns of the non-response adjustment (outcome, score band,
+channel, category, country, arm, repeat buyer, days from anchor to send, order value step, and
+the ``--by`` key). PostgreSQL hashes both sets in one scan (``GROUPING SETS``); SQLite, which
+has none, runs the two ``GROUP BY`` statements.
 
 The model's two numeric covariates are coarse by specification, so that invitees share rows:
 
@@ -11,12 +13,12 @@ The model's two numeric covariates are coarse by specification, so that invitees
   time (the model imputes the median);
 - ``log_order_total``: ``ln(1 + max(order total, 0))`` rounded to the nearest multiple of
   :data:`LOG_TOTAL_STEP` (0.1, steps of about 10% in price). PostgreSQL computes the step in the
-  ``GROUP BY``; SQLite (whose ``ln()`` depends on how it was built) groups by the total in
+  query; SQLite (whose ``ln()`` depends on how it was built) groups by the total in
   cents and the step is taken here, the groups of the same step then merged.
 
-The model rows are the distinct (covariates, outcome, score) combinations, each with how many
-invitees it holds (:class:`CovariateTable`), in an order that depends only on the data, so a
-report over the same data is reproducible to the bit.
+The model rows are the distinct (covariates, outcome, score band) combinations, each with how
+many invitees it holds (:class:`CovariateTable`), in an order that depends only on the data, so
+a report over the same data is reproducible to the bit.
 """
 
 from __future__ import annotations
@@ -134,7 +136,7 @@ class SurveyPatterns:
     grid: list[GridRow]
     covariates: CovariateTable
     groups: int
-    """Rows the ``GROUP BY`` returned."""
+    """Rows the grouping sets returned (both sets)."""
 
 
 def _total_column(dialect: str) -> ColumnElement[Any]:

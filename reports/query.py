@@ -3,7 +3,7 @@ and the small aggregates (purchases, skip reasons, the grid of a compared period
 
 Everything that counts is a ``SELECT ... GROUP BY`` (states, score bands, skip reasons, segment
 keys), so the database does the counting and Python only sees aggregated rows. The report's
-main pass, one ``GROUP BY`` giving both its counting grid and the propensity model's rows, is
+main pass, one scan giving both its counting grid and the propensity model's rows, is
 in :mod:`reports.covariates_query`.
 
 Period: ``Order.purchased_at`` in ``[since, until)``, both UTC dates (midnight), either open.
