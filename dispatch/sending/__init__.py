@@ -15,7 +15,9 @@ The order of steps is the product's promise:
    revocation, cancellation or erasure committed while the worker waited stops the send
    (``suppressed``, or the next consented channel; ``withdrawn``) before any provider request.
    The message is built from these fresh rows and the marker ``sending_at`` set: a ``sending``
-   row has its provider call under way or done.
+   row has its provider call under way or done. A claim whose connection was lost may have
+   been committed unheard: before it runs again, a row still carrying this worker's own marker
+   is taken back to ``queued`` (the provider was not called), then claimed afresh.
 4. **Send** through the channel. Only an answer that proves nothing was created (429, a refused
    connection, a validation error) is retried or failed. Any other answer (5xx, 408, a connection
    lost after the request was written, a success without the message's id) may mean the message

@@ -36,10 +36,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from channels.base import ChannelName
 from dispatch.consent import consent_granted
-from dispatch.sending.common import SURVEYS, TRANSITIONS, move_one
+from dispatch.sending.common import SURVEYS, TRANSITIONS, move_one, record_transition
 from models import Customer, Order, SurveyState
 from models.customers import ContactStatus
 from models.lifecycle import can_move
+from models.session import retry_on_disconnect
 
 S = SurveyState
 
@@ -137,16 +138,68 @@ def claim_in_one(
 
 def give_back(factory: sessionmaker[Session], survey_id: int, attempts: int, now: datetime) -> None:
     """A claim whose message could not be built goes back to ``queued``, without its marker
-    (the provider was not called) and without counting as an attempt."""
+    (the provider was not called) and without counting as an attempt. A compare-and-set from
+    ``sending``: run again on a new connection when the pooled one was dead."""
+
+    def work() -> None:
+        with factory() as session, session.begin():
+            move_one(
+                session,
+                survey_id,
+                S.sending,
+                S.queued,
+                now=now,
+                reason="the message could not be built",
+                sending_at=None,
+                queued_at=now,
+                attempts=max(attempts - 1, 0),
+            )
+
+    retry_on_disconnect(work)
+
+
+#: A claim this worker made at ``now`` whose answer it never heard, back to ``queued``.
+_TAKE_BACK = (
+    update(SURVEYS)
+    .where(
+        SURVEYS.c.id == bindparam("survey_id"),
+        SURVEYS.c.state == S.sending.value,
+        SURVEYS.c.sending_at == bindparam("now"),
+    )
+    .values(
+        state=S.queued.value,
+        state_changed_at=bindparam("now"),
+        sending_at=None,
+        queued_at=bindparam("now"),
+        attempts=case((SURVEYS.c.attempts > 0, SURVEYS.c.attempts - 1), else_=0),
+    )
+    .returning(SURVEYS.c.id)
+)
+
+
+def take_back_unheard_claim(factory: sessionmaker[Session], survey_id: int, now: datetime) -> bool:
+    """Before a claim runs again because its connection was lost: the lost one may have been
+    committed by the server with its answer lost on the way back (the commit is ambiguous).
+    Run again blind, it would find the row ``sending`` and do nothing, leaving a claim with
+    its marker that no worker sends, which the reconciler could only end ``send_unknown``.
+
+    So a row still ``sending`` with this worker's own marker (``sending_at`` is the send's
+    ``now``, which no other worker's claim carries) goes back to ``queued`` first, without
+    counting an attempt: the provider was not called, as this worker never got past its
+    claim. The claim that follows then takes it, re-checking everything. Returns whether a
+    claim was taken back."""
+    if not can_move(S.sending, S.queued):
+        return False
     with factory() as session, session.begin():
-        move_one(
+        taken = session.execute(_TAKE_BACK, {"survey_id": survey_id, "now": now}).first()
+        if taken is None:
+            return False
+        record_transition(
             session,
             survey_id,
             S.sending,
             S.queued,
             now=now,
-            reason="the message could not be built",
-            sending_at=None,
-            queued_at=now,
-            attempts=max(attempts - 1, 0),
+            reason="the claim's answer was lost with its connection; claimed again",
         )
+    return True

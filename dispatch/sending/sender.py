@@ -21,6 +21,7 @@ from channels.links import AnswerLinks
 from channels.reconcile import FoundMessage, status_callback_url
 from config import OperatorConfig
 from dispatch.ratelimit import InProcessRateLimiter, RateLimiter
+from dispatch.sending.claim_one import take_back_unheard_claim
 from dispatch.sending.claims import claim, pick_up
 from dispatch.sending.common import SendInvariantError, SendOutcome, log, timed_send
 from dispatch.sending.message import build_message
@@ -56,7 +57,10 @@ class Sender:
     ) -> SendOutcome:
         now = now or utcnow()
         # Each transaction of a send is run again when its pooled connection turned out dead
-        # (models.session): all of them are compare-and-sets, safe to repeat.
+        # (models.session): all of them are compare-and-sets, safe to repeat, even when the
+        # lost one was committed unheard (the claim takes such a claim of its own back first;
+        # the record adds no second message row; a permanent refusal's revocation is evidence
+        # that may be appended twice).
         picked = retry_on_disconnect(lambda: pick_up(self.factory, survey_id, config, now))
         if isinstance(picked, SendOutcome):
             return picked
@@ -67,13 +71,9 @@ class Sender:
             if isinstance(claimed_off, SendOutcome):
                 return claimed_off
             survey, customer, _ = claimed_off
-            return record_permanent(
-                self.factory,
-                survey,
-                customer,
-                config,
-                now,
-                PermanentSendError(f"channel {survey.channel} is off", provider="config"),
+            off = PermanentSendError(f"channel {survey.channel} is off", provider="config")
+            return retry_on_disconnect(
+                lambda: record_permanent(self.factory, survey, customer, config, now, off)
             )
         # The slot is reserved before the claim: a claim is never left waiting for a slot.
         self._wait_for_slot(picked, config)
@@ -100,7 +100,10 @@ class Sender:
             )
         except PermanentSendError as exc:
             SENDS.labels(picked.value, "permanent").inc()
-            return record_permanent(self.factory, survey, customer, config, now, exc)
+            permanent = exc
+            return retry_on_disconnect(
+                lambda: record_permanent(self.factory, survey, customer, config, now, permanent)
+            )
         SENDS.labels(picked.value, "sent").inc()
         return self._record_sent(survey, message, receipt, config, now)
 
@@ -161,9 +164,17 @@ class Sender:
             if mark
             else None
         )
-        return retry_on_disconnect(
-            lambda: claim(self.factory, survey_id, channel, config, now, build)
-        )
+        runs = 0
+
+        def work() -> SendOutcome | tuple[Survey, Customer, OutboundMessage | None]:
+            nonlocal runs
+            runs += 1
+            if runs > 1 and build is not None:
+                # The lost connection may have committed the claim unheard: take it back.
+                take_back_unheard_claim(self.factory, survey_id, now)
+            return claim(self.factory, survey_id, channel, config, now, build)
+
+        return retry_on_disconnect(work)
 
     def _message(
         self,

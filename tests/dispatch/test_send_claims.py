@@ -18,14 +18,16 @@ from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import pytest
 from sqlalchemy import select
 
 from channels.base import ChannelName
 from config import RateLimits
 from dispatch.ratelimit import InProcessRateLimiter
 from dispatch.scheduler import Scheduler
+from dispatch.sending import SendInvariantError
 from ingest.service import ingest_event
-from models import Survey, SurveyState
+from models import Customer, Survey, SurveyState
 from tests.dispatch.test_send_promises import (
     AFTER_WINDOW,
     WaitingRateLimiter,
@@ -222,3 +224,34 @@ def test_a_backlog_with_waits_longer_than_the_sending_timeout_sends_each_survey_
     assert sorted(accepted) == sorted(r.id for r in rows)  # each one accepted exactly once
     assert {r.state for r in rows} == {S.sent}
     assert {r.attempts for r in rows} == {2}  # the 429 and the send: no give-back counted
+
+
+def test_a_claim_whose_message_cannot_be_built_is_given_back_and_sent_once_repaired(
+    db, config, respx_mock
+):
+    # A customer row that says its phone is valid but holds none: the claim's checks pass, the
+    # message cannot be built. The claim goes back to `queued`, no attempt counted, no marker.
+    survey_id = sms_survey(db, config)
+    post = respx_mock.post(TWILIO_MESSAGES).mock(return_value=twilio_created())
+    with db.session() as s, s.begin():
+        customer = s.get(Customer, survey(db, survey_id).customer_id)
+        phone, customer.phone = customer.phone, None
+    sender = sender_with(db, WaitingRateLimiter())
+
+    with pytest.raises(SendInvariantError):
+        sender.send(survey_id, config, NOON)
+
+    assert not post.called
+    row = survey(db, survey_id)
+    assert (row.state, row.attempts, row.sending_at) == (S.queued, 0, None)
+    assert messages_of(db, survey_id) == []
+    # Nothing is left for the reconciler: the row is not `sending`.
+    assert sender.settle(survey_id, config, LATER, GIVE_UP_AFTER) == "settled already"
+
+    with db.session() as s, s.begin():
+        s.get(Customer, row.customer_id).phone = phone
+    assert sender.send(survey_id, config, LATER).state == S.sent
+    assert post.call_count == 1
+    row = survey(db, survey_id)
+    assert (row.state, row.attempts) == (S.sent, 1)
+    assert [m.kind for m in messages_of(db, survey_id)] == ["invitation"]

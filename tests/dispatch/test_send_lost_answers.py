@@ -1,0 +1,183 @@
+"""A send's database work meets lost connections (a PostgreSQL restart, a fail-over, a closed
+idle connection) and is run again on a new one. Two cases matter:
+
+- the server ended the connection before it did anything: the work runs again;
+- the server committed, then the connection broke before its answer reached us (the commit is
+  ambiguous): running the work again must neither apply it twice (a second message row, a
+  second send) nor leave the survey claimed and never sent.
+
+PostgreSQL only (SQLite has no connection to lose). The ambiguous commit is played at the
+database boundary: the statement is committed by the server on a connection of its own, then
+the worker's connection is ended before it hears back. Real channels, respx at the provider.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import event, select, text
+from sqlalchemy.pool import NullPool
+
+from models import MessageRecord, SurveyTransition
+from models.session import make_engine
+from tests.conftest import Database
+from tests.dispatch.test_sending import (
+    NOON,
+    SENDGRID_SEND,
+    TWILIO_MESSAGES,
+    make_sender,
+    queued_survey,
+    survey,
+    twilio_created,
+)
+
+Matches = Callable[[str, Mapping[str, Any]], bool]
+
+
+def _outside(db: Database) -> Any:
+    return make_engine(db.engine.url.render_as_string(hide_password=False), poolclass=NullPool)
+
+
+@contextmanager
+def answer_lost(db: Database, matches: Matches) -> Iterator[list[str]]:
+    """The first statement ``matches`` accepts is committed by the server, and the connection
+    that sent it ends before its answer arrives."""
+    fired: list[str] = []
+    outside = _outside(db)
+
+    def lose(conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if fired or not isinstance(parameters, Mapping) or not matches(statement, parameters):
+            return
+        fired.append(statement)
+        pid = conn.connection.dbapi_connection.info.backend_pid
+        with outside.connect() as other:
+            other.exec_driver_sql(statement, dict(parameters))
+            other.commit()
+            other.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": pid})
+
+    event.listen(db.engine, "before_cursor_execute", lose)
+    try:
+        yield fired
+    finally:
+        event.remove(db.engine, "before_cursor_execute", lose)
+        outside.dispose()
+
+
+def end_every_connection(db: Database) -> None:
+    """What a server restart does to the pool: every connection it holds is gone."""
+    outside = _outside(db)
+    try:
+        with outside.begin() as conn:
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+    finally:
+        outside.dispose()
+
+
+def _is_claim(statement: str, parameters: Mapping[str, Any]) -> bool:
+    return "b_channel" in parameters and "UPDATE surveys" in statement
+
+
+def _is_record(statement: str, parameters: Mapping[str, Any]) -> bool:
+    return "b_provider_message_id" in parameters and "UPDATE surveys" in statement
+
+
+def transitions(db: Database, survey_id: int) -> list[tuple[str, str]]:
+    with db.session() as s:
+        return [
+            (t.from_state, t.to_state)
+            for t in s.scalars(
+                select(SurveyTransition)
+                .where(SurveyTransition.survey_id == survey_id)
+                .order_by(SurveyTransition.id)
+            )
+        ]
+
+
+def invitations(db: Database, survey_id: int) -> list[MessageRecord]:
+    with db.session() as s:
+        return list(
+            s.scalars(
+                select(MessageRecord).where(
+                    MessageRecord.survey_id == survey_id, MessageRecord.kind == "invitation"
+                )
+            )
+        )
+
+
+def test_a_claim_committed_whose_answer_was_lost_is_sent_once(pg_db, config, respx_mock):
+    sid = queued_survey(pg_db, config)
+    route = respx_mock.post(SENDGRID_SEND).respond(202, headers={"X-Message-Id": "sg-1"})
+
+    with answer_lost(pg_db, _is_claim) as fired:
+        outcome = make_sender(pg_db).send(sid, config, NOON)
+
+    assert fired  # the claim did commit, unheard
+    assert outcome.state == "sent"
+    assert route.call_count == 1
+    row = survey(pg_db, sid)
+    assert (row.state, row.provider_message_id, row.attempts) == ("sent", "sg-1", 1)
+    assert len(invitations(pg_db, sid)) == 1
+    assert transitions(pg_db, sid)[-4:] == [
+        ("queued", "sending"),
+        ("sending", "queued"),
+        ("queued", "sending"),
+        ("sending", "sent"),
+    ]
+
+
+def test_a_record_committed_whose_answer_was_lost_is_recorded_once(pg_db, config, respx_mock):
+    sid = queued_survey(pg_db, config)
+    route = respx_mock.post(SENDGRID_SEND).respond(202, headers={"X-Message-Id": "sg-2"})
+
+    with answer_lost(pg_db, _is_record) as fired:
+        outcome = make_sender(pg_db).send(sid, config, NOON)
+
+    assert fired
+    assert outcome.state == "sent"
+    assert route.call_count == 1
+    assert survey(pg_db, sid).state == "sent"
+    assert [m.provider_message_id for m in invitations(pg_db, sid)] == ["sg-2"]
+    assert transitions(pg_db, sid)[-2:] == [("queued", "sending"), ("sending", "sent")]
+
+
+ANSWERS: dict[str, tuple[httpx.Response, str]] = {
+    "accepted": (twilio_created("SM" + "7" * 32), "sent"),
+    "refused for good (21211)": (
+        httpx.Response(400, json={"code": 21211, "message": "Invalid 'To' Phone Number"}),
+        "failed",
+    ),
+    "refused for now (429)": (
+        httpx.Response(429, json={"code": 20429, "message": "Too Many Requests"}),
+        "scheduled",
+    ),
+}
+
+
+@pytest.mark.parametrize("answer", list(ANSWERS), ids=list(ANSWERS))
+def test_a_restart_during_the_provider_call_loses_no_outcome(pg_db, config, respx_mock, answer):
+    sid = queued_survey(pg_db, config, consent={"sms": True})
+    response: httpx.Response = ANSWERS[answer][0]
+    final = ANSWERS[answer][1]
+
+    def provider(_request: httpx.Request) -> httpx.Response:
+        end_every_connection(pg_db)  # the database restarts while Twilio works
+        return response
+
+    route = respx_mock.post(TWILIO_MESSAGES).mock(side_effect=provider)
+
+    outcome = make_sender(pg_db).send(sid, config, NOON)
+
+    assert route.call_count == 1
+    assert outcome.state == final
+    row = survey(pg_db, sid)
+    assert row.state == final
+    assert transitions(pg_db, sid)[-2:] == [("queued", "sending"), ("sending", final)]
