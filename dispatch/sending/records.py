@@ -29,6 +29,7 @@ from dispatch.sending.common import (
 )
 from models import Customer, MessageRecord, Survey, SurveyState, move, utcnow
 from models.customers import record_consent
+from models.lifecycle import can_move
 
 S = SurveyState
 
@@ -70,9 +71,11 @@ def _sent_in_one() -> Any:
     in one statement (a data-modifying WITH). The rows are written only when the survey moved
     from ``sending``: then no one has recorded its invitation yet (any other writer moves it
     from there, or finds it in another state)."""
+    # The lifecycle decides whether a send may be recorded at all, as it does for move().
+    recordable = [S.sending.value] if can_move(S.sending, S.sent) else []
     moved = (
         update(SURVEYS)
-        .where(SURVEYS.c.id == bindparam("b_survey_id"), SURVEYS.c.state == S.sending.value)
+        .where(SURVEYS.c.id == bindparam("b_survey_id"), SURVEYS.c.state.in_(recordable))
         .values(
             state=S.sent.value,
             state_changed_at=bindparam("now"),
@@ -232,7 +235,8 @@ def record_sent(
         "survey %s sent by %s to %s",
         survey.id,
         receipt.provider,
-        masked(message.channel, message.to),
+        # Not even masked once the customer is erased.
+        "an erased customer" if erased else masked(message.channel, message.to),
     )
     return SendOutcome(S.sent, receipt.provider_message_id or "accepted without an id")
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from tests.dispatch.test_send_promises import form, listed, page, sms_survey
+from channels.masking import mask_phone
+from tests.dispatch.test_consent_order import PHONE
+from tests.dispatch.test_send_promises import _accept_after, form, listed, page, sms_survey
 from tests.dispatch.test_sending import (
     NOON,
     SENDGRID_SEND,
@@ -74,3 +76,21 @@ def test_a_send_found_by_lookup_logs_no_sid(db, config, respx_mock, caplog):
     text = logged(caplog)
     assert f"survey {survey_id}" in text and "twilio" in text
     assert SID not in text
+
+
+def test_a_send_to_a_customer_erased_during_the_call_logs_not_even_the_masked_contact(
+    db, config, respx_mock, caplog
+):
+    survey_id = sms_survey(db, config)
+    masked_phone = mask_phone(PHONE)
+    respx_mock.post(TWILIO_MESSAGES).mock(
+        side_effect=_accept_after(db, config, twilio_created(SID))
+    )
+
+    with caplog.at_level(logging.DEBUG):
+        assert make_sender(db).send(survey_id, config, NOON).state == "sent"
+
+    assert survey(db, survey_id).provider_message_id is None  # erased meanwhile
+    text = logged(caplog)
+    assert f"survey {survey_id} sent by twilio" in text
+    assert masked_phone not in text and PHONE not in text
