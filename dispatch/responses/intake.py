@@ -18,7 +18,9 @@ apply it in the same transaction only when that is cheap or must not wait.
   copy waits and then finds a duplicate. When applying fails, the transaction is rolled back and
   the row is stored again on its own with the failure, for the replay.
 
-A duplicate (same source and provider id) has no second effect anywhere. Rows left for later
+A duplicate (same source and provider id) has no second effect anywhere; a copy of an event
+whose stored row failed to apply (given up, even) makes that row due for the next replay again.
+Rows left for later
 carry ``retry_at`` = their arrival, which makes them due for the next replay at once; a row whose
 ``retry_at`` is null and that is still unhandled was left by a request that died (the replay
 takes it after a minute).
@@ -53,6 +55,7 @@ from channels.webhook_sources import delivery_rules
 from config import OperatorConfig
 from dispatch.responses.common import Handled
 from dispatch.responses.store import (
+    REPLAY_MAX_ATTEMPTS,
     RowApplier,
     _log_failed_attempt,
     _ties,
@@ -128,6 +131,35 @@ _ADVANCE_MESSAGE: Final = (
     )
     .returning(_MESSAGES.c.survey_id)
 )
+
+
+#: A provider sending again an event whose stored row failed to apply brings the row back: due
+#: for the next replay at once, and, when it was given up, with one more attempt allowed (a
+#: failure then gives it up again). A copy of a row not failed yet changes nothing.
+_BRING_BACK: Final = (
+    update(_EVENTS)
+    .where(
+        _EVENTS.c.source == bindparam("b_source"),
+        _EVENTS.c.external_id.in_(bindparam("b_external_ids", expanding=True)),
+        _EVENTS.c.handled_at.is_(None),
+        _EVENTS.c.attempts > 0,
+    )
+    .values(
+        retry_at=bindparam("b_now"),
+        attempts=case(
+            (_EVENTS.c.attempts >= REPLAY_MAX_ATTEMPTS, REPLAY_MAX_ATTEMPTS - 1),
+            else_=_EVENTS.c.attempts,
+        ),
+    )
+)
+
+
+def _bring_back(conn: Connection, source: str, external_ids: list[str], now: datetime) -> None:
+    """Run :data:`_BRING_BACK` for copies of events stored before (none: no statement)."""
+    if external_ids:
+        conn.execute(
+            _BRING_BACK, {"b_source": source, "b_external_ids": external_ids, "b_now": now}
+        )
 
 
 def _store(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
@@ -212,14 +244,19 @@ def _take_delivery_event(factory: sessionmaker[Session], raw: RawWebhook, now: d
                 result = f"message {event.kind.value}"
                 applied = _row(raw, now, handled_at=now, result=result, survey_id=survey_id)
                 stored = _store(conn, [applied])
-                if not stored:  # a copy was stored first: it had the effect
-                    conn.rollback()
-                    return Taken(None, "duplicate")
+                if stored:
+                    conn.commit()
+                    return Taken(stored[raw.external_id], "applied")
+                # A copy was stored first: it had the effect, or its row awaits the replay.
+                conn.rollback()
+                _bring_back(conn, raw.source, [raw.external_id], now)
                 conn.commit()
-                return Taken(stored[raw.external_id], "applied")
+                return Taken(None, "duplicate")
             conn.rollback()  # no message of ours has that id (yet): nothing changed
     with _single_statement(engine) as conn:
         stored = _store(conn, [_row(raw, now, retry_at=now)])
+        if not stored:
+            _bring_back(conn, raw.source, [raw.external_id], now)
         conn.commit()
     if not stored:
         return Taken(None, "duplicate")
@@ -245,7 +282,8 @@ def take_delivery_batch(
 ) -> list[Taken]:
     """Store a batch of delivery events (one ``INSERT`` per 500), then apply the consent events
     among the new ones, and those stored before whose application is still pending, each in its
-    own transaction; the rest are left for the replay. One outcome per event, in order."""
+    own transaction; the rest are left for the replay (copies of rows that failed to apply
+    brought back to it). One outcome per event, in order."""
     now = now or utcnow()
     urgent: set[str] = set()
     rows: dict[str, dict[str, Any]] = {}
@@ -263,9 +301,10 @@ def take_delivery_batch(
         pending: dict[str, int] = {}
         with _engine(factory).begin() as conn:
             new = _store(conn, list(rows.values()))
+            source = raws[0].source if raws else ""
+            _bring_back(conn, source, [k for k in rows if k not in new and k not in urgent], now)
             old = [key for key in urgent if key not in new]
             if old:
-                source = next(iter(rows.values()))["source"]
                 found = conn.execute(
                     select(InboundEvent.external_id, InboundEvent.id).where(
                         InboundEvent.source == source,
