@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from channels.base import (
@@ -27,6 +27,7 @@ from logs.metrics import SENDS
 from models import Customer, MessageRecord, Order, Survey, current_consent
 from models.customers import ContactStatus
 from models.lifecycle import OPEN_STATES
+from models.session import retry_on_disconnect
 
 
 def _outcome_of(exc: SendError) -> str:
@@ -129,6 +130,29 @@ def recheck_reminder(
         return build(survey, customer)
 
 
+def record_reminder(
+    factory: sessionmaker[Session],
+    survey_id: int,
+    expected_sent: int,
+    row: Callable[[bool], MessageRecord],
+) -> bool:
+    """The message row of reminder number ``expected_sent + 1`` (``row`` is given whether the
+    customer is erased), unless the survey already holds that many reminder rows: each claimed
+    count gets one row, so a record committed unheard and run again adds none. Returns whether
+    it was added."""
+    with factory() as session, session.begin():
+        erased = erased_customer(session, survey_id)
+        recorded = session.scalar(
+            select(func.count())
+            .select_from(MessageRecord)
+            .where(MessageRecord.survey_id == survey_id, MessageRecord.kind == "reminder")
+        )
+        if (recorded or 0) > expected_sent:
+            return False
+        session.add(row(erased))
+    return True
+
+
 def send_reminder(
     factory: sessionmaker[Session],
     channels: dict[ChannelName, Channel],
@@ -142,14 +166,21 @@ def send_reminder(
     """One reminder, at most once: the row's reminder count is compare-and-set before the
     provider call, so a duplicate message (same ``expected_sent``) does nothing. Checked
     again after the rate limit wait; never retried (a retry could be a second copy)."""
-    claimed = claim_reminder(factory, survey_id, expected_sent, config, now)
+    # Each transaction runs again on a new connection when its pooled one was dead
+    # (models.session): a re-run claim finds its count taken and sends nothing (at most once),
+    # the re-check only reads or hands its own count back, the record adds no second row.
+    claimed = retry_on_disconnect(
+        lambda: claim_reminder(factory, survey_id, expected_sent, config, now)
+    )
     if not isinstance(claimed, ChannelName):
         return claimed
     channel = channels.get(claimed)
     if channel is None:
         return "channel off"
     wait_for_slot(claimed)
-    message = recheck_reminder(factory, survey_id, expected_sent, build)
+    message = retry_on_disconnect(
+        lambda: recheck_reminder(factory, survey_id, expected_sent, build)
+    )
     if not isinstance(message, OutboundMessage):
         SENDS.labels(claimed.value, "withdrawn").inc()
         return message
@@ -159,23 +190,30 @@ def send_reminder(
         # A reminder is best effort: never retried (a retry could be a second copy).
         SENDS.labels(claimed.value, _outcome_of(exc)).inc()
         log.warning("survey %s: reminder not sent: %s", survey_id, exc)
-        with factory() as session, session.begin():
-            session.add(
-                MessageRecord(
+        failed = exc
+        retry_on_disconnect(
+            lambda: record_reminder(
+                factory,
+                survey_id,
+                expected_sent,
+                lambda _erased: MessageRecord(
                     survey_id=survey_id,
                     kind="reminder",
                     channel=message.channel.value,
-                    provider=exc.provider,
-                    status="unknown" if isinstance(exc, OutcomeUnknownError) else "failed",
-                    error=str(exc)[:500],
-                )
+                    provider=failed.provider,
+                    status="unknown" if isinstance(failed, OutcomeUnknownError) else "failed",
+                    error=str(failed)[:500],
+                ),
             )
+        )
         return "reminder failed"
     SENDS.labels(claimed.value, "sent").inc()
-    with factory() as session, session.begin():
-        erased = erased_customer(session, survey_id)
-        session.add(
-            MessageRecord(
+    retry_on_disconnect(
+        lambda: record_reminder(
+            factory,
+            survey_id,
+            expected_sent,
+            lambda erased: MessageRecord(
                 survey_id=survey_id,
                 kind="reminder",
                 channel=message.channel.value,
@@ -184,8 +222,9 @@ def send_reminder(
                 status="accepted",
                 segments=receipt.segments,
                 body=message.body_text if receipt.provider == CONSOLE and not erased else None,
-            )
+            ),
         )
+    )
     log.info(
         "survey %s: reminder %d sent to %s",
         survey_id,

@@ -25,6 +25,7 @@ from sqlalchemy.pool import NullPool
 from models import MessageRecord, SurveyTransition
 from models.session import make_engine
 from tests.conftest import Database
+from tests.dispatch.test_send_promises import REMINDER_AT, invited, messages_of
 from tests.dispatch.test_sending import (
     NOON,
     SENDGRID_SEND,
@@ -181,3 +182,50 @@ def test_a_restart_during_the_provider_call_loses_no_outcome(pg_db, config, resp
     row = survey(pg_db, sid)
     assert row.state == final
     assert transitions(pg_db, sid)[-2:] == [("queued", "sending"), ("sending", final)]
+
+
+# -- reminders ---------------------------------------------------------------------------------
+
+
+def test_a_restart_while_a_reminder_waits_for_its_slot_still_sends_it(pg_db, config, respx_mock):
+    sid, route, sender, limiter = invited(pg_db, config, respx_mock, "sms")
+    limiter.during_wait = lambda: end_every_connection(pg_db)
+
+    assert sender.send_reminder(sid, 0, config, REMINDER_AT) == "reminder sent"
+
+    assert route.call_count == 2
+    assert survey(pg_db, sid).reminders_sent == 1
+    assert [m.kind for m in messages_of(pg_db, sid)] == ["invitation", "reminder"]
+
+
+def test_a_restart_during_the_reminder_call_records_it_once(pg_db, config, respx_mock):
+    sid, route, sender, _limiter = invited(pg_db, config, respx_mock, "sms")
+
+    def provider(_request: httpx.Request) -> httpx.Response:
+        end_every_connection(pg_db)
+        return twilio_created("SM" + "8" * 32)
+
+    route.mock(side_effect=provider)
+
+    assert sender.send_reminder(sid, 0, config, REMINDER_AT) == "reminder sent"
+    assert route.call_count == 2
+    assert [(m.kind, m.status) for m in messages_of(pg_db, sid)] == [
+        ("invitation", "accepted"),
+        ("reminder", "accepted"),
+    ]
+
+
+def test_a_reminder_record_committed_whose_answer_was_lost_is_recorded_once(
+    pg_db, config, respx_mock
+):
+    sid, route, sender, _limiter = invited(pg_db, config, respx_mock, "sms")
+
+    def is_reminder_record(statement: str, parameters: Mapping[str, Any]) -> bool:
+        return "INSERT INTO messages" in statement and "reminder" in parameters.values()
+
+    with answer_lost(pg_db, is_reminder_record) as fired:
+        assert sender.send_reminder(sid, 0, config, REMINDER_AT) == "reminder sent"
+
+    assert fired
+    assert route.call_count == 2
+    assert [m.kind for m in messages_of(pg_db, sid)] == ["invitation", "reminder"]
