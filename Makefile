@@ -45,8 +45,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy .
 
+# One benchmark of bench/ (see the README's Performance section): make bench BENCH=scheduler
+BENCH ?= report_million
 bench: $(STAMP)
-	. scripts/test-services.sh && $(BIN)/python -m bench.report_million
+	. scripts/test-services.sh && $(BIN)/python -m bench.$(BENCH)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache nps-dispatch.db test-artifacts

@@ -3,7 +3,8 @@
     python -m bench.dashboard [--repeat 2] [--hits 20] [--no-seed]
 
 Needs ``NPS_BENCH_POSTGRES_URL`` or ``NPS_TEST_POSTGRES_URL``; runs in its own database,
-``nps_bench_g`` on the same server (with NPS_BENCH_POSTGRES_URL its database is used as given).
+``nps_bench_dashboard`` on the same server (with NPS_BENCH_POSTGRES_URL its database is used
+as given).
 It seeds the data of ``bench.report_million`` (one million invitations, 50,000 surveys never
 sent, 100,000 skipped purchases, by its own seeding function), gives 40% of the answers a
 comment, and then times, through the whole app (every middleware, basic auth, the template):
@@ -73,7 +74,7 @@ def bench_url() -> str:
     base = os.environ.get("NPS_TEST_POSTGRES_URL")
     if not base:
         sys.exit("set NPS_BENCH_POSTGRES_URL or NPS_TEST_POSTGRES_URL")
-    return make_url(base).set(database="nps_bench_g").render_as_string(hide_password=False)
+    return make_url(base).set(database="nps_bench_dashboard").render_as_string(hide_password=False)
 
 
 def seed(engine: Engine) -> float:

@@ -1,7 +1,7 @@
 """What the ingest benchmarks share: the benchmark database, the bare ``executemany`` baseline,
 the processes' environment and CPU accounting.
 
-The database is ``nps_bench_a`` on the test server (``NPS_BENCH_POSTGRES_URL`` overrides the
+The database is ``nps_bench_ingest`` on the test server (``NPS_BENCH_POSTGRES_URL`` overrides the
 whole URL); its schema is rebuilt with the real migrations before each measurement.
 """
 
@@ -16,10 +16,11 @@ from typing import Any
 import psycopg
 from sqlalchemy import make_url, text
 
+from bench.report_million import ensure_database
 from migrations.runner import upgrade
 from models.session import make_engine
 
-DEFAULT_URL = "postgresql+psycopg://nps:nps@127.0.0.1:5432/nps_bench_a"
+DEFAULT_URL = "postgresql+psycopg://nps:nps@127.0.0.1:5432/nps_bench_ingest"
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -29,7 +30,7 @@ def bench_url() -> str:
         return url
     test = os.environ.get("NPS_TEST_POSTGRES_URL")
     if test:
-        return make_url(test).set(database="nps_bench_a").render_as_string(hide_password=False)
+        return make_url(test).set(database="nps_bench_ingest").render_as_string(hide_password=False)
     return DEFAULT_URL
 
 
@@ -38,6 +39,7 @@ def libpq_url(url: str) -> str:
 
 
 def reset_schema(url: str) -> None:
+    ensure_database(url)
     engine = make_engine(url)
     with engine.begin() as conn:
         conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))

@@ -3,7 +3,7 @@
     python -m bench.scheduler [--sizes 100000,1000000] [--due 20000] [--window 10]
 
 Needs ``NPS_BENCH_POSTGRES_URL`` or ``NPS_TEST_POSTGRES_URL`` (the benchmark uses its own
-database, ``nps_bench_b`` on the same server, created when missing), and Redis at
+database, ``nps_bench_scheduler`` on the same server, created when missing), and Redis at
 ``NPS_BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6391/10``; its ``sends`` queue is emptied).
 The schema is rebuilt with the real migrations and seeded with ``INSERT ... SELECT
 generate_series``: customers with an email consent, their orders, and pending surveys due

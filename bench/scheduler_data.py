@@ -53,7 +53,7 @@ def bench_url() -> str:
     base = os.environ.get("NPS_TEST_POSTGRES_URL")
     if not base:
         sys.exit("set NPS_BENCH_POSTGRES_URL or NPS_TEST_POSTGRES_URL")
-    return make_url(base).set(database="nps_bench_b").render_as_string(hide_password=False)
+    return make_url(base).set(database="nps_bench_scheduler").render_as_string(hide_password=False)
 
 
 def ensure_database(url: str) -> None:

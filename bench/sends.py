@@ -3,7 +3,7 @@
     python -m bench.sends [--sends 3000] [--processes 2] [--threads 8] [--latency 0.05]
 
 Needs PostgreSQL (``NPS_BENCH_POSTGRES_URL``, else ``NPS_TEST_POSTGRES_URL`` with the database
-``nps_bench_c`` on the same server, created when missing) and Redis (``NPS_BENCH_REDIS_URL``,
+``nps_bench_sends`` on the same server, created when missing) and Redis (``NPS_BENCH_REDIS_URL``,
 default ``redis://127.0.0.1:6391/11``, emptied). A fake SendGrid (``bench.fakes.provider``, in a
 process of its own) accepts every mail after ``--latency`` seconds. For each of the two workers,
 in the same run and on the same rows (``--sends`` email surveys in ``queued``, rebuilt with the
@@ -94,7 +94,7 @@ def bench_urls() -> tuple[str, str]:
         base = os.environ.get("NPS_TEST_POSTGRES_URL")
         if not base:
             sys.exit("set NPS_BENCH_POSTGRES_URL or NPS_TEST_POSTGRES_URL")
-        database = make_url(base).set(database="nps_bench_c").render_as_string(False)
+        database = make_url(base).set(database="nps_bench_sends").render_as_string(False)
     return database, os.environ.get("NPS_BENCH_REDIS_URL", "redis://127.0.0.1:6391/11")
 
 

@@ -3,7 +3,7 @@
     python -m bench.webhooks [--surveys 4000] [--connections 16] [--seconds 10]
     python -m bench.webhooks --profile        (one callback in process: statements and cProfile)
 
-Needs ``NPS_BENCH_POSTGRES_URL`` (default: database ``nps_bench_d`` on the local server as
+Needs ``NPS_BENCH_POSTGRES_URL`` (default: database ``nps_bench_webhooks`` on the local server as
 user nps). The schema is rebuilt with the real migrations and seeded with ``--surveys`` SMS
 invitations in state ``sent`` (customer, order, survey, message record each), by
 ``INSERT ... SELECT generate_series``.
@@ -55,9 +55,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from sqlalchemy import Engine, event, text
 
+from bench.report_million import ensure_database
+
 TOKEN = "0123456789abcdef0123456789abcdef"
 SECRET = "bench-secret-key"
-DEFAULT_URL = "postgresql+psycopg://nps:nps@127.0.0.1:5432/nps_bench_d"
+DEFAULT_URL = "postgresql+psycopg://nps:nps@127.0.0.1:5432/nps_bench_webhooks"
 STATUS_PATH = "/webhooks/twilio/status"
 BARE_PATH = "/bare"
 
@@ -577,6 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.bare_server:
         run_bare_server(args.bare_server)
         return 0
+    ensure_database(bench_url())
     if args.profile:
         result = profile(args)
         print(result.pop("profile"), file=sys.stderr)

@@ -24,7 +24,7 @@ READABLE: Final[dict[str, str]] = {
     "repeat_buyer": "repeat buyers",
     "country": "country",
     "arm": "delay arm",
-    "days_anchor_to_send": "days from delivery to invitation",
+    "days_anchor_to_send": "whole days from the anchor to the invitation",
 }
 
 
