@@ -255,3 +255,31 @@ def test_a_claim_whose_message_cannot_be_built_is_given_back_and_sent_once_repai
     row = survey(db, survey_id)
     assert (row.state, row.attempts) == (S.sent, 1)
     assert [m.kind for m in messages_of(db, survey_id)] == ["invitation"]
+
+
+def test_a_sweep_that_enqueues_a_waiting_survey_again_sends_it_once(db, config, respx_mock):
+    # Worker A picks the survey up and waits for its slot so long that the stuck-queue sweep
+    # enqueues it again, and worker B takes that message and sends it while A still waits.
+    survey_id = sms_survey(db, config)
+    post = respx_mock.post(TWILIO_MESSAGES).mock(return_value=twilio_created())
+    late = LATER + timedelta(minutes=15)
+    enqueued: list[int] = []
+    scheduler = Scheduler(db.factory, enqueued.append)
+    worker_b = sender_with(db, WaitingRateLimiter())
+    outcomes: list[str] = []
+
+    def meanwhile() -> None:
+        scheduler.tick(config, late)
+        assert enqueued == [survey_id]
+        outcomes.append(worker_b.send(survey_id, config, late).state)
+
+    limiter = WaitingRateLimiter()
+    limiter.during_wait = meanwhile
+    outcome = sender_with(db, limiter).send(survey_id, config, NOON)
+
+    assert outcomes == [S.sent]
+    assert "nothing to do" in outcome.detail
+    assert post.call_count == 1
+    row = survey(db, survey_id)
+    assert (row.state, row.attempts) == (S.sent, 1)
+    assert [m.kind for m in messages_of(db, survey_id)] == ["invitation"]

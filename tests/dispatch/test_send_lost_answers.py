@@ -25,7 +25,13 @@ from sqlalchemy.pool import NullPool
 from models import MessageRecord, SurveyTransition
 from models.session import make_engine
 from tests.conftest import Database
-from tests.dispatch.test_send_promises import REMINDER_AT, invited, messages_of
+from tests.dispatch.test_send_promises import (
+    REMINDER_AT,
+    WaitingRateLimiter,
+    invited,
+    messages_of,
+    sender_with,
+)
 from tests.dispatch.test_sending import (
     NOON,
     SENDGRID_SEND,
@@ -229,3 +235,16 @@ def test_a_reminder_record_committed_whose_answer_was_lost_is_recorded_once(
     assert fired
     assert route.call_count == 2
     assert [m.kind for m in messages_of(pg_db, sid)] == ["invitation", "reminder"]
+
+
+def test_a_restart_while_an_invitation_waits_for_its_slot_still_sends_it(pg_db, config, respx_mock):
+    sid = queued_survey(pg_db, config)
+    route = respx_mock.post(SENDGRID_SEND).respond(202, headers={"X-Message-Id": "sg-3"})
+    limiter = WaitingRateLimiter()
+    limiter.during_wait = lambda: end_every_connection(pg_db)
+
+    assert sender_with(pg_db, limiter).send(sid, config, NOON).state == "sent"
+
+    assert route.call_count == 1
+    assert survey(pg_db, sid).attempts == 1
+    assert transitions(pg_db, sid)[-2:] == [("queued", "sending"), ("sending", "sent")]
