@@ -30,7 +30,6 @@ import base64
 import json
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -39,9 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, make_url, text
+from sqlalchemy import Engine, text
 
-from bench.report_million import INVITATIONS, ensure_database, rebuild_and_seed
+from bench.databases import bench_url, ensure_database
+from bench.report_million import INVITATIONS, rebuild_and_seed
 from config import ConfigHolder
 from config.settings import Settings
 from models.session import make_engine, make_session_factory
@@ -67,16 +67,6 @@ COMMENTS_SQL = [
 ]
 
 
-def bench_url() -> str:
-    explicit = os.environ.get("NPS_BENCH_POSTGRES_URL")
-    if explicit:
-        return explicit
-    base = os.environ.get("NPS_TEST_POSTGRES_URL")
-    if not base:
-        sys.exit("set NPS_BENCH_POSTGRES_URL or NPS_TEST_POSTGRES_URL")
-    return make_url(base).set(database="nps_bench_dashboard").render_as_string(hide_password=False)
-
-
 def seed(engine: Engine) -> float:
     seconds = rebuild_and_seed(engine)
     started = time.perf_counter()
@@ -99,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-seed", action="store_true", help="reuse the data of a last run")
     args = parser.parse_args(argv)
 
-    url = bench_url()
+    url = bench_url("nps_bench_dashboard")
     ensure_database(url)
     engine = make_engine(url)
     seeded = None if args.no_seed else seed(engine)

@@ -16,22 +16,16 @@ from typing import Any
 import psycopg
 from sqlalchemy import make_url, text
 
-from bench.report_million import ensure_database
+from bench import databases
+from bench.databases import ensure_database
 from migrations.runner import upgrade
 from models.session import make_engine
 
-DEFAULT_URL = "postgresql+psycopg://nps:nps@127.0.0.1:5432/nps_bench_ingest"
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
 def bench_url() -> str:
-    url = os.environ.get("NPS_BENCH_POSTGRES_URL")
-    if url:
-        return url
-    test = os.environ.get("NPS_TEST_POSTGRES_URL")
-    if test:
-        return make_url(test).set(database="nps_bench_ingest").render_as_string(hide_password=False)
-    return DEFAULT_URL
+    return databases.bench_url("nps_bench_ingest")
 
 
 def libpq_url(url: str) -> str:

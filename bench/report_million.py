@@ -3,7 +3,7 @@
     python -m bench.report_million          (or: make bench)
 
 Needs ``NPS_BENCH_POSTGRES_URL`` or ``NPS_TEST_POSTGRES_URL``. The benchmark runs in its own
-database, ``nps_bench`` on the same server (created when missing; with NPS_BENCH_POSTGRES_URL
+database, ``nps_bench_report`` on the same server (created when missing; with NPS_BENCH_POSTGRES_URL
 its own database name is used as given), never in the test database. It rebuilds the schema
 with the real migrations, seeds 1,000,000 invitations (plus 50,000 surveys never sent and
 100,000 skipped purchases) with ``INSERT ... SELECT generate_series`` and random covariates in
@@ -36,12 +36,15 @@ from typing import Any
 
 from sqlalchemy import Engine, make_url, text
 
+from bench.databases import bench_url, ensure_database
 from config import load_config
 from migrations.runner import upgrade
 from models.session import make_engine, make_session_factory
 from reports.build import adjust, bands_of, build_report, tune_session
 from reports.covariates_query import fetch_patterns
 from reports.query import Period
+
+DATABASE = "nps_bench_report"  # see bench.databases
 
 TARGET_SECONDS = 3.0
 BARE_GROUP_BY = (
@@ -135,38 +138,6 @@ SEED_SQL = [
 ]
 
 
-def bench_url() -> str:
-    explicit = os.environ.get("NPS_BENCH_POSTGRES_URL")
-    if explicit:
-        return explicit
-    base = os.environ.get("NPS_TEST_POSTGRES_URL")
-    if not base:
-        sys.exit("set NPS_BENCH_POSTGRES_URL or NPS_TEST_POSTGRES_URL (e.g. `make bench`)")
-    return make_url(base).set(database="nps_bench").render_as_string(hide_password=False)
-
-
-def ensure_database(url: str) -> None:
-    """CREATE DATABASE when missing, from an autocommit connection to the same server."""
-    target = make_url(url)
-    name = target.database
-    if not name:
-        sys.exit(f"no database name in {target.render_as_string(hide_password=True)}")
-    admin = make_engine(
-        target.set(database="postgres").render_as_string(hide_password=False),
-        isolation_level="AUTOCOMMIT",
-    )
-    try:
-        with admin.connect() as conn:
-            exists = conn.execute(
-                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
-            ).scalar()
-            if not exists:
-                quoted = admin.dialect.identifier_preparer.quote(name)
-                conn.execute(text(f"CREATE DATABASE {quoted}"))
-    finally:
-        admin.dispose()
-
-
 def rebuild_and_seed(engine: Engine) -> float:
     started = time.perf_counter()
     with engine.begin() as conn:
@@ -195,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-seed", action="store_true", help="reuse the data of a last run")
     args = parser.parse_args(argv)
 
-    url = bench_url()
+    url = bench_url(DATABASE)
     ensure_database(url)
     engine = make_engine(url)
     factory = make_session_factory(engine)

@@ -46,11 +46,10 @@ from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import Engine, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from bench.databases import bench_url, ensure_database
 from bench.scheduler_data import (
     bench_config,
-    bench_url,
     due_times,
-    ensure_database,
     make_due,
     rebuild,
     seed,
@@ -309,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
 
-    url = bench_url()
+    url = bench_url("nps_bench_scheduler")
     ensure_database(url)
     engine = make_engine(url)
     factory = make_session_factory(engine)

@@ -4,20 +4,17 @@ makes due for each run (see :mod:`bench.scheduler`)."""
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
 import time
 from collections.abc import Sequence
 from datetime import datetime
 from datetime import time as clock_time
 
-from sqlalchemy import Engine, make_url, text
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from config import OperatorConfig, load_config
 from config.schedule import QuietHours
 from migrations.runner import upgrade
-from models.session import make_engine
 
 SEED_SQL = """
 INSERT INTO customers (id, external_id, email, email_status, phone_status, timezone,
@@ -44,35 +41,6 @@ SELECT g, g, g, 'email', CASE WHEN g % 10 = 0 THEN 'waiting_anchor' ELSE 'schedu
        now() + interval '1 day' + (g % 2592000) * interval '1 second', 'email', 0, 0
 FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS g;
 """
-
-
-def bench_url() -> str:
-    explicit = os.environ.get("NPS_BENCH_POSTGRES_URL")
-    if explicit:
-        return explicit
-    base = os.environ.get("NPS_TEST_POSTGRES_URL")
-    if not base:
-        sys.exit("set NPS_BENCH_POSTGRES_URL or NPS_TEST_POSTGRES_URL")
-    return make_url(base).set(database="nps_bench_scheduler").render_as_string(hide_password=False)
-
-
-def ensure_database(url: str) -> None:
-    """CREATE DATABASE when missing, from an autocommit connection to the same server."""
-    target = make_url(url)
-    admin = make_engine(
-        target.set(database="postgres").render_as_string(hide_password=False),
-        isolation_level="AUTOCOMMIT",
-    )
-    try:
-        with admin.connect() as conn:
-            exists = conn.execute(
-                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": target.database}
-            ).scalar()
-            if not exists:
-                quoted = admin.dialect.identifier_preparer.quote(target.database or "")
-                conn.execute(text(f"CREATE DATABASE {quoted}"))
-    finally:
-        admin.dispose()
 
 
 def bench_config() -> OperatorConfig:

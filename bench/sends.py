@@ -45,6 +45,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import Engine, make_url, text
 
+from bench.databases import bench_url, ensure_database
 from migrations.runner import upgrade
 from models.session import make_engine
 
@@ -89,28 +90,8 @@ sms = 100000.0
 
 
 def bench_urls() -> tuple[str, str]:
-    database = os.environ.get("NPS_BENCH_POSTGRES_URL")
-    if not database:
-        base = os.environ.get("NPS_TEST_POSTGRES_URL")
-        if not base:
-            sys.exit("set NPS_BENCH_POSTGRES_URL or NPS_TEST_POSTGRES_URL")
-        database = make_url(base).set(database="nps_bench_sends").render_as_string(False)
+    database = bench_url("nps_bench_sends")
     return database, os.environ.get("NPS_BENCH_REDIS_URL", "redis://127.0.0.1:6391/11")
-
-
-def ensure_database(url: str) -> None:
-    target = make_url(url)
-    admin = make_engine(
-        target.set(database="postgres").render_as_string(False), isolation_level="AUTOCOMMIT"
-    )
-    try:
-        with admin.connect() as conn:
-            if not conn.execute(
-                text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": target.database}
-            ).scalar():
-                conn.execute(text(f'CREATE DATABASE "{target.database}"'))
-    finally:
-        admin.dispose()
 
 
 def rebuild(engine: Engine, n: int) -> None:

@@ -55,11 +55,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from sqlalchemy import Engine, event, text
 
-from bench.report_million import ensure_database
+from bench import databases
+from bench.databases import ensure_database
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 SECRET = "bench-secret-key"
-DEFAULT_URL = "postgresql+psycopg://nps:nps@127.0.0.1:5432/nps_bench_webhooks"
 STATUS_PATH = "/webhooks/twilio/status"
 BARE_PATH = "/bare"
 
@@ -97,7 +97,7 @@ SEED_SQL = [
 
 
 def bench_url() -> str:
-    return os.environ.get("NPS_BENCH_POSTGRES_URL") or DEFAULT_URL
+    return databases.bench_url("nps_bench_webhooks")
 
 
 def prepare_database(url: str, surveys: int) -> None:
