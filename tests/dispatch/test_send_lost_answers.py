@@ -15,22 +15,30 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import event, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
+from dispatch import responses
 from models import MessageRecord, SurveyTransition
 from models.session import make_engine
 from tests.conftest import Database
 from tests.dispatch.test_send_promises import (
+    OUR_SID,
     REMINDER_AT,
     WaitingRateLimiter,
+    form,
     invited,
+    listed,
     messages_of,
+    page,
     sender_with,
+    sendgrid_event,
 )
 from tests.dispatch.test_sending import (
     NOON,
@@ -41,6 +49,7 @@ from tests.dispatch.test_sending import (
     survey,
     twilio_created,
 )
+from wiring.services import GIVE_UP_AFTER
 
 Matches = Callable[[str, Mapping[str, Any]], bool]
 
@@ -248,3 +257,76 @@ def test_a_restart_while_an_invitation_waits_for_its_slot_still_sends_it(pg_db, 
     assert route.call_count == 1
     assert survey(pg_db, sid).attempts == 1
     assert transitions(pg_db, sid)[-2:] == [("queued", "sending"), ("sending", "sent")]
+
+
+@contextmanager
+def database_down(db: Database) -> Iterator[Callable[[], None]]:
+    """``go_down()`` ends every connection and refuses new ones until the block ends."""
+    name = db.engine.url.database
+    admin = make_engine(
+        db.engine.url.set(database="postgres").render_as_string(hide_password=False),
+        poolclass=NullPool,
+    )
+
+    def go_down() -> None:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        end_every_connection_with(admin, name)
+
+    try:
+        yield go_down
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+        admin.dispose()
+
+
+def end_every_connection_with(engine: Any, name: str | None) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
+                " WHERE datname = :name AND pid <> pg_backend_pid()"
+            ),
+            {"name": name},
+        )
+
+
+@pytest.mark.parametrize("channel", ["sms", "email"])
+def test_a_send_accepted_while_the_database_is_down_is_not_resent_and_evidence_settles_it(
+    pg_db, config, respx_mock, channel
+):
+    sid = queued_survey(pg_db, config, consent={channel: True})
+    sender = make_sender(pg_db)
+    with database_down(pg_db) as go_down:
+
+        def provider(_request: httpx.Request) -> httpx.Response:
+            go_down()  # the database goes away while the provider creates the message
+            if channel == "sms":
+                return twilio_created(OUR_SID)
+            return httpx.Response(202, headers={"X-Message-Id": "sgid-1"})
+
+        url = TWILIO_MESSAGES if channel == "sms" else SENDGRID_SEND
+        post = respx_mock.post(url).mock(side_effect=provider)
+        with pytest.raises(DBAPIError):
+            sender.send(sid, config, NOON)
+
+    # The queue delivers the message again: nothing is sent twice.
+    assert sender.send(sid, config, NOON + timedelta(minutes=1)).state == "sending"
+    assert survey(pg_db, sid).state == "sending"
+    if channel == "sms":
+        body = form(post.calls.last.request)["Body"][0]
+        respx_mock.get(TWILIO_MESSAGES).respond(200, json=page(listed(OUR_SID, body)))
+        assert sender.settle(sid, config, NOON + timedelta(minutes=5), GIVE_UP_AFTER) == (
+            "sent (found by lookup)"
+        )
+        assert survey(pg_db, sid).state == "sent"
+    else:
+        [handled] = responses.ingest_webhooks(
+            pg_db.factory,
+            config,
+            sendgrid_event(sid, "delivered", "ev-1"),
+            now=NOON + timedelta(minutes=6),
+        )
+        assert handled.result == "delivered"
+    assert post.call_count == 1
