@@ -139,7 +139,7 @@ def record_reminder(
     """The message row of reminder number ``expected_sent + 1`` (``row`` is given whether the
     customer is erased), unless the survey already holds that many reminder rows: each claimed
     count gets one row, so a record committed unheard and run again adds none. Returns whether
-    it was added."""
+    the customer is erased."""
     with factory() as session, session.begin():
         erased = erased_customer(session, survey_id)
         recorded = session.scalar(
@@ -147,10 +147,9 @@ def record_reminder(
             .select_from(MessageRecord)
             .where(MessageRecord.survey_id == survey_id, MessageRecord.kind == "reminder")
         )
-        if (recorded or 0) > expected_sent:
-            return False
-        session.add(row(erased))
-    return True
+        if (recorded or 0) <= expected_sent:
+            session.add(row(erased))
+    return erased
 
 
 def send_reminder(
@@ -208,20 +207,20 @@ def send_reminder(
         )
         return "reminder failed"
     SENDS.labels(claimed.value, "sent").inc()
-    retry_on_disconnect(
+    erased = retry_on_disconnect(
         lambda: record_reminder(
             factory,
             survey_id,
             expected_sent,
-            lambda erased: MessageRecord(
+            lambda gone: MessageRecord(
                 survey_id=survey_id,
                 kind="reminder",
                 channel=message.channel.value,
                 provider=receipt.provider,
-                provider_message_id=None if erased else receipt.provider_message_id,
+                provider_message_id=None if gone else receipt.provider_message_id,
                 status="accepted",
                 segments=receipt.segments,
-                body=message.body_text if receipt.provider == CONSOLE and not erased else None,
+                body=message.body_text if receipt.provider == CONSOLE and not gone else None,
             ),
         )
     )
@@ -229,6 +228,7 @@ def send_reminder(
         "survey %s: reminder %d sent to %s",
         survey_id,
         expected_sent + 1,
-        masked(message.channel, message.to),
+        # Not even masked once the customer is erased.
+        "an erased customer" if erased else masked(message.channel, message.to),
     )
     return "reminder sent"

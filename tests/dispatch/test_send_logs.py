@@ -12,7 +12,15 @@ from datetime import timedelta
 
 from channels.masking import mask_phone
 from tests.dispatch.test_consent_order import PHONE
-from tests.dispatch.test_send_promises import _accept_after, form, listed, page, sms_survey
+from tests.dispatch.test_send_promises import (
+    REMINDER_AT,
+    _accept_after,
+    form,
+    invited,
+    listed,
+    page,
+    sms_survey,
+)
 from tests.dispatch.test_sending import (
     NOON,
     SENDGRID_SEND,
@@ -94,3 +102,16 @@ def test_a_send_to_a_customer_erased_during_the_call_logs_not_even_the_masked_co
     text = logged(caplog)
     assert f"survey {survey_id} sent by twilio" in text
     assert masked_phone not in text and PHONE not in text
+
+
+def test_a_reminder_to_a_customer_erased_during_the_call_logs_not_even_the_masked_contact(
+    db, config, respx_mock, caplog
+):
+    survey_id, route, sender, _limiter = invited(db, config, respx_mock, "sms")
+    route.mock(side_effect=_accept_after(db, config, twilio_created(SID)))
+
+    with caplog.at_level(logging.DEBUG):
+        assert sender.send_reminder(survey_id, 0, config, REMINDER_AT) == "reminder sent"
+
+    text = logged(caplog)
+    assert f"survey {survey_id}: reminder 1 sent to an erased customer" in text
