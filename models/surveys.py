@@ -50,53 +50,31 @@ OPEN_WHERE: Final = _state_in(OPEN_STATES)
 CLOSING_WHERE: Final = _state_in(OPEN_STATES | AWAITING_FOLLOWUP_STATES)
 
 
+def _partial_index(name: str, *columns: str, where: str) -> Index:
+    """An index of ``columns`` over the rows matching ``where`` only, on both databases."""
+    return Index(name, *columns, postgresql_where=text(where), sqlite_where=text(where))
+
+
 class Survey(Base):
     __tablename__ = "surveys"
     __table_args__ = (
         # The scheduler's index: only pending rows are in it, so its cost follows what is due,
         # not what is stored.
-        Index(
+        _partial_index(
             "ix_surveys_due_pending",
             "due_at",
-            postgresql_where=text("state IN ('waiting_anchor', 'scheduled', 'queued')"),
-            sqlite_where=text("state IN ('waiting_anchor', 'scheduled', 'queued')"),
+            where="state IN ('waiting_anchor', 'scheduled', 'queued')",
         ),
         Index("ix_surveys_state", "state"),
         # The scheduler's steps, each a range scan of the rows it acts on, whatever the number of
         # pending, open or final surveys: due scheduled (or anchor-waiting) rows by due time;
         # pending rows planned under another config version (two ranges around the current
         # one); queued rows by their lease; open invitations by reminder and by window end.
-        Index(
-            "ix_surveys_pending_state_due",
-            "state",
-            "due_at",
-            postgresql_where=text(PENDING_WHERE),
-            sqlite_where=text(PENDING_WHERE),
-        ),
-        Index(
-            "ix_surveys_pending_version",
-            "config_version",
-            postgresql_where=text(PENDING_WHERE),
-            sqlite_where=text(PENDING_WHERE),
-        ),
-        Index(
-            "ix_surveys_queued_lease",
-            "queued_at",
-            postgresql_where=text(QUEUED_WHERE),
-            sqlite_where=text(QUEUED_WHERE),
-        ),
-        Index(
-            "ix_surveys_open_reminder",
-            "next_reminder_at",
-            postgresql_where=text(OPEN_WHERE),
-            sqlite_where=text(OPEN_WHERE),
-        ),
-        Index(
-            "ix_surveys_closing",
-            "closes_at",
-            postgresql_where=text(CLOSING_WHERE),
-            sqlite_where=text(CLOSING_WHERE),
-        ),
+        _partial_index("ix_surveys_pending_state_due", "state", "due_at", where=PENDING_WHERE),
+        _partial_index("ix_surveys_pending_version", "config_version", where=PENDING_WHERE),
+        _partial_index("ix_surveys_queued_lease", "queued_at", where=QUEUED_WHERE),
+        _partial_index("ix_surveys_open_reminder", "next_reminder_at", where=OPEN_WHERE),
+        _partial_index("ix_surveys_closing", "closes_at", where=CLOSING_WHERE),
         # The dashboard's latest answers, and the report cache's data version (max of it).
         Index("ix_surveys_answered_at", "answered_at"),
         Index("ix_surveys_state_changed_at", "state_changed_at"),

@@ -127,6 +127,23 @@ def apply_inbound_sms(
     return applied
 
 
+def _record_sms_consent(
+    session: Session, customer: Customer, sms: ReceivedSms, granted: bool, now: datetime
+) -> None:
+    """The customer's SMS consent as their reply left it, with that reply as the evidence."""
+    record_consent(
+        session,
+        customer,
+        {"sms": granted},
+        source=f"{sms.provider}:sms-reply",
+        text_version=None,
+        captured_at=now,
+        evidence_kind="sms_reply",
+        evidence_ref=sms.message_id,
+        recorded_at=now,
+    )
+
+
 def _sms_opt_out(
     session: Session,
     sms: ReceivedSms,
@@ -136,17 +153,7 @@ def _sms_opt_out(
 ) -> Applied:
     ended: list[int] = []
     for customer in customers:
-        record_consent(
-            session,
-            customer,
-            {"sms": False},
-            source=f"{sms.provider}:sms-reply",
-            text_version=None,
-            captured_at=now,
-            evidence_kind="sms_reply",
-            evidence_ref=sms.message_id,
-            recorded_at=now,
-        )
+        _record_sms_consent(session, customer, sms, False, now)
         open_ids = list(
             session.scalars(
                 select(Survey.id).where(
@@ -214,17 +221,7 @@ def _sms_opt_in(
     regranted = 0
     for customer in customers:
         if latest_consent(session, customer.id, "sms") is False:
-            record_consent(
-                session,
-                customer,
-                {"sms": True},
-                source=f"{sms.provider}:sms-reply",
-                text_version=None,
-                captured_at=now,
-                evidence_kind="sms_reply",
-                evidence_ref=sms.message_id,
-                recorded_at=now,
-            )
+            _record_sms_consent(session, customer, sms, True, now)
             regranted += 1
     subject = subject_of(customers[0]) if customers else None
     return Applied("opted in" if regranted else "opt-in: nothing to re-grant", None, subject)

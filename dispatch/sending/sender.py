@@ -18,7 +18,7 @@ from channels.base import (
     TransientSendError,
 )
 from channels.links import AnswerLinks
-from channels.reconcile import FoundMessage, status_callback_url
+from channels.reconcile import status_callback_url
 from config import OperatorConfig
 from dispatch.ratelimit import InProcessRateLimiter, RateLimiter
 from dispatch.sending.claim_one import take_back_unheard_claim
@@ -27,7 +27,7 @@ from dispatch.sending.common import SendInvariantError, SendOutcome, log, timed_
 from dispatch.sending.message import build_message
 from dispatch.sending.records import record_permanent, record_sent, record_transient
 from dispatch.sending.reminders import send_reminder as send_one_reminder
-from dispatch.sending.settle import LookupSchedule, record_found
+from dispatch.sending.settle import LookupSchedule
 from dispatch.sending.settle import settle as settle_send
 from logs.metrics import SENDS
 from models import Customer, Survey, SurveyState, utcnow
@@ -204,18 +204,4 @@ class Sender:
         (:func:`dispatch.sending.records.record_sent`)."""
         return retry_on_disconnect(
             lambda: record_sent(self.factory, survey, message, receipt, config, now)
-        )
-
-    def _record_found(
-        self,
-        survey_id: int,
-        channel: ChannelName,
-        provider: str,
-        found: FoundMessage,
-        started: datetime,
-        config: OperatorConfig,
-        now: datetime,
-    ) -> str:
-        return record_found(
-            self.factory, self._lookups, survey_id, channel, provider, found, started, config, now
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from channels.base import ChannelName, FoundMessage
+from dispatch.sending.settle import LookupSchedule, record_found
 from models import Customer, Survey, SurveyState
 from tests.dispatch.test_send_promises import (
     OUR_SID,
@@ -67,7 +68,17 @@ def test_two_settlers_finding_the_same_message_record_one_invitation(db, config,
     # A second scheduler that read the row as `sending` before the first one committed and found
     # the same message records what it found too.
     found = FoundMessage(provider_message_id=OUR_SID, status="delivered", created_at=NOON)
-    sender._record_found(survey_id, ChannelName.sms, "twilio", found, NOON, config, later)
+    record_found(
+        db.factory,
+        LookupSchedule(),
+        survey_id,
+        ChannelName.sms,
+        "twilio",
+        found,
+        NOON,
+        config,
+        later,
+    )
 
     assert survey(db, survey_id).state == S.sent
     assert [m.kind for m in messages_of(db, survey_id)] == ["invitation"]
