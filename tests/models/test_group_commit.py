@@ -1,0 +1,106 @@
+"""Group commit: each thread gets its own result, groups form while one is applied, a failure
+reaches every thread of its group and no other."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from models.group_commit import GroupCommit
+
+
+def test_a_lone_item_is_applied_at_once_in_a_group_of_its_own() -> None:
+    groups: list[list[int]] = []
+
+    def apply(items: list[int]) -> list[int]:
+        groups.append(items)
+        return [item * 10 for item in items]
+
+    committer = GroupCommit(apply)
+    assert committer.submit(1) == 10
+    assert committer.submit(2) == 20
+    assert groups == [[1], [2]]
+
+
+def test_items_arriving_while_a_group_is_applied_share_the_next_group() -> None:
+    first_running = threading.Event()
+    release_first = threading.Event()
+    groups: list[list[int]] = []
+
+    def apply(items: list[int]) -> list[str]:
+        groups.append(list(items))
+        if items == [0]:
+            first_running.set()
+            assert release_first.wait(10)
+        return [f"done {item}" for item in items]
+
+    committer: GroupCommit[int, str] = GroupCommit(apply)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        first = pool.submit(committer.submit, 0)
+        assert first_running.wait(10)
+        rest = [pool.submit(committer.submit, item) for item in range(1, 6)]
+        # Every other item is waiting before the first group ends.
+        while len(committer._waiting) < 5:
+            threading.Event().wait(0.001)
+        release_first.set()
+        assert first.result(10) == "done 0"
+        assert [f.result(10) for f in rest] == [f"done {i}" for i in range(1, 6)]
+    assert groups[0] == [0]
+    assert sorted(groups[1]) == [1, 2, 3, 4, 5]
+    assert len(groups) == 2
+
+
+def test_groups_hold_at_most_max_group_items() -> None:
+    block = threading.Event()
+    started = threading.Event()
+    sizes: list[int] = []
+
+    def apply(items: list[int]) -> list[int]:
+        sizes.append(len(items))
+        if items == [-1]:
+            started.set()
+            assert block.wait(10)
+        return items
+
+    committer = GroupCommit(apply, max_group=2)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        head = pool.submit(committer.submit, -1)
+        assert started.wait(10)
+        rest = [pool.submit(committer.submit, item) for item in range(5)]
+        while len(committer._waiting) < 5:
+            threading.Event().wait(0.001)
+        block.set()
+        assert head.result(10) == -1
+        assert sorted(f.result(10) for f in rest) == list(range(5))
+    assert sizes[0] == 1
+    assert sorted(sizes[1:]) == [1, 2, 2]
+
+
+def test_a_failed_group_raises_in_each_of_its_threads_and_the_next_group_still_runs() -> None:
+    calls = 0
+
+    def apply(items: list[str]) -> list[str]:
+        nonlocal calls
+        calls += 1
+        if "bad" in items:
+            raise RuntimeError("database went away")
+        return items
+
+    committer = GroupCommit(apply)
+    with pytest.raises(RuntimeError, match="database went away"):
+        committer.submit("bad")
+    assert committer.submit("good") == "good"
+    assert calls == 2
+
+
+def test_a_wrong_number_of_results_fails_the_group_instead_of_mixing_results_up() -> None:
+    committer: GroupCommit[int, int] = GroupCommit(lambda items: [])
+    with pytest.raises(RuntimeError, match="0 results for a group of 1"):
+        committer.submit(5)
+
+
+def test_max_group_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_group"):
+        GroupCommit(lambda items: items, max_group=0)
