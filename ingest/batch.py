@@ -23,16 +23,16 @@ deadlocking. Any error leaves the caller to roll the batch back and apply it eve
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import Table, bindparam, or_, select, update
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from dispatch.planning import compute_schedule
 from ingest.apply import ANCHOR_EVENTS, ApplyContext, fill_order, record_anchor, update_customer
-from ingest.batch_load import PENDING, Run, RunItem, insert, table_of
+from ingest.batch_load import PENDING, Run, RunItem, table_of
 from ingest.batch_plan import decide, schedule_values
 from ingest.outcome import Ignored, Outcome, Planned, Recorded, Skipped
 from ingest.schema import OrderEvent, PurchaseCompleted
@@ -47,6 +47,7 @@ from models import (
     move,
     utcnow,
 )
+from models.bulk import insert_rows, is_any, update_rows
 from models.erasure import forget_subjects, subject_key
 from models.lifecycle import PENDING_STATES
 
@@ -103,28 +104,6 @@ class Done:
     recorded: tuple[str | None, str | None] | None = None
 
 
-def _bulk_update(
-    session: Session,
-    table: Table,
-    fields: Sequence[str],
-    rows: list[dict[str, Any]],
-    *only_when: Any,
-) -> None:
-    """``UPDATE table SET fields WHERE id = ...`` for every row, as one executemany."""
-    if not rows:
-        return
-    statement = (
-        update(table)
-        .where(table.c.id == bindparam("row_id", type_=table.c.id.type), *only_when)
-        .values({name: bindparam(f"v_{name}", type_=table.c[name].type) for name in fields})
-    )
-    params = [
-        {"row_id": row["id"], **{f"v_{name}": row[name] for name in fields}}
-        for row in sorted(rows, key=lambda row: int(row["id"]))
-    ]
-    session.execute(statement, params)
-
-
 def _values(obj: Any, fields: Iterable[str]) -> dict[str, Any]:
     return {"id": obj.id, **{name: getattr(obj, name) for name in fields}}
 
@@ -179,24 +158,21 @@ class _Writes:
 
     def flush(self, run: Run, done: list[Done | None]) -> None:
         session = run.session
-        _bulk_update(
+        update_rows(
             session,
             table_of(Customer),
             _CUSTOMER_FIELDS,
             [_values(c, _CUSTOMER_FIELDS) for c in run.customers.values()],
         )
-        _bulk_update(
+        update_rows(
             session,
             table_of(Order),
             _ORDER_FIELDS,
             [_values(o, _ORDER_FIELDS) for o in run.orders.values()],
         )
-        if self.consents:
-            session.execute(insert(session, table_of(ConsentRecord)), self.consents)
-        if self.skips:
-            session.execute(insert(session, table_of(SkippedPurchase)), self.skips)
-        if self.surveys:
-            session.execute(insert(session, table_of(Survey)), self.surveys)
+        insert_rows(session, table_of(ConsentRecord), self.consents)
+        insert_rows(session, table_of(SkippedPurchase), self.skips)
+        insert_rows(session, table_of(Survey), self.surveys)
         if self.replans:
             self._replan(run, done)
         forget_subjects(session, self.forget)
@@ -206,7 +182,7 @@ class _Writes:
         locks them), then their states moved (``move`` records each transition)."""
         session, now = run.session, run.ctx.now
         surveys = table_of(Survey)
-        _bulk_update(
+        update_rows(
             session,
             surveys,
             _SCHEDULE_FIELDS,
@@ -227,7 +203,7 @@ class _Writes:
                 sid: (state, due_at)
                 for sid, state, due_at in session.execute(
                     select(surveys.c.id, surveys.c.state, surveys.c.due_at).where(
-                        surveys.c.id.in_([s.id for _, s in stale])
+                        is_any(session, surveys.c.id, [s.id for _, s in stale])
                     )
                 )
             }

@@ -22,6 +22,7 @@ from ingest.apply import SHOP_SOURCE, ApplyContext
 from ingest.batch_plan import ConsentBook
 from ingest.schema import OrderEvent, PurchaseCompleted
 from models import ConsentRecord, Customer, InboundEvent, Order, Survey, utcnow
+from models.bulk import insert_rows, is_any
 from models.customers import ContactStatus
 from models.erasure import erased_at_many
 from models.lifecycle import PENDING_STATES
@@ -113,16 +114,21 @@ class Run:
             }
             for item in sorted(self.items, key=lambda item: item.event.event_id)
         ]
-        statement = insert(self.session, table, ["source", "external_id"]).returning(
-            table.c.external_id
+        inserted = insert_rows(
+            self.session,
+            table,
+            rows,
+            ignoring=["source", "external_id"],
+            returning=[table.c.external_id],
         )
-        claimed = set(self.session.execute(statement, rows).scalars())
+        claimed = set(inserted.scalars()) if inserted is not None else set()
         others = sorted({item.event.event_id for item in self.items} - claimed)
         recorded: dict[str, tuple[str | None, str | None]] = {}
         if others:
             for external_id, digest, event_type in self.session.execute(
                 select(table.c.external_id, table.c.fingerprint, table.c.event_type).where(
-                    table.c.source == SHOP_SOURCE, table.c.external_id.in_(others)
+                    table.c.source == SHOP_SOURCE,
+                    is_any(self.session, table.c.external_id, others),
                 )
             ):
                 recorded[external_id] = (digest, event_type)
@@ -135,16 +141,18 @@ class Run:
         if not ids:
             return
         created = utcnow()
-        self.session.execute(
-            insert(self.session, table, ["external_id"]),
+        insert_rows(
+            self.session,
+            table,
             [
                 {"external_id": external_id, "is_test": False, "created_at": created}
                 for external_id in ids
             ],
+            ignoring=["external_id"],
         )
         rows = self.session.execute(
             select(table)
-            .where(table.c.external_id.in_(ids))
+            .where(is_any(self.session, table.c.external_id, ids))
             .order_by(table.c.external_id)
             .with_for_update()
         )
@@ -159,28 +167,30 @@ class Run:
             now = utcnow()
             missing = ContactStatus.missing
             # New rows come back from the insert (locked by it); only the others are read.
-            created = {
-                row["external_id"]: row
-                for row in self.session.execute(
-                    insert(self.session, table, ["external_id"]).returning(*table.c),
-                    [
-                        {
-                            "external_id": external_id,
-                            "email_status": missing,
-                            "phone_status": missing,
-                            "created_at": now,
-                            "updated_at": now,
-                        }
-                        for external_id in ids
-                    ],
-                ).mappings()
-            }
+            inserted = insert_rows(
+                self.session,
+                table,
+                [
+                    {
+                        "external_id": external_id,
+                        "email_status": missing,
+                        "phone_status": missing,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for external_id in ids
+                ],
+                ignoring=["external_id"],
+                returning=table.c,
+            )
+            assert inserted is not None
+            created = {row["external_id"]: row for row in inserted.mappings()}
             rows = list(created.values())
             existing = [external_id for external_id in ids if external_id not in created]
             if existing:
                 rows += self.session.execute(
                     select(table)
-                    .where(table.c.external_id.in_(existing))
+                    .where(is_any(self.session, table.c.external_id, existing))
                     .order_by(table.c.external_id)
                     .with_for_update()
                 ).mappings()
@@ -196,7 +206,7 @@ class Run:
         order_ids = sorted(order.id for order in anchored)
         if order_ids:
             for row in self.session.execute(
-                select(table).where(table.c.order_id.in_(order_ids))
+                select(table).where(is_any(self.session, table.c.order_id, order_ids))
             ).mappings():
                 self.surveys[row["order_id"]] = cast(Survey, Held(row))
         wanted = sorted(
@@ -209,7 +219,7 @@ class Run:
         if wanted:
             customers = table_of(Customer)
             for row in self.session.execute(
-                select(customers).where(customers.c.id.in_(wanted))
+                select(customers).where(is_any(self.session, customers.c.id, wanted))
             ).mappings():
                 self.by_id[row["id"]] = _customer(row)
 
@@ -228,7 +238,7 @@ class Run:
                 consents.c.captured_at,
                 consents.c.recorded_at,
                 consents.c.id,
-            ).where(consents.c.customer_id.in_(ids))
+            ).where(is_any(self.session, consents.c.customer_id, ids))
         ):
             self.book.load(*row)
         surveys, orders = table_of(Survey), table_of(Order)
@@ -236,7 +246,7 @@ class Run:
             select(surveys.c.customer_id, orders.c.purchased_at)
             .join(orders, orders.c.id == surveys.c.order_id)
             .where(
-                surveys.c.customer_id.in_(ids),
+                is_any(self.session, surveys.c.customer_id, ids),
                 surveys.c.state.not_in([s.value for s in NOT_COUNTED_FOR_CAP]),
                 orders.c.purchased_at.is_not(None),
             )

@@ -1,0 +1,146 @@
+"""Statements over many rows at once: insert, update and ``IN`` with one statement per call.
+
+On PostgreSQL the rows travel as one array per column and the statement reads them back with
+``unnest``: one statement executed once, whatever the number of rows. An ``executemany`` would
+run the statement once per row on the server (pipelined, but parsed, planned and executed N
+times), and an ``IN (...)`` of N values binds N parameters that the driver rewrites into the
+query text on every call. On SQLite, which runs in process, the plain forms are already cheap
+and are kept: ``executemany`` and ``IN``.
+
+Values go through each column's own type on the way in (``UtcDateTime`` refuses naive
+datetimes and normalises to UTC here as everywhere else).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    CursorResult,
+    Insert,
+    Select,
+    Table,
+    Text,
+    any_,
+    bindparam,
+    cast,
+    column,
+    func,
+    literal_column,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+__all__ = ["insert_rows", "is_any", "update_rows"]
+
+
+def _postgresql(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _array(table: Table, name: str, values: list[Any], key: str) -> ColumnElement[Any]:
+    """One column's values as a typed array parameter."""
+    kind = table.c[name].type
+    if isinstance(kind, JSON):
+        # JSON documents travel as text and are cast on the server: a list value would
+        # otherwise be read as one more dimension of the array. None is stored as SQL NULL
+        # only where the column says so (``none_as_null``), as a single-row insert does.
+        text = [
+            None if value is None and kind.none_as_null else json.dumps(value) for value in values
+        ]
+        return cast(bindparam(key, text, type_=ARRAY(Text())), ARRAY(JSON()))
+    return cast(bindparam(key, values, type_=ARRAY(kind)), ARRAY(kind))
+
+
+def _unnest(table: Table, names: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> Any:
+    return func.unnest(
+        *(
+            _array(table, name, [row[name] for row in rows], f"col_{i}")
+            for i, name in enumerate(names)
+        )
+    )
+
+
+def insert_rows(
+    session: Session,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    ignoring: Sequence[str] = (),
+    returning: Iterable[Any] = (),
+) -> CursorResult[Any] | None:
+    """Insert ``rows`` (every row with the same keys) in one statement; with ``ignoring``,
+    ``ON CONFLICT (ignoring) DO NOTHING`` (a concurrent insert of the same key waits for that
+    transaction, then inserts nothing). Returns the result when ``returning`` names columns,
+    holding one row per row inserted; None when there is nothing to insert."""
+    if not rows:
+        return None
+    wanted = list(returning)
+    statement: Insert
+    if _postgresql(session):
+        names = list(rows[0])
+        source: Select[Any] = select(literal_column("*")).select_from(_unnest(table, names, rows))
+        pg = postgresql_insert(table).from_select(names, source)
+        statement = pg.on_conflict_do_nothing(index_elements=list(ignoring)) if ignoring else pg
+        if wanted:
+            statement = statement.returning(*wanted)
+        return session.execute(statement)  # type: ignore[return-value]
+    lite = sqlite_insert(table)
+    statement = lite.on_conflict_do_nothing(index_elements=list(ignoring)) if ignoring else lite
+    if wanted:
+        statement = statement.returning(*wanted)
+    return session.execute(statement, list(rows))  # type: ignore[return-value]
+
+
+def update_rows(
+    session: Session,
+    table: Table,
+    fields: Sequence[str],
+    rows: Sequence[Mapping[str, Any]],
+    *only_when: ColumnElement[bool],
+) -> None:
+    """``UPDATE table SET fields WHERE id = row["id"] AND only_when`` for every row, in one
+    statement. The order in which PostgreSQL locks the rows of one statement is the plan's:
+    where two transactions may update the same rows, lock them first in a stable order (as
+    ingest does with ``SELECT ... ORDER BY ... FOR UPDATE``)."""
+    if not rows:
+        return
+    ordered = sorted(rows, key=lambda row: int(row["id"]))
+    if _postgresql(session):
+        names = ["id", *fields]
+        given = (
+            _unnest(table, names, ordered)
+            .table_valued(*(column(name) for name in names))
+            .render_derived(name="given")
+        )
+        session.execute(
+            update(table)
+            .where(table.c.id == given.c.id, *only_when)
+            .values({name: given.c[name] for name in fields})
+        )
+        return
+    statement = (
+        update(table)
+        .where(table.c.id == bindparam("row_id", type_=table.c.id.type), *only_when)
+        .values({name: bindparam(f"v_{name}", type_=table.c[name].type) for name in fields})
+    )
+    session.execute(
+        statement,
+        [{"row_id": row["id"], **{f"v_{name}": row[name] for name in fields}} for row in ordered],
+    )
+
+
+def is_any(session: Session, target: ColumnElement[Any], values: Sequence[Any]) -> Any:
+    """``target IN values``: on PostgreSQL ``target = ANY(array)``, one parameter however many
+    values (and no limit on their number)."""
+    if _postgresql(session):
+        return target == any_(bindparam(None, list(values), type_=ARRAY(target.type)))
+    return target.in_(list(values))
