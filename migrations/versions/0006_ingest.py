@@ -1,4 +1,7 @@
-"""set-based ingest
+"""set-based ingest: no schema change
+
+Set-based ingest needed no new column or index (it reads by the existing unique keys). The
+revision stays so that the chain every database has recorded is unchanged.
 
 Revision ID: 0006
 Revises: 0005
