@@ -46,17 +46,19 @@ def _store_dead_event(message: dramatiq.MessageProxy, exception: BaseException) 
 def ingest_event(event: Any) -> None:
     """One shop event from the queue.
 
-    A bad event (invalid, or an ``event_id`` reused for other content) is stored as a dead letter
-    at once: sending it again cannot help. A failure while applying is retried with backoff and
-    becomes a dead letter only after the last attempt (see ``DeadLetterOnFinalFailure``).
+    The process's threads apply their events together (``ingest.grouped``): this one returns
+    once the group holding its event has committed. A bad event (invalid, or an ``event_id``
+    reused for other content) is stored as a dead letter at once: sending it again cannot help.
+    A failure while applying is retried with backoff and becomes a dead letter only after the
+    last attempt (see ``DeadLetterOnFinalFailure``).
     """
+    from ingest.grouped import grouped_ingest
     from ingest.schema import event_id_of
     from ingest.service import failure_label, store_dead_letter
-    from ingest.service import ingest_event as ingest
 
     runtime = get_runtime()
     try:
-        result = ingest(runtime.factory, event, runtime.config)
+        result = grouped_ingest(get_runtime).submit(event)
         if result.status in ("rejected", "conflict") and not result.retryable:
             letter = store_dead_letter(runtime.factory, event, result.error or result.status)
             log.warning("event %s %s (dead letter %s)", result.event_id, result.status, letter)
