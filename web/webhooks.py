@@ -21,6 +21,8 @@ timestamp + raw body; a timestamp older than 10 minutes is refused.
 from __future__ import annotations
 
 import logging
+import weakref
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -28,6 +30,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
+from channels.base import RawWebhook
 from channels.sendgrid_email.webhooks import SIGNATURE_HEADER as SENDGRID_SIGNATURE
 from channels.sendgrid_email.webhooks import TIMESTAMP_HEADER as SENDGRID_TIMESTAMP
 from channels.sendgrid_email.webhooks import raw_sendgrid_events, verify_sendgrid_signature
@@ -41,6 +44,8 @@ from channels.twilio_sms.webhooks import (
 )
 from channels.webhook_errors import WebhookPayloadError
 from dispatch import responses
+from dispatch.responses.intake_group import take_delivery_events
+from dispatch.responses.intake_rows import Taken
 from logs.metrics import WEBHOOK_VERIFICATION_FAILURES
 from models import utcnow
 from web.answer_pages import sms_reply_text
@@ -49,6 +54,7 @@ from web.errors import json_error
 from web.limits import DEFAULT_MAX_BODY
 from web.openapi import error_responses
 from web.ratelimit import read_limited_body
+from web.webhook_groups import AsyncGroups
 
 __all__ = ["SENDGRID_MAX_BODY", "TWILIO_MAX_BODY", "router"]
 
@@ -67,6 +73,20 @@ SENDGRID_DOC: dict[str, Any] = {
     "security": [{"sendgridSignature": []}],
     "responses": error_responses(400, 403, 413, 500),
 }
+
+
+#: The status callbacks of concurrent requests, stored in shared transactions: one group
+#: committer per session factory (one per database the app runs on).
+_STATUS_GROUPS: weakref.WeakKeyDictionary[Any, AsyncGroups[RawWebhook, Taken]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _status_groups(factory: Any) -> AsyncGroups[RawWebhook, Taken]:
+    groups = _STATUS_GROUPS.get(factory)
+    if groups is None:
+        groups = _STATUS_GROUPS[factory] = AsyncGroups(partial(take_delivery_events, factory))
+    return groups
 
 
 def _forbidden(source: str, route: str) -> Response:
@@ -113,9 +133,10 @@ async def twilio_status(request: Request) -> Response:
         raw = raw_twilio_status(dict(pairs), query)
     except WebhookPayloadError as exc:
         return _malformed(exc)
-    # Stored (and applied when it only advances the message) before the answer; an error
-    # storing it propagates as a 500, so Twilio's retry, if any, brings it back.
-    await run_in_threadpool(responses.take_delivery_event, runtime.factory, raw)
+    # Stored (and applied when it only advances the message) before the answer, in one
+    # transaction with the callbacks of the requests arriving meanwhile; an error storing the
+    # group propagates as a 500 to each of its requests, so Twilio's retry brings them back.
+    await _status_groups(runtime.factory).submit(raw)
     return Response(status_code=204)
 
 

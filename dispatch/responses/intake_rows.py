@@ -1,0 +1,153 @@
+"""The raw-row plumbing the webhook intake shares (:mod:`dispatch.responses.intake` and
+:mod:`dispatch.responses.intake_group`): the outcome of one stored event (:class:`Taken`), the
+raw row's columns, the one ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` that stores any
+number of them, the ``UPDATE`` that brings a failed row back to the replay when its provider
+sends it again, and the connection a lone statement runs on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, Literal, cast
+
+from sqlalchemy import Connection, Engine, Table, bindparam, case, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from channels.base import DeliveryEvent, DeliveryEventKind, RawWebhook
+from channels.webhook_sources import WEBHOOK_SOURCES as SOURCES
+from dispatch.responses.store import REPLAY_MAX_ATTEMPTS
+from models import InboundEvent
+
+__all__ = [
+    "CONSENT",
+    "MESSAGE_ONLY",
+    "Taken",
+    "bring_back",
+    "engine_of",
+    "raw_row",
+    "read_event",
+    "single_statement",
+    "store_rows",
+]
+
+K = DeliveryEventKind
+
+#: Kinds whose whole effect, once the message is on record, is the message's own delivery
+#: state: none of them moves a survey whose send we committed (``sent`` or later).
+MESSAGE_ONLY: Final = frozenset({K.queued, K.sent, K.deferred, K.opened, K.clicked})
+
+#: Kinds that change consent: applied before the answer, never left for later.
+CONSENT: Final = frozenset({K.opted_out, K.spam_report, K.opted_in})
+
+_CHUNK: Final = 500  # rows per INSERT, well under both backends' bound-parameter limits
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """The outcome of one stored event: ``applied`` now, ``stored`` and left for later,
+    ``duplicate`` (its provider id was stored before), or ``failed`` (kept for the replay)."""
+
+    row_id: int | None
+    status: Literal["applied", "stored", "duplicate", "failed"]
+
+
+EVENTS: Final = cast(Table, InboundEvent.__table__)
+
+#: ``INSERT ... ON CONFLICT (source, external_id) DO NOTHING RETURNING id, source,
+#: external_id`` per backend, built once: executed with one row or many (SQLAlchemy's
+#: "insertmanyvalues" turns many into multi-row statements), its compiled form is reused.
+_STORE: Final = {
+    name: insert_fn(EVENTS)
+    .on_conflict_do_nothing(index_elements=["source", "external_id"])
+    .returning(EVENTS.c.id, EVENTS.c.source, EVENTS.c.external_id)
+    for name, insert_fn in (("postgresql", postgresql_insert), ("sqlite", sqlite_insert))
+}
+
+#: A provider sending again an event whose stored row failed to apply brings the row back: due
+#: for the next replay at once, and, when it was given up, with one more attempt allowed (a
+#: failure then gives it up again). A copy of a row not failed yet changes nothing.
+_BRING_BACK: Final = (
+    update(EVENTS)
+    .where(
+        EVENTS.c.source == bindparam("b_source"),
+        EVENTS.c.external_id.in_(bindparam("b_external_ids", expanding=True)),
+        EVENTS.c.handled_at.is_(None),
+        EVENTS.c.attempts > 0,
+    )
+    .values(
+        retry_at=bindparam("b_now"),
+        attempts=case(
+            (EVENTS.c.attempts >= REPLAY_MAX_ATTEMPTS, REPLAY_MAX_ATTEMPTS - 1),
+            else_=EVENTS.c.attempts,
+        ),
+    )
+)
+
+
+def bring_back(conn: Connection, source: str, external_ids: list[str], now: datetime) -> None:
+    """Run :data:`_BRING_BACK` for copies of events stored before (none: no statement)."""
+    if external_ids:
+        conn.execute(
+            _BRING_BACK, {"b_source": source, "b_external_ids": external_ids, "b_now": now}
+        )
+
+
+def store_rows(conn: Connection, rows: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    """Insert the rows not stored yet: ``{(source, external_id): id}`` of those inserted."""
+    stmt = _STORE[conn.dialect.name]
+    stored: dict[tuple[str, str], int] = {}
+    for start in range(0, len(rows), _CHUNK):
+        chunk = rows[start : start + _CHUNK]
+        result = conn.execute(stmt, chunk[0] if len(chunk) == 1 else chunk)
+        stored.update({(source, external_id): row_id for row_id, source, external_id in result})
+    return stored
+
+
+def engine_of(factory: sessionmaker[Session]) -> Engine:
+    bind = factory.kw.get("bind")
+    if isinstance(bind, Engine):
+        return bind
+    with factory() as session:
+        engine = session.get_bind()
+    assert isinstance(engine, Engine)
+    return engine
+
+
+def raw_row(raw: RawWebhook, now: datetime, **values: Any) -> dict[str, Any]:
+    """The ``inbound_events`` columns of ``raw`` received at ``now``, with ``values`` set."""
+    row = {
+        "source": raw.source,
+        "external_id": raw.external_id,
+        "event_type": raw.event_type[:40],
+        "payload": raw.payload,
+        "received_at": now,
+        "attempts": 0,
+        "handled_at": None,
+        "result": None,
+        "survey_id": None,
+        "retry_at": None,
+        "error": None,
+    }
+    row.update(values)
+    return row
+
+
+def read_event(raw: RawWebhook, now: datetime) -> DeliveryEvent | None:
+    """``raw`` read back by its source as a delivery event, else ``None``."""
+    source = SOURCES.get(raw.source)
+    if source is None or not isinstance(raw.payload, dict):
+        return None
+    event = source.read(raw.payload, now)
+    return event if isinstance(event, DeliveryEvent) else None
+
+
+def single_statement(engine: Engine) -> Connection:
+    """A connection for one statement that is its own transaction: on PostgreSQL without
+    ``BEGIN`` and ``COMMIT`` round trips (autocommit; the statement is atomic and durable when
+    it returns). SQLite keeps its explicit transactions (``models.session``)."""
+    if engine.dialect.name == "postgresql":
+        return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    return engine.connect()
