@@ -73,6 +73,13 @@ class AnswerLinks:
         token = quote(self.token_for(survey_id, expires_at), safe="")
         return f"{self.public_base_url}/s/{token}/unsubscribe"
 
+    def email_urls(self, survey_id: int, expires_at: datetime) -> tuple[list[str], str]:
+        """An email's links: one per score 0..10 and the unsubscribe link, the same as
+        :meth:`url_for` and :meth:`unsubscribe_url` give, from a single signing (every link of
+        one survey carries the same token)."""
+        page = f"{self.public_base_url}/s/{quote(self.token_for(survey_id, expires_at), safe='')}"
+        return [f"{page}?score={score}" for score in range(11)], f"{page}/unsubscribe"
+
     def verify(self, token: str, now: datetime) -> int:
         """The survey id of a genuine, unexpired token; else :class:`InvalidToken` or
         :class:`ExpiredToken`."""

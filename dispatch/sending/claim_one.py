@@ -36,7 +36,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from channels.base import ChannelName
 from dispatch.consent import consent_granted
-from dispatch.sending.common import SURVEYS, TRANSITIONS, move_one, record_transition
+from dispatch.sending.common import (
+    SURVEYS,
+    TRANSITIONS,
+    move_one,
+    record_transition,
+    state_in,
+)
 from models import Customer, Order, SurveyState
 from models.customers import ContactStatus
 from models.lifecycle import can_move
@@ -59,7 +65,7 @@ def _statement(customer_columns: tuple[str, ...], order_columns: tuple[str, ...]
         update(SURVEYS)
         .where(
             SURVEYS.c.id == bindparam("survey_id"),
-            SURVEYS.c.state.in_(claimable),
+            state_in(SURVEYS.c.state, claimable),
             SURVEYS.c.channel == bindparam("b_channel"),
             exists().where(
                 customer_of,

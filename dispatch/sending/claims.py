@@ -30,6 +30,7 @@ from dispatch.sending.common import (
     SendOutcome,
     log,
     record_transition,
+    state_in,
 )
 from logs.metrics import SENDS
 from models import Customer, Order, Survey, SurveyState, current_consent, move
@@ -96,7 +97,7 @@ def _claim_statement() -> Any:
         update(_SURVEYS)
         .where(
             _SURVEYS.c.id == bindparam("survey_id"),
-            _SURVEYS.c.state.in_(claimable),
+            state_in(_SURVEYS.c.state, claimable),
             _SURVEYS.c.channel == bindparam("b_channel"),
         )
         .values(

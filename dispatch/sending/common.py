@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, update
+from sqlalchemy import ColumnElement, Table, bindparam, false, insert, or_, update
 from sqlalchemy.orm import Session
 
 from channels.base import Channel, ChannelName, OutboundMessage, SendReceipt
@@ -75,6 +75,15 @@ _TRANSITION = insert(TRANSITIONS).values(
     at=bindparam("now"),
     reason=bindparam("b_reason"),
 )
+
+
+def state_in(column: Any, states: list[str]) -> ColumnElement[bool]:
+    """``column IN (states)`` with one bound value a state. ``in_()`` binds an expanding
+    parameter, which makes SQLAlchemy render the statement's SQL again at every execution; this
+    one is rendered once, with the statement."""
+    if not states:
+        return false()
+    return or_(*[column == state for state in states])
 
 
 @lru_cache(maxsize=32)

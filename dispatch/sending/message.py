@@ -42,8 +42,7 @@ def build_message(
             status_callback_url=status_callback_url,
             is_reminder=is_reminder,
         )
-    score_links = [links.url_for(survey.id, expires, score=n) for n in range(11)]
-    unsubscribe = links.unsubscribe_url(survey.id, expires)
+    score_links, unsubscribe = links.email_urls(survey.id, expires)
     email = render_email(
         locale,
         config.survey.shop_name,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, exists, insert, literal, select, update
+from sqlalchemy import Table, bindparam, case, exists, insert, literal, null, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from channels.base import OutboundMessage, PermanentSendError, SendReceipt, TransientSendError
@@ -26,6 +26,7 @@ from dispatch.sending.common import (
     log,
     masked,
     move_one,
+    state_in,
 )
 from models import Customer, MessageRecord, Survey, SurveyState, move, utcnow
 from models.customers import record_consent
@@ -34,6 +35,7 @@ from models.lifecycle import can_move
 S = SurveyState
 
 _MESSAGES = cast(Table, MessageRecord.__table__)
+_CUSTOMERS = cast(Table, Customer.__table__)
 _INVITATION_COLUMNS = (
     "survey_id",
     "kind",
@@ -67,21 +69,50 @@ _INVITATION = insert(_MESSAGES).from_select(
 
 
 def _sent_in_one() -> Any:
-    """PostgreSQL: ``sending -> sent`` with its transition row and the invitation's message row,
-    in one statement (a data-modifying WITH). The rows are written only when the survey moved
-    from ``sending``: then no one has recorded its invitation yet (any other writer moves it
-    from there, or finds it in another state)."""
+    """PostgreSQL: the erasure check, ``sending -> sent`` with its transition row and the
+    invitation's message row, in one statement (a data-modifying WITH) that commits on its own.
+
+    The customer's row is share-locked first (the erasure takes it ``FOR UPDATE`` before it
+    empties the survey's and messages' personal columns), then the survey's row by the update
+    that joins it: the order :func:`dispatch.consent.customer_erased` and the erasure take
+    them. For an erased (or missing) customer the rows keep no provider id, no body and no
+    reminder. The rows are written only when the survey moved from ``sending``: then no one
+    has recorded its invitation yet (any other writer moves it from there, or finds it in
+    another state). Returns the survey's id and whether its customer is erased."""
     # The lifecycle decides whether a send may be recorded at all, as it does for move().
     recordable = [S.sending.value] if can_move(S.sending, S.sent) else []
+    locked = (
+        select(_CUSTOMERS.c.erased_at)
+        .where(_CUSTOMERS.c.id == bindparam("b_customer_id"))
+        .with_for_update(read=True)
+        .cte("locked")
+    )
+    # Evaluated once, before the survey's row is updated (and so locked).
+    erased = (
+        select(~exists().where(locked.c.erased_at.is_(None)).label("erased"))
+        .cte("erasure")
+        .select()
+        .scalar_subquery()
+    )
+
+    def unless_erased(name: str, column: Any) -> Any:
+        return case((erased, null()), else_=bindparam(name, type_=column.type))
+
     moved = (
         update(SURVEYS)
-        .where(SURVEYS.c.id == bindparam("b_survey_id"), SURVEYS.c.state.in_(recordable))
+        .where(SURVEYS.c.id == bindparam("b_survey_id"), state_in(SURVEYS.c.state, recordable))
         .values(
             state=S.sent.value,
             state_changed_at=bindparam("now"),
-            **{column: bindparam(f"v_{column}") for column in _SENT_COLUMNS},
+            sent_at=bindparam("v_sent_at"),
+            provider=bindparam("v_provider"),
+            closes_at=bindparam("v_closes_at"),
+            provider_message_id=unless_erased(
+                "b_provider_message_id", SURVEYS.c.provider_message_id
+            ),
+            next_reminder_at=unless_erased("v_next_reminder_at", SURVEYS.c.next_reminder_at),
         )
-        .returning(SURVEYS.c.id)
+        .returning(SURVEYS.c.id, erased.label("erased"))
         .cte("moved")
     )
     history = insert(TRANSITIONS).from_select(
@@ -94,6 +125,7 @@ def _sent_in_one() -> Any:
             bindparam("b_reason", type_=TRANSITIONS.c.reason.type),
         ),
     )
+    kept = ("provider_message_id", "body")  # emptied for an erased customer
     message = insert(_MESSAGES).from_select(
         list(_INVITATION_COLUMNS),
         select(
@@ -102,16 +134,24 @@ def _sent_in_one() -> Any:
                 (
                     literal(_FIXED[name], _MESSAGES.c[name].type)
                     if name in _FIXED
+                    else case(
+                        (moved.c.erased, null()),
+                        else_=bindparam(f"b_{name}", type_=_MESSAGES.c[name].type),
+                    )
+                    if name in kept
                     else bindparam(f"b_{name}", type_=_MESSAGES.c[name].type)
                 )
                 for name in _INVITATION_COLUMNS[1:]
             ],
         ),
     )
-    return select(moved.c.id).add_cte(history.cte("history")).add_cte(message.cte("message"))
+    return (
+        select(moved.c.id, moved.c.erased)
+        .add_cte(history.cte("history"))
+        .add_cte(message.cte("message"))
+    )
 
 
-_SENT_COLUMNS = ("sent_at", "provider", "provider_message_id", "closes_at", "next_reminder_at")
 _SENT_IN_ONE = _sent_in_one()
 
 
@@ -140,11 +180,42 @@ def commit_sent(
     then the survey row (the order the erasure takes them); the message row is inserted only
     when the survey has none, so the second writer adds none.
 
-    The worker's own answer takes two statements on PostgreSQL (the erasure check, then the
-    compare-and-set ``sending -> sent`` with its transition and message rows in one), four on
-    SQLite. Only a row found in another state (settled by a lookup or overtaken by a callback)
-    is read and locked again."""
+    The worker's own answer takes one statement on PostgreSQL, run outside an explicit
+    transaction (:func:`_sent_in_one`: the erasure check, the compare-and-set ``sending ->
+    sent`` and its transition and message rows), four on SQLite. Only a row found in another
+    state (settled by a lookup or overtaken by a callback, or recorded by this very statement
+    on a connection lost before its answer came back) is read and locked again, in a
+    transaction of its own."""
     reminder = config.survey.reminder
+    closes_at = sent_at + config.survey.response_window
+    next_reminder_at = sent_at + reminder.after if reminder.max > 0 else None
+    created_at = utcnow()
+    bind = factory.kw.get("bind")
+    dialect = getattr(getattr(bind, "dialect", None), "name", "")
+    if customer_id is not None and dialect == "postgresql":
+        with factory() as session:
+            connection = session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+            row = connection.execute(
+                _SENT_IN_ONE,
+                {
+                    "b_customer_id": customer_id,
+                    "b_survey_id": survey_id,
+                    "b_channel": channel,
+                    "b_provider": provider,
+                    "b_provider_message_id": provider_message_id,
+                    "b_segments": segments,
+                    "b_body": body,
+                    "b_created_at": created_at,
+                    "b_reason": reason,
+                    "now": now,
+                    "v_sent_at": sent_at,
+                    "v_provider": provider,
+                    "v_closes_at": closes_at,
+                    "v_next_reminder_at": next_reminder_at,
+                },
+            ).first()
+        if row is not None:
+            return True, bool(row.erased)
     with factory() as session, session.begin():
         erased = (
             erased_customer(session, survey_id)
@@ -156,10 +227,8 @@ def commit_sent(
             "sent_at": sent_at,
             "provider": provider,
             "provider_message_id": kept_id,
-            "closes_at": sent_at + config.survey.response_window,
-            "next_reminder_at": (
-                sent_at + reminder.after if reminder.max > 0 and not erased else None
-            ),
+            "closes_at": closes_at,
+            "next_reminder_at": None if erased else next_reminder_at,
         }
         message = {
             "b_survey_id": survey_id,
@@ -168,22 +237,11 @@ def commit_sent(
             "b_provider_message_id": kept_id,
             "b_segments": segments,
             "b_body": None if erased else body,
-            "b_created_at": utcnow(),
+            "b_created_at": created_at,
         }
-        if session.get_bind().dialect.name == "postgresql":
-            params = {
-                **message,
-                "now": now,
-                "b_reason": reason,
-                **{f"v_{column}": value for column, value in values.items()},
-            }
-            if session.execute(_SENT_IN_ONE, params).first() is not None:
-                return True, erased
-            moved = False
-        else:
-            moved = move_one(
-                session, survey_id, S.sending, S.sent, now=now, reason=reason, **values
-            )
+        moved = dialect != "postgresql" and move_one(
+            session, survey_id, S.sending, S.sent, now=now, reason=reason, **values
+        )
         if not moved:
             session.execute(select(Survey.id).where(Survey.id == survey_id).with_for_update())
             moved = bool(
