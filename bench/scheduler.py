@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     seeded = 0
     for size in sizes:
         print(f"seeding to {size:,} pending ...", file=sys.stderr, flush=True)
-        took = seed(engine, seeded + 1, size, config.version)
+        took = seed(engine, seeded + 1, size, config.schedule_version)
         seeded = size
         print(f"  {took:.1f} s; measuring", file=sys.stderr, flush=True)
         figures_at = measure(engine, factory, config, actor, broker, args)

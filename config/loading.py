@@ -194,4 +194,7 @@ def check_config_file(path: Path) -> tuple[bool, str]:
         config = parse_config(raw, path)
     except ConfigError as exc:
         return False, str(exc)
-    return True, f"config {path} is valid (version {config.version})\n{config.summary()}"
+    return True, (
+        f"config {path} is valid (version {config.version}, "
+        f"schedule {config.schedule_version})\n{config.summary()}"
+    )

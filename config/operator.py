@@ -3,6 +3,9 @@
 
 :attr:`OperatorConfig.version` is a short hash of the *meaning* of a config: comments, layout,
 key order and equivalent spellings (``"24h"`` / ``"1d"``) do not change it; a value does.
+:attr:`OperatorConfig.schedule_version` is the same over the ``[schedule]`` section alone, the
+only one a survey's due time depends on: surveys record it, and the scheduler re-plans those
+planned under another one (an edit of the rate limits or the alerts re-plans nothing).
 :func:`default_config` is the built-in defaults, used when there is no file.
 """
 
@@ -41,12 +44,21 @@ class OperatorConfig(ConfigModel):
     alerts: AlertsConfig = AlertsConfig()
 
     _version: str = PrivateAttr(default="")
+    _schedule_version: str = PrivateAttr(default="")
 
     def model_post_init(self, context: Any, /) -> None:
-        self._version = self._compute_version()
+        self._set_versions()
 
-    def _compute_version(self) -> str:
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:12]
+    def _set_versions(self) -> None:
+        self._version = _digest(self.canonical_json())
+        self._schedule_version = _digest(
+            json.dumps(
+                self.schedule.model_dump(mode="json"),
+                sort_keys=True,
+                separators=(",", ":"),
+                ensure_ascii=True,
+            )
+        )
 
     def canonical_json(self) -> str:
         """The meaning of this config as one JSON text (sorted keys, canonical spellings).
@@ -65,9 +77,15 @@ class OperatorConfig(ConfigModel):
         """12 hex digits of sha256 over :meth:`canonical_json`."""
         return self._version
 
+    @property
+    def schedule_version(self) -> str:
+        """12 hex digits of sha256 over the ``[schedule]`` section's meaning: what a survey's
+        plan depends on (delay, anchor, rules, arms, jitter, quiet hours, days, default zone)."""
+        return self._schedule_version
+
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         copied = super().model_copy(update=update, deep=deep)
-        copied._version = copied._compute_version()
+        copied._set_versions()
         return copied
 
     def summary(self) -> str:
@@ -92,6 +110,10 @@ class OperatorConfig(ConfigModel):
             self.alerts.summary(),
         ]
         return "\n".join(lines)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 @lru_cache(maxsize=1)

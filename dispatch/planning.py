@@ -216,7 +216,8 @@ def schedule_values(schedule: Schedule, config: OperatorConfig) -> dict[str, obj
         "arm": schedule.arm,
         "timezone": schedule.timezone,
         "due_at": schedule.due_at,
-        "config_version": config.version,
+        # Of the [schedule] section only: an edit elsewhere re-plans nothing.
+        "config_version": config.schedule_version,
     }
 
 

@@ -1,6 +1,7 @@
 """Planning again from the scheduler: after a config edit, and when an anchor never came.
 
-Re-planning finds the pending surveys planned under another config version through the partial
+Re-planning finds the pending surveys planned under another version of the ``[schedule]``
+section (``OperatorConfig.schedule_version``, recorded in ``config_version``) through the partial
 index ``ix_surveys_pending_version``: ``config_version < current OR config_version > current``,
 two range scans that touch only the stale rows (a bare ``!=`` cannot use the index and would
 read every pending row on every pass), plus a probe for rows with no version recorded (``NULL``
@@ -34,9 +35,9 @@ def replan_stale(
     limit: int,
     report: TickReport,
 ) -> None:
-    """Surveys planned under another config version and not yet queued are planned again, so
+    """Surveys planned under another ``[schedule]`` and not yet queued are planned again, so
     an operator's edit of the delay reaches every survey not yet sent."""
-    version = config.version
+    version = config.schedule_version
     with factory() as session, session.begin():
         rows = session.scalars(
             select(Survey)

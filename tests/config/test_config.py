@@ -417,6 +417,16 @@ def test_version_changes_when_a_value_changes(tmp_path):
     assert a.version != default_config().version
 
 
+def test_schedule_version_follows_the_schedule_section_only(tmp_path):
+    a = load_config(write(tmp_path, BASE, "a.toml"))
+    same = load_config(write(tmp_path, SAME_MEANING, "same.toml"))
+    delay = load_config(write(tmp_path, BASE.replace('delay = "7d"', 'delay = "6d"'), "d.toml"))
+    name = load_config(write(tmp_path, BASE.replace('"Shop"', '"Shop 2"'), "n.toml"))
+    assert a.schedule_version == same.schedule_version == name.schedule_version
+    assert delay.schedule_version != a.schedule_version
+    assert len(a.schedule_version) == 12
+
+
 def test_version_follows_model_copy():
     config = default_config()
     changed = config.model_copy(
@@ -424,6 +434,11 @@ def test_version_follows_model_copy():
     )
     assert changed.version != config.version
     assert changed.version == OperatorConfig.model_validate(changed.model_dump()).version
+    assert changed.schedule_version != config.schedule_version
+    assert (
+        changed.schedule_version
+        == OperatorConfig.model_validate(changed.model_dump()).schedule_version
+    )
 
 
 # -- check_config_file --------------------------------------------------------------------------

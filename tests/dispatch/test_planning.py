@@ -73,7 +73,7 @@ def test_delivery_anchor_and_rule_delay(db: Database, tmp_path):
     delivered = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
     assert (found["R-1"].rule_index, found["R-1"].due_at) == (1, delivered + timedelta(days=7))
     assert (found["R-2"].rule_index, found["R-2"].due_at) == (0, delivered + timedelta(days=1))
-    assert found["R-1"].config_version == cfg.version
+    assert found["R-1"].config_version == cfg.schedule_version
 
 
 def test_config_edit_replans_unsent_surveys_only(db: Database, tmp_path):
@@ -97,12 +97,37 @@ def test_config_edit_replans_unsent_surveys_only(db: Database, tmp_path):
     assert len(enqueued) == 1
     path.write_text(base + 'delay = "10d"\n')
     new = load_config(path)
-    assert new.version != old.version
+    assert new.schedule_version != old.schedule_version
     report = Scheduler(db.factory, enqueued.append).tick(new, NOW)
     assert report.replanned == 2
     found = surveys(db)
-    assert found["C-0"].state == "queued" and found["C-0"].config_version == old.version
+    assert found["C-0"].state == "queued"
+    assert found["C-0"].config_version == old.schedule_version
     for order in ("C-1", "C-2"):
-        assert found[order].config_version == new.version
+        assert found[order].config_version == new.schedule_version
         assert found[order].due_at == bought + timedelta(days=10)
         assert found[order].delay_seconds == 10 * 86400
+
+
+def test_an_edit_outside_the_schedule_replans_nothing(db: Database, tmp_path):
+    """Rate limits, alerts, shop mappings and the survey's wording do not move a due time:
+    editing them must not re-plan every pending survey (a million of them, possibly)."""
+    path = tmp_path / "nps.toml"
+    schedule = '[schedule]\nanchor = "purchase"\ndelay = "3d"\njitter = "0s"\n'
+    path.write_text(schedule)
+    old = load_config(path)
+    for i in range(3):
+        ingest_event(db.factory, purchase(f"E-{i}", customer_id=f"e-{i}"), old, NOW)
+    before = {order: (s.due_at, s.state) for order, s in surveys(db).items()}
+    path.write_text(
+        schedule
+        + '[rate_limits]\nemail = 3\nsms = 2\n[survey]\nshop_name = "Renamed"\n'
+        + '[alerts]\ndetractor_webhook = "https://hooks.example.test/nps"\n'
+    )
+    new = load_config(path)
+    assert new.version != old.version
+    assert new.schedule_version == old.schedule_version
+    report = Scheduler(db.factory, lambda survey_id: None).tick(new, NOW)
+    assert report.replanned == 0
+    assert {order: (s.due_at, s.state) for order, s in surveys(db).items()} == before
+    assert {s.config_version for s in surveys(db).values()} == {old.schedule_version}

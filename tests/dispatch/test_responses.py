@@ -595,7 +595,7 @@ def test_after_stop_no_sms_of_any_kind_goes_out(db: Database, config):
         db,
         state="scheduled",
         due_at=noon - timedelta(minutes=1),
-        config_version=config.version,
+        config_version=config.schedule_version,
     )
     queued = seed_survey(db, state="queued", queued_at=noon - timedelta(minutes=1))
     sms(db, config, "STOP")

@@ -47,7 +47,9 @@ def make_sender(db: Database) -> tuple[Sender, list]:
 
 
 def test_due_surveys_are_queued_then_enqueued(db: Database, config):
-    ids = seed_due_surveys(db, 5, NOON - timedelta(minutes=1), config_version=config.version)
+    ids = seed_due_surveys(
+        db, 5, NOON - timedelta(minutes=1), config_version=config.schedule_version
+    )
     enqueued: list[int] = []
     report = Scheduler(db.factory, enqueued.append).tick(config, NOON)
     assert sorted(enqueued) == ids and report.queued == 5
@@ -58,7 +60,7 @@ def test_due_surveys_are_queued_then_enqueued(db: Database, config):
 
 
 def test_not_yet_due_is_left_alone(db: Database, config):
-    seed_due_surveys(db, 3, NOON + timedelta(hours=1), config_version=config.version)
+    seed_due_surveys(db, 3, NOON + timedelta(hours=1), config_version=config.schedule_version)
     enqueued: list[int] = []
     Scheduler(db.factory, enqueued.append).tick(config, NOON)
     assert enqueued == [] and states(db) == Counter({"scheduled": 3})
@@ -68,7 +70,7 @@ def test_due_during_quiet_hours_moves_to_the_morning(db: Database, config):
     # Due at 21:00 Berlin while the scheduler was down; now it is 23:30 Berlin.
     night = datetime(2026, 11, 24, 22, 30, tzinfo=UTC)
     [sid] = seed_due_surveys(
-        db, 1, night - timedelta(hours=2, minutes=30), config_version=config.version
+        db, 1, night - timedelta(hours=2, minutes=30), config_version=config.schedule_version
     )
     enqueued: list[int] = []
     report = Scheduler(db.factory, enqueued.append).tick(config, night)
@@ -80,7 +82,9 @@ def test_due_during_quiet_hours_moves_to_the_morning(db: Database, config):
 
 
 def test_killed_between_claim_and_enqueue_is_enqueued_later_once(db: Database, config):
-    [sid] = seed_due_surveys(db, 1, NOON - timedelta(minutes=1), config_version=config.version)
+    [sid] = seed_due_surveys(
+        db, 1, NOON - timedelta(minutes=1), config_version=config.schedule_version
+    )
 
     def crash(_survey_id: int) -> None:
         raise KeyboardInterrupt("scheduler killed after its commit")
@@ -148,7 +152,7 @@ def test_consent_revoked_between_queueing_and_sending_sends_nothing(db: Database
 def test_three_schedulers_and_duplicate_messages_send_each_survey_once(pg_db: Database, config):
     """Thousands of due surveys, three schedulers at once, every message delivered twice."""
     n = 2000
-    seed_due_surveys(pg_db, n, NOON - timedelta(minutes=1), config_version=config.version)
+    seed_due_surveys(pg_db, n, NOON - timedelta(minutes=1), config_version=config.schedule_version)
     queue: list[int] = []
     lock = threading.Lock()
 

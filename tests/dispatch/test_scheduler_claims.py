@@ -50,7 +50,7 @@ def due_now(db: Database, ids: Sequence[int]) -> None:
 
 
 def test_a_claim_costs_the_same_statements_for_3_or_60_surveys(db: Database, config):
-    ids = seed_due_surveys(db, 63, LATER, config_version=config.version)
+    ids = seed_due_surveys(db, 63, LATER, config_version=config.schedule_version)
     due_now(db, ids[:3])
     scheduler = Scheduler(
         db.factory, lambda _i: None, batch_size=100, stuck_after=timedelta(days=1)
@@ -74,7 +74,7 @@ def test_a_stopped_survey_costs_no_more_statements_than_a_queued_one(db: Databas
     """Withdrawals and quiet-hours deferrals in a batch add one UPDATE per kind, not per survey."""
     from models import Order
 
-    ids = seed_due_surveys(db, 40, LATER, config_version=config.version)
+    ids = seed_due_surveys(db, 40, LATER, config_version=config.schedule_version)
     with db.session() as s, s.begin():
         s.execute(
             update(Order)
@@ -108,7 +108,7 @@ def test_a_stopped_survey_costs_no_more_statements_than_a_queued_one(db: Databas
 
 
 def test_replan_touches_only_surveys_of_another_version_and_only_once(db: Database, config):
-    ids = seed_due_surveys(db, 8, NOW + timedelta(days=2), config_version=config.version)
+    ids = seed_due_surveys(db, 8, NOW + timedelta(days=2), config_version=config.schedule_version)
     stale = ids[:3]
     with db.session() as s, s.begin():
         s.execute(update(Survey).where(Survey.id.in_(stale)).values(config_version="0ld-version"))
@@ -122,7 +122,7 @@ def test_replan_touches_only_surveys_of_another_version_and_only_once(db: Databa
         )
         versions = Counter(s.scalars(select(Survey.config_version)))
     assert replanned == set(stale)
-    assert versions == Counter({config.version: 8})
+    assert versions == Counter({config.schedule_version: 8})
     with counting(db) as second:
         assert scheduler.tick(config, NOW + timedelta(minutes=1)).replanned == 0
     assert not any("UPDATE surveys" in s for s in second)
@@ -135,7 +135,9 @@ def test_queued_at_and_lateness_are_the_moment_of_each_batch(
 ):
     """With the wall clock (no ``now`` given), each batch is stamped when it is claimed, and its
     lateness observed when it is enqueued: a slow first batch makes the second one later."""
-    ids = seed_due_surveys(db, 4, NOW - timedelta(minutes=1), config_version=config.version)
+    ids = seed_due_surveys(
+        db, 4, NOW - timedelta(minutes=1), config_version=config.schedule_version
+    )
     batches: list[list[int]] = []
 
     def enqueue_many(batch: Sequence[int]) -> None:
@@ -176,7 +178,9 @@ def _lateness() -> tuple[float, float]:
 
 def test_two_schedulers_claiming_batches_never_take_the_same_row(pg_db: Database, config):
     n = 1200
-    ids = seed_due_surveys(pg_db, n, NOW - timedelta(minutes=1), config_version=config.version)
+    ids = seed_due_surveys(
+        pg_db, n, NOW - timedelta(minutes=1), config_version=config.schedule_version
+    )
     taken: list[list[int]] = [[], []]
     barrier = threading.Barrier(2)
     errors: list[BaseException] = []

@@ -67,7 +67,9 @@ def _actor(broker: RedisBroker) -> dramatiq.Actor[[int], None]:
 def test_a_batch_redis_refused_is_enqueued_by_the_next_pass(
     db: Database, config, live_broker: RedisBroker, namespace: str
 ):
-    ids = seed_due_surveys(db, 5, NOW - timedelta(minutes=1), config_version=config.version)
+    ids = seed_due_surveys(
+        db, 5, NOW - timedelta(minutes=1), config_version=config.schedule_version
+    )
     down = RedisBroker(
         url=f"redis://127.0.0.1:{_closed_port()}/0",
         namespace=namespace,
@@ -108,13 +110,13 @@ def test_a_batch_redis_refused_is_enqueued_by_the_next_pass(
 
 
 def test_a_pending_survey_without_a_config_version_is_replanned(db: Database, config):
-    ids = seed_due_surveys(db, 4, NOW + timedelta(days=2), config_version=config.version)
+    ids = seed_due_surveys(db, 4, NOW + timedelta(days=2), config_version=config.schedule_version)
     with db.session() as s, s.begin():
         s.execute(update(Survey).where(Survey.id.in_(ids[:2])).values(config_version=None))
     scheduler = Scheduler(db.factory, lambda _i: None)
     assert scheduler.tick(config, NOW).replanned == 2
     with db.session() as s:
-        assert set(s.scalars(select(Survey.config_version))) == {config.version}
+        assert set(s.scalars(select(Survey.config_version))) == {config.schedule_version}
         replanned = set(
             s.scalars(
                 select(SurveyTransition.survey_id).where(SurveyTransition.reason == "re-planned")

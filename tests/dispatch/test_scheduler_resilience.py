@@ -75,7 +75,7 @@ def seed_pass_work(db: Database, config: Any) -> dict[str, int]:
             phone="+40721000201",
             now=NOW,
             due_at=PASS - timedelta(minutes=1),
-            config_version=config.version,
+            config_version=config.schedule_version,
         ),
         "stuck": seed_survey(
             db,

@@ -59,7 +59,7 @@ def test_purchase_with_consent_plans_one_survey(db: Database, config, now):
     assert result.effect == Planned(
         survey_state="waiting_anchor", channel="email", due_at=survey.due_at
     )
-    assert survey.config_version == config.version
+    assert survey.config_version == config.schedule_version
     with db.session() as s:
         customer = s.scalar(select(Customer))
         assert customer.email == "ana@example.com" and customer.phone == "+40721000111"

@@ -317,7 +317,10 @@ def test_stop_then_nothing_more_goes_to_that_number(client, db: Database, config
     only_sms = {"sms": True}
     invited = seed_survey(db, state="delivered", consent=only_sms)
     due = seed_survey(
-        db, state="scheduled", due_at=noon - timedelta(minutes=5), config_version=config.version
+        db,
+        state="scheduled",
+        due_at=noon - timedelta(minutes=5),
+        config_version=config.schedule_version,
     )
     queued = seed_survey(db, state="queued", queued_at=noon - timedelta(minutes=5))
     stop = twiml(post(client, "/webhooks/twilio/inbound", sms_params("STOP")))
