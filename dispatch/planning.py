@@ -8,7 +8,7 @@ lives in :mod:`dispatch.timing`; this module reads and writes rows.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -356,20 +356,29 @@ def replan_many(
 
 
 def on_consent_revoked(
-    session: Session, customer: Customer, channel: str, config: OperatorConfig, now: datetime
+    session: Session,
+    customer: Customer,
+    channel: str,
+    config: OperatorConfig,
+    now: datetime,
+    *,
+    only: Collection[int] | None = None,
 ) -> str:
-    """Stop every unsent survey on ``channel``, or move it to another consented channel."""
+    """Stop every unsent survey on ``channel``, or move it to another consented channel.
+
+    ``only`` limits it to those surveys: a scheduler holding some of the customer's surveys
+    locked must not wait on the others, which another scheduler may hold while it waits on
+    these (a deadlock); the others are re-checked when they are claimed in turn."""
     if current_consent(session, customer.id, channel):
         return "an earlier revocation: the later grant stands"
-    surveys = list(
-        session.scalars(
-            select(Survey).where(
-                Survey.customer_id == customer.id,
-                Survey.channel == channel,
-                Survey.state.in_([s.value for s in UNSENT_STATES]),
-            )
-        )
-    )
+    conditions = [
+        Survey.customer_id == customer.id,
+        Survey.channel == channel,
+        Survey.state.in_([s.value for s in UNSENT_STATES]),
+    ]
+    if only is not None:
+        conditions.append(Survey.id.in_(list(only)))
+    surveys = list(session.scalars(select(Survey).where(*conditions)))
     outcomes = []
     for survey in surveys:
         alternative = (

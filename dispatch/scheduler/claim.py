@@ -10,8 +10,9 @@ per time zone, and every survey moves in one :func:`models.surveys.move_each`:
 - order cancelled or customer erased: ``withdrawn``, with the reason of
   :func:`dispatch.consent.withdrawal_reason`;
 - consent gone: handed to :func:`dispatch.planning.on_consent_revoked` (the fallback channel,
-  else ``suppressed``), once per customer and channel; a revocation normally reaches its surveys
-  when it arrives, so this is the rare race, not the common path;
+  else ``suppressed``), once per customer and channel, for the batch's own surveys only (the
+  customer's others may be held by another scheduler); a revocation normally reaches its
+  surveys when it arrives, so this is the rare race, not the common path;
 - quiet hours or a non-send day in the recipient's zone *now* (due while the scheduler was
   down): back to ``scheduled`` at the next allowed moment;
 - otherwise ``queued``, stamped with the moment of the move.
@@ -81,7 +82,7 @@ def claim_batch(
             return 0
         at = clock()
         moves: list[Move] = []
-        revoked: dict[tuple[int, str], int] = {}
+        revoked: dict[tuple[int, str], list[int]] = {}
         allowed_in: dict[str | None, datetime] = {}
         due: dict[int, datetime] = {}
         for row in rows:
@@ -96,8 +97,7 @@ def claim_batch(
                     )
                     continue
             if not row.consent:
-                key = (row.customer_id, row.channel)
-                revoked[key] = revoked.get(key, 0) + 1
+                revoked.setdefault((row.customer_id, row.channel), []).append(row.id)
                 continue
             if row.timezone not in allowed_in:
                 allowed_in[row.timezone] = _next_allowed(config, row.timezone, at)
@@ -116,11 +116,11 @@ def claim_batch(
                 continue
             moves.append(Move(row.id, S.scheduled, S.queued, None, (("queued_at", at),)))
             due[row.id] = row.due_at
-        for (customer_id, channel), count in revoked.items():
+        for (customer_id, channel), held in sorted(revoked.items()):
             customer = session.get(Customer, customer_id)
             if customer is not None:
-                planning.on_consent_revoked(session, customer, channel, config, at)
-            report.stopped += count
+                planning.on_consent_revoked(session, customer, channel, config, at, only=held)
+            report.stopped += len(held)
         moved = set(move_each(session, moves, now=at))
         to_enqueue = [m.survey_id for m in moves if m.target == S.queued and m.survey_id in moved]
         report.stopped += sum(1 for m in moves if m.target == S.withdrawn and m.survey_id in moved)

@@ -132,6 +132,45 @@ def test_revoked_consent_at_claim_time_suppresses(db: Database, config, now):
     assert enqueued == [] and states(db) == Counter({"suppressed": 1})
 
 
+def test_a_claim_stops_only_its_own_surveys_of_a_customer_whose_consent_is_gone(
+    db: Database, config, now
+):
+    """Another scheduler may hold the customer's other surveys locked and wait on these: the
+    claim moves only the surveys it holds; each other one is re-checked when it is due."""
+    from models import ConsentRecord
+
+    uncapped = config.model_copy(
+        update={"contact": config.contact.model_copy(update={"frequency_cap": timedelta(0)})}
+    )
+    for order in ("T-1", "T-2"):
+        ingest_event(db.factory, purchase(order, at="2026-11-18T10:00:00Z"), uncapped, now)
+    ingest_event(
+        db.factory, order_event("delivered", "T-1", at="2026-11-19T10:00:00Z"), uncapped, now
+    )
+    with db.session() as s:
+        by_order = {survey.order_id: survey for survey in s.scalars(select(Survey))}
+    first, second = sorted(by_order.values(), key=lambda survey: survey.order_id)
+    assert (first.state, second.state) == ("scheduled", "waiting_anchor")
+    with db.session() as s, s.begin():
+        s.add(
+            ConsentRecord(
+                customer_id=first.customer_id,
+                channel="email",
+                granted=False,
+                captured_at=now,
+                evidence_kind="event",
+            )
+        )
+    enqueued: list[int] = []
+    report = Scheduler(db.factory, enqueued.append).tick(
+        uncapped, first.due_at + timedelta(hours=1)
+    )
+    assert enqueued == [] and report.stopped == 1
+    with db.session() as s:
+        assert s.get(Survey, first.id).state == "suppressed"
+        assert s.get(Survey, second.id).state == "waiting_anchor"
+
+
 def test_consent_revoked_between_queueing_and_sending_sends_nothing(db: Database, config, now):
     ingest_event(db.factory, purchase("S-2", at="2026-11-18T10:00:00Z"), config, now)
     ingest_event(
