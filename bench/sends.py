@@ -22,8 +22,9 @@ worker processes' CPU per send (user + system, from ``/proc``), each worker proc
 memory after the run, and the new PostgreSQL sessions during the timed part
 (``pg_stat_database.sessions``). The ideal is ``processes x threads / latency`` sends/s (every
 thread always waiting on the provider). ``--source DIR`` runs the product worker from another
-checkout of the code (to compare versions in one run). It prints one JSON object; nothing is
-asserted: the figures depend on the machine.
+checkout of the code; ``--compare DIR`` runs a second product worker from another checkout in
+the same rounds (two versions compared on the same machine state). It prints one JSON object;
+nothing is asserted: the figures depend on the machine.
 """
 
 from __future__ import annotations
@@ -250,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--source", type=Path, default=ROOT, help="checkout to run the worker from")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        default=None,
+        help="another checkout whose worker runs too (as product_compared), in the same rounds",
+    )
     parser.add_argument("--skip-bare", action="store_true")
     parser.add_argument(
         "--rounds", type=int, default=2, help="product and bare alternately; the best round counts"
@@ -315,6 +322,15 @@ def main(argv: list[str] | None = None) -> int:
             "bare_send",
         ),
     }
+    if args.compare is not None:
+        other = args.compare.resolve()
+        variants["product_compared"] = (
+            variants["product"][0],
+            {**product_env, "PYTHONPATH": str(other)},
+            other,
+            "sends",
+            "send_survey",
+        )
     if args.skip_bare:
         del variants["bare"]
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
@@ -351,6 +367,10 @@ def main(argv: list[str] | None = None) -> int:
         ratios["bare_to_ideal"] = round(bare["sends_per_s"] / result["ideal_sends_per_s"], 3)
         ratios["cpu_product_to_bare"] = round(
             product["cpu_ms_per_send"] / max(bare["cpu_ms_per_send"], 0.01), 2
+        )
+    if "product_compared" in result:
+        ratios["product_to_compared"] = round(
+            product["sends_per_s"] / result["product_compared"]["sends_per_s"], 3
         )
     result["ratios"] = ratios
     result["logs"] = str(workdir)
