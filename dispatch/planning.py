@@ -1,14 +1,15 @@
 """Planning: does a purchase get a survey, on which channel, and when is it due.
 
-Called by ingest (purchases, anchor events, cancellations, revocations) and by the scheduler
-(anchor time-outs, re-planning after a config change). The timing arithmetic itself is pure and
-lives in :mod:`dispatch.timing`; this module reads and writes rows.
+Called by ingest (purchases, anchor events) and by the scheduler (anchor time-outs, re-planning
+after a config change). The timing arithmetic itself is pure and lives in
+:mod:`dispatch.timing`; this module reads and writes rows. Stopping a planned survey (a
+cancellation, a revoked consent) is in :mod:`dispatch.stopping`.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -21,7 +22,7 @@ from config.settings import environ
 from dispatch import timing
 from models import Customer, Order, SkipReason, Survey, SurveyState, current_consent, move
 from models.customers import ContactStatus
-from models.lifecycle import PENDING_STATES, UNSENT_STATES
+from models.lifecycle import PENDING_STATES
 from models.surveys import Move, move_each, record_skip
 
 S = SurveyState
@@ -282,22 +283,6 @@ def _survey_of(session: Session, order: Order) -> Survey | None:
     return session.scalar(select(Survey).where(Survey.order_id == order.id))
 
 
-def withdraw_order(session: Session, order: Order, reason: str, now: datetime) -> str:
-    survey = _survey_of(session, order)
-    if survey is None:
-        return "no survey yet" if order.purchased_at is None else "no survey"
-    moved = move(
-        session,
-        survey.id,
-        S.withdrawn,
-        reason=reason,
-        only_from=UNSENT_STATES,
-        now=now,
-        final_reason=reason,
-    )
-    return "survey withdrawn" if moved else f"survey already {survey.state}"
-
-
 def on_anchor_event(session: Session, order: Order, config: OperatorConfig, now: datetime) -> str:
     """An anchor (fulfilled/delivered) arrived: a survey waiting for it gets its due time."""
     survey = _survey_of(session, order)
@@ -353,62 +338,3 @@ def replan_many(
         values = tuple(schedule_values(schedule, config).items())
         moves.append(Move(survey.id, S(survey.state), schedule.state, "re-planned", values))
     return len(move_each(session, moves, now=now))
-
-
-def on_consent_revoked(
-    session: Session,
-    customer: Customer,
-    channel: str,
-    config: OperatorConfig,
-    now: datetime,
-    *,
-    only: Collection[int] | None = None,
-) -> str:
-    """Stop every unsent survey on ``channel``, or move it to another consented channel.
-
-    ``only`` limits it to those surveys: a scheduler holding some of the customer's surveys
-    locked must not wait on the others, which another scheduler may hold while it waits on
-    these (a deadlock); the others are re-checked when they are claimed in turn."""
-    if current_consent(session, customer.id, channel):
-        return "an earlier revocation: the later grant stands"
-    conditions = [
-        Survey.customer_id == customer.id,
-        Survey.channel == channel,
-        Survey.state.in_([s.value for s in UNSENT_STATES]),
-    ]
-    if only is not None:
-        conditions.append(Survey.id.in_(list(only)))
-    surveys = list(session.scalars(select(Survey).where(*conditions)))
-    outcomes = []
-    for survey in surveys:
-        alternative = (
-            choose_channel(session, customer, config, exclude=(channel,))
-            if config.contact.fallback
-            else ChannelChoice(None, SkipReason.no_consent)
-        )
-        if alternative.channel is not None:
-            tried = f"{survey.tried_channels},{alternative.channel}"
-            # Back to scheduled on the other channel, keeping its due time.
-            move(
-                session,
-                survey.id,
-                S.waiting_anchor if survey.state == S.waiting_anchor else S.scheduled,
-                reason=f"{channel} consent revoked; moved to {alternative.channel}",
-                only_from=UNSENT_STATES,
-                now=now,
-                channel=alternative.channel,
-                tried_channels=tried,
-            )
-            outcomes.append(f"survey moved to {alternative.channel}")
-        else:
-            move(
-                session,
-                survey.id,
-                S.suppressed,
-                reason=f"{channel} consent revoked",
-                only_from=UNSENT_STATES,
-                now=now,
-                final_reason=f"{channel} consent revoked",
-            )
-            outcomes.append("survey suppressed")
-    return "; ".join(outcomes)

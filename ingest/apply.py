@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from config import OperatorConfig
-from dispatch import planning
+from dispatch import planning, stopping
 from ingest.contacts import normalise_email, normalise_phone
 from ingest.schema import ConsentEvent, CustomerIn, OrderEvent, PurchaseCompleted
 from models import (
@@ -159,7 +159,7 @@ def apply_order_event(session: Session, event: OrderEvent, ctx: ApplyContext) ->
             order.cancelled_at = event.occurred_at
             order.cancel_kind = event.type.removeprefix("order.")
         session.flush()
-        return planning.withdraw_order(session, order, reason=event.type, now=ctx.now)
+        return stopping.withdraw_order(session, order, reason=event.type, now=ctx.now)
     session.flush()
     if order.purchased_at is None:
         return "kept until the purchase arrives"
@@ -188,7 +188,7 @@ def apply_consent_event(session: Session, event: ConsentEvent, ctx: ApplyContext
     )
     revoked = [ch for ch, value in channels.items() if not value]
     outcomes = [
-        planning.on_consent_revoked(session, customer, ch, ctx.config, ctx.now) for ch in revoked
+        stopping.on_consent_revoked(session, customer, ch, ctx.config, ctx.now) for ch in revoked
     ]
     return "; ".join(o for o in outcomes if o) or event.type.removeprefix("consent.")
 

@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session
 from config import OperatorConfig
 from dispatch import alerts
 from dispatch.consent import customer_erased
-from dispatch.planning import on_consent_revoked
 from dispatch.responses.common import (
     _SCORED,
     S,
@@ -28,6 +27,7 @@ from dispatch.responses.common import (
     _window_end,
     can_answer,
 )
+from dispatch.stopping import on_consent_revoked
 from models import (
     Answer,
     Customer,

@@ -23,7 +23,6 @@ from channels.base import DeliveryEvent, DeliveryEventKind, WebhookSource
 from channels.webhook_sources import delivery_rules
 from config import OperatorConfig
 from dispatch.consent import subject_of
-from dispatch.planning import on_consent_revoked
 from dispatch.responses.common import (
     _UNCONFIRMED,
     Applied,
@@ -31,6 +30,7 @@ from dispatch.responses.common import (
     S,
     _lock_survey,
 )
+from dispatch.stopping import on_consent_revoked
 from models import (
     Customer,
     MessageRecord,

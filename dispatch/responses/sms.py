@@ -19,7 +19,6 @@ from channels.base import ReceivedSms, ReplyKind
 from channels.masking import mask_phone
 from config import OperatorConfig
 from dispatch.consent import customer_erased, subject_of
-from dispatch.planning import on_consent_revoked
 from dispatch.responses.answers import (
     _set_comment,
     _set_score,
@@ -34,6 +33,7 @@ from dispatch.responses.common import (
     _clean_text,
     _window_end,
 )
+from dispatch.stopping import on_consent_revoked
 from models import (
     Answer,
     Customer,

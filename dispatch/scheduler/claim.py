@@ -9,7 +9,7 @@ per time zone, and every survey moves in one :func:`models.surveys.move_each`:
 
 - order cancelled or customer erased: ``withdrawn``, with the reason of
   :func:`dispatch.consent.withdrawal_reason`;
-- consent gone: handed to :func:`dispatch.planning.on_consent_revoked` (the fallback channel,
+- consent gone: handed to :func:`dispatch.stopping.on_consent_revoked` (the fallback channel,
   else ``suppressed``), once per customer and channel, for the batch's own surveys only (the
   customer's others may be held by another scheduler); a revocation normally reaches its
   surveys when it arrives, so this is the rare race, not the common path;
@@ -34,7 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import OperatorConfig
-from dispatch import planning, timing
+from dispatch import stopping, timing
 from dispatch.consent import consent_granted, withdrawal_reason
 from dispatch.scheduler.upkeep import expire_leases
 from dispatch.tick_report import TickReport
@@ -119,7 +119,7 @@ def claim_batch(
         for (customer_id, channel), held in sorted(revoked.items()):
             customer = session.get(Customer, customer_id)
             if customer is not None:
-                planning.on_consent_revoked(session, customer, channel, config, at, only=held)
+                stopping.on_consent_revoked(session, customer, channel, config, at, only=held)
             report.stopped += len(held)
         moved = set(move_each(session, moves, now=at))
         to_enqueue = [m.survey_id for m in moves if m.target == S.queued and m.survey_id in moved]
