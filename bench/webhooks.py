@@ -183,14 +183,32 @@ def bare_app() -> FastAPI:
     return app
 
 
-def run_bare_server(port: int) -> None:
-    """The baseline: the same uvicorn settings and logging set-up as ``nps-dispatch web``."""
-    import uvicorn
-
+def bare_app_of_a_worker() -> FastAPI:
+    """The baseline app of one worker process, with that process's logging set up (as
+    ``web.app.serve_app`` does for the product)."""
     from logs.format import configure_logging
 
     configure_logging()
-    uvicorn.run(bare_app(), host="127.0.0.1", port=port, proxy_headers=False, log_config=None)
+    return bare_app()
+
+
+def run_bare_server(port: int, workers: int = 1) -> None:
+    """The baseline: the same uvicorn settings and logging set-up as ``nps-dispatch web``."""
+    import uvicorn
+
+    options: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": port,
+        "proxy_headers": False,
+        "log_config": None,
+    }
+    if workers > 1:
+        uvicorn.run("bench.webhooks:bare_app_of_a_worker", factory=True, workers=workers, **options)
+    else:
+        from logs.format import configure_logging
+
+        configure_logging()
+        uvicorn.run(bare_app(), **options)
 
 
 def free_port() -> int:
@@ -241,11 +259,29 @@ def server(argv: Sequence[str], env: dict[str, str], port: int) -> Iterator[int]
         log.close()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its waited-for children, from ``/proc``."""
+def _stat(pid: int) -> list[str]:
     with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and every process under it (a server's worker
+    processes), including their waited-for children, from ``/proc``."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                parents[int(entry)] = int(_stat(int(entry))[1])
+    tree, grew = {pid}, True
+    while grew:
+        more = {child for child, parent in parents.items() if parent in tree} - tree
+        tree |= more
+        grew = bool(more)
+    ticks = 0
+    for member in tree:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = _stat(member)
+            ticks += sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
@@ -407,16 +443,21 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "product_root": args.product_root or ".",
         "machine": f"{os.cpu_count()} CPUs (shared)",
         "connections": args.connections,
+        "server_processes": args.workers,
         "surveys": args.surveys,
     }
 
     bare_port = free_port()
-    bare_argv = [sys.executable, "-m", "bench.webhooks", "--bare-server", str(bare_port)]
+    bare_argv = [
+        *(sys.executable, "-m", "bench.webhooks", "--bare-server", str(bare_port)),
+        *("--workers", str(args.workers)),
+    ]
     bare_host = f"127.0.0.1:{bare_port}"
     port = free_port()
     host = f"127.0.0.1:{port}"
     env = server_env(url, port)
     argv = [sys.executable, "-m", "cli.main", "web", "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--workers", str(args.workers)]
     if args.product_root:  # another checkout of the product (an earlier version, to compare)
         env["PYTHONPATH"] = args.product_root
         argv = ["env", "-C", args.product_root, *argv]
@@ -574,10 +615,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--product-root", help="run the product server from this source tree (to compare versions)"
     )
     parser.add_argument("--top", type=int, default=45)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes of both servers (the product's WEB_CONCURRENCY)",
+    )
     parser.add_argument("--bare-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.bare_server:
-        run_bare_server(args.bare_server)
+        run_bare_server(args.bare_server, args.workers)
         return 0
     ensure_database(bench_url())
     if args.profile:
