@@ -314,3 +314,34 @@ def test_a_process_has_one_grouped_ingest_per_context(db: Database, config: Oper
 
     assert grouped_ingest(context) is grouped_ingest(context)
     assert grouped_ingest(context) is not grouped_ingest(other)
+
+
+def test_an_event_waiting_on_a_row_lock_holds_back_no_unrelated_event(
+    pg_db: Database, config: OperatorConfig
+) -> None:
+    """A customer's row held by another session (an erasure, an idle transaction) stalls the
+    group holding that customer's event; an event about someone else goes in a group beside it
+    and commits, and the stalled one applies once the lock is released."""
+    assert ingest_event(pg_db.factory, purchase("HL-0", "hl-locked"), config).status == "accepted"
+    grouped = GroupedIngest(lambda: Where(pg_db.factory, config))
+    grouped._commit._stall_after = 0.2
+    holder = pg_db.engine.connect()
+    holder.execute(select(Customer.id).where(Customer.external_id == "hl-locked").with_for_update())
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            stuck = pool.submit(grouped.submit, purchase("HL-1", "hl-locked"))
+            try:
+                deadline = time.monotonic() + 10
+                while not grouped._commit._running:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+                other = pool.submit(grouped.submit, purchase("HL-2", "hl-someone-else"))
+                assert other.result(timeout=10).status == "accepted"
+                assert not stuck.done()
+            finally:
+                holder.rollback()  # also when failing: the pool waits for its threads
+            assert stuck.result(timeout=30).status == "accepted"
+    finally:
+        holder.close()
+    with pg_db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Order)) == 3

@@ -104,3 +104,70 @@ def test_a_wrong_number_of_results_fails_the_group_instead_of_mixing_results_up(
 def test_max_group_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_group"):
         GroupCommit(lambda items: items, max_group=0)
+
+
+def test_a_stalled_group_lets_the_next_start_beside_it_after_stall_after() -> None:
+    stalled = threading.Event()
+    release = threading.Event()
+    groups: list[list[str]] = []
+
+    def apply(items: list[str]) -> list[str]:
+        groups.append(list(items))
+        if items == ["slow"]:
+            stalled.set()
+            assert release.wait(10)
+        return [item.upper() for item in items]
+
+    committer: GroupCommit[str, str] = GroupCommit(apply, stall_after=0.05)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        slow = pool.submit(committer.submit, "slow")
+        assert stalled.wait(10)
+        # Both finish while the slow group is still being applied.
+        assert pool.submit(committer.submit, "a").result(5) == "A"
+        assert pool.submit(committer.submit, "b").result(5) == "B"
+        assert not slow.done()
+        release.set()
+        assert slow.result(10) == "SLOW"
+    assert groups[0] == ["slow"]
+    assert committer._running == 0
+
+
+def test_without_a_stall_the_next_group_waits_for_the_running_one() -> None:
+    running = threading.Event()
+    release = threading.Event()
+
+    def apply(items: list[str]) -> list[str]:
+        if items == ["first"]:
+            running.set()
+            assert release.wait(10)
+        return items
+
+    committer: GroupCommit[str, str] = GroupCommit(apply, stall_after=30)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        first = pool.submit(committer.submit, "first")
+        assert running.wait(10)
+        second = pool.submit(committer.submit, "second")
+        threading.Event().wait(0.2)
+        assert not second.done()  # waiting for the running group, not applied beside it
+        release.set()
+        assert (first.result(10), second.result(10)) == ("first", "second")
+
+
+def test_a_leader_interrupted_while_waiting_leaves_no_group_running() -> None:
+    class Interrupted(BaseException):
+        pass
+
+    calls = 0
+
+    def apply(items: list[int]) -> list[int]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise Interrupted
+        return items
+
+    committer: GroupCommit[int, int] = GroupCommit(apply)
+    with pytest.raises(Interrupted):
+        committer.submit(1)
+    assert committer._running == 0
+    assert committer.submit(2) == 2
