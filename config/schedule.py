@@ -132,7 +132,8 @@ class Rule(ConfigModel):
 class Arm(ConfigModel):
     """One arm of a randomised delay experiment."""
 
-    name: Annotated[str, AfterValidator(strip_nonempty)]
+    #: Stored with each survey of the arm, in a column that holds 64 characters.
+    name: Annotated[str, Field(max_length=64), AfterValidator(strip_nonempty)]
     delay: Duration
     weight: float = Field(default=1.0, gt=0, allow_inf_nan=False)
 

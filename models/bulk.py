@@ -23,8 +23,10 @@ from sqlalchemy import (
     CursorResult,
     Insert,
     Select,
+    String,
     Table,
     Text,
+    Unicode,
     any_,
     bindparam,
     cast,
@@ -57,6 +59,10 @@ def _array(table: Table, name: str, values: list[Any], key: str) -> ColumnElemen
             None if value is None and kind.none_as_null else json.dumps(value) for value in values
         ]
         return cast(bindparam(key, text, type_=ARRAY(Text())), ARRAY(JSON()))
+    if type(kind) in (String, Unicode) and kind.length is not None:  # type: ignore[attr-defined]
+        # As text, not as the column's VARCHAR(n): an explicit cast to VARCHAR(n) cuts an
+        # over-long value silently, where storing text in the column refuses it.
+        kind = Text()
     return cast(bindparam(key, values, type_=ARRAY(kind)), ARRAY(kind))
 
 

@@ -196,6 +196,10 @@ def test_models_are_frozen():
             "schedule.arms[0].weight: ",
         ),
         (
+            f'[[schedule.arms]]\nname = "{"x" * 65}"\ndelay = "1d"\n',
+            "schedule.arms[0].name: String should have at most 64 characters",
+        ),
+        (
             '[[schedule.arms]]\nname = "a"\ndelay = "1d"\n[[schedule.arms]]\nname = "a"\n'
             'delay = "2d"\n',
             "schedule.arms[1].name: duplicate arm name 'a' (also arms[0])",

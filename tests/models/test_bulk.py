@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 from sqlalchemy import Table, event, func, insert, select
-from sqlalchemy.exc import StatementError
+from sqlalchemy.exc import DBAPIError, StatementError
 
 from models import Order
 from models.bulk import insert_rows, is_any, update_rows
@@ -196,3 +196,20 @@ def test_nothing_to_write_sends_nothing(db: Database) -> None:
         assert insert_rows(session, ORDERS, []) is None
         update_rows(session, ORDERS, ["previous_orders"], [])
     assert not [s for s in seen if s.lstrip().upper().startswith(("INSERT", "UPDATE"))]
+
+
+def test_an_over_long_text_is_refused_on_postgresql_not_cut(pg_db: Database) -> None:
+    """An explicit cast to VARCHAR(n) would cut the value silently; the column refuses it."""
+    too_long = "o-" + "x" * 127  # external_id holds 128 characters
+    with pytest.raises(DBAPIError, match="too long"), pg_db.session() as session, session.begin():
+        insert_rows(session, ORDERS, [_order("o-short"), _order(too_long)])
+    with pg_db.session() as session:
+        assert session.scalar(select(func.count()).select_from(ORDERS)) == 0
+    with pg_db.session() as session:
+        with session.begin():
+            inserted = insert_rows(session, ORDERS, [_order("o-1")], returning=[ORDERS.c.id])
+            assert inserted is not None
+            order_id = inserted.scalar_one()
+        with pytest.raises(DBAPIError, match="too long"), session.begin():
+            # currency holds 3 characters
+            update_rows(session, ORDERS, ["currency"], [{"id": order_id, "currency": "EURO"}])
