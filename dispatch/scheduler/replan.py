@@ -6,16 +6,23 @@ index ``ix_surveys_pending_version``: ``config_version < current OR config_versi
 two range scans that touch only the stale rows (a bare ``!=`` cannot use the index and would
 read every pending row on every pass), plus a probe for rows with no version recorded (``NULL``
 compares as neither, and such a row must not keep an old plan for ever). The versions are
-hashes, so "older" means nothing: only "another" does, which the two ranges cover. Once
-re-planned a row carries the current version, so the next pass finds nothing, in three index
+hashes, so "older" means nothing: only "another" does, which the ranges cover. Once
+re-planned a row carries the current version, so the next pass finds nothing, in a few index
 probes, however many surveys are pending.
+
+Surveys planned by earlier versions recorded the whole config's hash
+(``OperatorConfig.version``) instead: a row carrying the current config's whole hash was
+planned under the same ``[schedule]`` too, so it is current as well. Without that, the first
+pass after an upgrade would re-plan every pending survey, and during a rolling upgrade old and
+new schedulers would re-plan each other's rows on every pass.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from itertools import pairwise
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import OperatorConfig
@@ -37,18 +44,20 @@ def replan_stale(
 ) -> None:
     """Surveys planned under another ``[schedule]`` and not yet queued are planned again, so
     an operator's edit of the delay reaches every survey not yet sent."""
-    version = config.schedule_version
+    current = sorted({config.schedule_version, config.version})
+    other_version = or_(
+        Survey.config_version < current[0],
+        *(
+            and_(Survey.config_version > low, Survey.config_version < high)
+            for low, high in pairwise(current)
+        ),
+        Survey.config_version > current[-1],
+        Survey.config_version.is_(None),
+    )
     with factory() as session, session.begin():
         rows = session.scalars(
             select(Survey)
-            .where(
-                in_states(*PENDING_STATES),
-                or_(
-                    Survey.config_version < version,
-                    Survey.config_version > version,
-                    Survey.config_version.is_(None),
-                ),
-            )
+            .where(in_states(*PENDING_STATES), other_version)
             .limit(limit)
             .with_for_update(skip_locked=True)
         ).all()

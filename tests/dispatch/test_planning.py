@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from config import load_config
 from dispatch.scheduler import Scheduler
@@ -12,6 +12,7 @@ from ingest.service import ingest_event
 from models import Order, SkippedPurchase, Survey
 from tests.conftest import Database
 from tests.factories import order_event, purchase
+from tests.seeding import seed_due_surveys
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
@@ -131,3 +132,22 @@ def test_an_edit_outside_the_schedule_replans_nothing(db: Database, tmp_path):
     assert report.replanned == 0
     assert {order: (s.due_at, s.state) for order, s in surveys(db).items()} == before
     assert {s.config_version for s in surveys(db).values()} == {old.schedule_version}
+
+
+def test_surveys_stamped_with_the_whole_config_hash_of_the_same_config_stay_as_planned(
+    db: Database, config
+):
+    """Earlier versions recorded the whole config's hash: after an upgrade with the same config
+    nothing is re-planned, while a survey planned under another config still is."""
+    *current, older = seed_due_surveys(
+        db, 5, NOW + timedelta(days=2), config_version=config.version
+    )
+    with db.session() as s, s.begin():
+        s.execute(update(Survey).where(Survey.id == older).values(config_version="0123456789ab"))
+    assert "0123456789ab" not in (config.version, config.schedule_version)
+    report = Scheduler(db.factory, lambda survey_id: None).tick(config, NOW)
+    assert report.replanned == 1
+    with db.session() as s:
+        stamped = dict(s.execute(select(Survey.id, Survey.config_version)).tuples().all())
+    assert {stamped[i] for i in current} == {config.version}
+    assert stamped[older] == config.schedule_version
