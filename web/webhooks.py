@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import weakref
-from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -85,7 +84,17 @@ _STATUS_GROUPS: weakref.WeakKeyDictionary[Any, AsyncGroups[RawWebhook, Taken]] =
 def _status_groups(factory: Any) -> AsyncGroups[RawWebhook, Taken]:
     groups = _STATUS_GROUPS.get(factory)
     if groups is None:
-        groups = _STATUS_GROUPS[factory] = AsyncGroups(partial(take_delivery_events, factory))
+        # The committer holds its factory weakly: a strong reference in the dictionary's value
+        # would keep its own weak key alive, and with it every factory the process ever used.
+        held = weakref.ref(factory)
+
+        def take(raws: list[RawWebhook]) -> list[Taken]:
+            live = held()
+            if live is None:
+                raise RuntimeError("the database of these status callbacks was closed")
+            return take_delivery_events(live, raws)
+
+        groups = _STATUS_GROUPS[factory] = AsyncGroups(take)
     return groups
 
 

@@ -198,3 +198,21 @@ def test_an_erasure_empties_what_a_group_stored_about_the_customer(
         payloads = list(s.scalars(select(InboundEvent.payload).where(InboundEvent.id.in_(ids))))
     assert len(payloads) == len(requests)
     assert not any(PHONE in str(p) for p in payloads if p is not None)
+
+
+def test_a_closed_database_leaves_no_status_committer_behind() -> None:
+    """The committer of a session factory goes with the factory (tests and reloads make many)."""
+    import gc
+
+    from models.session import make_engine, make_session_factory
+    from web import webhooks
+
+    engine = make_engine("sqlite://")
+    factory = make_session_factory(engine)
+    webhooks._status_groups(factory)
+    assert factory in webhooks._STATUS_GROUPS
+    before = len(webhooks._STATUS_GROUPS)
+    del factory
+    gc.collect()
+    assert len(webhooks._STATUS_GROUPS) == before - 1
+    engine.dispose()
