@@ -9,20 +9,26 @@ and are kept: ``executemany`` and ``IN``.
 
 Values go through each column's own type on the way in (``UtcDateTime`` refuses naive
 datetimes and normalises to UTC here as everywhere else).
+
+The PostgreSQL statements are built once per table and set of columns and kept: the rows are
+parameters, so the same statement object serves every call, and SQLAlchemy computes its cache
+key once instead of walking a new statement tree on every call (most of the CPU of a small
+batch otherwise).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Column,
     ColumnElement,
     CursorResult,
     Insert,
-    Select,
     String,
     Table,
     Text,
@@ -48,31 +54,64 @@ def _postgresql(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def _array(table: Table, name: str, values: list[Any], key: str) -> ColumnElement[Any]:
-    """One column's values as a typed array parameter."""
+def _array_type(table: Table, name: str) -> Any:
+    """The array type one column's values travel as."""
     kind = table.c[name].type
     if isinstance(kind, JSON):
         # JSON documents travel as text and are cast on the server: a list value would
-        # otherwise be read as one more dimension of the array. None is stored as SQL NULL
-        # only where the column says so (``none_as_null``), as a single-row insert does.
-        text = [
-            None if value is None and kind.none_as_null else json.dumps(value) for value in values
-        ]
-        return cast(bindparam(key, text, type_=ARRAY(Text())), ARRAY(JSON()))
-    if type(kind) in (String, Unicode) and kind.length is not None:  # type: ignore[attr-defined]
+        # otherwise be read as one more dimension of the array.
+        return JSON()
+    return _as_text(kind)
+
+
+def _as_text(kind: Any) -> Any:
+    if type(kind) in (String, Unicode) and kind.length is not None:
         # As text, not as the column's VARCHAR(n): an explicit cast to VARCHAR(n) cuts an
         # over-long value silently, where storing text in the column refuses it.
-        kind = Text()
-    return cast(bindparam(key, values, type_=ARRAY(kind)), ARRAY(kind))
+        return Text()
+    return kind
 
 
-def _unnest(table: Table, names: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> Any:
-    return func.unnest(
-        *(
-            _array(table, name, [row[name] for row in rows], f"col_{i}")
-            for i, name in enumerate(names)
-        )
-    )
+def _array_values(table: Table, name: str, values: list[Any]) -> list[Any]:
+    kind = table.c[name].type
+    if isinstance(kind, JSON):
+        # None is stored as SQL NULL only where the column says so (``none_as_null``), as a
+        # single-row insert does.
+        return [
+            None if value is None and kind.none_as_null else json.dumps(value) for value in values
+        ]
+    return values
+
+
+def _unnest(table: Table, names: Sequence[str]) -> Any:
+    """``unnest`` of one array parameter per column, ``col_0`` ... in the order of ``names``."""
+    arrays = []
+    for i, name in enumerate(names):
+        kind = _array_type(table, name)
+        sent = ARRAY(Text()) if isinstance(kind, JSON) else ARRAY(kind)
+        arrays.append(cast(bindparam(f"col_{i}", type_=sent), ARRAY(kind)))
+    return func.unnest(*arrays)
+
+
+def _arrays(
+    table: Table, names: Sequence[str], rows: Sequence[Mapping[str, Any]]
+) -> dict[str, list[Any]]:
+    return {
+        f"col_{i}": _array_values(table, name, [row[name] for row in rows])
+        for i, name in enumerate(names)
+    }
+
+
+_statements: dict[tuple[Any, ...], Any] = {}
+_statements_lock = threading.Lock()
+
+
+def _kept(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+    statement = _statements.get(key)
+    if statement is None:
+        with _statements_lock:
+            statement = _statements.setdefault(key, build())
+    return statement
 
 
 def insert_rows(
@@ -93,12 +132,18 @@ def insert_rows(
     statement: Insert
     if _postgresql(session):
         names = list(rows[0])
-        source: Select[Any] = select(literal_column("*")).select_from(_unnest(table, names, rows))
-        pg = postgresql_insert(table).from_select(names, source)
-        statement = pg.on_conflict_do_nothing(index_elements=list(ignoring)) if ignoring else pg
-        if wanted:
-            statement = statement.returning(*wanted)
-        return session.execute(statement)  # type: ignore[return-value]
+
+        def build() -> Insert:
+            source: Any = select(literal_column("*")).select_from(_unnest(table, names))
+            pg = postgresql_insert(table).from_select(names, source)
+            built = pg.on_conflict_do_nothing(index_elements=list(ignoring)) if ignoring else pg
+            return built.returning(*wanted) if wanted else built
+
+        arrays = _arrays(table, names, rows)
+        if all(isinstance(c, Column) and c.table is table for c in wanted):
+            key = ("insert", table, tuple(names), tuple(ignoring), tuple(c.key for c in wanted))
+            return session.execute(_kept(key, build), arrays)  # type: ignore[return-value]
+        return session.execute(build(), arrays)  # type: ignore[return-value]
     lite = sqlite_insert(table)
     statement = lite.on_conflict_do_nothing(index_elements=list(ignoring)) if ignoring else lite
     if wanted:
@@ -122,16 +167,22 @@ def update_rows(
     ordered = sorted(rows, key=lambda row: int(row["id"]))
     if _postgresql(session):
         names = ["id", *fields]
-        given = (
-            _unnest(table, names, ordered)
-            .table_valued(*(column(name) for name in names))
-            .render_derived(name="given")
-        )
-        session.execute(
-            update(table)
-            .where(table.c.id == given.c.id, *only_when)
-            .values({name: given.c[name] for name in fields})
-        )
+
+        def build() -> Any:
+            given = (
+                _unnest(table, names)
+                .table_valued(*(column(name) for name in names))
+                .render_derived(name="given")
+            )
+            return (
+                update(table)
+                .where(table.c.id == given.c.id, *only_when)
+                .values({name: given.c[name] for name in fields})
+            )
+
+        # A condition is built anew by each caller: only the plain statement is kept.
+        statement = _kept(("update", table, tuple(fields)), build) if not only_when else build()
+        session.execute(statement, _arrays(table, names, ordered))
         return
     statement = (
         update(table)
@@ -148,5 +199,5 @@ def is_any(session: Session, target: ColumnElement[Any], values: Sequence[Any]) 
     """``target IN values``: on PostgreSQL ``target = ANY(array)``, one parameter however many
     values (and no limit on their number)."""
     if _postgresql(session):
-        return target == any_(bindparam(None, list(values), type_=ARRAY(target.type)))
+        return target == any_(bindparam(None, list(values), type_=ARRAY(_as_text(target.type))))
     return target.in_(list(values))
