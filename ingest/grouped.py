@@ -6,7 +6,8 @@ threads of one worker process share it: each thread submits its event and gets t
 :class:`~ingest.service.IngestResult`; the first thread to find nothing being applied applies
 every event waiting with one :func:`~ingest.service.ingest_batch` (``models.group_commit``).
 Under light load a group holds one event and waits for nothing; under load it holds about one
-event per busy thread.
+event per busy thread (a leader waits up to :data:`GATHER_FOR` for the threads of the last
+group to come back with their next event).
 
 Each event's outcome is the one it would get applied alone, after the events before it in its
 group: ``ingest_batch`` applies a group in the order the events arrived, starting a new run for a
@@ -34,6 +35,9 @@ __all__ = ["GroupFailed", "GroupStats", "GroupedIngest", "grouped_ingest"]
 
 #: Far above a worker's thread count: a group is bounded by the threads waiting anyway.
 MAX_GROUP = 256
+
+#: How long a group waits for the threads of the last group to come back with their next event.
+GATHER_FOR = 0.002
 
 
 class Context(Protocol):
@@ -67,7 +71,9 @@ class GroupedIngest:
 
     def __init__(self, context: Callable[[], Context], max_group: int = MAX_GROUP) -> None:
         self._context = context
-        self._commit: GroupCommit[Any, IngestResult] = GroupCommit(self.apply, max_group)
+        self._commit: GroupCommit[Any, IngestResult] = GroupCommit(
+            self.apply, max_group, gather_for=GATHER_FOR
+        )
         self._count = threading.Lock()
         self._groups = 0
         self._events = 0

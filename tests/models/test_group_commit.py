@@ -171,3 +171,40 @@ def test_a_leader_interrupted_while_waiting_leaves_no_group_running() -> None:
         committer.submit(1)
     assert committer._running == 0
     assert committer.submit(2) == 2
+
+
+def test_a_leader_gathers_as_many_items_as_the_last_group_held() -> None:
+    """The threads of a group come back one by one: the first waits for the others instead of
+    leading a group of one ahead of them."""
+    release_first = threading.Event()
+    groups: list[list[str]] = []
+
+    def apply(items: list[str]) -> list[str]:
+        groups.append(list(items))
+        if items == ["first"]:
+            assert release_first.wait(10)
+        return items
+
+    committer: GroupCommit[str, str] = GroupCommit(apply, gather_for=30)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        first = pool.submit(committer.submit, "first")
+        while not groups:
+            threading.Event().wait(0.001)
+        three = [pool.submit(committer.submit, item) for item in ("a", "b", "c")]
+        while len(committer._waiting) < 3:
+            threading.Event().wait(0.001)
+        release_first.set()
+        assert [f.result(10) for f in (first, *three)] == ["first", "a", "b", "c"]
+        # The last group held three: the next leader waits for two more items.
+        back = [pool.submit(committer.submit, "d")]
+        threading.Event().wait(0.1)
+        back += [pool.submit(committer.submit, item) for item in ("e", "f")]
+        assert [f.result(10) for f in back] == ["d", "e", "f"]
+    assert [sorted(group) for group in groups] == [["first"], ["a", "b", "c"], ["d", "e", "f"]]
+
+
+def test_after_a_group_of_one_nothing_is_gathered() -> None:
+    committer: GroupCommit[int, int] = GroupCommit(lambda items: items, gather_for=30)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for item in range(3):
+            assert pool.submit(committer.submit, item).result(timeout=10) == item
