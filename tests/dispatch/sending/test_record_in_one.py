@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import event, select, text
 from sqlalchemy.pool import NullPool
 
@@ -69,9 +70,12 @@ def _waiting_for_a_lock(outside: Any, pid: int) -> bool:
         )
 
 
-def test_an_erasure_under_way_is_waited_for_and_obeyed(pg_db, config, respx_mock):
+@pytest.mark.parametrize("survey_too", [False, True], ids=["customer", "customer-and-survey"])
+def test_an_erasure_under_way_is_waited_for_and_obeyed(pg_db, config, respx_mock, survey_too):
     """The erasure holds the customer's row (it took it FOR UPDATE and has not committed yet)
-    when the provider answers: the record waits for it, then keeps nothing personal."""
+    when the provider answers, and perhaps has already emptied the survey's row too (as
+    ``ingest.erasure.apply_erasure`` does): the record waits for it, then keeps nothing
+    personal."""
     survey_id = queued_survey(pg_db, config)
     with pg_db.session() as s:
         customer_id = s.scalar(select(Survey.customer_id).where(Survey.id == survey_id))
@@ -83,6 +87,14 @@ def test_an_erasure_under_way_is_waited_for_and_obeyed(pg_db, config, respx_mock
 
     def accepted_while_erasing(_request: httpx.Request) -> httpx.Response:
         erasure.execute(select(Customer.id).where(Customer.id == customer_id).with_for_update())
+        if survey_too:
+            erasure.execute(
+                text(
+                    "UPDATE surveys SET provider_message_id = NULL, next_reminder_at = NULL,"
+                    " timezone = NULL WHERE customer_id = :id"
+                ),
+                {"id": customer_id},
+            )
         erasure.execute(
             text("UPDATE customers SET erased_at = :now, email = NULL WHERE id = :id"),
             {"now": NOON, "id": customer_id},
