@@ -12,9 +12,15 @@ their next item, and without it the first back would lead a group of one ahead o
 After a group of one nothing is waited for.
 
 A group that takes longer than ``stall_after`` (its transaction waiting on a row lock that
-another session holds, say) no longer holds the others back: the threads waiting then lead a
-group of their own beside it, one more group per ``stall_after``, so one slow item delays only
-the items of its own group, as it would delay only its own thread without grouping.
+another session holds, say) does not hold the others back: once the latest group still running
+has run that long, the next starts beside it, and the groups after that one start as usual
+while the stuck one waits. One slow item delays only the items of its own group, as it would
+delay only its own thread without grouping.
+
+An exception raised into a thread (a time limit, a shutdown) leaves nothing waiting for ever: a
+waiting thread takes its item away with it, and a leader marks its group done before anything
+that could be interrupted; every wait is bounded, so a notification lost with a leader costs a
+delay only.
 
 Each thread gets its own item's result, or the exception that failed its group, and returns only
 once its group's call has returned, so a message is acknowledged or a request answered only
@@ -45,12 +51,23 @@ class _Slot(Generic[Item, Result]):
         self.done = False
 
 
+class _Group(Generic[Item, Result]):
+    """A group being applied: when it started and its slots."""
+
+    __slots__ = ("over", "slots", "started")
+
+    def __init__(self) -> None:
+        self.slots: list[_Slot[Item, Result]] = []
+        self.started = time.monotonic()
+        self.over = False  # its slots are marked done
+
+
 class GroupCommit(Generic[Item, Result]):
     """Apply items from many threads in groups of at most ``max_group``.
 
     ``apply`` takes the items of a group in the order they arrived and returns one result per
     item, in the same order. While groups are being applied, the next one starts when they are
-    done or when the latest of them has run for ``stall_after`` seconds.
+    done or when the latest of those still running has run for ``stall_after`` seconds.
     """
 
     def __init__(
@@ -69,11 +86,22 @@ class GroupCommit(Generic[Item, Result]):
         self._stall_after = stall_after
         self._changed = threading.Condition()
         self._waiting: list[_Slot[Item, Result]] = []
-        self._running = 0  # groups being applied
-        self._latest_start = 0.0  # time.monotonic() when the latest of them started
+        self._groups: list[_Group[Item, Result]] = []  # being applied, oldest first
         self._gather_for = gather_for
         self._gathering = False  # a leader waits for the threads of the last group
         self._last_size = 1  # how many items the last group held
+
+    @property
+    def _running(self) -> int:
+        """How many groups are being applied."""
+        with self._changed:
+            return len(self._live_groups())
+
+    def _live_groups(self) -> list[_Group[Item, Result]]:
+        # A group marked over has finished even if its leader was interrupted before taking
+        # it off the list.
+        self._groups = [group for group in self._groups if not group.over]
+        return self._groups
 
     def submit(self, item: Item) -> Result:
         """Apply ``item`` in the next group; its result, or the exception of its group."""
@@ -82,56 +110,77 @@ class GroupCommit(Generic[Item, Result]):
             self._waiting.append(slot)
             if self._gathering:
                 self._changed.notify_all()
-        while not slot.done:
-            self._lead_or_wait(slot)
+        try:
+            while not slot.done:
+                self._lead_or_wait(slot)
+        except BaseException:
+            # Interrupted before its group was taken (a time limit, a shutdown): the item
+            # leaves with its thread, or a later group would apply it with nobody to answer.
+            with self._changed:
+                if not slot.taken and slot in self._waiting:
+                    self._waiting.remove(slot)
+            raise
         if slot.error is not None:
             raise slot.error
         return slot.result  # type: ignore[return-value]
 
-    def _may_lead(self) -> bool:
-        return self._running == 0 or time.monotonic() - self._latest_start >= self._stall_after
+    def _until_stalled(self) -> float:
+        """Seconds until the latest group still running counts as stalled: 0 when it does or
+        when none is running."""
+        groups = self._live_groups()
+        if not groups:
+            return 0.0
+        return max(0.0, groups[-1].started + self._stall_after - time.monotonic())
 
     def _lead_or_wait(self, slot: _Slot[Item, Result]) -> None:
         """Wait until ``slot`` is done, or lead the next group if it may start meanwhile."""
-        group: list[_Slot[Item, Result]] = []
-        leading = False
-        # One try from taking the group to marking it done: an exception raised into this
-        # thread at any point in between (a time limit, a shutdown) cannot leave a group
-        # counted as running, or its threads waiting, forever.
+        group: _Group[Item, Result] | None = None
         try:
             with self._changed:
-                ready = self._changed.wait_for(
-                    lambda: slot.done or (not slot.taken and self._may_lead()),
-                    timeout=self._stall_after,
-                )
-                if not ready or slot.done:
-                    return
-                self._running += 1
-                leading = True
-                self._latest_start = time.monotonic()
-                if self._running == 1 and len(self._waiting) < self._last_size:
+                while True:
+                    if slot.done:
+                        return
+                    if slot.taken:
+                        # Bounded: a notification missed because its leader was interrupted
+                        # costs a delay, never a thread waiting for ever.
+                        self._changed.wait(self._stall_after)
+                        continue
+                    remaining = self._until_stalled()
+                    if remaining == 0.0:
+                        break
+                    self._changed.wait(remaining)
+                group = _Group()
+                self._groups.append(group)
+                if len(self._groups) == 1 and len(self._waiting) < self._last_size:
                     self._gather()
-                group = self._waiting[: self._max_group]
+                taken = self._waiting[: self._max_group]
                 del self._waiting[: self._max_group]
-                for taken in group:
-                    taken.taken = True
-                self._last_size = len(group)
-            results = list(self._apply([taken.item for taken in group]))
-            if len(results) != len(group):
-                raise RuntimeError(f"{len(results)} results for a group of {len(group)} items")
-            for taken, result in zip(group, results, strict=True):
-                taken.result = result
+                for each in taken:
+                    each.taken = True
+                group.slots = taken
+                self._last_size = len(taken)
+            results = list(self._apply([each.item for each in group.slots]))
+            if len(results) != len(group.slots):
+                raise RuntimeError(
+                    f"{len(results)} results for a group of {len(group.slots)} items"
+                )
+            for each, result in zip(group.slots, results, strict=True):
+                each.result = result
         except BaseException as exc:  # handed to every thread of the group, which raises it
-            for taken in group:
-                taken.error = exc
-            if not group:
+            if group is None or not group.slots:
                 raise
+            for each in group.slots:
+                each.error = exc
         finally:
-            if leading:
+            if group is not None:
+                # Marked done before the lock is taken: if this thread is interrupted from
+                # here on, the group's threads still see it done at their next bounded wait.
+                for each in group.slots:
+                    each.done = True
+                group.over = True
                 with self._changed:
-                    for taken in group:
-                        taken.done = True
-                    self._running -= 1
+                    if group in self._groups:
+                        self._groups.remove(group)
                     self._changed.notify_all()
 
     def _gather(self) -> None:

@@ -3,7 +3,9 @@ reaches every thread of its group and no other."""
 
 from __future__ import annotations
 
+import ctypes
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -208,3 +210,135 @@ def test_after_a_group_of_one_nothing_is_gathered() -> None:
     with ThreadPoolExecutor(max_workers=1) as pool:
         for item in range(3):
             assert pool.submit(committer.submit, item).result(timeout=10) == item
+
+
+def test_while_a_group_is_stuck_later_groups_are_not_held_back_one_stall_after_each() -> None:
+    """While one group is stuck, every group after the one that went round it starts at once:
+    the stall is measured from the latest group still running, not from a finished one."""
+    release = threading.Event()
+
+    def apply(items: list[str]) -> list[str]:
+        if "stuck" in items:
+            assert release.wait(30)
+        return items
+
+    committer: GroupCommit[str, str] = GroupCommit(apply, stall_after=60)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        stuck = pool.submit(committer.submit, "stuck")
+        try:
+            while committer._running == 0:
+                time.sleep(0.001)
+            committer._groups[0].started -= 120  # stuck for two minutes already
+            for i in range(5):
+                # Each would wait a whole minute if measured from the group before it.
+                assert pool.submit(committer.submit, f"next {i}").result(10) == f"next {i}"
+        finally:
+            release.set()
+        assert stuck.result(10) == "stuck"
+
+
+class _Interrupt(BaseException):
+    pass
+
+
+class _ArmedCondition(threading.Condition):
+    """Raises _Interrupt on entry once armed: where CPython delivers an asynchronous exception
+    (dramatiq's time limit, PyThreadState_SetAsyncExc) on entering Condition.__enter__, a
+    Python-level call that checks the eval breaker."""
+
+    armed_for: threading.Thread | None = None
+
+    def __enter__(self):
+        if self.armed_for is threading.current_thread():
+            self.armed_for = None
+            raise _Interrupt()
+        return super().__enter__()
+
+
+def test_an_interrupt_as_a_leader_ends_its_group_leaves_no_thread_waiting() -> None:
+    """An exception raised into the leader as it takes the lock to end its group: the group's
+    slots are already marked done, so its threads return and the group no longer counts."""
+    second_waiting = threading.Event()
+    committer: GroupCommit[int, int]
+
+    def apply(items: list[int]) -> list[int]:
+        if items == [0]:
+            # Let item 1 queue behind; the next group takes [1, 2].
+            assert second_waiting.wait(10)
+        elif 1 in items:
+            committer._changed.armed_for = threading.current_thread()  # type: ignore[attr-defined]
+        return items
+
+    committer = GroupCommit(apply, stall_after=0.2)
+    committer._changed = _ArmedCondition()
+    outcomes: dict[int, object] = {}
+
+    def run(item: int) -> None:
+        try:
+            outcomes[item] = committer.submit(item)
+        except BaseException as exc:
+            outcomes[item] = exc
+
+    t0 = threading.Thread(target=run, args=(0,))
+    t0.start()
+    while committer._running == 0:
+        time.sleep(0.001)
+    # Daemon threads: the stuck one would otherwise keep the test process alive.
+    t1 = threading.Thread(target=run, args=(1,), daemon=True)
+    t2 = threading.Thread(target=run, args=(2,), daemon=True)
+    t1.start()
+    t2.start()
+    while len(committer._waiting) < 2:
+        time.sleep(0.001)
+    second_waiting.set()
+    t0.join(5)
+    t1.join(2)
+    t2.join(2)
+    alive = [t.name for t in (t1, t2) if t.is_alive()]
+    running = committer._running
+    assert not alive and running == 0, (alive, running, outcomes)
+
+
+def _raise_in(thread: threading.Thread, exc: type[BaseException]) -> None:
+    assert thread.ident is not None
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc))
+
+
+def test_a_waiter_interrupted_before_its_group_is_taken_takes_its_item_away() -> None:
+    """A real asynchronous exception (as dramatiq's time limit raises) in a waiting thread: the
+    item leaves with it, so no later group applies it with nobody to answer (its message runs
+    again and would apply it twice)."""
+    release = threading.Event()
+    applied: list[str] = []
+
+    def apply(items: list[str]) -> list[str]:
+        applied.extend(items)
+        if items == ["slow"]:
+            assert release.wait(10)
+        return items
+
+    committer: GroupCommit[str, str] = GroupCommit(apply, stall_after=5.0)
+    lead = threading.Thread(target=committer.submit, args=("slow",))
+    lead.start()
+    while committer._running == 0:
+        time.sleep(0.001)
+    raised: list[BaseException] = []
+
+    def victim() -> None:
+        try:
+            committer.submit("victim")
+        except BaseException as exc:
+            raised.append(exc)
+
+    v = threading.Thread(target=victim)
+    v.start()
+    while len(committer._waiting) < 1:
+        time.sleep(0.001)
+    time.sleep(0.05)
+    _raise_in(v, _Interrupt)
+    release.set()  # the group's end notifies, the victim wakes and raises
+    v.join(5)
+    lead.join(5)
+    assert raised and isinstance(raised[0], _Interrupt)
+    committer.submit("next")
+    assert "victim" not in applied, applied
