@@ -257,13 +257,17 @@ class RateLimit:
 async def read_limited_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 past ``limit`` bytes (checked on ``Content-Length``
     and while streaming, so an oversized body is never buffered whole)."""
-    too_large = ApiError(413, "payload_too_large", f"request body larger than {limit} bytes")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
+        raise _too_large(limit)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise too_large
+            raise _too_large(limit)
     return bytes(body)
+
+
+def _too_large(limit: int) -> ApiError:
+    # Built only when refusing: an exception is costly to build on every request.
+    return ApiError(413, "payload_too_large", f"request body larger than {limit} bytes")
