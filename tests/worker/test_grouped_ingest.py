@@ -24,6 +24,7 @@ from ingest.service import ingest_event
 from models import InboundEvent, Order, Survey
 from tests.conftest import Database
 from tests.factories import order_event, purchase
+from tests.processes import started
 
 # Contacts every event of these tests carries: never to appear in the worker's output.
 EMAIL = "grouped.person@example.com"
@@ -65,18 +66,17 @@ def running_worker(db: Database, redis_url: str, tmp_path: Path) -> Iterator[Pat
         "NPS_LOG_LEVEL": "INFO",
     }
     output = tmp_path / "worker.log"
-    with output.open("wb") as sink:
-        worker = subprocess.Popen(
+    with (
+        output.open("wb") as sink,
+        started(
             [sys.executable, "-m", "cli.main", "worker", "--processes", "1", "--threads", "8"],
+            stop_within=60,
             env=env,
             stdout=sink,
             stderr=subprocess.STDOUT,
-        )
-        try:
-            yield output
-        finally:
-            worker.terminate()
-            worker.wait(timeout=60)
+        ),
+    ):
+        yield output
 
 
 def _until(condition: Callable[[], bool], seconds: float = 90) -> None:

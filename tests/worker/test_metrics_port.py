@@ -5,7 +5,6 @@ processes counting in one directory."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import TEST_SECRET_KEY, sqlite_database
+from tests.processes import started
 
 pytestmark = pytest.mark.redis
 
@@ -30,22 +30,14 @@ def free_port() -> int:
 
 @contextmanager
 def running(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(
+    with started(
         [sys.executable, "-m", "cli.main", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
-    try:
+    ) as proc:
         yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def answer(proc: subprocess.Popen[str], url: str, **kwargs) -> httpx.Response:

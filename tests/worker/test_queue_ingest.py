@@ -17,6 +17,7 @@ from ingest.deadletters import list_dead_letters, replay_dead_letters
 from models import DeadLetter, InboundEvent, Order, Survey
 from tests.conftest import Database, sqlite_database
 from tests.factories import order_event, purchase
+from tests.processes import started
 from worker.actors import ingest_event
 from worker.broker import EVENTS_QUEUE, broker
 
@@ -133,19 +134,15 @@ def test_redis_worker_process_takes_duplicates_once(redis_url, tmp_path: Path):
                 queue_name="events", actor_name="ingest_event", args=(event,), kwargs={}, options={}
             )
         )
-    worker = subprocess.Popen(
+    with started(
         [sys.executable, "-m", "cli.main", "worker", "--processes", "1", "--threads", "2"],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
+        stderr=subprocess.DEVNULL,
+    ):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and count(database, InboundEvent) < 1:
             time.sleep(0.2)
         time.sleep(1.0)  # let the two copies be processed too
         assert count(database, InboundEvent) == 1
         assert count(database, Survey) == 1
-    finally:
-        worker.terminate()
-        worker.wait(timeout=30)

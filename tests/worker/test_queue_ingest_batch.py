@@ -20,6 +20,7 @@ from ingest.queued import store_unapplied
 from models import InboundEvent, Order, Survey
 from tests.conftest import Database, sqlite_database
 from tests.factories import order_event, purchase
+from tests.processes import started
 from worker.actors import ingest_events
 from worker.broker import EVENTS_QUEUE, broker
 
@@ -105,22 +106,18 @@ def test_redis_worker_process_applies_lists_once(redis_url, tmp_path: Path):
                 options={},
             )
         )
-    worker = subprocess.Popen(
+    with started(
         [sys.executable, "-m", "cli.main", "worker", "--processes", "1", "--threads", "2"],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
+        stderr=subprocess.DEVNULL,
+    ):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and count(database, InboundEvent) < 20:
             time.sleep(0.2)
         time.sleep(1.0)  # let the second copy be processed too
         assert count(database, InboundEvent) == 20
         assert count(database, Survey) == 20
-    finally:
-        worker.terminate()
-        worker.wait(timeout=30)
 
 
 def test_after_the_last_attempt_an_event_reusing_a_taken_event_id_becomes_a_dead_letter(
