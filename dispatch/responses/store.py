@@ -7,7 +7,8 @@ holding the row's lock, and stamps ``handled_at``. What applying a row means is 
 ``apply`` (the package routes each source to its rules). A failure while applying rolls back the
 effect (a savepoint), keeps the row with ``handled_at`` null and its (masked) error, and counts
 the attempt: :func:`replay_unhandled_webhooks` applies it again after :func:`replay_pause` (a
-few rows per transaction, each in its own savepoint), and stops after
+few rows per transaction, each in its own savepoint; when a row fails the whole transaction,
+row by row, its failure counted in a transaction of its own), and stops after
 :data:`REPLAY_MAX_ATTEMPTS` failures, leaving the row and its error for an operator.
 
 Once applied, a raw row keeps its payload only when it is tied to a survey (``survey_id``) or a
@@ -207,18 +208,58 @@ def _replay_batch(
                 results.append(handled)
                 if failure is not None:
                     failures.append((row.id, attempts, failure))
-    except Exception as exc:  # the transaction itself failed: nothing could be recorded
-        log.warning(
-            "webhook rows %s to %s not applied, failure not recorded: %s",
-            ids[0],
-            ids[-1],
-            describe_error(exc),
-        )
-        return [Handled(row_id, "failed") for row_id in ids]
+    except Exception as exc:  # the transaction itself failed: nothing of it was recorded
+        failure = describe_error(exc, limit=2000)
+        if len(ids) > 1:
+            # One row can fail the whole transaction (a failure no savepoint contains, the
+            # connection lost while applying it): each row alone, so that the others apply and
+            # that row's failures are counted, instead of the batch failing on every pass.
+            log.warning(
+                "webhook rows %s to %s not applied together (%s): one by one",
+                ids[0],
+                ids[-1],
+                failure,
+            )
+            return [
+                h for row_id in ids for h in _replay_batch(factory, config, [row_id], apply, now)
+            ]
+        _record_lost_attempt(factory, ids[0], now, failure)
+        return [Handled(ids[0], "failed")]
     for row_id, attempts, failure in failures:
         _log_failed_attempt(row_id, attempts, failure)
     done = {h.row_id for h in results}
     return results + [Handled(row_id, "already") for row_id in ids if row_id not in done]
+
+
+def _record_lost_attempt(
+    factory: sessionmaker[Session], row_id: int, now: datetime, failure: str
+) -> None:
+    """Count a failed attempt whose own transaction could not record it, in a transaction of
+    its own: the row then backs off and, after :data:`REPLAY_MAX_ATTEMPTS`, is left for an
+    operator, like any other failure. When even this fails (the database is away), the attempt
+    is not counted: the row is tried again at the next pass."""
+    try:
+        with factory() as session, session.begin():
+            attempts = session.scalar(
+                select(InboundEvent.attempts)
+                .where(InboundEvent.id == row_id, InboundEvent.handled_at.is_(None))
+                .with_for_update(skip_locked=True)
+            )
+            if attempts is None:
+                return
+            attempts += 1
+            session.execute(
+                update(InboundEvent)
+                .where(InboundEvent.id == row_id)
+                .values(attempts=attempts, retry_at=now + replay_pause(attempts), error=failure)
+                .execution_options(synchronize_session=False)
+            )
+    except Exception as exc:
+        log.warning(
+            "webhook row %s not applied, failure not recorded: %s", row_id, describe_error(exc)
+        )
+        return
+    _log_failed_attempt(row_id, attempts, failure)
 
 
 def _ties(applied: Applied) -> dict[str, object]:

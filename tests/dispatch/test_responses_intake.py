@@ -127,6 +127,40 @@ def test_a_replay_batch_applies_each_row_on_its_own_in_one_commit(db, config, mo
     assert survey_of(db, second).state == "undeliverable" and unhandled(db) == []
 
 
+def test_a_row_that_fails_its_whole_batch_fails_alone_and_is_counted(db, config, monkeypatch):
+    """Applying one row loses the batch's connection, which no savepoint contains: the batch is
+    applied again row by row, so the others apply and that row's failure is counted and backs
+    off, instead of the whole batch failing, uncounted, on every pass."""
+    first, poison, third = (seed_survey(db, state="sent") for _ in range(3))
+    messages = {i: survey_of(db, i).provider_message_id for i in (first, poison, third)}
+    now = utcnow()
+    for sid, msg in messages.items():
+        raw = twilio_status(sid, msg, "delivered")
+        assert responses.take_delivery_event(db.factory, raw, now=now).status == "stored"
+    real = responses.apply_delivery_event
+
+    def losing_the_connection(session, ev, cfg, at):
+        if ev.provider_message_id == messages[poison]:
+            session.connection().invalidate()  # as a server restart would
+            raise RuntimeError("server closed the connection unexpectedly")
+        return real(session, ev, cfg, at)
+
+    monkeypatch.setattr(responses, "apply_delivery_event", losing_the_connection)
+    report = responses.replay_unhandled_webhooks(db.factory, config, now=now)
+    assert (report.applied, report.failed) == (2, 1)
+    assert [survey_of(db, i).state for i in (first, poison, third)] == [
+        "delivered",
+        "sent",
+        "delivered",
+    ]
+    assert unhandled(db) == [(f"{messages[poison]}:delivered", 1)]
+    # Backed off like any failure: not tried again at once, tried again after the pause.
+    assert responses.replay_unhandled_webhooks(db.factory, config, now=now).failed == 0
+    later = now + responses.replay_pause(1)
+    assert responses.replay_unhandled_webhooks(db.factory, config, now=later).failed == 1
+    assert unhandled(db) == [(f"{messages[poison]}:delivered", 2)]
+
+
 def test_a_connection_the_server_closed_is_replaced_once(pg_db, config):
     """Pooled connections are not pinged: a webhook that meets one the server closed (a
     restart) runs once more on a new one, and is stored and applied once."""
