@@ -66,6 +66,10 @@ class OutboundMessage:
     unsubscribe_url: str | None = None
     status_callback_url: str | None = None
     is_reminder: bool = False
+    #: To the shop's own staff (a detractor alert), not to a customer: sent outside the survey
+    #: unsubscribe group, which is for customers and would let an alert be unsubscribed from,
+    #: or suppressed for staff who unsubscribed from surveys.
+    to_staff: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -285,6 +285,7 @@ def email_message(content: AlertContent, to: str) -> OutboundMessage:
         to=to,
         subject=f"Detractor: {content.score}/10 on order {content.order_id}",
         body_text="\n".join(lines),
+        to_staff=True,
     )
 
 

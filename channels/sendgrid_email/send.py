@@ -67,7 +67,7 @@ def _build_with_helper(
     if message.body_html:
         mail.add_content(Content(MimeType.html, message.body_html))
     mail.add_custom_arg(CustomArg("survey_id", str(message.survey_id)))
-    if unsubscribe_group_id is not None:
+    if unsubscribe_group_id is not None and not message.to_staff:
         mail.asm = Asm(GroupId(unsubscribe_group_id))
     if message.unsubscribe_url:
         mail.add_header(Header("List-Unsubscribe", f"<{message.unsubscribe_url}>"))
@@ -113,7 +113,7 @@ def build_mail(
             "List-Unsubscribe": f"<{message.unsubscribe_url}>",
         }
     body["custom_args"] = {"survey_id": str(message.survey_id)}
-    if unsubscribe_group_id is not None:
+    if unsubscribe_group_id is not None and not message.to_staff:
         body["asm"] = {"group_id": unsubscribe_group_id}
     return body
 

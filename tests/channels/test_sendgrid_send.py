@@ -99,6 +99,19 @@ def test_without_group_and_bare_sender(respx_mock):
     assert body["from"] == {"email": "surveys@shop.example"}
 
 
+@pytest.mark.parametrize("to", [TO, f"CX team <{TO}>"], ids=["address", "named"])
+def test_a_message_to_staff_goes_outside_the_survey_unsubscribe_group(respx_mock, to):
+    """An alert to the shop's staff: unsubscribing from surveys must neither hide it nor be
+    offered in it. Both ways of writing the body (direct and through the helper) agree."""
+    route = respx_mock.post(URL).respond(202, headers={"X-Message-Id": "id"})
+
+    make_channel().send(make_message(to=to, to_staff=True, unsubscribe_url=None))
+
+    body = json.loads(route.calls.last.request.content)
+    assert "asm" not in body
+    assert body["personalizations"][0]["to"][0]["email"] == TO
+
+
 def test_429_with_retry_after_is_transient(respx_mock):
     respx_mock.post(URL).respond(
         429,

@@ -580,7 +580,10 @@ def test_email_alert_through_sendgrid(db: Database, config, now, respx_mock):
         ]
     )
     channel = SendGridEmailChannel(
-        "SG.key", "Shop <nps@shop.example>", api_base="https://api.sendgrid.test"
+        "SG.key",
+        "Shop <nps@shop.example>",
+        unsubscribe_group_id=42,
+        api_base="https://api.sendgrid.test",
     )
     assert run(db, alert_id, config, now, email_channel=channel) == "retry"
     [row] = alerts_of(db)
@@ -597,6 +600,8 @@ def test_email_alert_through_sendgrid(db: Database, config, now, respx_mock):
     # The customer's survey id is not in the custom args: SendGrid's events about this mail
     # must not be taken for the customer's invitation.
     assert mail.get("custom_args", {}).get("survey_id") in (None, "0")
+    # Not in the customers' survey unsubscribe group: staff who left it still get alerts.
+    assert "asm" not in mail
 
 
 def test_email_alert_whose_outcome_is_unknown_is_not_sent_twice(db, config, now, respx_mock):
