@@ -21,7 +21,7 @@ EVENTS: Final = Counter(
 SENDS: Final = Counter(
     "nps_sends",
     "Invitations and reminders handed to a provider, by channel and outcome "
-    "(sent, transient, permanent, unknown, withdrawn)",
+    "(sent, transient, permanent, unknown, withdrawn, unbuilt)",
     ["channel", "outcome"],
 )
 SEND_LATENCY: Final = Histogram(

@@ -26,6 +26,7 @@ from dispatch.planning import choose_channel
 from dispatch.sending.claim_one import claim_in_one, give_back
 from dispatch.sending.common import (
     SURVEYS,
+    MessageNotBuilt,
     SendInvariantError,
     SendOutcome,
     log,
@@ -242,9 +243,9 @@ def claim(
             survey, _, customer = _claimed_rows(fast)
             try:
                 message = build(survey, customer)
-            except Exception:
+            except Exception as exc:
                 give_back(factory, survey_id, survey.attempts, now)
-                raise
+                raise _not_built(survey_id, channel, exc) from exc
             return survey, customer, message
     with factory() as session, session.begin():
         row = session.execute(
@@ -278,7 +279,19 @@ def claim(
                 return stop
         if build is None:
             return survey, customer, None
-        return survey, customer, build(survey, customer)
+        try:
+            return survey, customer, build(survey, customer)
+        except Exception as exc:  # the transaction rolls back: the claim is undone
+            raise _not_built(survey_id, channel, exc) from exc
+
+
+def _not_built(survey_id: int, channel: ChannelName, exc: Exception) -> MessageNotBuilt:
+    SENDS.labels(channel.value, "unbuilt").inc()
+    # The exception's type only: a template's error can quote the values it was given.
+    log.error(
+        "survey %s: message could not be built (%s); back in queued", survey_id, type(exc).__name__
+    )
+    return MessageNotBuilt(f"survey {survey_id}: message could not be built")
 
 
 def recheck(

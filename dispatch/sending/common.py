@@ -34,6 +34,13 @@ class SendInvariantError(RuntimeError):
     answer. The transaction that found it is rolled back."""
 
 
+class MessageNotBuilt(RuntimeError):
+    """The claimed survey's message could not be built (a template or a link that fails): a
+    fault of ours. The claim is undone, the survey is back in ``queued`` without counting an
+    attempt, and the send is tried again (its message retried, then the stuck-survey pass), so
+    that fixing the fault sends it. Counted as ``nps_sends_total{outcome="unbuilt"}``."""
+
+
 @dataclass(frozen=True, slots=True)
 class SendOutcome:
     """What a send attempt did; ``requeue`` asks the caller to enqueue the survey again now."""

@@ -13,19 +13,21 @@ reconciler, as they would run meanwhile.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import deque
 from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from channels.base import ChannelName
 from config import RateLimits
 from dispatch.ratelimit import InProcessRateLimiter
 from dispatch.scheduler import Scheduler
-from dispatch.sending import SendInvariantError
+from dispatch.sending import MessageNotBuilt
 from ingest.service import ingest_event
 from models import Customer, Survey, SurveyState
 from tests.dispatch.test_send_promises import (
@@ -227,7 +229,7 @@ def test_a_backlog_with_waits_longer_than_the_sending_timeout_sends_each_survey_
 
 
 def test_a_claim_whose_message_cannot_be_built_is_given_back_and_sent_once_repaired(
-    db, config, respx_mock
+    db, config, respx_mock, caplog
 ):
     # A customer row that says its phone is valid but holds none: the claim's checks pass, the
     # message cannot be built. The claim goes back to `queued`, no attempt counted, no marker.
@@ -237,11 +239,19 @@ def test_a_claim_whose_message_cannot_be_built_is_given_back_and_sent_once_repai
         customer = s.get(Customer, survey(db, survey_id).customer_id)
         phone, customer.phone = customer.phone, None
     sender = sender_with(db, WaitingRateLimiter())
+    unbuilt = {"channel": "sms", "outcome": "unbuilt"}
+    before = REGISTRY.get_sample_value("nps_sends_total", unbuilt) or 0.0
 
-    with pytest.raises(SendInvariantError):
+    with pytest.raises(MessageNotBuilt), caplog.at_level(logging.INFO):
         sender.send(survey_id, config, NOON)
 
     assert not post.called
+    # Counted and logged for the operator, without the customer's data.
+    assert REGISTRY.get_sample_value("nps_sends_total", unbuilt) == before + 1
+    [line] = [r.getMessage() for r in caplog.records if "could not be built" in r.getMessage()]
+    assert line == (
+        f"survey {survey_id}: message could not be built (SendInvariantError); back in queued"
+    )
     row = survey(db, survey_id)
     assert (row.state, row.attempts, row.sending_at) == (S.queued, 0, None)
     assert messages_of(db, survey_id) == []
