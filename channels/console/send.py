@@ -36,7 +36,7 @@ class ConsoleChannel:
 
     def send(self, message: OutboundMessage) -> SendReceipt:
         message_id = f"console-{uuid.uuid4()}"
-        kind = "reminder" if message.is_reminder else "invitation"
+        kind = "alert" if message.to_staff else "reminder" if message.is_reminder else "invitation"
         summary = f"[{self.name} {kind}] survey {message.survey_id} -> {self._masked(message.to)}"
         if message.subject:
             summary += f" | {message.subject}"

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import PendingRollbackError
 from sqlalchemy.orm import Session, sessionmaker
 
 from channels.base import RawWebhook
@@ -187,57 +188,95 @@ def _replay_batch(
     now: datetime,
 ) -> list[Handled]:
     """Apply a few stored rows in one transaction (one commit for all), each in its own
-    savepoint as :func:`handle_webhook` does; rows another replayer holds are skipped."""
+    savepoint as :func:`handle_webhook` does; rows another replayer holds are skipped.
+
+    One row can fail the whole transaction (a failure no savepoint contains, the connection
+    lost while applying it): the rows are then applied one by one, so that the others apply
+    and that row's failure is counted, instead of the batch failing, uncounted, on every
+    pass. When a row's failure cannot even be counted, the database is away
+    (:class:`DatabaseAway`): the rest wait for the next pass instead of each trying again."""
+    try:
+        return _apply_together(factory, config, ids, apply, now)
+    except Exception as exc:  # the transaction itself failed: nothing of it was recorded
+        failure = describe_error(_first_failure(exc), limit=2000)
+    if len(ids) == 1:
+        if not _record_lost_attempt(factory, ids[0], now, failure):
+            raise DatabaseAway([Handled(ids[0], "failed")])
+        return [Handled(ids[0], "failed")]
+    log.warning(
+        "webhook rows %s to %s not applied together (%s): one by one", ids[0], ids[-1], failure
+    )
+    results: list[Handled] = []
+    for row_id in ids:
+        try:
+            results += _apply_together(factory, config, [row_id], apply, now)
+            continue
+        except Exception as exc:
+            failure = describe_error(_first_failure(exc), limit=2000)
+        results.append(Handled(row_id, "failed"))
+        if not _record_lost_attempt(factory, row_id, now, failure):
+            raise DatabaseAway(results)
+    return results
+
+
+class DatabaseAway(Exception):
+    """A row's failure could not be counted: the database is away, and the replay pass stops
+    (``handled``: what this batch did before)."""
+
+    def __init__(self, handled: list[Handled]) -> None:
+        super().__init__("the database is away")
+        self.handled = handled
+
+
+def _apply_together(
+    factory: sessionmaker[Session],
+    config: OperatorConfig,
+    ids: Sequence[int],
+    apply: RowApplier,
+    now: datetime,
+) -> list[Handled]:
+    """The rows in one transaction, each in its own savepoint; raises when the transaction
+    itself fails."""
     results: list[Handled] = []
     failures: list[tuple[int, int, str]] = []
-    try:
-        with factory() as session, session.begin():
-            rows = session.scalars(
-                select(InboundEvent)
-                .where(InboundEvent.id.in_(ids), InboundEvent.handled_at.is_(None))
-                .order_by(InboundEvent.id)
-                .with_for_update(skip_locked=True)
-            ).all()
-            for row in rows:
-                # Each row reads what it touches afresh: nothing loaded for an earlier row is
-                # taken as current.
-                for obj in list(session.identity_map.values()):
-                    if not isinstance(obj, InboundEvent):
-                        session.expunge(obj)
-                handled, attempts, failure = _attempt(session, row, config, apply, now, False)
-                results.append(handled)
-                if failure is not None:
-                    failures.append((row.id, attempts, failure))
-    except Exception as exc:  # the transaction itself failed: nothing of it was recorded
-        failure = describe_error(exc, limit=2000)
-        if len(ids) > 1:
-            # One row can fail the whole transaction (a failure no savepoint contains, the
-            # connection lost while applying it): each row alone, so that the others apply and
-            # that row's failures are counted, instead of the batch failing on every pass.
-            log.warning(
-                "webhook rows %s to %s not applied together (%s): one by one",
-                ids[0],
-                ids[-1],
-                failure,
-            )
-            return [
-                h for row_id in ids for h in _replay_batch(factory, config, [row_id], apply, now)
-            ]
-        _record_lost_attempt(factory, ids[0], now, failure)
-        return [Handled(ids[0], "failed")]
+    with factory() as session, session.begin():
+        rows = session.scalars(
+            select(InboundEvent)
+            .where(InboundEvent.id.in_(ids), InboundEvent.handled_at.is_(None))
+            .order_by(InboundEvent.id)
+            .with_for_update(skip_locked=True)
+        ).all()
+        for row in rows:
+            # Each row reads what it touches afresh: nothing loaded for an earlier row is
+            # taken as current.
+            for obj in list(session.identity_map.values()):
+                if not isinstance(obj, InboundEvent):
+                    session.expunge(obj)
+            handled, attempts, failure = _attempt(session, row, config, apply, now, False)
+            results.append(handled)
+            if failure is not None:
+                failures.append((row.id, attempts, failure))
     for row_id, attempts, failure in failures:
         _log_failed_attempt(row_id, attempts, failure)
     done = {h.row_id for h in results}
     return results + [Handled(row_id, "already") for row_id in ids if row_id not in done]
 
 
+def _first_failure(exc: BaseException) -> BaseException:
+    """The failure that broke the transaction, not the refusal of the statements after it
+    (recording the failure in a transaction already lost raises ``PendingRollbackError``)."""
+    while isinstance(exc, PendingRollbackError) and exc.__context__ is not None:
+        exc = exc.__context__
+    return exc
+
+
 def _record_lost_attempt(
     factory: sessionmaker[Session], row_id: int, now: datetime, failure: str
-) -> None:
+) -> bool:
     """Count a failed attempt whose own transaction could not record it, in a transaction of
     its own: the row then backs off and, after :data:`REPLAY_MAX_ATTEMPTS`, is left for an
     operator, like any other failure. When even this fails (the database is away), the attempt
-    is not counted: the row is tried again at the next pass."""
+    is not counted: the row is tried again at the next pass. Whether the database answered."""
     try:
         with factory() as session, session.begin():
             attempts = session.scalar(
@@ -245,8 +284,8 @@ def _record_lost_attempt(
                 .where(InboundEvent.id == row_id, InboundEvent.handled_at.is_(None))
                 .with_for_update(skip_locked=True)
             )
-            if attempts is None:
-                return
+            if attempts is None:  # applied or held by another replayer meanwhile
+                return True
             attempts += 1
             session.execute(
                 update(InboundEvent)
@@ -258,8 +297,9 @@ def _record_lost_attempt(
         log.warning(
             "webhook row %s not applied, failure not recorded: %s", row_id, describe_error(exc)
         )
-        return
+        return False
     _log_failed_attempt(row_id, attempts, failure)
+    return True
 
 
 def _ties(applied: Applied) -> dict[str, object]:
@@ -361,18 +401,25 @@ def replay_unhandled_webhooks(
                     .limit(limit)
                 )
             )
+        away = False
         for start in range(0, len(ids), REPLAY_BATCH):
-            for handled in _replay_batch(
-                factory, config, ids[start : start + REPLAY_BATCH], apply, now
-            ):
+            try:
+                handled_rows = _replay_batch(
+                    factory, config, ids[start : start + REPLAY_BATCH], apply, now
+                )
+            except DatabaseAway as exc:
+                handled_rows, away = exc.handled, True
+            for handled in handled_rows:
                 if handled.status == "applied":
                     report.applied += 1
                 elif handled.status == "failed":
                     report.failed += 1
                 else:
                     report.skipped += 1
+            if away:  # the rest waits for the next pass
+                break
         # A full load may leave more behind: take the next while the pass has time left.
-        if len(ids) < limit or time.monotonic() - started >= budget_seconds:
+        if away or len(ids) < limit or time.monotonic() - started >= budget_seconds:
             break
         after = ids[-1]
     if report.applied or report.failed:

@@ -245,7 +245,7 @@ def claim(
                 message = build(survey, customer)
             except Exception as exc:
                 give_back(factory, survey_id, survey.attempts, now)
-                raise _not_built(survey_id, channel, exc) from exc
+                raise _not_built(survey_id, channel, exc) from None
             return survey, customer, message
     with factory() as session, session.begin():
         row = session.execute(
@@ -282,12 +282,13 @@ def claim(
         try:
             return survey, customer, build(survey, customer)
         except Exception as exc:  # the transaction rolls back: the claim is undone
-            raise _not_built(survey_id, channel, exc) from exc
+            raise _not_built(survey_id, channel, exc) from None
 
 
 def _not_built(survey_id: int, channel: ChannelName, exc: Exception) -> MessageNotBuilt:
     SENDS.labels(channel.value, "unbuilt").inc()
-    # The exception's type only: a template's error can quote the values it was given.
+    # The exception's type only, here and in what the worker logs (raised ``from None``): a
+    # template's error can quote the values it was given, a customer's name among them.
     log.error(
         "survey %s: message could not be built (%s); back in queued", survey_id, type(exc).__name__
     )

@@ -217,3 +217,18 @@ def test_channels_satisfy_the_protocol():
 
     channels = channels_from_env({**TWILIO, **SENDGRID, "TWILIO_FROM": "+15005550006"})
     assert sorted(accepts(c) for c in channels.values()) == ["sendgrid", "twilio"]
+
+
+def test_the_console_prints_a_staff_alert_as_an_alert():
+    """An alert to staff is printed as an alert, not as a survey invitation."""
+    out = io.StringIO()
+    alert = OutboundMessage(
+        survey_id=0,
+        channel=ChannelName.email,
+        to="cx@shop.example",
+        subject="Detractor: 2/10 on order 1",
+        body_text="x",
+        to_staff=True,
+    )
+    ConsoleChannel(ChannelName.email, out).send(alert)
+    assert out.getvalue().splitlines()[0].startswith("[email alert] survey 0 -> ")

@@ -3,10 +3,12 @@ databases: nothing stored is lost, a duplicate has one effect, late statuses nev
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 import psycopg
 from sqlalchemy import event, select, update
+from sqlalchemy.exc import OperationalError
 
 from dispatch import responses
 from models import InboundEvent, MessageRecord, SurveyTransition, utcnow
@@ -205,3 +207,60 @@ def test_a_backlog_is_read_a_load_at_a_time_within_the_pass_budget(db, config):
     rest = responses.replay_unhandled_webhooks(db.factory, config, now=now, limit=2)
     assert rest.applied == 3 and unhandled(db) == []
     assert {survey_of(db, sid).state for sid in surveys} == {"delivered"}
+
+
+def _stored(db, n):
+    now = utcnow()
+    sids = [seed_survey(db, state="sent") for _ in range(n)]
+    msgs = {sid: survey_of(db, sid).provider_message_id for sid in sids}
+    for sid, msg in msgs.items():
+        raw = twilio_status(sid, msg, "delivered")
+        assert responses.take_delivery_event(db.factory, raw, now=now).status == "stored"
+    return now, sids, msgs
+
+
+def test_an_outage_stops_the_replay_pass_instead_of_trying_every_row(db, config, caplog):
+    """The database goes away just after the pass read its ids: the batch, its first row alone
+    and that row's count are tried, then the pass stops, instead of every row of every batch
+    trying twice (each try may wait out a connect time-out)."""
+    now, _, _ = _stored(db, 45)  # three batches
+    real = db.factory
+    calls = {"n": 0}
+
+    def factory():
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return real()  # the id read
+        raise OperationalError("connect", {}, Exception("connection refused"))
+
+    factory.kw = real.kw
+    with caplog.at_level(logging.WARNING):
+        report = responses.replay_unhandled_webhooks(factory, config, now=now)
+    assert report.failed == 1  # the row tried alone; the others wait for the next pass
+    # Not counted (good): the attempts stay 0.
+    with db.session() as s:
+        assert set(s.scalars(select(InboundEvent.attempts))) == {0}
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert calls["n"] - 1 == 3, f"{calls['n'] - 1} transactions opened during the outage"
+    assert len(warnings) == 2, [r.getMessage() for r in warnings]
+
+
+def test_the_recorded_error_of_a_lost_row_names_its_cause(db, config, monkeypatch):
+    """The row's error names what broke its transaction, not the refusal of the statements
+    after it: an operator looking at a given-up row sees why."""
+    now, sids, msgs = _stored(db, 2)
+    poison = msgs[sids[1]]
+    real = responses.apply_delivery_event
+
+    def losing(session, ev, cfg, at):
+        if ev.provider_message_id == poison:
+            session.connection().invalidate()
+            raise RuntimeError("server closed the connection unexpectedly")
+        return real(session, ev, cfg, at)
+
+    monkeypatch.setattr(responses, "apply_delivery_event", losing)
+    report = responses.replay_unhandled_webhooks(db.factory, config, now=now)
+    assert (report.applied, report.failed) == (1, 1)
+    with db.session() as s:
+        [error] = s.scalars(select(InboundEvent.error).where(InboundEvent.handled_at.is_(None)))
+    assert "server closed the connection" in error, error

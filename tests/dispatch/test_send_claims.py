@@ -29,6 +29,7 @@ from dispatch.ratelimit import InProcessRateLimiter
 from dispatch.scheduler import Scheduler
 from dispatch.sending import MessageNotBuilt
 from ingest.service import ingest_event
+from logs.redaction import RedactingFilter, Redactor
 from models import Customer, Survey, SurveyState
 from tests.dispatch.test_send_promises import (
     AFTER_WINDOW,
@@ -293,3 +294,30 @@ def test_a_sweep_that_enqueues_a_waiting_survey_again_sends_it_once(db, config, 
     row = survey(db, survey_id)
     assert (row.state, row.attempts) == (S.sent, 1)
     assert [m.kind for m in messages_of(db, survey_id)] == ["invitation"]
+
+
+def test_an_unbuilt_message_logged_by_the_worker_does_not_quote_the_build_error(
+    db, config, monkeypatch
+):
+    """dramatiq logs a failed message with its exception: the error raised for a message that
+    cannot be built does not carry the build error, which can quote a customer's name."""
+    survey_id = sms_survey(db, config)
+    sender = sender_with(db, WaitingRateLimiter())
+
+    def broken(*a, **k):
+        raise KeyError("greeting for Jane Doe-Smith")
+
+    monkeypatch.setattr("dispatch.sending.sender.build_message", broken)
+    with pytest.raises(MessageNotBuilt) as caught:
+        sender.send(survey_id, config, NOON)
+    record = logging.LogRecord(
+        "dramatiq.worker.WorkerThread",
+        logging.ERROR,
+        __file__,
+        1,
+        "Failed to process message %s with unhandled exception.",
+        ("send_survey(1)",),
+        (type(caught.value), caught.value, caught.value.__traceback__),
+    )
+    RedactingFilter(Redactor()).filter(record)
+    assert "Jane Doe-Smith" not in (record.exc_text or "")
