@@ -54,16 +54,6 @@ def _postgresql(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def _array_type(table: Table, name: str) -> Any:
-    """The array type one column's values travel as."""
-    kind = table.c[name].type
-    if isinstance(kind, JSON):
-        # JSON documents travel as text and are cast on the server: a list value would
-        # otherwise be read as one more dimension of the array.
-        return JSON()
-    return _as_text(kind)
-
-
 def _as_text(kind: Any) -> Any:
     if type(kind) in (String, Unicode) and kind.length is not None:
         # As text, not as the column's VARCHAR(n): an explicit cast to VARCHAR(n) cuts an
@@ -87,9 +77,15 @@ def _unnest(table: Table, names: Sequence[str]) -> Any:
     """``unnest`` of one array parameter per column, ``col_0`` ... in the order of ``names``."""
     arrays = []
     for i, name in enumerate(names):
-        kind = _array_type(table, name)
-        sent = ARRAY(Text()) if isinstance(kind, JSON) else ARRAY(kind)
-        arrays.append(cast(bindparam(f"col_{i}", type_=sent), ARRAY(kind)))
+        kind = table.c[name].type
+        if isinstance(kind, JSON):
+            # JSON documents travel as text and are cast on the server: a list value would
+            # otherwise be read as one more dimension of the array.
+            sent: Any = ARRAY(Text())
+            wanted: Any = ARRAY(JSON())
+        else:
+            sent = wanted = ARRAY(_as_text(kind))
+        arrays.append(cast(bindparam(f"col_{i}", type_=sent), wanted))
     return func.unnest(*arrays)
 
 

@@ -101,6 +101,18 @@ def replay_pause(attempts: int) -> timedelta:
     return min(pause, REPLAY_MAX_PAUSE)
 
 
+def _count_failure(
+    session: Session, row_id: int, attempts: int, failure: str, now: datetime
+) -> None:
+    """Record a failed application on the row: its count, its back-off, its (masked) error."""
+    session.execute(
+        update(InboundEvent)
+        .where(InboundEvent.id == row_id)
+        .values(attempts=attempts, retry_at=now + replay_pause(attempts), error=failure)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def _attempt(
     session: Session,
     row: InboundEvent,
@@ -130,12 +142,7 @@ def _attempt(
             )
     except Exception as exc:  # the savepoint is rolled back: nothing of the effect stays
         failure = describe_error(exc, limit=2000)
-        session.execute(
-            update(InboundEvent)
-            .where(InboundEvent.id == row.id)
-            .values(attempts=attempts, retry_at=now + replay_pause(attempts), error=failure)
-            .execution_options(synchronize_session=False)
-        )
+        _count_failure(session, row.id, attempts, failure, now)
         return Handled(row.id, "failed"), attempts, failure
     return Handled(row.id, "applied", applied.result, applied.reply), attempts, None
 
@@ -180,6 +187,15 @@ def handle_webhook(
     return handled
 
 
+class DatabaseAway(Exception):
+    """A row's failure could not be counted: the database is away, and the replay pass stops
+    (``handled``: what this batch did before)."""
+
+    def __init__(self, handled: list[Handled]) -> None:
+        super().__init__("the database is away")
+        self.handled = handled
+
+
 def _replay_batch(
     factory: sessionmaker[Session],
     config: OperatorConfig,
@@ -217,15 +233,6 @@ def _replay_batch(
         if not _record_lost_attempt(factory, row_id, now, failure):
             raise DatabaseAway(results)
     return results
-
-
-class DatabaseAway(Exception):
-    """A row's failure could not be counted: the database is away, and the replay pass stops
-    (``handled``: what this batch did before)."""
-
-    def __init__(self, handled: list[Handled]) -> None:
-        super().__init__("the database is away")
-        self.handled = handled
 
 
 def _apply_together(
@@ -287,12 +294,7 @@ def _record_lost_attempt(
             if attempts is None:  # applied or held by another replayer meanwhile
                 return True
             attempts += 1
-            session.execute(
-                update(InboundEvent)
-                .where(InboundEvent.id == row_id)
-                .values(attempts=attempts, retry_at=now + replay_pause(attempts), error=failure)
-                .execution_options(synchronize_session=False)
-            )
+            _count_failure(session, row_id, attempts, failure, now)
     except Exception as exc:
         log.warning(
             "webhook row %s not applied, failure not recorded: %s", row_id, describe_error(exc)
