@@ -21,7 +21,8 @@ demo: $(STAMP)
 # The clock guard: these tests run a second time with the wall clock a year ahead, so that a
 # test reading today's date instead of an injected `now` fails here rather than next month.
 CLOCK_GUARD_TESTS := tests/web/test_events_api.py tests/web/test_answer_page.py \
-	tests/web/test_shop_webhooks.py tests/ingest tests/dispatch tests/cli
+	tests/web/test_shop_webhooks.py tests/web/test_twilio_status_groups.py tests/ingest \
+	tests/dispatch tests/cli tests/models
 
 # Starts (and if needed installs) Redis, PostgreSQL and Chromium for the test suite,
 # then runs linters, the type checker and every test. See scripts/test-services.sh.
