@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from psycopg.types.array import ListBinaryDumper
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError
@@ -60,6 +61,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         kwargs.setdefault("pool_recycle", POOL_RECYCLE_SECONDS)
         kwargs.setdefault("pool_pre_ping", False)
         engine = create_engine(url, **kwargs)
+        event.listen(engine, "connect", _binary_arrays)
     event.listen(engine, "handle_error", _hide_server_detail)
     event.listen(engine, "handle_error", _server_ended_session_is_disconnect)
     return engine
@@ -88,6 +90,15 @@ def _hide_server_detail(context: ExceptionContext) -> None:
         hidden = _SERVER_DETAIL.sub(_DETAIL_HIDDEN, exc.args[0])
         if hidden != exc.args[0]:
             exc.args = (hidden,)
+
+
+def _binary_arrays(dbapi_connection: Any, _record: Any) -> None:
+    """Send Python lists as binary arrays. psycopg picks its text array format by default, which
+    quotes and escapes every element in Python: for the column arrays of a bulk statement
+    (``models.bulk``) that was the largest single cost of ingest, and a binary array of
+    timestamps dumps about twenty times faster. Every array parameter here is cast to its
+    column's type by the statement, so the format changes nothing the server sees."""
+    dbapi_connection.adapters.register_dumper(list, ListBinaryDumper)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

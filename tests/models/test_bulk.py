@@ -232,3 +232,42 @@ def test_postgresql_builds_each_statement_once_and_reuses_it(pg_db: Database) ->
     with pg_db.session() as session:
         got = {row.external_id: row.currency for row in session.execute(select(ORDERS))}
     assert got == {"o-1": "EUR", "o-2": "USD", "o-3": "USD"}
+
+
+def test_columns_of_only_nulls_and_awkward_text_read_back_as_given(db: Database) -> None:
+    """Arrays travel in the driver's binary format on PostgreSQL: nothing is quoted or escaped,
+    and a column holding only NULLs still takes its type from the statement."""
+    awkward = ['a "quoted", {braced} \\ value', "NULL", "", "ünïcödé ✓", "o'clock"]
+    rows = [_order(f"n-{i}", categories=[text]) for i, text in enumerate(awkward)]
+    with db.session() as session, session.begin():
+        insert_rows(session, ORDERS, rows)
+        ids = {
+            r.external_id: r.id for r in session.execute(select(ORDERS.c.external_id, ORDERS.c.id))
+        }
+        update_rows(
+            session,
+            ORDERS,
+            ["previous_orders", "purchased_at", "total_amount"],
+            [
+                {
+                    "id": ids[row["external_id"]],
+                    "previous_orders": None,
+                    "purchased_at": None,
+                    "total_amount": None,
+                }
+                for row in rows
+            ],
+        )
+    with db.session() as session:
+        got = {
+            row.external_id: row.categories
+            for row in session.execute(
+                select(ORDERS.c.external_id, ORDERS.c.categories).where(
+                    ORDERS.c.external_id.like("n-%"),
+                    ORDERS.c.previous_orders.is_(None),
+                    ORDERS.c.purchased_at.is_(None),
+                    ORDERS.c.total_amount.is_(None),
+                )
+            )
+        }
+    assert got == {f"n-{i}": [text] for i, text in enumerate(awkward)}
