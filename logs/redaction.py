@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
+from functools import lru_cache
 from urllib.parse import quote, urlsplit
 
 import dramatiq
@@ -146,8 +147,12 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+@lru_cache(maxsize=1024)
 def _masked_client(client: str) -> str:
-    """``203.0.113.7:51234`` -> ``203.0.113.0``: enough to see a network, not a person."""
+    """``203.0.113.7:51234`` -> ``203.0.113.0``: enough to see a network, not a person.
+
+    Kept per address and port: a kept-alive connection (a provider's, a proxy's) logs many
+    requests, and parsing the address was the costliest part of each access line."""
     host = client
     try:
         address = ipaddress.ip_address(host)

@@ -27,6 +27,7 @@ from sqlalchemy import (
     JSON,
     Column,
     ColumnElement,
+    Connection,
     CursorResult,
     Insert,
     String,
@@ -50,8 +51,13 @@ from sqlalchemy.orm import Session
 __all__ = ["insert_rows", "is_any", "update_rows"]
 
 
-def _postgresql(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
+#: Where a statement runs: a session, or a connection of its own (as the webhook intake uses).
+Executor = Session | Connection
+
+
+def _postgresql(executor: Executor) -> bool:
+    bind = executor if isinstance(executor, Connection) else executor.get_bind()
+    return bind.dialect.name == "postgresql"
 
 
 def _as_text(kind: Any) -> Any:
@@ -111,7 +117,7 @@ def _kept(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
 
 
 def insert_rows(
-    session: Session,
+    session: Executor,
     table: Table,
     rows: Sequence[Mapping[str, Any]],
     *,

@@ -12,14 +12,13 @@ from datetime import datetime
 from typing import Any, Final, Literal, cast
 
 from sqlalchemy import Connection, Engine, Table, bindparam, case, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from channels.base import DeliveryEvent, DeliveryEventKind, RawWebhook
 from channels.webhook_sources import WEBHOOK_SOURCES as SOURCES
 from dispatch.responses.store import REPLAY_MAX_ATTEMPTS
 from models import InboundEvent
+from models.bulk import insert_rows
 
 __all__ = [
     "CONSENT",
@@ -56,16 +55,6 @@ class Taken:
 
 EVENTS: Final = cast(Table, InboundEvent.__table__)
 
-#: ``INSERT ... ON CONFLICT (source, external_id) DO NOTHING RETURNING id, source,
-#: external_id`` per backend, built once: executed with one row or many (SQLAlchemy's
-#: "insertmanyvalues" turns many into multi-row statements), its compiled form is reused.
-_STORE: Final = {
-    name: insert_fn(EVENTS)
-    .on_conflict_do_nothing(index_elements=["source", "external_id"])
-    .returning(EVENTS.c.id, EVENTS.c.source, EVENTS.c.external_id)
-    for name, insert_fn in (("postgresql", postgresql_insert), ("sqlite", sqlite_insert))
-}
-
 #: A provider sending again an event whose stored row failed to apply brings the row back: due
 #: for the next replay at once, and, when it was given up, with one more attempt allowed (a
 #: failure then gives it up again). A copy of a row not failed yet changes nothing.
@@ -96,13 +85,22 @@ def bring_back(conn: Connection, source: str, external_ids: list[str], now: date
 
 
 def store_rows(conn: Connection, rows: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
-    """Insert the rows not stored yet: ``{(source, external_id): id}`` of those inserted."""
-    stmt = _STORE[conn.dialect.name]
+    """Insert the rows not stored yet: ``{(source, external_id): id}`` of those inserted.
+
+    ``INSERT ... ON CONFLICT (source, external_id) DO NOTHING RETURNING``: on PostgreSQL one
+    statement of the same text whatever the number of rows (``models.bulk``), so neither
+    SQLAlchemy nor the driver renders and parses a new multi-row statement for each group."""
     stored: dict[tuple[str, str], int] = {}
     for start in range(0, len(rows), _CHUNK):
-        chunk = rows[start : start + _CHUNK]
-        result = conn.execute(stmt, chunk[0] if len(chunk) == 1 else chunk)
-        stored.update({(source, external_id): row_id for row_id, source, external_id in result})
+        result = insert_rows(
+            conn,
+            EVENTS,
+            rows[start : start + _CHUNK],
+            ignoring=["source", "external_id"],
+            returning=[EVENTS.c.id, EVENTS.c.source, EVENTS.c.external_id],
+        )
+        assert result is not None
+        stored.update({(row.source, row.external_id): row.id for row in result})
     return stored
 
 
