@@ -7,13 +7,17 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Table, func, select, text, update
 from sqlalchemy.orm import Session
 
+from models.bulk import is_any
 from models.customers import ErasedSubject
 from models.inbound import InboundEvent
 from models.privacy import legacy_tombstone, pseudonymiser
+
+_TOMBSTONES = cast(Table, ErasedSubject.__table__)
 
 
 def subject_key(customer_external_id: str) -> str:
@@ -74,7 +78,7 @@ def erased_at_many(
         return found
     for subject_hash, at in session.execute(
         select(ErasedSubject.subject_hash, ErasedSubject.erased_at).where(
-            ErasedSubject.subject_hash.in_(list(keys))
+            is_any(session, _TOMBSTONES.c.subject_hash, list(keys))
         )
     ):
         external_id = keys[subject_hash]
