@@ -130,6 +130,10 @@ def insert_rows(
     holding one row per row inserted; None when there is nothing to insert."""
     if not rows:
         return None
+    columns = rows[0].keys()
+    if any(row.keys() != columns for row in rows):
+        # The statement's columns are the first row's: another key would be dropped silently.
+        raise ValueError(f"rows for {table.name} do not all have the same columns")
     wanted = list(returning)
     statement: Insert
     if _postgresql(session):

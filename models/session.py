@@ -96,8 +96,14 @@ def _binary_arrays(dbapi_connection: Any, _record: Any) -> None:
     """Send Python lists as binary arrays. psycopg picks its text array format by default, which
     quotes and escapes every element in Python: for the column arrays of a bulk statement
     (``models.bulk``) that was the largest single cost of ingest, and a binary array of
-    timestamps dumps about twenty times faster. Every array parameter here is cast to its
-    column's type by the statement, so the format changes nothing the server sees."""
+    timestamps dumps about twenty times faster.
+
+    The type of a binary array travels with it (``text[]`` for strings, ``smallint[]`` to
+    ``numeric[]`` for integers by their size), where a text array was left for the server to
+    infer. Every array parameter of this code base is therefore cast where it is used:
+    SQLAlchemy renders ``::TYPE[]`` for an ``ARRAY``-typed parameter, and the hand-written
+    statements say ``CAST(:x AS bigint[])``. A new statement binding a list must cast it too:
+    ``bigint = ANY(text[])`` has no operator."""
     dbapi_connection.adapters.register_dumper(list, ListBinaryDumper)
 
 

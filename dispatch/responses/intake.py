@@ -10,7 +10,7 @@ apply it in the same transaction only when that is cheap or must not wait.
   statement and left for later: :func:`~dispatch.responses.store.replay_unhandled_webhooks`
   applies it on the scheduler's next pass, through the full rules, which keep a late or repeated
   event from moving a survey backwards.
-- :func:`take_delivery_batch` (a SendGrid batch): every event stored by one multi-row ``INSERT``;
+- :func:`take_delivery_batch` (a SendGrid batch): every event stored by one ``INSERT``;
   those that change consent (unsubscribes, spam reports, resubscribes) are applied before the
   answer, each in its own transaction, so an opt-out is recorded before any later send is
   claimed; the rest are left for later as above.

@@ -9,7 +9,7 @@ advance a message's delivery state applied, in one shared transaction.
    conditional ``UPDATE`` (one per message on SQLite, or when the group holds one message),
    each message taking the highest-ranked such event of the group unless its own state already
    ranks as high;
-2. stores every event by one multi-row ``INSERT ... ON CONFLICT DO NOTHING``: those whose
+2. stores every event by one ``INSERT ... ON CONFLICT DO NOTHING`` (``models.bulk``): those whose
    message was advanced as applied (tied to its survey), the others left for the replay
    (``retry_at`` = now, due for the scheduler's next pass, whose full rules keep a late or
    repeated event from moving a survey backwards);

@@ -41,7 +41,7 @@ MESSAGE_ONLY: Final = frozenset({K.queued, K.sent, K.deferred, K.opened, K.click
 #: Kinds that change consent: applied before the answer, never left for later.
 CONSENT: Final = frozenset({K.opted_out, K.spam_report, K.opted_in})
 
-_CHUNK: Final = 500  # rows per INSERT, well under both backends' bound-parameter limits
+_CHUNK: Final = 500  # rows per INSERT: under SQLite's bound-parameter limit, a bounded statement
 
 
 @dataclass(frozen=True, slots=True)

@@ -795,3 +795,21 @@ def test_no_personal_data_or_secret_in_any_log_line_of_a_full_flow(
     assert any(
         line.get("survey_id") == str(surveys["sms"]) and "message_id" in line for line in lines
     )
+
+
+@pytest.mark.parametrize(
+    ("client", "masked"),
+    [
+        ("203.0.113.7:51234", "203.0.113.0"),
+        ("10.0.0.255:80", "10.0.0.0"),
+        ("[2001:db8:1:2::7]:443", "2001:db8:1::"),
+        ("2001:db8:1:2::7", "2001:db8:1::"),
+        ("203.0.113.07:51234", "203.0.113.07"),  # not an address ipaddress reads: no network
+        ("256.1.1.1:80", "256.1.1.1"),
+        ("unix-socket", "unix-socket"),
+    ],
+)
+def test_access_log_clients_are_cut_to_their_network(client: str, masked: str) -> None:
+    from logs.redaction import _masked_client
+
+    assert _masked_client(client) == masked

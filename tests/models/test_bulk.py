@@ -271,3 +271,15 @@ def test_columns_of_only_nulls_and_awkward_text_read_back_as_given(db: Database)
             )
         }
     assert got == {f"n-{i}": [text] for i, text in enumerate(awkward)}
+
+
+def test_rows_with_different_columns_are_refused_and_nothing_is_written(db: Database) -> None:
+    rows = [_order("k-1"), {**_order("k-2"), "purchased_at": NOW}]
+    with (
+        db.session() as session,
+        session.begin(),
+        pytest.raises(ValueError, match="same columns"),
+    ):
+        insert_rows(session, ORDERS, rows)
+    with db.session() as session:
+        assert session.scalar(select(func.count()).select_from(ORDERS)) == 0
