@@ -117,7 +117,7 @@ def _kept(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
 
 
 def insert_rows(
-    session: Executor,
+    executor: Executor,
     table: Table,
     rows: Sequence[Mapping[str, Any]],
     *,
@@ -136,8 +136,8 @@ def insert_rows(
         raise ValueError(f"rows for {table.name} do not all have the same columns")
     wanted = list(returning)
     statement: Insert
-    if _postgresql(session):
-        names = list(rows[0])
+    if _postgresql(executor):
+        names = list(columns)
 
         def build() -> Insert:
             source: Any = select(literal_column("*")).select_from(_unnest(table, names))
@@ -148,13 +148,13 @@ def insert_rows(
         arrays = _arrays(table, names, rows)
         if all(isinstance(c, Column) and c.table is table for c in wanted):
             key = ("insert", table, tuple(names), tuple(ignoring), tuple(c.key for c in wanted))
-            return session.execute(_kept(key, build), arrays)  # type: ignore[return-value]
-        return session.execute(build(), arrays)  # type: ignore[return-value]
+            return executor.execute(_kept(key, build), arrays)  # type: ignore[return-value]
+        return executor.execute(build(), arrays)  # type: ignore[return-value]
     lite = sqlite_insert(table)
     statement = lite.on_conflict_do_nothing(index_elements=list(ignoring)) if ignoring else lite
     if wanted:
         statement = statement.returning(*wanted)
-    return session.execute(statement, list(rows))  # type: ignore[return-value]
+    return executor.execute(statement, list(rows))  # type: ignore[return-value]
 
 
 def update_rows(

@@ -52,6 +52,18 @@ def sms(**overrides) -> OutboundMessage:
     return OutboundMessage(**fields)
 
 
+def email(**overrides) -> OutboundMessage:
+    fields: dict[str, Any] = {
+        "survey_id": 8,
+        "channel": ChannelName.email,
+        "to": "ana@example.com",
+        "subject": "How likely...?",
+        "body_text": "Hi Ana,\n\n 0: https://x/s/t?score=0",
+    }
+    fields.update(overrides)
+    return OutboundMessage(**fields)
+
+
 def test_console_prints_a_masked_summary_and_the_body():
     out = io.StringIO()
     channel = ConsoleChannel(ChannelName.sms, stream=out)
@@ -70,14 +82,7 @@ def test_console_prints_a_masked_summary_and_the_body():
 def test_console_email_shows_subject_and_masks_address():
     out = io.StringIO()
     channel = ConsoleChannel(ChannelName.email, stream=out)
-    message = OutboundMessage(
-        survey_id=8,
-        channel=ChannelName.email,
-        to="ana@example.com",
-        subject="How likely...?",
-        body_text="Hi Ana,\n\n 0: https://x/s/t?score=0",
-        is_reminder=True,
-    )
+    message = email(is_reminder=True)
 
     channel.send(message)
 
@@ -118,13 +123,7 @@ def test_console_on_stdout_masks_answer_links(capsys):
     link = AnswerLinks("k" * 32, "https://nps.example.test").url_for(
         7, datetime(2030, 1, 1, tzinfo=UTC), score=9
     )
-    message = OutboundMessage(
-        survey_id=7,
-        channel=ChannelName.email,
-        to="ana@example.com",
-        subject="How did we do?",
-        body_text=f"Rate us: {link}",
-    )
+    message = email(survey_id=7, subject="How did we do?", body_text=f"Rate us: {link}")
     ConsoleChannel(ChannelName.email).send(message)
     printed = capsys.readouterr().out
     token = link.split("/s/")[1].split("?")[0]
@@ -222,9 +221,8 @@ def test_channels_satisfy_the_protocol():
 def test_the_console_prints_a_staff_alert_as_an_alert():
     """An alert to staff is printed as an alert, not as a survey invitation."""
     out = io.StringIO()
-    alert = OutboundMessage(
+    alert = email(
         survey_id=0,
-        channel=ChannelName.email,
         to="cx@shop.example",
         subject="Detractor: 2/10 on order 1",
         body_text="x",
