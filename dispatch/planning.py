@@ -59,15 +59,24 @@ def choose_channel(
     )
 
 
+def channels_on() -> frozenset[str]:
+    """The channels whose provider this deployment configures (read from the environment)."""
+    return enabled_channels(environ())
+
+
 def choose_channel_with(
     consented: Callable[[str], bool],
     customer: Customer,
     config: OperatorConfig,
     exclude: tuple[str, ...] = (),
+    enabled: frozenset[str] | None = None,
 ) -> ChannelChoice:
     """:func:`choose_channel` with each channel's current consent read from ``consented``
-    (the set-based ingest path passes the consent it loaded for a whole batch)."""
-    enabled = enabled_channels(environ())
+    (the set-based ingest path passes the consent it loaded for a whole batch) and, when given,
+    the channels that are on from ``enabled`` (read once per batch: reading the environment
+    costs more than the rest of the choice)."""
+    if enabled is None:
+        enabled = channels_on()
     consented_without_contact: SkipReason | None = None
     for channel in config.contact.channels:
         if channel in exclude or not consented(channel):
@@ -103,12 +112,14 @@ def decide_purchase(
     config: OperatorConfig,
     consented: Callable[[str], bool],
     capped: Callable[[], bool],
+    enabled: frozenset[str] | None = None,
 ) -> Decision:
     """The rule of :func:`plan_purchase`, in its order: cancelled, test order, minimum total,
     the first channel with a current grant, a valid contact and a configured provider
     (:func:`choose_channel_with`), sampling, then the frequency cap. ``consented(channel)``
     is the customer's current consent on a channel; ``capped()`` whether another survey of the
-    customer counts against this purchase (asked last, only when everything else passed)."""
+    customer counts against this purchase (asked last, only when everything else passed);
+    ``enabled`` the channels that are on (:func:`channels_on` when not given)."""
     contact = config.contact
     if order.cancelled_at is not None:
         return Decision(None, SkipReason.cancelled, order.cancel_kind)
@@ -116,7 +127,7 @@ def decide_purchase(
         return Decision(None, SkipReason.excluded_test_order)
     if order.total_amount is not None and order.total_amount < contact.exclude.min_total:
         return Decision(None, SkipReason.excluded_min_total)
-    choice = choose_channel_with(consented, customer, config)
+    choice = choose_channel_with(consented, customer, config, enabled=enabled)
     if choice.skip is not None:
         return Decision(None, choice.skip)
     if unit_hash(f"sample:{order.external_id}") >= contact.sample_rate:

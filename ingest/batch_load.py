@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from dispatch.planning import NOT_COUNTED_FOR_CAP
+from dispatch.planning import NOT_COUNTED_FOR_CAP, channels_on
 from ingest.apply import SHOP_SOURCE, ApplyContext
 from ingest.batch_plan import ConsentBook
 from ingest.schema import OrderEvent, PurchaseCompleted
@@ -95,6 +95,7 @@ class Run:
         self.book = ConsentBook()
         self.created: set[int] = set()  # ids of the customers this run created
         self.counted: dict[int, list[Any]] = {}
+        self.channels_on = channels_on()  # once for the run, not once per purchase
 
     # -- loading ------------------------------------------------------------------------------
 

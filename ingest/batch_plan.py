@@ -72,10 +72,12 @@ def decide(
     config: OperatorConfig,
     book: ConsentBook,
     counted: list[datetime],
+    enabled: frozenset[str],
 ) -> Decision:
     """What :func:`dispatch.planning.plan_purchase` decides for this purchase, with the
     customer's consent read from ``book`` and ``counted`` holding the purchase times of the
-    customer's surveys that count for the frequency cap."""
+    customer's surveys that count for the frequency cap; ``enabled`` the channels that are on
+    (:func:`dispatch.planning.channels_on`, read once for the run)."""
     purchased_at = order.purchased_at
     return decide_purchase(
         order,
@@ -86,4 +88,5 @@ def decide(
             purchased_at is not None
             and within_cap(counted, purchased_at, config.contact.frequency_cap)
         ),
+        enabled,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -14,6 +14,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     any_,
     bindparam,
@@ -27,6 +28,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, BigId, UtcDateTime, utcnow
+from models.bulk import insert_rows, is_any
 from models.lifecycle import (
     AWAITING_FOLLOWUP_STATES,
     OPEN_STATES,
@@ -178,6 +180,11 @@ class SkippedPurchase(Base):
 # Ids per statement, under the bound-parameter limits of both backends.
 _CHUNK: Final = 1000
 
+#: Core's columns, for ``models.bulk``: the ids of a move travel as one array parameter, and
+#: its transitions are written with one bulk insert, not the ORM's.
+_SURVEY_IDS: Final = cast(Table, Survey.__table__).c.id
+_TRANSITIONS: Final = cast(Table, SurveyTransition.__table__)
+
 
 def move(
     session: Session,
@@ -205,13 +212,14 @@ def move(
         return []
     now = now or utcnow()
     moved: list[tuple[int, str]] = []
-    # Chunked to stay under the bound-parameter limits of both backends.
+    # Chunked to stay under SQLite's bound-parameter limit (on PostgreSQL the ids of a chunk
+    # travel as one array parameter).
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start : start + _CHUNK]
         observed: dict[str, list[int]] = {}
         for sid, state in session.execute(
             select(Survey.id, Survey.state).where(
-                Survey.id.in_(chunk), Survey.state.in_([s.value for s in allowed])
+                is_any(session, _SURVEY_IDS, chunk), Survey.state.in_([s.value for s in allowed])
             )
         ):
             observed.setdefault(state, []).append(sid)
@@ -219,15 +227,16 @@ def move(
             # Compare-and-set: a row whose state changed since we read it matches nothing.
             rows = session.execute(
                 update(Survey)
-                .where(Survey.id.in_(group), Survey.state == state)
+                .where(is_any(session, _SURVEY_IDS, group), Survey.state == state)
                 .values(state=target.value, state_changed_at=now, **values)
                 .returning(Survey.id)
                 .execution_options(synchronize_session=False)
             ).all()
             moved.extend((r[0], state) for r in rows)
     if moved:
-        session.execute(
-            insert(SurveyTransition),
+        insert_rows(
+            session,
+            _TRANSITIONS,
             [
                 {
                     "survey_id": sid,
