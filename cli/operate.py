@@ -30,6 +30,7 @@ from cli.common import (
     seconds,
 )
 from config.settings import Settings, SettingsError, environ, export_metrics_dir
+from wiring.heap import freeze_startup_heap
 
 if TYPE_CHECKING:
     from dispatch.scheduler import Scheduler
@@ -119,8 +120,10 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     )  # one process: its own counters, or the host's with a multiprocess directory
     console.print(f"scheduler running (config {runtime.config.version}); Ctrl-C to stop")
     with contextlib.suppress(KeyboardInterrupt):
+        scheduler = tuned_scheduler(build_scheduler(runtime), runtime, args)
+        freeze_startup_heap()
         run_forever(
-            tuned_scheduler(build_scheduler(runtime), runtime, args),
+            scheduler,
             lambda: runtime.config,
             args.interval,
             stop.is_set,
@@ -190,7 +193,9 @@ def cmd_web(args: argparse.Namespace) -> int:
     else:
         from web.app import create_app
 
-        uvicorn.run(create_app(), **options)
+        app = create_app()
+        freeze_startup_heap()
+        uvicorn.run(app, **options)
     return 0
 
 

@@ -11,7 +11,8 @@ answers ``ok`` or ``failing`` and nothing more; ``GET /metrics`` needs the opera
 host when ``PROMETHEUS_MULTIPROC_DIR`` is set (:mod:`web.metrics`).
 
 :func:`create_app` builds the app for a runtime; :func:`serve_app` is the factory each uvicorn
-worker process calls (``nps-dispatch web --workers N``): it sets up the process's logging first.
+worker process calls (``nps-dispatch web --workers N``): it sets up the process's logging first,
+and freezes the start-up heap last (``wiring.heap``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from web.openapi import METRICS, error_responses, install_openapi
 from web.proxy import TrustedProxies, parse_networks
 from web.ratelimit import RateLimit
 from web.request_ids import RequestIdMiddleware
+from wiring.heap import freeze_startup_heap
 from wiring.runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
@@ -125,4 +127,6 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
 def serve_app() -> FastAPI:
     """The app of one uvicorn worker process, with this process's logging set up."""
     configure_logging(environ())
-    return create_app()
+    app = create_app()
+    freeze_startup_heap()
+    return app

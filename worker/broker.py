@@ -21,6 +21,7 @@ from dramatiq.middleware import AgeLimit, Middleware, Retries, default_middlewar
 
 import logs.metrics  # noqa: F401 - each worker process's metrics exist from its boot
 from config.settings import environ
+from wiring.heap import freeze_startup_heap
 from worker.log_middleware import LoggingMiddleware
 
 EVENTS_QUEUE = "events"
@@ -141,6 +142,14 @@ class DurableRetries(Retries):
         message.fail()
 
 
+class FrozenStartupHeap(Middleware):
+    """Freezes each worker process's heap once dramatiq has imported the actors into it
+    (``wiring.heap``): the full collections of the garbage collector then skip it."""
+
+    def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        freeze_startup_heap()
+
+
 def middleware() -> list[Middleware]:
     """dramatiq's default middleware with ``Retries`` replaced by :class:`DurableRetries`."""
     return [DurableRetries() if m is Retries else m() for m in default_middleware]
@@ -171,6 +180,7 @@ def _make_broker() -> dramatiq.Broker:
     # Every worker process dramatiq spawns sets up our logging on boot: one format, and queue
     # messages logged by actor and id, never with their arguments (which carry contacts).
     broker.add_middleware(LoggingMiddleware(), before=AgeLimit)
+    broker.add_middleware(FrozenStartupHeap())
     return broker
 
 
