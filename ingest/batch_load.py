@@ -122,7 +122,7 @@ class Run:
             ignoring=["source", "external_id"],
             returning=[table.c.external_id],
         )
-        claimed = set(inserted.scalars()) if inserted is not None else set()
+        claimed = set(inserted.scalars().all()) if inserted is not None else set()
         others = sorted({item.event.event_id for item in self.items} - claimed)
         recorded: dict[str, tuple[str | None, str | None]] = {}
         if others:
@@ -131,7 +131,7 @@ class Run:
                     table.c.source == SHOP_SOURCE,
                     is_any(self.session, table.c.external_id, others),
                 )
-            ):
+            ).all():
                 recorded[external_id] = (digest, event_type)
         live = [i for i, item in enumerate(self.items) if item.event.event_id in claimed]
         return live, recorded
@@ -157,7 +157,7 @@ class Run:
             .order_by(table.c.external_id)
             .with_for_update()
         )
-        for row in rows.mappings():
+        for row in rows.mappings().all():
             self.orders[row["external_id"]] = _order(row)
 
     def load_customers(self, purchases: list[PurchaseCompleted]) -> None:
@@ -185,16 +185,20 @@ class Run:
                 returning=table.c,
             )
             assert inserted is not None
-            created = {row["external_id"]: row for row in inserted.mappings()}
+            created = {row["external_id"]: row for row in inserted.mappings().all()}
             rows = list(created.values())
             existing = [external_id for external_id in ids if external_id not in created]
             if existing:
-                rows += self.session.execute(
-                    select(table)
-                    .where(is_any(self.session, table.c.external_id, existing))
-                    .order_by(table.c.external_id)
-                    .with_for_update()
-                ).mappings()
+                rows += (
+                    self.session.execute(
+                        select(table)
+                        .where(is_any(self.session, table.c.external_id, existing))
+                        .order_by(table.c.external_id)
+                        .with_for_update()
+                    )
+                    .mappings()
+                    .all()
+                )
             for row in rows:
                 customer = _customer(row)
                 self.customers[customer.external_id] = customer
@@ -206,9 +210,13 @@ class Run:
         table = table_of(Survey)
         order_ids = sorted(order.id for order in anchored)
         if order_ids:
-            for row in self.session.execute(
-                select(table).where(is_any(self.session, table.c.order_id, order_ids))
-            ).mappings():
+            for row in (
+                self.session.execute(
+                    select(table).where(is_any(self.session, table.c.order_id, order_ids))
+                )
+                .mappings()
+                .all()
+            ):
                 self.surveys[row["order_id"]] = cast(Survey, Held(row))
         wanted = sorted(
             {
@@ -219,9 +227,13 @@ class Run:
         )
         if wanted:
             customers = table_of(Customer)
-            for row in self.session.execute(
-                select(customers).where(is_any(self.session, customers.c.id, wanted))
-            ).mappings():
+            for row in (
+                self.session.execute(
+                    select(customers).where(is_any(self.session, customers.c.id, wanted))
+                )
+                .mappings()
+                .all()
+            ):
                 self.by_id[row["id"]] = _customer(row)
 
     def load_history(self) -> None:
@@ -240,7 +252,7 @@ class Run:
                 consents.c.recorded_at,
                 consents.c.id,
             ).where(is_any(self.session, consents.c.customer_id, ids))
-        ):
+        ).all():
             self.book.load(*row)
         surveys, orders = table_of(Survey), table_of(Order)
         for customer_id, purchased_at in self.session.execute(
@@ -251,7 +263,7 @@ class Run:
                 surveys.c.state.not_in([s.value for s in NOT_COUNTED_FOR_CAP]),
                 orders.c.purchased_at.is_not(None),
             )
-        ):
+        ).all():
             self.counted.setdefault(customer_id, []).append(purchased_at)
 
     def _erased_before(self, event: PurchaseCompleted) -> bool:
