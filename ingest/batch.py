@@ -250,7 +250,7 @@ def _purchase(run: Run, writes: _Writes, event: PurchaseCompleted) -> Done:
     fill_order(order, event, customer_id=customer.id)
     config = run.ctx.config
     counted = run.counted.setdefault(customer.id, [])
-    decision = decide(order, customer, config, run.book, counted, run.channels_on)
+    decision = decide(order, customer, config, run.book, counted, run.enabled)
     if decision.channel is None:
         reason = decision.skip or SkipReason.no_consent
         writes.skips.append(_skip(order, reason, decision.detail))

@@ -95,7 +95,7 @@ class Run:
         self.book = ConsentBook()
         self.created: set[int] = set()  # ids of the customers this run created
         self.counted: dict[int, list[Any]] = {}
-        self.channels_on = channels_on()  # once for the run, not once per purchase
+        self.enabled = channels_on()  # once for the run, not once per purchase
 
     # -- loading ------------------------------------------------------------------------------
 

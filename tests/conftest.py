@@ -11,6 +11,7 @@ injected `now` (or freeze the clock with time-machine).
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -156,6 +157,16 @@ def frozen_clock() -> Iterator[time_machine.Traveller]:
 
 TEST_TOKEN = "test-ingest-token"
 TEST_SECRET_KEY = "test-secret-key"
+
+
+@pytest.fixture(autouse=True)
+def unfrozen_heap() -> Iterator[None]:
+    """A test that runs a command in this process (``main(["ingest", ...])``) freezes the heap as
+    a process does after start-up (``wiring.heap``); thawed again, so that the objects the test
+    left behind are collected and the next test starts as the first did."""
+    yield
+    if gc.get_freeze_count():
+        gc.unfreeze()
 
 
 @pytest.fixture(autouse=True)

@@ -180,7 +180,11 @@ def _make_broker() -> dramatiq.Broker:
     # Every worker process dramatiq spawns sets up our logging on boot: one format, and queue
     # messages logged by actor and id, never with their arguments (which carry contacts).
     broker.add_middleware(LoggingMiddleware(), before=AgeLimit)
-    broker.add_middleware(FrozenStartupHeap())
+    if url:
+        # Only dramatiq's CLI emits process_boot, in each worker process it starts (the
+        # in-process broker emits it above, before any middleware of ours is added). Hooks run
+        # in reverse order: placed first, the freeze runs last, once logging is set up.
+        broker.add_middleware(FrozenStartupHeap(), before=LoggingMiddleware)
     return broker
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 from ingest.outcome import ConsentRecorded, Planned, Skipped
 from ingest.schema import FieldError
-from ingest.service import ingest_batch, ingest_event
+from ingest.service import ingest_batch, ingest_event, ingest_in_session
 from models import (
     ConsentRecord,
     Customer,
@@ -284,17 +286,48 @@ def test_late_event_about_erased_customer_brings_no_data_back(db: Database, conf
         assert s.scalar(select(SkippedPurchase.reason)) == "erased"
 
 
-def test_channel_without_provider_is_not_planned(db: Database, config, now, monkeypatch):
+def _apply_one_by_one_in_session(db: Database, events: list[Any], config: Any, now: Any) -> None:
+    # The per-event path (platform webhooks, and a failed batch's retry event by event), which
+    # reads the channels that are on from the environment itself.
+    for raw in events:
+        with db.session() as s, s.begin():
+            assert ingest_in_session(s, raw, config, now).status == "accepted"
+
+
+@pytest.mark.parametrize("path", ["batch", "event", "in_session"])
+def test_channel_without_provider_is_not_planned(db: Database, config, now, monkeypatch, path):
     # Only SendGrid is configured: SMS is off, so an SMS-only customer is skipped, not consoled.
     monkeypatch.setenv("SENDGRID_API_KEY", "SG.test")
     monkeypatch.setenv("SENDGRID_FROM", "surveys@shop.example")
-    ingest_event(db.factory, purchase("N-1", consent={"sms": True}), config, now)
-    ingest_event(
-        db.factory,
+    events = [
+        purchase("N-1", consent={"sms": True}),
         purchase("N-2", customer_id="c-2", consent={"sms": True, "email": True}),
-        config,
-        now,
-    )
+    ]
+    if path == "batch":
+        assert [r.status for r in ingest_batch(db.factory, events, config, now)] == ["accepted"] * 2
+    elif path == "event":
+        for raw in events:
+            assert ingest_event(db.factory, raw, config, now).status == "accepted"
+    else:
+        _apply_one_by_one_in_session(db, events, config, now)
     with db.session() as s:
         assert s.scalar(select(SkippedPurchase.reason)) == "no_channel"
     assert survey_of(db, "N-2").channel == "email"
+
+
+def test_the_channels_that_are_on_are_read_again_for_each_batch(
+    db: Database, config, now, monkeypatch
+):
+    # A run reads the environment once; the next run reads it again.
+    monkeypatch.setenv("SENDGRID_API_KEY", "SG.test")
+    monkeypatch.setenv("SENDGRID_FROM", "surveys@shop.example")
+    ingest_batch(db.factory, [purchase("N-1", consent={"sms": True})], config, now)
+    monkeypatch.setenv("TWILIO_ACCOUNT_SID", "AC" + "0" * 32)
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "token")
+    monkeypatch.setenv("TWILIO_MESSAGING_SERVICE_SID", "MG" + "0" * 32)
+    ingest_batch(
+        db.factory, [purchase("N-2", customer_id="c-2", consent={"sms": True})], config, now
+    )
+    with db.session() as s:
+        assert s.scalar(select(SkippedPurchase.reason)) == "no_channel"
+    assert survey_of(db, "N-2").channel == "sms"
