@@ -6,7 +6,8 @@ fixed number of statements whatever its length:
 
 1. the ledger rows of its events (one ``INSERT ... ON CONFLICT DO NOTHING RETURNING``), and the
    recorded fingerprints of those already there (duplicates and conflicts apply nothing);
-2. its orders, created when missing and then locked in ``external_id`` order;
+2. its orders, created when missing (the insert returns and locks them), the others then
+   locked in ``external_id`` order;
 3. the purchases' subjects, locked and checked for a tombstone (``models.erasure``), then their
    customers, created when missing and locked in ``external_id`` order;
 4. the anchor events' surveys and their customers, the customers' consent records and the

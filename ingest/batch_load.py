@@ -142,7 +142,9 @@ class Run:
         if not ids:
             return
         created = utcnow()
-        insert_rows(
+        # New rows come back from the insert (locked by it); only the others are read, locked
+        # in the same order as the insert took them.
+        inserted = insert_rows(
             self.session,
             table,
             [
@@ -150,14 +152,24 @@ class Run:
                 for external_id in ids
             ],
             ignoring=["external_id"],
+            returning=table.c,
         )
-        rows = self.session.execute(
-            select(table)
-            .where(is_any(self.session, table.c.external_id, ids))
-            .order_by(table.c.external_id)
-            .with_for_update()
-        )
-        for row in rows.mappings().all():
+        assert inserted is not None
+        rows = list(inserted.mappings().all())
+        new = {row["external_id"] for row in rows}
+        existing = [external_id for external_id in ids if external_id not in new]
+        if existing:
+            rows += (
+                self.session.execute(
+                    select(table)
+                    .where(is_any(self.session, table.c.external_id, existing))
+                    .order_by(table.c.external_id)
+                    .with_for_update()
+                )
+                .mappings()
+                .all()
+            )
+        for row in rows:
             self.orders[row["external_id"]] = _order(row)
 
     def load_customers(self, purchases: list[PurchaseCompleted]) -> None:
