@@ -142,8 +142,9 @@ class Run:
         if not ids:
             return
         created = utcnow()
-        # New rows come back from the insert (locked by it); only the others are read, locked
-        # in the same order as the insert took them.
+        # New rows come back from the insert, which locks them; the others are then locked by
+        # a SELECT, in external_id order as the insert took the new ones. (``self.orders`` is
+        # keyed by the shop's id: the order in which it is filled means nothing.)
         inserted = insert_rows(
             self.session,
             table,
