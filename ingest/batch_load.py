@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
-from sqlalchemy import Insert, Table, select
+from sqlalchemy import Insert, RowMapping, Table, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -136,29 +136,25 @@ class Run:
         live = [i for i, item in enumerate(self.items) if item.event.event_id in claimed]
         return live, recorded
 
-    def load_orders(self, live: list[int]) -> None:
-        table = table_of(Order)
-        ids = sorted({self.items[i].event.order_id for i in live})
-        if not ids:
-            return
-        created = utcnow()
-        # New rows come back from the insert, which locks them; the others are then locked by
-        # a SELECT, in external_id order as the insert took the new ones. (``self.orders`` is
-        # keyed by the shop's id: the order in which it is filled means nothing.)
+    def _create_and_lock(
+        self, table: Table, ids: list[str], values: Mapping[str, Any]
+    ) -> tuple[list[RowMapping], set[str]]:
+        """The rows of ``table`` with these external ids (sorted), locked, and the ids created.
+
+        The missing rows are created with ``values`` by one insert, which returns them and
+        locks them; the others are then locked by a SELECT, in external_id order as the insert
+        took the new ones."""
         inserted = insert_rows(
             self.session,
             table,
-            [
-                {"external_id": external_id, "is_test": False, "created_at": created}
-                for external_id in ids
-            ],
+            [{"external_id": external_id, **values} for external_id in ids],
             ignoring=["external_id"],
             returning=table.c,
         )
         assert inserted is not None
         rows = list(inserted.mappings().all())
-        new = {row["external_id"] for row in rows}
-        existing = [external_id for external_id in ids if external_id not in new]
+        created = {row["external_id"] for row in rows}
+        existing = [external_id for external_id in ids if external_id not in created]
         if existing:
             rows += (
                 self.session.execute(
@@ -170,54 +166,42 @@ class Run:
                 .mappings()
                 .all()
             )
+        return rows, created
+
+    def load_orders(self, live: list[int]) -> None:
+        ids = sorted({self.items[i].event.order_id for i in live})
+        if not ids:
+            return
+        rows, _ = self._create_and_lock(
+            table_of(Order), ids, {"is_test": False, "created_at": utcnow()}
+        )
+        # Keyed by the shop's id: the order in which it is filled means nothing.
         for row in rows:
             self.orders[row["external_id"]] = _order(row)
 
     def load_customers(self, purchases: list[PurchaseCompleted]) -> None:
         self.erased = erased_at_many(self.session, [p.customer.id for p in purchases])
         ids = sorted({p.customer.id for p in purchases if not self._erased_before(p)})
-        table = table_of(Customer)
-        if ids:
-            now = utcnow()
-            missing = ContactStatus.missing
-            # New rows come back from the insert (locked by it); only the others are read.
-            inserted = insert_rows(
-                self.session,
-                table,
-                [
-                    {
-                        "external_id": external_id,
-                        "email_status": missing,
-                        "phone_status": missing,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                    for external_id in ids
-                ],
-                ignoring=["external_id"],
-                returning=table.c,
-            )
-            assert inserted is not None
-            created = {row["external_id"]: row for row in inserted.mappings().all()}
-            rows = list(created.values())
-            existing = [external_id for external_id in ids if external_id not in created]
-            if existing:
-                rows += (
-                    self.session.execute(
-                        select(table)
-                        .where(is_any(self.session, table.c.external_id, existing))
-                        .order_by(table.c.external_id)
-                        .with_for_update()
-                    )
-                    .mappings()
-                    .all()
-                )
-            for row in rows:
-                customer = _customer(row)
-                self.customers[customer.external_id] = customer
-                self.by_id[customer.id] = customer
-                if customer.external_id in created:
-                    self.created.add(customer.id)
+        if not ids:
+            return
+        now = utcnow()
+        missing = ContactStatus.missing
+        rows, created = self._create_and_lock(
+            table_of(Customer),
+            ids,
+            {
+                "email_status": missing,
+                "phone_status": missing,
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+        for row in rows:
+            customer = _customer(row)
+            self.customers[customer.external_id] = customer
+            self.by_id[customer.id] = customer
+            if customer.external_id in created:
+                self.created.add(customer.id)
 
     def load_surveys(self, anchored: list[Order]) -> None:
         table = table_of(Survey)
