@@ -8,6 +8,12 @@ starts as soon as that call returns. There is no timer: under light load a group
 and adds no delay, under heavy load groups grow to the number of requests waiting, and the
 event loop hands work to a thread once per group instead of once per request.
 
+A group that takes longer than ``stall_after`` (its transaction waiting on a lock, a database
+slow to answer) does not hold the others back: the requests waiting behind it then go as a group
+of their own to another thread, and later ones follow as usual. One stuck group delays only its
+own requests; without this, every callback arriving meanwhile would wait for it, longer than a
+provider waits for an answer.
+
 A request is answered only once its group's call has returned: with its item's result, or with
 the exception that failed the group (every request of that group gets it, and no other). A
 request whose client went away does not cancel its group.
@@ -16,6 +22,7 @@ request whose client went away does not cancel its group.
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
@@ -28,31 +35,50 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
-class _Queue(Generic[Item, Result]):
-    """The items of one event loop waiting for a group, and whether a group is running."""
+class _Running:
+    """A group being applied: when it started."""
 
-    __slots__ = ("running", "task", "waiting")
+    __slots__ = ("started",)
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+
+class _Queue(Generic[Item, Result]):
+    """The items of one event loop waiting for a group, and the groups being applied."""
+
+    __slots__ = ("running", "starting", "tasks", "waiting")
 
     def __init__(self) -> None:
         self.waiting: list[tuple[Item, asyncio.Future[Result]]] = []
-        self.running = False
-        self.task: asyncio.Task[None] | None = None  # held: the loop keeps only a weak one
+        # Held: the loop keeps only a weak reference to a task. Usually one; one more for each
+        # group that stalled.
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.running: list[_Running] = []  # in the order they started
+        self.starting = False  # a task was started and has not yet taken the waiting items
 
 
 class AsyncGroups(Generic[Item, Result]):
     """Apply items submitted by concurrent requests in groups of at most ``max_group``.
 
     ``apply`` runs in a worker thread; it takes the items of a group in the order they arrived
-    and returns one result per item, in the same order.
+    and returns one result per item, in the same order. The next group starts when the running
+    ones are done, or when the latest of them has run for ``stall_after`` seconds.
     """
 
     def __init__(
-        self, apply: Callable[[list[Item]], Sequence[Result]], max_group: int = 256
+        self,
+        apply: Callable[[list[Item]], Sequence[Result]],
+        max_group: int = 256,
+        stall_after: float = 1.0,
     ) -> None:
         if max_group < 1:
             raise ValueError("max_group must be at least 1")
+        if stall_after <= 0:
+            raise ValueError("stall_after must be positive")
         self._apply = apply
         self._max_group = max_group
+        self._stall_after = stall_after
         # One queue per event loop (a test client may run each request on a loop of its own).
         self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Queue[Item, Result]] = (
             weakref.WeakKeyDictionary()
@@ -66,17 +92,41 @@ class AsyncGroups(Generic[Item, Result]):
             queue = self._queues[loop] = _Queue()
         future: asyncio.Future[Result] = loop.create_future()
         queue.waiting.append((item, future))
-        if not queue.running:
-            queue.running = True
-            queue.task = loop.create_task(self._run(queue))
+        if not queue.tasks or self._stalled(queue):
+            self._start(loop, queue)
         # Shielded: a request cancelled meanwhile (its client went away) leaves its group whole.
         return await asyncio.shield(future)
 
-    async def _run(self, queue: _Queue[Item, Result]) -> None:
+    def _stalled(self, queue: _Queue[Item, Result]) -> bool:
+        """Whether the waiting items should go to a task of their own: every task is applying a
+        group (a task between groups takes the waiting items without yielding) and the latest
+        group has run for ``stall_after``."""
+        if queue.starting or not queue.running or len(queue.running) < len(queue.tasks):
+            return False
+        return time.monotonic() - queue.running[-1].started >= self._stall_after
+
+    def _start(self, loop: asyncio.AbstractEventLoop, queue: _Queue[Item, Result]) -> None:
+        queue.starting = True
+        task = loop.create_task(self._run(loop, queue))
+        queue.tasks.add(task)
+        task.add_done_callback(queue.tasks.discard)
+
+    def _check(self, loop: asyncio.AbstractEventLoop, queue: _Queue[Item, Result]) -> None:
+        """Called ``stall_after`` after a group started: items waiting behind it, if it still
+        runs and nothing started since, go to a task of their own."""
+        if queue.waiting and self._stalled(queue):
+            self._start(loop, queue)
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, queue: _Queue[Item, Result]) -> None:
+        current = asyncio.current_task()
+        queue.starting = False
         try:
             while queue.waiting:
                 group = queue.waiting[: self._max_group]
                 del queue.waiting[: self._max_group]
+                running = _Running()
+                queue.running.append(running)
+                timer = loop.call_later(self._stall_after, self._check, loop, queue)
                 try:
                     results = list(await run_in_threadpool(self._apply, [i for i, _f in group]))
                     if len(results) != len(group):
@@ -92,13 +142,18 @@ class AsyncGroups(Generic[Item, Result]):
                     if not isinstance(exc, Exception):
                         raise  # this task was cancelled: the server is stopping
                     continue
+                finally:
+                    timer.cancel()
+                    queue.running.remove(running)
                 for (_item, future), result in zip(group, results, strict=True):
                     if not future.done():
                         future.set_result(result)
         finally:
-            queue.running = False
-            queue.task = None
-            for _item, future in queue.waiting:  # only when this task itself was cancelled
-                if not future.done():
-                    future.set_exception(RuntimeError("the group's task was cancelled"))
-            queue.waiting.clear()
+            # Off the list now, not when the loop runs the done callback: a submit in between
+            # would otherwise count on this task to take its item.
+            queue.tasks.discard(current)
+            if not queue.tasks:
+                for _item, future in queue.waiting:  # only when this task itself was cancelled
+                    if not future.done():
+                        future.set_exception(RuntimeError("the group's task was cancelled"))
+                queue.waiting.clear()

@@ -1,5 +1,6 @@
 """web.webhook_groups: requests waiting while a group is applied share the next group, each
-gets its own result, and a failure reaches every request of its group and no other."""
+gets its own result, a failure reaches every request of its group and no other, and a group that
+stalls does not hold back the requests behind it."""
 
 from __future__ import annotations
 
@@ -78,6 +79,78 @@ def test_a_failed_group_fails_each_of_its_requests_and_no_other() -> None:
     assert all(isinstance(o, RuntimeError) for o in outcomes[3:])
 
 
-def test_a_group_size_below_one_is_refused() -> None:
+def test_a_group_size_below_one_or_a_stall_time_not_above_zero_is_refused() -> None:
     with pytest.raises(ValueError):
         AsyncGroups(lambda items: items, max_group=0)
+    with pytest.raises(ValueError):
+        AsyncGroups(lambda items: items, stall_after=0)
+
+
+class _Stuck:
+    """``apply`` whose group holding 0 waits until released (a transaction waiting on a lock)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.groups: list[list[int]] = []
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.groups.append(list(items))
+        if 0 in items:
+            assert self.release.wait(10)
+        return [item * 10 for item in items]
+
+
+def test_requests_waiting_behind_a_stalled_group_go_in_a_group_of_their_own() -> None:
+    stuck = _Stuck()
+    committer: AsyncGroups[int, int] = AsyncGroups(stuck, stall_after=0.05)
+
+    async def scenario() -> tuple[list[int], bool, int]:
+        first = asyncio.ensure_future(committer.submit(0))
+        try:
+            await asyncio.sleep(0.01)  # the first group is running in its thread
+            behind = [asyncio.ensure_future(committer.submit(i)) for i in (1, 2)]
+            # Answered while the first group is still stuck: the stall sent them on.
+            answered = await asyncio.wait_for(asyncio.gather(*behind), timeout=5)
+            still_stuck = not first.done()
+        finally:
+            stuck.release.set()
+        return answered, still_stuck, await first
+
+    assert asyncio.run(scenario()) == ([10, 20], True, 0)
+    assert stuck.groups == [[0], [1, 2]]
+
+
+def test_a_request_arriving_after_the_stall_goes_at_once() -> None:
+    stuck = _Stuck()
+    committer: AsyncGroups[int, int] = AsyncGroups(stuck, stall_after=0.05)
+
+    async def scenario() -> tuple[int, int, int]:
+        first = asyncio.ensure_future(committer.submit(0))
+        try:
+            await asyncio.sleep(0.2)  # stalled, with nothing waiting behind it
+            second = await asyncio.wait_for(committer.submit(1), timeout=5)
+            # The stuck group's task is still there; a later request does not wait for it.
+            third = await asyncio.wait_for(committer.submit(2), timeout=5)
+        finally:
+            stuck.release.set()
+        return second, third, await first
+
+    assert asyncio.run(scenario()) == (10, 20, 0)
+    assert stuck.groups == [[0], [1], [2]]
+
+
+def test_a_stalled_group_is_answered_once_it_is_done_and_the_groups_gather_again() -> None:
+    stuck = _Stuck()
+    committer: AsyncGroups[int, int] = AsyncGroups(stuck, stall_after=0.05)
+
+    async def scenario() -> list[int]:
+        first = asyncio.ensure_future(committer.submit(0))
+        await asyncio.sleep(0.2)
+        stuck.release.set()
+        assert await first == 0
+        # Nothing stalled any more: requests arriving while a group runs share the next one.
+        return list(await asyncio.gather(*(committer.submit(i) for i in range(1, 5))))
+
+    assert asyncio.run(scenario()) == [10, 20, 30, 40]
+    assert stuck.groups[0] == [0]
+    assert sorted(i for group in stuck.groups[1:] for i in group) == [1, 2, 3, 4]
