@@ -4,15 +4,15 @@ together (group commit on the event loop).
 Each request hands its item to :meth:`AsyncGroups.submit` and awaits its own result. When no
 group is being applied, the items waiting go at once, as one group, to one worker thread (one
 call of ``apply``, one transaction); items arriving meanwhile wait for the next group, which
-starts as soon as that call returns. There is no timer: under light load a group holds one item
-and adds no delay, under heavy load groups grow to the number of requests waiting, and the
-event loop hands work to a thread once per group instead of once per request.
+starts as soon as that call returns. Under light load a group holds one item and adds no delay,
+under heavy load groups grow to the number of requests waiting, and the event loop hands work to
+a thread once per group instead of once per request.
 
 A group that takes longer than ``stall_after`` (its transaction waiting on a lock, a database
 slow to answer) does not hold the others back: the requests waiting behind it then go as a group
-of their own to another thread, and later ones follow as usual. One stuck group delays only its
-own requests; without this, every callback arriving meanwhile would wait for it, longer than a
-provider waits for an answer.
+of their own, and later ones follow as usual. At most ``max_running`` groups are applied at once,
+in threads of their own (never the pool the other routes run in): when the database itself
+stalls, the callbacks wait, and the rest of the process keeps its threads and connections.
 
 A request is answered only once its group's call has returned: with its item's result, or with
 the exception that failed the group (every request of that group gets it, and no other). A
@@ -25,9 +25,9 @@ import asyncio
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from fastapi.concurrency import run_in_threadpool
+from anyio import CapacityLimiter, to_thread
 
 __all__ = ["AsyncGroups"]
 
@@ -36,26 +36,29 @@ Result = TypeVar("Result")
 
 
 class _Running:
-    """A group being applied: when it started."""
+    """A group being applied: when it started, and whether it has run for ``stall_after``
+    (marked by a timer, so an early timer or a busy loop cannot make it look otherwise)."""
 
-    __slots__ = ("started",)
+    __slots__ = ("stalled", "started")
 
     def __init__(self) -> None:
         self.started = time.monotonic()
+        self.stalled = False
 
 
 class _Queue(Generic[Item, Result]):
     """The items of one event loop waiting for a group, and the groups being applied."""
 
-    __slots__ = ("running", "starting", "tasks", "waiting")
+    __slots__ = ("limiter", "running", "starting", "tasks", "waiting")
 
-    def __init__(self) -> None:
+    def __init__(self, max_running: int) -> None:
         self.waiting: list[tuple[Item, asyncio.Future[Result]]] = []
-        # Held: the loop keeps only a weak reference to a task. Usually one; one more for each
-        # group that stalled.
+        # Held: the loop keeps only a weak reference to a task.
         self.tasks: set[asyncio.Task[None]] = set()
         self.running: list[_Running] = []  # in the order they started
-        self.starting = False  # a task was started and has not yet taken the waiting items
+        # A task started that has not yet taken the waiting items (until it runs or is done).
+        self.starting: asyncio.Task[None] | None = None
+        self.limiter = CapacityLimiter(max_running)  # made on the loop that uses it
 
 
 class AsyncGroups(Generic[Item, Result]):
@@ -63,7 +66,8 @@ class AsyncGroups(Generic[Item, Result]):
 
     ``apply`` runs in a worker thread; it takes the items of a group in the order they arrived
     and returns one result per item, in the same order. The next group starts when the running
-    ones are done, or when the latest of them has run for ``stall_after`` seconds.
+    ones are done, or when the latest of them has run for ``stall_after`` seconds and fewer
+    than ``max_running`` are being applied.
     """
 
     def __init__(
@@ -71,14 +75,16 @@ class AsyncGroups(Generic[Item, Result]):
         apply: Callable[[list[Item]], Sequence[Result]],
         max_group: int = 256,
         stall_after: float = 1.0,
+        max_running: int = 4,
     ) -> None:
-        if max_group < 1:
-            raise ValueError("max_group must be at least 1")
+        if max_group < 1 or max_running < 1:
+            raise ValueError("max_group and max_running must be at least 1")
         if stall_after <= 0:
             raise ValueError("stall_after must be positive")
         self._apply = apply
         self._max_group = max_group
         self._stall_after = stall_after
+        self._max_running = max_running
         # One queue per event loop (a test client may run each request on a loop of its own).
         self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Queue[Item, Result]] = (
             weakref.WeakKeyDictionary()
@@ -89,7 +95,7 @@ class AsyncGroups(Generic[Item, Result]):
         loop = asyncio.get_running_loop()
         queue = self._queues.get(loop)
         if queue is None:
-            queue = self._queues[loop] = _Queue()
+            queue = self._queues[loop] = _Queue(self._max_running)
         future: asyncio.Future[Result] = loop.create_future()
         queue.waiting.append((item, future))
         if not queue.tasks or self._stalled(queue):
@@ -98,37 +104,56 @@ class AsyncGroups(Generic[Item, Result]):
         return await asyncio.shield(future)
 
     def _stalled(self, queue: _Queue[Item, Result]) -> bool:
-        """Whether the waiting items should go to a task of their own: every task is applying a
-        group (a task between groups takes the waiting items without yielding) and the latest
-        group has run for ``stall_after``."""
-        if queue.starting or not queue.running or len(queue.running) < len(queue.tasks):
+        """Whether the waiting items should go to a task of their own: no task is about to take
+        them (a task between groups takes them without yielding), fewer than ``max_running``
+        groups are applied, and the latest has run for ``stall_after``."""
+        if queue.starting is not None and not queue.starting.done():
             return False
-        return time.monotonic() - queue.running[-1].started >= self._stall_after
+        running = queue.running
+        if not running or len(running) < len(queue.tasks) or len(running) >= self._max_running:
+            return False
+        return running[-1].stalled
 
     def _start(self, loop: asyncio.AbstractEventLoop, queue: _Queue[Item, Result]) -> None:
-        queue.starting = True
         task = loop.create_task(self._run(loop, queue))
+        queue.starting = task
         queue.tasks.add(task)
-        task.add_done_callback(queue.tasks.discard)
+        task.add_done_callback(lambda done: self._finished(queue, done))
 
-    def _check(self, loop: asyncio.AbstractEventLoop, queue: _Queue[Item, Result]) -> None:
-        """Called ``stall_after`` after a group started: items waiting behind it, if it still
-        runs and nothing started since, go to a task of their own."""
+    def _check(
+        self, loop: asyncio.AbstractEventLoop, queue: _Queue[Item, Result], running: _Running
+    ) -> None:
+        """Called ``stall_after`` after a group started: marks it stalled, and sends the items
+        waiting behind it, if any, to a task of their own."""
+        running.stalled = True
         if queue.waiting and self._stalled(queue):
             self._start(loop, queue)
 
+    def _finished(self, queue: _Queue[Item, Result], task: asyncio.Task[None]) -> None:
+        queue.tasks.discard(task)
+        if queue.starting is task:
+            queue.starting = None
+        if not queue.tasks:
+            # Cancelled (the server is stopping), perhaps before it ever ran: nothing is left
+            # to apply what waits, so it is answered now rather than never.
+            _fail_waiting(queue)
+
     async def _run(self, loop: asyncio.AbstractEventLoop, queue: _Queue[Item, Result]) -> None:
         current = asyncio.current_task()
-        queue.starting = False
+        if queue.starting is current:
+            queue.starting = None
         try:
             while queue.waiting:
                 group = queue.waiting[: self._max_group]
                 del queue.waiting[: self._max_group]
                 running = _Running()
                 queue.running.append(running)
-                timer = loop.call_later(self._stall_after, self._check, loop, queue)
+                timer = loop.call_later(self._stall_after, self._check, loop, queue, running)
                 try:
-                    results = list(await run_in_threadpool(self._apply, [i for i, _f in group]))
+                    items = [i for i, _f in group]
+                    results = list(
+                        await to_thread.run_sync(self._apply, items, limiter=queue.limiter)
+                    )
                     if len(results) != len(group):
                         raise RuntimeError(f"{len(results)} results for {len(group)} items")
                 except BaseException as exc:  # handed to every request of the group
@@ -153,7 +178,11 @@ class AsyncGroups(Generic[Item, Result]):
             # would otherwise count on this task to take its item.
             queue.tasks.discard(current)
             if not queue.tasks:
-                for _item, future in queue.waiting:  # only when this task itself was cancelled
-                    if not future.done():
-                        future.set_exception(RuntimeError("the group's task was cancelled"))
-                queue.waiting.clear()
+                _fail_waiting(queue)  # only when this task itself was cancelled
+
+
+def _fail_waiting(queue: _Queue[Any, Any]) -> None:
+    for _item, future in queue.waiting:
+        if not future.done():
+            future.set_exception(RuntimeError("the group's task was cancelled"))
+    queue.waiting.clear()

@@ -84,20 +84,28 @@ def test_a_group_size_below_one_or_a_stall_time_not_above_zero_is_refused() -> N
         AsyncGroups(lambda items: items, max_group=0)
     with pytest.raises(ValueError):
         AsyncGroups(lambda items: items, stall_after=0)
+    with pytest.raises(ValueError):
+        AsyncGroups(lambda items: items, max_running=0)
 
 
 class _Stuck:
-    """``apply`` whose group holding 0 waits until released (a transaction waiting on a lock)."""
+    """``apply`` whose groups holding a negative item wait until released (a transaction
+    waiting on a lock); ``entered`` is set once such a group is inside ``apply``."""
 
     def __init__(self) -> None:
         self.release = threading.Event()
+        self.entered = threading.Event()
         self.groups: list[list[int]] = []
 
     def __call__(self, items: list[int]) -> list[int]:
         self.groups.append(list(items))
-        if 0 in items:
+        if any(item <= 0 for item in items):
+            self.entered.set()
             assert self.release.wait(10)
         return [item * 10 for item in items]
+
+    async def until_entered(self) -> None:
+        assert await asyncio.to_thread(self.entered.wait, 10)
 
 
 def test_requests_waiting_behind_a_stalled_group_go_in_a_group_of_their_own() -> None:
@@ -107,7 +115,7 @@ def test_requests_waiting_behind_a_stalled_group_go_in_a_group_of_their_own() ->
     async def scenario() -> tuple[list[int], bool, int]:
         first = asyncio.ensure_future(committer.submit(0))
         try:
-            await asyncio.sleep(0.01)  # the first group is running in its thread
+            await stuck.until_entered()
             behind = [asyncio.ensure_future(committer.submit(i)) for i in (1, 2)]
             # Answered while the first group is still stuck: the stall sent them on.
             answered = await asyncio.wait_for(asyncio.gather(*behind), timeout=5)
@@ -152,5 +160,47 @@ def test_a_stalled_group_is_answered_once_it_is_done_and_the_groups_gather_again
         return list(await asyncio.gather(*(committer.submit(i) for i in range(1, 5))))
 
     assert asyncio.run(scenario()) == [10, 20, 30, 40]
-    assert stuck.groups[0] == [0]
-    assert sorted(i for group in stuck.groups[1:] for i in group) == [1, 2, 3, 4]
+    assert stuck.groups == [[0], [1, 2, 3, 4]]
+
+
+def test_no_more_than_max_running_groups_are_applied_at_once() -> None:
+    # The database itself stalls: the groups stuck behind it are bounded, and the requests
+    # after them wait instead of taking every thread and connection of the process.
+    stuck = _Stuck()
+    committer: AsyncGroups[int, int] = AsyncGroups(stuck, stall_after=0.05, max_running=2)
+
+    async def scenario() -> tuple[bool, int, list[int]]:
+        first = asyncio.ensure_future(committer.submit(0))
+        try:
+            await stuck.until_entered()
+            stuck.entered.clear()
+            second = asyncio.ensure_future(committer.submit(-1))  # goes beside it, and sticks
+            await stuck.until_entered()
+            later = []
+            for item in (3, 4, 5):  # each after both have stalled
+                await asyncio.sleep(0.15)
+                later.append(asyncio.ensure_future(committer.submit(item)))
+            await asyncio.sleep(0.15)
+            waited = not any(task.done() for task in later)
+            tasks = len(committer._queues[asyncio.get_running_loop()].tasks)
+        finally:
+            stuck.release.set()
+        return waited, tasks, [await first, await second, *[await task for task in later]]
+
+    assert asyncio.run(scenario()) == (True, 2, [0, -10, 30, 40, 50])
+    assert stuck.groups[:2] == [[0], [-1]]
+
+
+def test_a_task_cancelled_before_it_ran_answers_its_requests_and_the_next_ones_go() -> None:
+    committer: AsyncGroups[int, int] = AsyncGroups(lambda items: [i * 10 for i in items])
+
+    async def scenario() -> int:
+        submitted = asyncio.ensure_future(committer.submit(1))
+        await asyncio.sleep(0)  # submit has started the group's task; it has not run yet
+        for task in list(committer._queues[asyncio.get_running_loop()].tasks):
+            task.cancel()  # the server stopping
+        with pytest.raises(RuntimeError, match="cancelled"):
+            await asyncio.wait_for(submitted, timeout=5)
+        return await asyncio.wait_for(committer.submit(2), timeout=5)
+
+    assert asyncio.run(scenario()) == 20
