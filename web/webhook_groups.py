@@ -11,8 +11,10 @@ a thread once per group instead of once per request.
 A group that takes longer than ``stall_after`` (its transaction waiting on a lock, a database
 slow to answer) does not hold the others back: the requests waiting behind it then go as a group
 of their own, and later ones follow as usual. At most ``max_running`` groups are applied at once,
-in threads of their own (never the pool the other routes run in): when the database itself
-stalls, the callbacks wait, and the rest of the process keeps its threads and connections.
+counted by a capacity limiter of their own (not the tokens of the thread pool the other routes
+use): when the database itself stalls, the callbacks wait, and the rest of the process keeps its
+threads and connections. A group's thread cannot be stopped: a task cancelled while its group
+runs (the server stopping) waits for that thread before it ends, so the bound holds then too.
 
 A request is answered only once its group's call has returned: with its item's result, or with
 the exception that failed the group (every request of that group gets it, and no other). A
@@ -22,7 +24,7 @@ request whose client went away does not cancel its group.
 from __future__ import annotations
 
 import asyncio
-import time
+import contextvars
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
@@ -36,13 +38,12 @@ Result = TypeVar("Result")
 
 
 class _Running:
-    """A group being applied: when it started, and whether it has run for ``stall_after``
-    (marked by a timer, so an early timer or a busy loop cannot make it look otherwise)."""
+    """A group being applied, and whether it has run for ``stall_after`` (marked by a timer,
+    so an early timer or a busy loop cannot make it look otherwise)."""
 
-    __slots__ = ("stalled", "started")
+    __slots__ = ("stalled",)
 
     def __init__(self) -> None:
-        self.started = time.monotonic()
         self.stalled = False
 
 
@@ -98,7 +99,7 @@ class AsyncGroups(Generic[Item, Result]):
             queue = self._queues[loop] = _Queue(self._max_running)
         future: asyncio.Future[Result] = loop.create_future()
         queue.waiting.append((item, future))
-        if not queue.tasks or self._stalled(queue):
+        if not _live(queue) or self._stalled(queue):
             self._start(loop, queue)
         # Shielded: a request cancelled meanwhile (its client went away) leaves its group whole.
         return await asyncio.shield(future)
@@ -110,12 +111,14 @@ class AsyncGroups(Generic[Item, Result]):
         if queue.starting is not None and not queue.starting.done():
             return False
         running = queue.running
-        if not running or len(running) < len(queue.tasks) or len(running) >= self._max_running:
+        if not running or len(running) < _live(queue) or len(running) >= self._max_running:
             return False
         return running[-1].stalled
 
     def _start(self, loop: asyncio.AbstractEventLoop, queue: _Queue[Item, Result]) -> None:
-        task = loop.create_task(self._run(loop, queue))
+        # A context of its own: not the one of the request that happened to start it (its
+        # request id would tag the log lines of every group the task applies).
+        task = loop.create_task(self._run(loop, queue), context=contextvars.Context())
         queue.starting = task
         queue.tasks.add(task)
         task.add_done_callback(lambda done: self._finished(queue, done))
@@ -133,7 +136,7 @@ class AsyncGroups(Generic[Item, Result]):
         queue.tasks.discard(task)
         if queue.starting is task:
             queue.starting = None
-        if not queue.tasks:
+        if not _live(queue):
             # Cancelled (the server is stopping), perhaps before it ever ran: nothing is left
             # to apply what waits, so it is answered now rather than never.
             _fail_waiting(queue)
@@ -150,10 +153,7 @@ class AsyncGroups(Generic[Item, Result]):
                 queue.running.append(running)
                 timer = loop.call_later(self._stall_after, self._check, loop, queue, running)
                 try:
-                    items = [i for i, _f in group]
-                    results = list(
-                        await to_thread.run_sync(self._apply, items, limiter=queue.limiter)
-                    )
+                    results = list(await _applied(self._apply, [i for i, _f in group], queue))
                     if len(results) != len(group):
                         raise RuntimeError(f"{len(results)} results for {len(group)} items")
                 except BaseException as exc:  # handed to every request of the group
@@ -177,8 +177,28 @@ class AsyncGroups(Generic[Item, Result]):
             # Off the list now, not when the loop runs the done callback: a submit in between
             # would otherwise count on this task to take its item.
             queue.tasks.discard(current)
-            if not queue.tasks:
+            if not _live(queue):
                 _fail_waiting(queue)  # only when this task itself was cancelled
+
+
+def _live(queue: _Queue[Any, Any]) -> int:
+    """The tasks not yet done: one cancelled before it ever ran stays in ``tasks`` until its
+    done callback, a loop step later, and must not count."""
+    return sum(1 for task in queue.tasks if not task.done())
+
+
+async def _applied(
+    apply: Callable[[list[Item]], Sequence[Result]], items: list[Item], queue: _Queue[Any, Any]
+) -> Sequence[Result]:
+    """``apply(items)`` in a thread, counted by the queue's limiter. Cancelled meanwhile, it
+    waits for the thread (which cannot be stopped, and holds a connection) before the
+    cancellation goes on."""
+    work = asyncio.ensure_future(to_thread.run_sync(apply, items, limiter=queue.limiter))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait([work])
+        raise
 
 
 def _fail_waiting(queue: _Queue[Any, Any]) -> None:

@@ -204,3 +204,19 @@ def test_a_task_cancelled_before_it_ran_answers_its_requests_and_the_next_ones_g
         return await asyncio.wait_for(committer.submit(2), timeout=5)
 
     assert asyncio.run(scenario()) == 20
+
+
+def test_a_request_arriving_just_after_a_task_was_cancelled_is_applied() -> None:
+    committer: AsyncGroups[int, int] = AsyncGroups(lambda items: [i * 10 for i in items])
+
+    async def scenario() -> list[int]:
+        first = asyncio.ensure_future(committer.submit(1))
+        await asyncio.sleep(0)  # submit has started the group's task; it has not run yet
+        for task in list(committer._queues[asyncio.get_running_loop()].tasks):
+            task.cancel()
+        # Submitted before the cancelled task's done callback has run: a new task takes it,
+        # and the item waiting before it.
+        late = asyncio.ensure_future(committer.submit(3))
+        return list(await asyncio.wait_for(asyncio.gather(first, late), timeout=5))
+
+    assert asyncio.run(scenario()) == [10, 30]
