@@ -41,27 +41,31 @@ def test_mask_text():
 # -- console --------------------------------------------------------------------------------------
 
 
-def sms(**overrides) -> OutboundMessage:
-    fields: dict[str, Any] = {
+_MESSAGES: dict[ChannelName, dict[str, Any]] = {
+    ChannelName.sms: {
         "survey_id": 7,
-        "channel": ChannelName.sms,
         "to": "+40721000111",
         "body_text": "Hi Ana, how likely... Reply STOP to opt out",
-    }
-    fields.update(overrides)
-    return OutboundMessage(**fields)
-
-
-def email(**overrides) -> OutboundMessage:
-    fields: dict[str, Any] = {
+    },
+    ChannelName.email: {
         "survey_id": 8,
-        "channel": ChannelName.email,
         "to": "ana@example.com",
         "subject": "How likely...?",
         "body_text": "Hi Ana,\n\n 0: https://x/s/t?score=0",
-    }
-    fields.update(overrides)
-    return OutboundMessage(**fields)
+    },
+}
+
+
+def _message(channel: ChannelName, overrides: dict[str, Any]) -> OutboundMessage:
+    return OutboundMessage(channel=channel, **{**_MESSAGES[channel], **overrides})
+
+
+def sms(**overrides) -> OutboundMessage:
+    return _message(ChannelName.sms, overrides)
+
+
+def email(**overrides) -> OutboundMessage:
+    return _message(ChannelName.email, overrides)
 
 
 def test_console_prints_a_masked_summary_and_the_body():
