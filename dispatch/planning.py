@@ -177,7 +177,11 @@ def compute_schedule(
     arm = timing.choose_arm(sched.arms, key)
     delay = arm.delay if arm is not None else choice.delay
     tz = timing.resolve_timezone(
-        customer.timezone, customer.phone, order.country or customer.country, sched.default_timezone
+        customer.timezone,
+        customer.phone,
+        order.country or customer.country,
+        sched.default_timezone,
+        phone_zone=customer.phone_timezone,
     )
     anchor = timing.effective_anchor(
         sched.anchor,

@@ -9,16 +9,21 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Final
 from zoneinfo import TZPATH, ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 from phonenumbers import timezone as phone_timezone
 
-__all__ = ["country_zones", "resolve_timezone"]
+__all__ = ["NO_PHONE_ZONE", "country_zones", "number_zone", "resolve_timezone"]
 
 log = logging.getLogger(__name__)
 
 _UNKNOWN_ZONE = "Etc/Unknown"
+
+# Stored in ``customers.phone_timezone`` beside a number that gives no zone, so that the number
+# is not parsed again to learn it (NULL there means "not derived": a row stored before the column).
+NO_PHONE_ZONE: Final = ""
 
 
 def _zone(name: str | None) -> ZoneInfo | None:
@@ -95,30 +100,46 @@ def _one_behaviour_name(zones: tuple[str, ...]) -> str | None:
     return None
 
 
-def _phone_zone(phone_e164: str) -> ZoneInfo | None:
-    try:
-        number = phonenumbers.parse(phone_e164, None)
-    except phonenumbers.NumberParseException:
-        return None
+def number_zone(number: phonenumbers.PhoneNumber) -> str:
+    """The zone a parsed number gives, by libphonenumber's prefix data: one zone, or several
+    that keep the same clock; else :data:`NO_PHONE_ZONE`. Its result is what
+    ``customers.phone_timezone`` stores, so that planning need not parse the number again."""
     zones = [z for z in phone_timezone.time_zones_for_number(number) if z != _UNKNOWN_ZONE]
     if not zones:
-        return None
+        return NO_PHONE_ZONE
     # Several zones that behave alike (+44: London, Guernsey, Jersey, Isle of Man): prefer the
     # principal zone of the number's own country.
     region = phonenumbers.region_code_for_number(number)
     principal = country_zones(region)[:1] if region else ()
     ordered = [z for z in principal if z in zones] + [z for z in zones if z not in principal]
-    return _one_behaviour(ordered)
+    name = _one_behaviour_name(tuple(ordered))
+    return NO_PHONE_ZONE if name is None else name
+
+
+def _phone_zone(phone_e164: str, derived: str | None) -> ZoneInfo | None:
+    if derived is None:
+        try:
+            derived = number_zone(phonenumbers.parse(phone_e164, None))
+        except phonenumbers.NumberParseException:
+            return None
+    return _zone(derived)
 
 
 def resolve_timezone(
-    explicit: str | None, phone_e164: str | None, country: str | None, default: str
+    explicit: str | None,
+    phone_e164: str | None,
+    country: str | None,
+    default: str,
+    *,
+    phone_zone: str | None = None,
 ) -> ZoneInfo:
     """The recipient's time zone.
 
     1. ``explicit`` when it names a known IANA zone;
     2. else the zone of the phone number (libphonenumber's prefix data), when it gives one zone
-       (or several that keep the same clock) — a +1 212 number is New York whatever the country;
+       (or several that keep the same clock) — a +1 212 number is New York whatever the country.
+       ``phone_zone`` is that zone as derived when the number was stored (:func:`number_zone`);
+       when it is None the number is parsed here;
     3. else the zone of ``country`` from the tz database's ``zone.tab`` (system tzdata on
        Debian, else the ``tzdata`` package), when the country has one zone or all its zones keep
        the same clock now (DE: Berlin and Busingen); US, RU, AU, ... give no answer here;
@@ -128,7 +149,7 @@ def resolve_timezone(
     if zone is not None:
         return zone
     if phone_e164:
-        zone = _phone_zone(phone_e164)
+        zone = _phone_zone(phone_e164, phone_zone)
         if zone is not None:
             return zone
     if country:

@@ -68,6 +68,7 @@ def update_customer(customer: Customer, data: CustomerIn) -> None:
     if data.phone is not None:
         phone = normalise_phone(data.phone, country)
         customer.phone, customer.phone_status = phone.value, phone.status
+        customer.phone_timezone = phone.zone
     for field in ("first_name", "locale", "timezone", "country", "previous_orders"):
         value = getattr(data, field)
         if value is not None:

@@ -61,6 +61,7 @@ _CUSTOMER_FIELDS: Final = (
     "email_status",
     "phone",
     "phone_status",
+    "phone_timezone",
     "first_name",
     "locale",
     "timezone",

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
+from dispatch.zones import number_zone
 from models.customers import ContactStatus
 
 
@@ -18,6 +19,9 @@ from models.customers import ContactStatus
 class NormalisedContact:
     value: str | None
     status: str  # ContactStatus
+    # A valid phone's time zone (``dispatch.zones.number_zone``), derived from the number already
+    # parsed here and stored beside it; None for an email or a number that is not stored.
+    zone: str | None = None
 
 
 def normalise_phone(raw: str | None, country: str | None) -> NormalisedContact:
@@ -35,7 +39,9 @@ def normalise_phone(raw: str | None, country: str | None) -> NormalisedContact:
         # A landline cannot receive SMS (Twilio 21614/21635); known now, not after a failed send.
         return NormalisedContact(None, ContactStatus.invalid)
     return NormalisedContact(
-        phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), ContactStatus.valid
+        phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164),
+        ContactStatus.valid,
+        number_zone(number),
     )
 
 

@@ -236,7 +236,7 @@ def apply_erasure(session: Session, event: CustomerErased, ctx: ApplyContext) ->
     )
     customer.external_id = f"{ERASED_PREFIX}{uuid.uuid4().hex}"
     customer.email = customer.phone = customer.first_name = None
-    customer.locale = customer.timezone = None
+    customer.locale = customer.timezone = customer.phone_timezone = None
     customer.email_status = customer.phone_status = ContactStatus.missing
     customer.erased_at = event.occurred_at
     session.flush()

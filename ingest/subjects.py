@@ -54,6 +54,7 @@ def export_customer(factory: sessionmaker[Session], external_id: str) -> dict[st
                 "id": customer.external_id,
                 "email": customer.email,
                 "phone": customer.phone,
+                "phone_timezone": customer.phone_timezone,
                 "first_name": customer.first_name,
                 "locale": customer.locale,
                 "timezone": customer.timezone,

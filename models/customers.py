@@ -29,6 +29,9 @@ class Customer(Base):
     email_status: Mapped[str] = mapped_column(String(8), default=ContactStatus.missing)
     phone: Mapped[str | None] = mapped_column(String(32), index=True)
     phone_status: Mapped[str] = mapped_column(String(8), default=ContactStatus.missing)
+    # The zone the number gives, derived when the number is stored ("" when it gives none; NULL
+    # on a row stored before this column, whose number is then parsed when a survey is planned).
+    phone_timezone: Mapped[str | None] = mapped_column(String(64))
     first_name: Mapped[str | None] = mapped_column(String(120))
     locale: Mapped[str | None] = mapped_column(String(35))
     timezone: Mapped[str | None] = mapped_column(String(64))

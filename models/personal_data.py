@@ -27,6 +27,7 @@ PERSONAL: Final[Columns] = {
         "external_id": "the shop's id for the person (replaced by a random erased: value)",
         "email": "their address",
         "phone": "their number",
+        "phone_timezone": "the time zone their number gives",
         "first_name": "their name",
         "locale": "their language, from their profile",
         "timezone": "their time zone, from their profile",

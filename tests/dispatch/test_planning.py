@@ -148,6 +148,6 @@ def test_surveys_stamped_with_the_whole_config_hash_of_the_same_config_stay_as_p
     report = Scheduler(db.factory, lambda survey_id: None).tick(config, NOW)
     assert report.replanned == 1
     with db.session() as s:
-        stamped = dict(s.execute(select(Survey.id, Survey.config_version)).tuples().all())
+        stamped = dict(s.execute(select(Survey.id, Survey.config_version)).all())
     assert {stamped[i] for i in current} == {config.version}
     assert stamped[older] == config.schedule_version

@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+import phonenumbers
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from phonenumbers import PhoneNumberFormat
 
 from config import WEEKDAYS, Arm, OperatorConfig, QuietHours
 from dispatch.timing import (
@@ -21,6 +23,7 @@ from dispatch.timing import (
     resolve_timezone,
     select_delay,
 )
+from dispatch.zones import NO_PHONE_ZONE, number_zone
 
 BUCHAREST = ZoneInfo("Europe/Bucharest")
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -258,6 +261,45 @@ def test_jitter_always_below_bound(seconds, key):
 )
 def test_resolve_timezone(explicit, phone, country, expected):
     assert resolve_timezone(explicit, phone, country, "Europe/Paris").key == expected
+
+
+def example_numbers() -> list[str]:
+    """libphonenumber's example number of every region and kind: about a thousand numbers,
+    geographic, mobile, toll-free and the rest."""
+    numbers = set()
+    for region in phonenumbers.SUPPORTED_REGIONS:
+        for kind in vars(phonenumbers.PhoneNumberType).values():
+            if isinstance(kind, int):
+                example = phonenumbers.example_number_for_type(region, kind)
+                if example is not None:
+                    numbers.add(phonenumbers.format_number(example, PhoneNumberFormat.E164))
+    return sorted(numbers)
+
+
+def test_the_zone_stored_beside_a_number_resolves_as_the_number_itself():
+    numbers = example_numbers()
+    assert len(numbers) > 900
+    derived = {e164: number_zone(phonenumbers.parse(e164)) for e164 in numbers}
+    assert {"America/New_York", "Europe/London", NO_PHONE_ZONE} <= set(derived.values())
+    for e164, zone in derived.items():
+        for country in (None, "RO"):
+            parsed = resolve_timezone(None, e164, country, "Europe/Paris")
+            stored = resolve_timezone(None, e164, country, "Europe/Paris", phone_zone=zone)
+            assert stored == parsed, e164
+
+
+@pytest.mark.parametrize(
+    ("phone", "stored", "expected"),
+    [
+        ("+40721000111", "Asia/Tokyo", "Asia/Tokyo"),  # the stored zone is read, not re-derived
+        ("+40721000111", NO_PHONE_ZONE, "Europe/Paris"),  # derived to none: the default
+        ("+40721000111", None, "Europe/Bucharest"),  # not derived: the number is parsed
+        ("+40721000111", "Not/AZone", "Europe/Paris"),  # a zone the tz database lost
+        (None, "Asia/Tokyo", "Europe/Paris"),  # no number: nothing derived from one counts
+    ],
+)
+def test_resolve_timezone_with_the_stored_phone_zone(phone, stored, expected):
+    assert resolve_timezone(None, phone, None, "Europe/Paris", phone_zone=stored).key == expected
 
 
 # -- quiet hours and send days ------------------------------------------------------------------
