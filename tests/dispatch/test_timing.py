@@ -289,17 +289,19 @@ def test_the_zone_stored_beside_a_number_resolves_as_the_number_itself():
 
 
 @pytest.mark.parametrize(
-    ("phone", "stored", "expected"),
+    ("explicit", "phone", "stored", "expected"),
     [
-        ("+40721000111", "Asia/Tokyo", "Asia/Tokyo"),  # the stored zone is read, not re-derived
-        ("+40721000111", NO_PHONE_ZONE, "Europe/Paris"),  # derived to none: the default
-        ("+40721000111", None, "Europe/Bucharest"),  # not derived: the number is parsed
-        ("+40721000111", "Not/AZone", "Europe/Paris"),  # a zone the tz database lost
-        (None, "Asia/Tokyo", "Europe/Paris"),  # no number: nothing derived from one counts
+        (None, "+40721000111", "Asia/Tokyo", "Asia/Tokyo"),  # read, not derived again
+        (None, "+40721000111", NO_PHONE_ZONE, "Europe/Paris"),  # derived to none: the default
+        (None, "+40721000111", None, "Europe/Bucharest"),  # not derived: the number is parsed
+        (None, "+40721000111", "Not/AZone", "Europe/Paris"),  # a zone the tz database lost
+        (None, None, "Asia/Tokyo", "Europe/Paris"),  # no number: nothing derived from one counts
+        ("Asia/Tokyo", "+12125551234", "America/New_York", "Asia/Tokyo"),  # explicit first
     ],
 )
-def test_resolve_timezone_with_the_stored_phone_zone(phone, stored, expected):
-    assert resolve_timezone(None, phone, None, "Europe/Paris", phone_zone=stored).key == expected
+def test_resolve_timezone_with_the_stored_phone_zone(explicit, phone, stored, expected):
+    zone = resolve_timezone(explicit, phone, None, "Europe/Paris", phone_zone=stored)
+    assert zone.key == expected
 
 
 # -- quiet hours and send days ------------------------------------------------------------------

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config import OperatorConfig
 from ingest.service import ingest_batch, ingest_in_session
+from ingest.subjects import export_customer
 from models import Customer, Order, Survey
 from tests.conftest import Database
 from tests.factories import order_event, purchase
@@ -141,3 +142,37 @@ def test_a_new_number_replaces_the_zone_and_an_event_without_one_keeps_it(
             "invalid",
             None,
         )
+
+
+@pytest.mark.parametrize(
+    ("values", "zone"),
+    [
+        ({"phone": "+40721000111"}, None),  # a new number, the old zone: the zone goes
+        ({"phone": None, "phone_status": "missing"}, None),  # erased by such a writer
+        ({"phone": "+40721000111", "phone_timezone": "Europe/Bucharest"}, "Europe/Bucharest"),
+        ({"phone": "+12125551234"}, "America/New_York"),  # the same number: kept
+        ({"first_name": "Ana-Maria"}, "America/New_York"),
+    ],
+)
+def test_a_writer_that_knows_nothing_of_the_zone_cannot_leave_it_stale(
+    db: Database, config: OperatorConfig, now: datetime, values: dict[str, Any], zone: str | None
+) -> None:
+    """The release before the column, still running during a deploy (or after a rollback),
+    changes numbers without the zone: the database drops the zone, and the number is parsed."""
+    as_set(db.factory, [bought("Z-8", "z-c8", "+12125551234", now)], config, now)
+    with db.session() as s, s.begin():
+        s.execute(update(Customer).where(Customer.external_id == "z-c8").values(**values))
+    assert stored_zone(db, "z-c8") == zone
+    as_set(db.factory, [order_event("delivered", "Z-8", at=now)], config, now)
+    phone = values.get("phone", "+12125551234")
+    expected = {"+40721000111": "Europe/Bucharest", "+12125551234": "America/New_York"}
+    assert survey_zone(db, "Z-8") == expected.get(phone, config.schedule.default_timezone)
+
+
+def test_the_export_names_the_zone_of_the_number(
+    db: Database, config: OperatorConfig, now: datetime
+) -> None:
+    as_set(db.factory, [bought("Z-9", "z-c9", "+14155552671", now)], config, now)
+    export = export_customer(db.factory, "z-c9")
+    assert export is not None
+    assert export["customer"]["phone_timezone"] == "America/Los_Angeles"

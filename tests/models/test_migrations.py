@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import func, inspect, select, text
 
 from migrations.runner import downgrade, upgrade
-from models import Base
+from models import Base, ConsentRecord, Customer
 from tests.conftest import Database
 
 
@@ -30,3 +32,43 @@ def test_pending_index_is_partial_on_postgres(pg_db: Database):
     assert "ix_surveys_due_pending" in indexes
     where = indexes["ix_surveys_due_pending"].get("dialect_options", {}).get("postgresql_where")
     assert where is not None and "scheduled" in str(where)
+
+
+def test_the_phone_timezone_migration_goes_down_and_up_again(db: Database):
+    def state() -> tuple[bool, bool]:
+        inspector = inspect(db.engine)
+        column = "phone_timezone" in {c["name"] for c in inspector.get_columns("customers")}
+        query = (
+            "SELECT count(*) FROM pg_trigger WHERE tgname = :name"
+            if db.engine.dialect.name == "postgresql"
+            else "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name = :name"
+        )
+        with db.engine.connect() as conn:
+            trigger = conn.scalar(text(query), {"name": "customers_phone_timezone_follows_phone"})
+        return column, bool(trigger)
+
+    assert state() == (True, True)
+    with db.session() as s, s.begin():
+        customer = Customer(external_id="kept", phone="+40721000111", phone_timezone="Asia/Tokyo")
+        s.add(customer)
+        s.flush()
+        s.add(
+            ConsentRecord(
+                customer_id=customer.id,
+                channel="sms",
+                granted=True,
+                captured_at=datetime(2026, 11, 20, tzinfo=UTC),
+                evidence_kind="event",
+            )
+        )
+    try:
+        downgrade(db.engine, "0007")
+        assert state() == (False, False)
+    finally:
+        upgrade(db.engine)
+    assert state() == (True, True)
+    with db.session() as s:  # nothing else was lost on the way (no table was copied)
+        assert s.execute(select(Customer.external_id, Customer.phone)).all() == [
+            ("kept", "+40721000111")
+        ]
+        assert s.scalar(select(func.count()).select_from(ConsentRecord)) == 1
