@@ -84,7 +84,12 @@ class GroupCommit(Generic[Item, Result]):
         self._apply = apply
         self._max_group = max_group
         self._stall_after = stall_after
-        self._changed = threading.Condition()
+        lock = threading.Lock()
+        self._changed = threading.Condition(lock)
+        # Only a gathering leader waits on this one: each item arriving while it gathers wakes it
+        # alone, instead of every thread waiting on ``_changed`` (a herd of wake-ups per item that
+        # cost a worker more CPU than the waiting it saved).
+        self._arrived = threading.Condition(lock)
         self._waiting: list[_Slot[Item, Result]] = []
         self._groups: list[_Group[Item, Result]] = []  # being applied, oldest first
         self._gather_for = gather_for
@@ -109,7 +114,7 @@ class GroupCommit(Generic[Item, Result]):
         with self._changed:
             self._waiting.append(slot)
             if self._gathering:
-                self._changed.notify_all()
+                self._arrived.notify()
         try:
             while not slot.done:
                 self._lead_or_wait(slot)
@@ -194,7 +199,7 @@ class GroupCommit(Generic[Item, Result]):
             return
         self._gathering = True
         try:
-            self._changed.wait_for(
+            self._arrived.wait_for(
                 lambda: len(self._waiting) >= self._last_size, timeout=self._gather_for
             )
         finally:
