@@ -31,7 +31,7 @@ class Customer(Base):
     phone_status: Mapped[str] = mapped_column(String(8), default=ContactStatus.missing)
     # The zone the number gives, derived when the number is stored ("" when it gives none; NULL
     # when not derived, and the number is then parsed when a survey is planned). A trigger
-    # (migration 0008) sets it to NULL when an UPDATE changes the number but not the zone.
+    # (migration 0009) sets it to NULL when an UPDATE changes the number but not the zone.
     phone_timezone: Mapped[str | None] = mapped_column(String(64))
     first_name: Mapped[str | None] = mapped_column(String(120))
     locale: Mapped[str | None] = mapped_column(String(35))
