@@ -17,10 +17,12 @@ has run that long, the next starts beside it, and the groups after that one star
 while the stuck one waits. One slow item delays only the items of its own group, as it would
 delay only its own thread without grouping.
 
-An exception raised into a thread (a time limit, a shutdown) leaves nothing waiting for ever: a
-waiting thread takes its item away with it, and a leader marks its group done before anything
-that could be interrupted; every wait is bounded, so a notification lost with a leader costs a
-delay only.
+An exception raised into a thread (dramatiq's time limit or shutdown notice, delivered between
+any two Python statements) leaves nothing waiting for ever and nothing applied with nobody to
+answer: a waiting thread takes its item away with it; a leader takes the waiting items all at
+once or not at all, and ends its group with one attribute store, so a group it left half-way
+fails (:class:`GroupNotApplied`) for every item it took; the lock is taken and released in C
+code only; every wait is bounded, so a notification lost with a leader costs a delay only.
 
 Each thread gets its own item's result, or the exception that failed its group, and returns only
 once its group's call has returned, so a message is acknowledged or a request answered only
@@ -31,35 +33,59 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from itertools import repeat
 from typing import Generic, TypeVar
 
-__all__ = ["GroupCommit"]
+__all__ = ["GroupCommit", "GroupNotApplied"]
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
-class _Slot(Generic[Item, Result]):
-    __slots__ = ("done", "error", "item", "result", "taken")
-
-    def __init__(self, item: Item) -> None:
-        self.item = item
-        self.result: Result | None = None
-        self.error: BaseException | None = None
-        self.taken = False  # in a group being applied
-        self.done = False
+class GroupNotApplied(RuntimeError):
+    """The group's leader stopped (an exception raised into its thread) before every result
+    was in: an ordinary failure, so each of the group's messages runs again."""
 
 
 class _Group(Generic[Item, Result]):
-    """A group being applied: when it started and its slots."""
+    """A group being applied: when it started, its slots and, once over, its outcome.
 
-    __slots__ = ("over", "slots", "started")
+    The outcome is published with single attribute stores (``results``, then ``error`` cleared
+    or set, then ``over``): an exception raised into the leader between two statements cannot
+    leave some of its slots answered and others waiting for ever."""
+
+    __slots__ = ("error", "over", "results", "slots", "started")
 
     def __init__(self) -> None:
         self.slots: list[_Slot[Item, Result]] = []
         self.started = time.monotonic()
-        self.over = False  # its slots are marked done
+        self.results: Sequence[Result] = ()
+        # Cleared only once every result is in: a group its leader left half-way (interrupted
+        # while taking its slots, say) fails, and its messages run again.
+        self.error: BaseException | None = GroupNotApplied("the group's leader stopped first")
+        self.over = False
+
+
+class _Slot(Generic[Item, Result]):
+    __slots__ = ("group", "item")
+
+    def __init__(self, item: Item) -> None:
+        self.item = item
+        self.group: _Group[Item, Result] | None = None  # set when a group takes it
+
+    @property
+    def done(self) -> bool:
+        return self.group is not None and self.group.over
+
+    def outcome(self) -> Result:
+        group = self.group
+        if group is None or not group.over:
+            raise RuntimeError("a slot's outcome was read before its group ended")
+        if group.error is not None:
+            raise group.error
+        return group.results[group.slots.index(self)]
 
 
 class GroupCommit(Generic[Item, Result]):
@@ -81,15 +107,22 @@ class GroupCommit(Generic[Item, Result]):
             raise ValueError("max_group must be at least 1")
         if stall_after <= 0 or gather_for < 0:
             raise ValueError("stall_after must be positive and gather_for not negative")
+        if gather_for >= stall_after:
+            # A gathering group would count as stalled: a second leader would take the items,
+            # the gatherer's own among them, and leave it an empty group.
+            raise ValueError("gather_for must be shorter than stall_after")
         self._apply = apply
         self._max_group = max_group
         self._stall_after = stall_after
-        lock = threading.Lock()
-        self._changed = threading.Condition(lock)
+        # Taken with ``with self._lock`` (C code): an exception raised into a thread cannot land
+        # between taking and releasing it, as it could in Condition.__enter__/__exit__ (Python
+        # code). Reentrant, because Condition.wait then restores it in C as well.
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
         # Only a gathering leader waits on this one: each item arriving while it gathers wakes it
         # alone, instead of every thread waiting on ``_changed`` (a herd of wake-ups per item that
         # cost a worker more CPU than the waiting it saved).
-        self._arrived = threading.Condition(lock)
+        self._arrived = threading.Condition(self._lock)
         self._waiting: list[_Slot[Item, Result]] = []
         self._groups: list[_Group[Item, Result]] = []  # being applied, oldest first
         self._gather_for = gather_for
@@ -99,7 +132,7 @@ class GroupCommit(Generic[Item, Result]):
     @property
     def _running(self) -> int:
         """How many groups are being applied."""
-        with self._changed:
+        with self._lock:
             return len(self._live_groups())
 
     def _live_groups(self) -> list[_Group[Item, Result]]:
@@ -111,7 +144,7 @@ class GroupCommit(Generic[Item, Result]):
     def submit(self, item: Item) -> Result:
         """Apply ``item`` in the next group; its result, or the exception of its group."""
         slot: _Slot[Item, Result] = _Slot(item)
-        with self._changed:
+        with self._lock:
             self._waiting.append(slot)
             if self._gathering:
                 self._arrived.notify()
@@ -121,13 +154,11 @@ class GroupCommit(Generic[Item, Result]):
         except BaseException:
             # Interrupted before its group was taken (a time limit, a shutdown): the item
             # leaves with its thread, or a later group would apply it with nobody to answer.
-            with self._changed:
-                if not slot.taken and slot in self._waiting:
+            with self._lock:
+                if slot.group is None and slot in self._waiting:
                     self._waiting.remove(slot)
             raise
-        if slot.error is not None:
-            raise slot.error
-        return slot.result  # type: ignore[return-value]
+        return slot.outcome()
 
     def _until_stalled(self) -> float:
         """Seconds until the latest group still running counts as stalled: 0 when it does or
@@ -137,15 +168,30 @@ class GroupCommit(Generic[Item, Result]):
             return 0.0
         return max(0.0, groups[-1].started + self._stall_after - time.monotonic())
 
+    def _take(self, group: _Group[Item, Result]) -> None:
+        """Move the first waiting slots into ``group`` (under the lock).
+
+        The slots are marked all at once, in C: ``map`` and ``setattr`` run no Python bytecode,
+        where an exception raised into this thread could land, so either every slot taken
+        belongs to the group (and is answered when it ends) or none does (and all stay queued
+        for the next group). They leave the queue only after that."""
+        # Slots a take interrupted after marking left queued: their group answers them.
+        self._waiting[:] = [each for each in self._waiting if each.group is None]
+        taken = self._waiting[: self._max_group]
+        group.slots = taken
+        deque(map(setattr, taken, repeat("group"), repeat(group)), maxlen=0)
+        del self._waiting[: len(taken)]
+        self._last_size = len(taken)
+
     def _lead_or_wait(self, slot: _Slot[Item, Result]) -> None:
         """Wait until ``slot`` is done, or lead the next group if it may start meanwhile."""
         group: _Group[Item, Result] | None = None
         try:
-            with self._changed:
+            with self._lock:
                 while True:
                     if slot.done:
                         return
-                    if slot.taken:
+                    if slot.group is not None:
                         # Bounded: a notification missed because its leader was interrupted
                         # costs a delay, never a thread waiting for ever.
                         self._changed.wait(self._stall_after)
@@ -158,32 +204,28 @@ class GroupCommit(Generic[Item, Result]):
                 self._groups.append(group)
                 if len(self._groups) == 1 and len(self._waiting) < self._last_size:
                     self._gather()
-                taken = self._waiting[: self._max_group]
-                del self._waiting[: self._max_group]
-                for each in taken:
-                    each.taken = True
-                group.slots = taken
-                self._last_size = len(taken)
-            results = list(self._apply([each.item for each in group.slots]))
-            if len(results) != len(group.slots):
-                raise RuntimeError(
-                    f"{len(results)} results for a group of {len(group.slots)} items"
-                )
-            for each, result in zip(group.slots, results, strict=True):
-                each.result = result
+                self._take(group)
+            if group.slots:
+                results = list(self._apply([each.item for each in group.slots]))
+                if len(results) != len(group.slots):
+                    raise RuntimeError(
+                        f"{len(results)} results for a group of {len(group.slots)} items"
+                    )
+                group.results = results
+            group.error = None
         except BaseException as exc:  # handed to every thread of the group, which raises it
-            if group is None or not group.slots:
+            if group is None:
                 raise
-            for each in group.slots:
-                each.error = exc
+            group.error = exc
+            if slot.group is not group:
+                raise  # this thread's own item is not in the group: nobody else raises it
         finally:
             if group is not None:
-                # Marked done before the lock is taken: if this thread is interrupted from
-                # here on, the group's threads still see it done at their next bounded wait.
-                for each in group.slots:
-                    each.done = True
+                # One store ends the group for all its threads, before the lock is taken: if
+                # this thread is interrupted from here on, they still see it over at their next
+                # bounded wait.
                 group.over = True
-                with self._changed:
+                with self._lock:
                     if group in self._groups:
                         self._groups.remove(group)
                     self._changed.notify_all()

@@ -7,10 +7,11 @@ import ctypes
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
-from models.group_commit import GroupCommit
+from models.group_commit import GroupCommit, GroupNotApplied
 
 
 def test_a_lone_item_is_applied_at_once_in_a_group_of_its_own() -> None:
@@ -187,7 +188,7 @@ def test_a_leader_gathers_as_many_items_as_the_last_group_held() -> None:
             assert release_first.wait(10)
         return items
 
-    committer: GroupCommit[str, str] = GroupCommit(apply, gather_for=30)
+    committer: GroupCommit[str, str] = GroupCommit(apply, stall_after=60, gather_for=30)
     with ThreadPoolExecutor(max_workers=4) as pool:
         first = pool.submit(committer.submit, "first")
         while not groups:
@@ -206,7 +207,9 @@ def test_a_leader_gathers_as_many_items_as_the_last_group_held() -> None:
 
 
 def test_after_a_group_of_one_nothing_is_gathered() -> None:
-    committer: GroupCommit[int, int] = GroupCommit(lambda items: items, gather_for=30)
+    committer: GroupCommit[int, int] = GroupCommit(
+        lambda items: items, stall_after=60, gather_for=30
+    )
     with ThreadPoolExecutor(max_workers=1) as pool:
         for item in range(3):
             assert pool.submit(committer.submit, item).result(timeout=10) == item
@@ -241,36 +244,9 @@ class _Interrupt(BaseException):
     pass
 
 
-class _ArmedCondition(threading.Condition):
-    """Raises _Interrupt on entry once armed: where CPython delivers an asynchronous exception
-    (dramatiq's time limit, PyThreadState_SetAsyncExc) on entering Condition.__enter__, a
-    Python-level call that checks the eval breaker."""
-
-    armed_for: threading.Thread | None = None
-
-    def __enter__(self):
-        if self.armed_for is threading.current_thread():
-            self.armed_for = None
-            raise _Interrupt()
-        return super().__enter__()
-
-
-def test_an_interrupt_as_a_leader_ends_its_group_leaves_no_thread_waiting() -> None:
-    """An exception raised into the leader as it takes the lock to end its group: the group's
-    slots are already marked done, so its threads return and the group no longer counts."""
-    second_waiting = threading.Event()
-    committer: GroupCommit[int, int]
-
-    def apply(items: list[int]) -> list[int]:
-        if items == [0]:
-            # Let item 1 queue behind; the next group takes [1, 2].
-            assert second_waiting.wait(10)
-        elif 1 in items:
-            committer._changed.armed_for = threading.current_thread()  # type: ignore[attr-defined]
-        return items
-
-    committer = GroupCommit(apply, stall_after=0.2)
-    committer._changed = _ArmedCondition()
+def _run_all(committer: GroupCommit[int, int], items: list[int]) -> dict[int, object]:
+    """Submit each item from its own thread; each item's result or exception. Daemon threads:
+    a stuck one would otherwise keep the test process alive."""
     outcomes: dict[int, object] = {}
 
     def run(item: int) -> None:
@@ -279,24 +255,96 @@ def test_an_interrupt_as_a_leader_ends_its_group_leaves_no_thread_waiting() -> N
         except BaseException as exc:
             outcomes[item] = exc
 
-    t0 = threading.Thread(target=run, args=(0,))
-    t0.start()
+    threads = [threading.Thread(target=run, args=(item,), daemon=True) for item in items]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert not [t.name for t in threads if t.is_alive()], outcomes
+    assert committer._running == 0 and committer._waiting == []
+    return outcomes
+
+
+def test_an_interrupt_as_the_leader_ends_its_group_leaves_no_thread_waiting() -> None:
+    """A real asynchronous exception raised into the leader as ``apply`` returns: it lands while
+    the leader publishes the results; every thread of the group still gets an answer and the
+    group no longer counts."""
+    first_running = threading.Event()
+    release = threading.Event()
+    committer: GroupCommit[int, int]
+
+    def apply(items: list[int]) -> list[int]:
+        if items == [0]:
+            first_running.set()
+            assert release.wait(10)
+        else:
+            _raise_in(threading.current_thread(), _Interrupt)  # delivered on the way out
+        return items
+
+    committer = GroupCommit(apply, stall_after=5.0)
+    first = threading.Thread(target=committer.submit, args=(0,))
+    first.start()
+    assert first_running.wait(10)
+    timer = threading.Timer(0.2, release.set)
+    timer.start()
+    outcomes = _run_all(committer, [1, 2, 3])
+    first.join(5)
+    for item, outcome in outcomes.items():
+        # Each thread has its own result, or the failure of its group: never nothing.
+        assert outcome == item or isinstance(outcome, _Interrupt | GroupNotApplied), outcomes
+    assert any(not isinstance(o, int) for o in outcomes.values()), outcomes
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_a_leader_stopped_while_taking_its_group_leaves_no_item_behind(where: str) -> None:
+    """An exception in the leader as it takes the waiting items (simulated around ``_take``,
+    whose marking cannot be split): before, every item stays queued for the next leader and
+    only the stopped leader raises; after, the group fails for every item it took."""
+    release = threading.Event()
+    applied: list[list[int]] = []
+
+    def apply(items: list[int]) -> list[int]:
+        applied.append(list(items))
+        if items == [0]:
+            assert release.wait(10)
+        return items
+
+    committer: GroupCommit[int, int] = GroupCommit(apply, stall_after=5.0)
+    take = committer._take
+    stopped: list[threading.Thread] = []
+
+    def interrupted_take(group: Any) -> None:
+        if not stopped:
+            stopped.append(threading.current_thread())
+            if where == "before":
+                raise _Interrupt()
+            take(group)
+            raise _Interrupt()
+        take(group)
+
+    first = threading.Thread(target=committer.submit, args=(0,))
+    first.start()
     while committer._running == 0:
         time.sleep(0.001)
-    # Daemon threads: the stuck one would otherwise keep the test process alive.
-    t1 = threading.Thread(target=run, args=(1,), daemon=True)
-    t2 = threading.Thread(target=run, args=(2,), daemon=True)
-    t1.start()
-    t2.start()
-    while len(committer._waiting) < 2:
-        time.sleep(0.001)
-    second_waiting.set()
-    t0.join(5)
-    t1.join(2)
-    t2.join(2)
-    alive = [t.name for t in (t1, t2) if t.is_alive()]
-    running = committer._running
-    assert not alive and running == 0, (alive, running, outcomes)
+    committer._take = interrupted_take  # type: ignore[method-assign]
+    threading.Timer(0.2, release.set).start()
+    outcomes = _run_all(committer, [1, 2, 3])
+    first.join(5)
+    failed = {item for item, outcome in outcomes.items() if not isinstance(outcome, int)}
+    assert all(isinstance(outcomes[item], _Interrupt) for item in failed), outcomes
+    assert all(outcomes[item] == item for item in set(outcomes) - failed), outcomes
+    applied_after = [item for group in applied[1:] for item in group]
+    if where == "before":
+        assert len(failed) == 1  # the stopped leader; its item went away with it
+        assert sorted(applied_after) == sorted(set(outcomes) - failed)
+    else:
+        assert len(failed) >= 1  # every item of the group it took, none applied
+        assert sorted(applied_after) == sorted(set(outcomes) - failed)
+
+
+def test_gather_for_must_be_shorter_than_stall_after() -> None:
+    with pytest.raises(ValueError, match="gather_for"):
+        GroupCommit(lambda items: items, stall_after=0.01, gather_for=0.01)
 
 
 def _raise_in(thread: threading.Thread, exc: type[BaseException]) -> None:
