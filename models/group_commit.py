@@ -18,11 +18,15 @@ while the stuck one waits. One slow item delays only the items of its own group,
 delay only its own thread without grouping.
 
 An exception raised into a thread (dramatiq's time limit or shutdown notice, delivered between
-any two Python statements) leaves nothing waiting for ever and nothing applied with nobody to
-answer: a waiting thread takes its item away with it; a leader takes the waiting items all at
-once or not at all, and ends its group with one attribute store, so a group it left half-way
-fails (:class:`GroupNotApplied`) for every item it took; the lock is taken and released in C
-code only; every wait is bounded, so a notification lost with a leader costs a delay only.
+any two Python statements) leaves nothing waiting for ever: a thread interrupted before its item
+is taken into a group takes the item away with it (once taken, the item is applied and the
+thread leaves without waiting for the answer, as it would have without grouping); a leader
+takes the waiting items all at once or not at all, and ends its group with one attribute store,
+so a group it left half-way fails with :class:`GroupNotApplied`, an ordinary error, for every
+other thread of it; the lock is taken and released in C code, except inside
+``Condition.wait``, where an interrupt can surface as a ``RuntimeError`` about the lock (the
+thread still leaves cleanly); every wait is bounded, so a notification lost with a leader costs
+a delay only.
 
 Each thread gets its own item's result, or the exception that failed its group, and returns only
 once its group's call has returned, so a message is acknowledged or a request answered only
@@ -144,11 +148,12 @@ class GroupCommit(Generic[Item, Result]):
     def submit(self, item: Item) -> Result:
         """Apply ``item`` in the next group; its result, or the exception of its group."""
         slot: _Slot[Item, Result] = _Slot(item)
-        with self._lock:
-            self._waiting.append(slot)
-            if self._gathering:
-                self._arrived.notify()
         try:
+            # Queued inside the try: an interrupt as it is queued takes it away again.
+            with self._lock:
+                self._waiting.append(slot)
+                if self._gathering:
+                    self._arrived.notify()
             while not slot.done:
                 self._lead_or_wait(slot)
         except BaseException:
@@ -213,12 +218,17 @@ class GroupCommit(Generic[Item, Result]):
                     )
                 group.results = results
             group.error = None
-        except BaseException as exc:  # handed to every thread of the group, which raises it
+        except BaseException as exc:
             if group is None:
                 raise
-            group.error = exc
-            if slot.group is not group:
-                raise  # this thread's own item is not in the group: nobody else raises it
+            # A failure of the group is handed to every thread of it, which raises it. An
+            # interrupt of this thread (a time limit, a shutdown) is this thread's own: the
+            # others fail with the default GroupNotApplied, an ordinary error.
+            interrupted = not isinstance(exc, Exception)
+            if not interrupted:
+                group.error = exc
+            if interrupted or slot.group is not group:
+                raise  # nobody else raises it for this thread
         finally:
             if group is not None:
                 # One store ends the group for all its threads, before the lock is taken: if

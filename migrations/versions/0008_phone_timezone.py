@@ -26,4 +26,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # A trigger on the column must go first. 0009 drops its own; a database migrated while this
+    # revision installed the trigger itself still has one here.
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP TRIGGER IF EXISTS customers_phone_timezone_follows_phone ON customers")
+        op.execute("DROP FUNCTION IF EXISTS customers_phone_timezone_follows_phone()")
+    else:
+        op.execute("DROP TRIGGER IF EXISTS customers_phone_timezone_follows_phone")
     op.drop_column("customers", "phone_timezone")

@@ -64,6 +64,11 @@ def test_the_phone_timezone_migrations_go_down_and_up_again(db: Database):
     try:
         downgrade(db.engine, "0008")  # the column, without its trigger
         assert state() == (True, False)
+        # A database where 0008 had installed the trigger too (as it once did) goes down too.
+        with db.engine.begin() as conn:
+            for statement in _TRIGGER_SQL[db.engine.dialect.name]:
+                conn.execute(text(statement))
+        assert state() == (True, True)
         downgrade(db.engine, "0007")
         assert state() == (False, False)
     finally:
@@ -74,3 +79,19 @@ def test_the_phone_timezone_migrations_go_down_and_up_again(db: Database):
             ("kept", "+40721000111")
         ]
         assert s.scalar(select(func.count()).select_from(ConsentRecord)) == 1
+
+
+_TRIGGER_SQL = {
+    "postgresql": [
+        "CREATE FUNCTION customers_phone_timezone_follows_phone() RETURNS trigger "
+        "LANGUAGE plpgsql AS $$ BEGIN NEW.phone_timezone := NULL; RETURN NEW; END $$",
+        "CREATE TRIGGER customers_phone_timezone_follows_phone "
+        "BEFORE UPDATE OF phone ON customers FOR EACH ROW "
+        "EXECUTE FUNCTION customers_phone_timezone_follows_phone()",
+    ],
+    "sqlite": [
+        "CREATE TRIGGER customers_phone_timezone_follows_phone "
+        "AFTER UPDATE OF phone ON customers FOR EACH ROW "
+        "BEGIN UPDATE customers SET phone_timezone = NULL WHERE id = NEW.id; END"
+    ],
+}
