@@ -227,8 +227,10 @@ class GroupCommit(Generic[Item, Result]):
             interrupted = not isinstance(exc, Exception)
             if not interrupted:
                 group.error = exc
-            if interrupted or slot.group is not group:
-                raise  # nobody else raises it for this thread
+            if interrupted or slot.group is None:
+                # Nobody else raises it for this thread. (When this thread's own item is in
+                # another group, the thread waits for that group's answer instead.)
+                raise
         finally:
             if group is not None:
                 # One store ends the group for all its threads, before the lock is taken: if
