@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 _UNKNOWN_ZONE = "Etc/Unknown"
 
 # Stored in ``customers.phone_timezone`` beside a number that gives no zone, so that the number
-# is not parsed again to learn it (NULL there means "not derived": a row stored before the column).
+# is not parsed again to learn it. NULL there means "not derived" (a row stored before the
+# column, or a number changed without its zone, which a trigger then empties).
 NO_PHONE_ZONE: Final = ""
 
 
