@@ -1,13 +1,14 @@
 """Benchmark: ``POST /v1/events`` with arrays of 1000 events against the real app on uvicorn.
 
-    python -m bench.ingest_http [--purchases 10000] [--clients 2] [--workers 1]
+    python -m bench.ingest_http [--purchases 10000] [--clients 2] [--workers 1] [--history 20000]
 
-Rebuilds the schema of the benchmark database (``bench.ingest_common``), starts
+Rebuilds the schema of the benchmark database and stores a history of ``--history`` purchases
+of other customers in it (``bench.ingest_common.reset_with_history``), starts
 ``nps-dispatch web`` on a free loopback port, and sends ``--purchases`` purchases of distinct
 customers, then their delivery events, as arrays of 1000 from ``--clients`` threads (bodies
 encoded beforehand). The bare baseline, in the same run: psycopg ``executemany`` of the same
-rows into a bare table. Prints one JSON object: events/s, the server's CPU-ms per event, the
-baseline's rows/s and the ratio. Nothing asserts on the figures.
+rows into a bare table holding as many rows. Prints one JSON object: events/s, the server's
+CPU-ms per event, the baseline's rows/s and the ratio. Nothing asserts on the figures.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from typing import Any
 import httpx
 
 from bench.ingest_common import (
+    HISTORY,
     bench_url,
     executemany_rows_per_s,
     free_port,
     product_env,
-    reset_schema,
+    reset_with_history,
     tree_cpu_seconds,
     wait_for_port,
 )
@@ -71,6 +73,7 @@ def main() -> None:
     parser.add_argument("--purchases", type=int, default=10_000)
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--history", type=int, default=20_000)
     args = parser.parse_args()
     url = bench_url()
     now = datetime.now(UTC)
@@ -78,8 +81,9 @@ def main() -> None:
     delivered = deliveries(args.purchases, "h", now)
     events = purchases + delivered
     bodies = [json.dumps(events[i : i + ARRAY]).encode() for i in range(0, len(events), ARRAY)]
-    reset_schema(url)
-    baseline = executemany_rows_per_s(url, events)
+    history = shop_events(args.history, prefix=HISTORY, at=now)
+    reset_with_history(url, history, now)
+    baseline = executemany_rows_per_s(url, events, history)
     with tempfile.TemporaryDirectory() as workdir:
         port = free_port()
         server = subprocess.Popen(
@@ -117,6 +121,7 @@ def main() -> None:
                 "array": ARRAY,
                 "clients": args.clients,
                 "web_workers": args.workers,
+                "history": args.history,
                 "seconds": round(elapsed, 2),
             }
         )

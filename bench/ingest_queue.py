@@ -1,7 +1,7 @@
 """Benchmark: shop events through the queue, a dramatiq worker on Redis.
 
     python -m bench.ingest_queue [--events 3000] [--batched-events 10000] [--processes 2]
-                                 [--threads 8]
+                                 [--threads 8] [--history 20000]
 
 Three measurements in one run, each by a fresh worker (``--processes`` x ``--threads``) that
 has stored a warm-up event, timed from the moment the messages are enqueued to the last event
@@ -16,7 +16,10 @@ stored:
 - ``ingest_events``: the same worker, messages of ``--per-message`` purchases (skipped with
   ``--batched-events 0``).
 
-The benchmark database is rebuilt before each (``bench.ingest_common``); Redis is
+The benchmark database is rebuilt before each (``bench.ingest_common``), then given a history
+of ``--history`` purchases of other customers and analysed, as a shop's database that has been
+running holds (``reset_with_history`` says why; ``--history 0`` measures on empty tables); the bare
+table gets as many rows. Redis is
 ``NPS_BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6391/1``), flushed first. Prints one JSON
 object: events/s and the workers' CPU-ms per event of each, the ratios, and the workers'
 resident memory. Nothing asserts on the figures.
@@ -41,11 +44,14 @@ from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 
 from bench.ingest_common import (
+    HISTORY,
     bench_url,
     count_rows,
+    create_bare_table,
     libpq_url,
     product_env,
     reset_schema,
+    reset_with_history,
     tree_cpu_seconds,
 )
 from bench.ingest_profile import shop_events
@@ -131,10 +137,11 @@ def _drain(
 
 def _mean_group(url: str) -> float:
     """Events per applied batch: a batch stamps one ``received_at`` on the ledger rows of all
-    its events (the warm-up event is its own batch)."""
+    its events (the warm-up event is its own batch; the history is left out)."""
     with psycopg.connect(libpq_url(url)) as conn:
         row = conn.execute(
             "SELECT count(*)::float / greatest(count(DISTINCT received_at), 1) FROM inbound_events"
+            f" WHERE external_id NOT LIKE 'evt-{HISTORY}-%'"
         ).fetchone()
     return round(float(row[0]), 2) if row else 0.0
 
@@ -146,6 +153,7 @@ def main() -> None:
     parser.add_argument("--per-message", type=int, default=500)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--history", type=int, default=20_000)
     args = parser.parse_args()
     url = bench_url()
     now = datetime.now(UTC)
@@ -155,13 +163,10 @@ def main() -> None:
         env = product_env(url, Path(workdir), NPS_BROKER_URL=_redis_url())
 
         # The bare baseline.
+        history = shop_events(args.history, prefix=HISTORY, at=now)
         reset_schema(url)
         with psycopg.connect(libpq_url(url)) as conn:
-            conn.execute(
-                "CREATE TABLE bare_events (event_id text PRIMARY KEY, type text, order_id text, "
-                "customer_id text, email text, phone text, amount numeric, "
-                "occurred_at timestamptz)"
-            )
+            create_bare_table(conn, history)
         events = shop_events(args.events + 1, prefix="qb", at=now)
         figures["bare_actor"] = _drain(
             [sys.executable, "-m", "dramatiq", "bench.ingest_queue_bare", *workers],
@@ -172,7 +177,7 @@ def main() -> None:
         )
 
         # One event per message.
-        reset_schema(url)
+        reset_with_history(url, history, now)
         events = shop_events(args.events + 1, prefix="qs", at=now)
         ledger = "inbound_events"
         figures["ingest_event"] = _drain(
@@ -186,7 +191,7 @@ def main() -> None:
 
         # Many events per message (skipped with --batched-events 0).
         if args.batched_events > 0:
-            reset_schema(url)
+            reset_with_history(url, history, now)
             events = shop_events(args.batched_events + 1, prefix="qm", at=now)
             step = args.per_message
             lists = [events[i : i + step] for i in range(1, len(events), step)]
@@ -214,6 +219,7 @@ def main() -> None:
                 "per_message": args.per_message,
                 "processes": args.processes,
                 "threads": args.threads,
+                "history": args.history,
             }
         )
     )
