@@ -9,13 +9,15 @@ fixed number of statements whatever its length:
 2. its orders, created when missing (the insert returns and locks them), the others then
    locked in ``external_id`` order;
 3. the purchases' subjects, locked and checked for a tombstone (``models.erasure``), then their
-   customers, created when missing and locked in ``external_id`` order;
+   stored customers, locked in ``external_id`` order (a new customer is held blank under a
+   stand-in id, and inserted with its values in step 5);
 4. the anchor events' surveys and their customers, the customers' consent records and the
    purchase times of their surveys that count for the frequency cap;
 5. then, after planning in memory event by event in the order given (``ingest.batch_plan``,
-   ``dispatch.planning.compute_schedule``): bulk updates of customers and orders, bulk inserts
-   of consent records, skip reasons and surveys, and the re-planned surveys' schedules, their
-   states moved by :func:`models.surveys.move`.
+   ``dispatch.planning.compute_schedule``): a bulk insert of the new customers (their stand-in
+   ids then replaced by the ids stored), bulk updates of the stored customers and of orders,
+   bulk inserts of consent records, skip reasons and surveys, and the re-planned surveys'
+   schedules, their states moved by :func:`models.surveys.move`.
 
 Locks are taken in the order of the per-event path (ledger, orders, subjects, customers), each
 kind in a stable order, so two runs touching the same rows wait for each other instead of
@@ -69,6 +71,7 @@ _CUSTOMER_FIELDS: Final = (
     "previous_orders",
     "updated_at",
 )
+_NEW_CUSTOMER_FIELDS: Final = ("external_id", *_CUSTOMER_FIELDS, "created_at")
 _ORDER_FIELDS: Final = (
     "customer_id",
     "purchased_at",
@@ -160,11 +163,13 @@ class _Writes:
 
     def flush(self, run: Run, done: list[Done | None]) -> None:
         session = run.session
+        stored = [c for c in run.customers.values() if c.id not in run.created]
+        self._insert_customers(run)
         update_rows(
             session,
             table_of(Customer),
             _CUSTOMER_FIELDS,
-            [_values(c, _CUSTOMER_FIELDS) for c in run.customers.values()],
+            [_values(c, _CUSTOMER_FIELDS) for c in stored],
         )
         update_rows(
             session,
@@ -178,6 +183,36 @@ class _Writes:
         if self.replans:
             self._replan(run, done)
         forget_subjects(session, self.forget)
+
+    def _insert_customers(self, run: Run) -> None:
+        """The customers the run creates, inserted with their values; their stand-in ids are
+        then replaced, in memory and in every row still to be written, by the ids stored.
+
+        A plain insert: should a row with one of these external ids exist after all (a writer
+        not holding the subject's lock), the run fails and its events are applied one by one."""
+        created = sorted(
+            (c for c in run.customers.values() if c.id in run.created),
+            key=lambda c: c.external_id,
+        )
+        if not created:
+            return
+        table = table_of(Customer)
+        inserted = insert_rows(
+            run.session,
+            table,
+            [{name: getattr(c, name) for name in _NEW_CUSTOMER_FIELDS} for c in created],
+            returning=[table.c.external_id, table.c.id],
+        )
+        assert inserted is not None
+        stored = {row["external_id"]: row["id"] for row in inserted.mappings()}
+        real = {c.id: stored[c.external_id] for c in created}
+        for customer in created:
+            customer.id = real[customer.id]
+        for row in (*self.consents, *self.surveys):
+            row["customer_id"] = real.get(row["customer_id"], row["customer_id"])
+        for order in run.orders.values():
+            if order.customer_id is not None:
+                order.customer_id = real.get(order.customer_id, order.customer_id)
 
     def _replan(self, run: Run, done: list[Done | None]) -> None:
         """The re-planned surveys' schedules, written while they are still pending (which also

@@ -93,7 +93,7 @@ class Run:
         self.surveys: dict[int, Survey] = {}  # of the anchor events' orders, by order id
         self.erased: dict[str, Any] = {}
         self.book = ConsentBook()
-        self.created: set[int] = set()  # ids of the customers this run created
+        self.created: set[int] = set()  # stand-in ids of the customers the run creates
         self.counted: dict[int, list[Any]] = {}
         self.enabled = channels_on()  # once for the run, not once per purchase
 
@@ -180,28 +180,54 @@ class Run:
             self.orders[row["external_id"]] = _order(row)
 
     def load_customers(self, purchases: list[PurchaseCompleted]) -> None:
+        """The purchases' customers: the stored ones locked in ``external_id`` order, the others
+        held blank under a negative stand-in id until the run's writes insert them with their
+        values (``ingest.batch``).
+
+        No other transaction can create one of them in between: every writer of a customer row
+        holds its subject's lock (:func:`~models.erasure.lock_subject`), taken here first by
+        :func:`~models.erasure.erased_at_many` (SQLite has a single writer). Inserting them at
+        the end, not as blank rows to be updated, spares each new customer a second version of
+        its row and of its index entries."""
         self.erased = erased_at_many(self.session, [p.customer.id for p in purchases])
         ids = sorted({p.customer.id for p in purchases if not self._erased_before(p)})
         if not ids:
             return
+        table = table_of(Customer)
+        for row in (
+            self.session.execute(
+                select(table)
+                .where(is_any(self.session, table.c.external_id, ids))
+                .order_by(table.c.external_id)
+                .with_for_update()
+            )
+            .mappings()
+            .all()
+        ):
+            self._hold(_customer(row))
         now = utcnow()
+        blank = dict.fromkeys(table.c.keys())
         missing = ContactStatus.missing
-        rows, created = self._create_and_lock(
-            table_of(Customer),
-            ids,
-            {
-                "email_status": missing,
-                "phone_status": missing,
-                "created_at": now,
-                "updated_at": now,
-            },
-        )
-        for row in rows:
-            customer = _customer(row)
-            self.customers[customer.external_id] = customer
-            self.by_id[customer.id] = customer
-            if customer.external_id in created:
-                self.created.add(customer.id)
+        for number, external_id in enumerate(
+            (external_id for external_id in ids if external_id not in self.customers), start=1
+        ):
+            customer = _customer(
+                {
+                    **blank,
+                    "id": -number,
+                    "external_id": external_id,
+                    "email_status": missing,
+                    "phone_status": missing,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+            self.created.add(customer.id)
+            self._hold(customer)
+
+    def _hold(self, customer: Customer) -> None:
+        self.customers[customer.external_id] = customer
+        self.by_id[customer.id] = customer
 
     def load_surveys(self, anchored: list[Order]) -> None:
         table = table_of(Survey)

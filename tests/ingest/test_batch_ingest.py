@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import OperatorConfig
@@ -105,6 +105,127 @@ def test_the_statements_do_not_grow_for_known_customers_with_history(db, config,
     assert counted[10] == counted[100]
 
 
+class Sent:
+    """The statements an engine sends, as text."""
+
+    def __init__(self, db: Database) -> None:
+        self.statements: list[str] = []
+        event.listen(db.engine, "before_cursor_execute", self._seen)
+        self._engine = db.engine
+
+    def _seen(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        self.statements.append(" ".join(statement.split()))
+
+    def close(self) -> None:
+        event.remove(self._engine, "before_cursor_execute", self._seen)
+
+
+def test_new_customers_are_stored_once_with_their_values_and_known_ones_updated(db, config, now):
+    """A new customer's row is inserted with what its purchases say (never a blank row updated
+    afterwards); its consents, survey and order point at it; a known customer is updated."""
+    ingest_batch(db.factory, [purchase("K-0", "known", at=now - timedelta(days=300))], config, now)
+    at = now - timedelta(hours=1)
+    batch = [
+        purchase("N-1", "new-1", at=at, email="One@Example.COM", phone="+12125550100"),
+        purchase("N-2", "new-2", at=at, phone=None, consent={"email": True}),
+        purchase("N-3", "new-1", at=at, email=None, phone="+40721000222", consent={"sms": True}),
+        purchase("K-1", "known", at=at, email="known@example.com"),
+    ]
+    sent = Sent(db)
+    try:
+        results = ingest_batch(db.factory, batch, config, now)
+    finally:
+        sent.close()
+    assert [r.status for r in results] == ["accepted"] * 4
+    updates = [s for s in sent.statements if s.startswith("UPDATE customers")]
+    inserts = [s for s in sent.statements if s.startswith("INSERT INTO customers")]
+    assert len(updates) == 1 and len(inserts) == 1
+    inserted = inserts[0].split(")")[0]
+    assert all(f" {name}," in inserted for name in ("email", "phone", "phone_timezone"))
+    with db.session() as s:
+        customers = {c.external_id: c for c in s.scalars(select(Customer))}
+        assert set(customers) == {"known", "new-1", "new-2"}
+        one, two, known = customers["new-1"], customers["new-2"], customers["known"]
+        # The later purchase's number, the earlier one's e-mail (the later gave none new).
+        assert (one.email, one.email_status) == ("one@example.com", "valid")
+        assert (one.phone, one.phone_timezone) == ("+40721000222", "Europe/Bucharest")
+        assert (one.first_name, one.country, one.previous_orders) == ("Ana", "RO", 3)
+        assert (two.phone, two.phone_status, two.phone_timezone) == (None, "missing", None)
+        assert known.email == "known@example.com"
+        owner = {o.external_id: o.customer_id for o in s.scalars(select(Order))}
+        assert owner == {
+            "K-0": known.id,
+            "K-1": known.id,
+            "N-1": one.id,
+            "N-2": two.id,
+            "N-3": one.id,
+        }
+        surveys = {v.order_id: v.customer_id for v in s.scalars(select(Survey))}
+        orders = {o.id: o.external_id for o in s.scalars(select(Order))}
+        assert {orders[o]: c for o, c in surveys.items()} == {
+            k: v for k, v in owner.items() if k in {orders[o] for o in surveys}
+        }
+        assert {orders[o] for o in surveys} >= {"N-1", "N-2"}
+        consents = {
+            (c.customer_id, c.channel, c.evidence_ref) for c in s.scalars(select(ConsentRecord))
+        }
+        assert (one.id, "sms", batch[2]["event_id"]) in consents
+        assert (two.id, "email", batch[1]["event_id"]) in consents
+        assert all(customer_id > 0 for customer_id, _, _ in consents)
+
+
+def test_a_customer_stored_meanwhile_by_a_writer_ignoring_the_lock_fails_the_set_not_the_event(
+    pg_db: Database, config: OperatorConfig, now: datetime, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every writer of a customer row holds its subject's lock, so a customer the run found
+    missing cannot appear before the run inserts it. Should one appear all the same, the insert
+    fails, the batch is applied one by one, and the event updates that row: nothing lost."""
+    db = pg_db
+
+    stored: list[bool] = []
+
+    def store_it_first(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if stored or not (
+            statement.startswith("SELECT customers.id") and "FOR UPDATE" in statement
+        ):
+            return
+        stored.append(True)
+        with db.engine.begin() as other:
+            other.execute(
+                insert(Customer).values(
+                    external_id="raced",
+                    first_name="Old",
+                    email_status="missing",
+                    phone_status="missing",
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+
+    event.listen(db.engine, "after_cursor_execute", store_it_first)
+    try:
+        results = ingest_batch(
+            db.factory,
+            [purchase("R-1", "raced", at=now - timedelta(hours=1), consent={"email": True})],
+            config,
+            now,
+        )
+    finally:
+        event.remove(db.engine, "after_cursor_execute", store_it_first)
+    assert stored
+    assert [(r.status, r.outcome) for r in results] == [
+        ("accepted", "planned: email, waiting_anchor")
+    ]
+    (fallback,) = [
+        r.getMessage() for r in caplog.records if "not applied as a set" in r.getMessage()
+    ]
+    assert "IntegrityError" in fallback
+    with db.session() as s:
+        (customer,) = s.scalars(select(Customer)).all()
+        assert (customer.external_id, customer.first_name) == ("raced", "Ana")
+        assert s.scalars(select(Survey.customer_id)).all() == [customer.id]
+
+
 def _one_by_one(
     factory: sessionmaker[Session], raws: list[Any], config: OperatorConfig, now: datetime
 ) -> list[IngestResult]:
@@ -133,6 +254,7 @@ def _snapshot(db: Database) -> dict[str, Any]:
                     c.email_status,
                     c.phone,
                     c.phone_status,
+                    c.phone_timezone,
                     c.first_name,
                     c.locale,
                     c.timezone,
