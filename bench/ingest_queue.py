@@ -101,11 +101,12 @@ def _drain(
     queue, actor, warm_up, payloads = send
     redis.Redis.from_url(_redis_url()).flushdb()
     client = _broker()
+    history = count()
     _enqueue(client, queue, actor, [warm_up])
     worker = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 1800
-        while (first := count()) == 0:
+        while (first := count()) == history:
             if time.monotonic() > deadline or worker.poll() is not None:
                 raise RuntimeError("the worker took nothing")
             time.sleep(0.05)
