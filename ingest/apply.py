@@ -40,6 +40,9 @@ def lock_customer(session: Session, external_id: str) -> Customer | None:
 
 
 def upsert_customer(session: Session, data: CustomerIn) -> Customer:
+    """The customer row, locked, created when missing, with what ``data`` gives. The caller
+    holds the subject's lock (:func:`~models.erasure.erased_at` takes it), as every creator of
+    a customer row must (:func:`~models.erasure.lock_subject`)."""
     customer = lock_customer(session, data.id)
     if customer is None:
         session.execute(

@@ -163,8 +163,10 @@ class _Writes:
 
     def flush(self, run: Run, done: list[Done | None]) -> None:
         session = run.session
+        # Split before the new customers' stand-in ids are replaced by stored ones.
+        new = [c for c in run.customers.values() if c.id in run.created]
         stored = [c for c in run.customers.values() if c.id not in run.created]
-        self._insert_customers(run)
+        self._insert_customers(run, new)
         update_rows(
             session,
             table_of(Customer),
@@ -184,16 +186,15 @@ class _Writes:
             self._replan(run, done)
         forget_subjects(session, self.forget)
 
-    def _insert_customers(self, run: Run) -> None:
+    def _insert_customers(self, run: Run, new: list[Customer]) -> None:
         """The customers the run creates, inserted with their values; their stand-in ids are
-        then replaced, in memory and in every row still to be written, by the ids stored.
+        then replaced by the ids stored, on the held customers and in every row still to be
+        written (``run.by_id`` and ``run.created`` keep the stand-ins: nothing reads them after
+        planning).
 
         A plain insert: should a row with one of these external ids exist after all (a writer
         not holding the subject's lock), the run fails and its events are applied one by one."""
-        created = sorted(
-            (c for c in run.customers.values() if c.id in run.created),
-            key=lambda c: c.external_id,
-        )
+        created = sorted(new, key=lambda c: c.external_id)
         if not created:
             return
         table = table_of(Customer)

@@ -88,7 +88,8 @@ class Run:
         self.items = items
         self.ctx = ctx
         self.orders: dict[str, Order] = {}
-        self.customers: dict[str, Customer] = {}  # locked, by the shop's id
+        # The purchases' customers by the shop's id: stored ones locked, new ones not stored yet.
+        self.customers: dict[str, Customer] = {}
         self.by_id: dict[int, Customer] = {}
         self.surveys: dict[int, Survey] = {}  # of the anchor events' orders, by order id
         self.erased: dict[str, Any] = {}
@@ -138,8 +139,8 @@ class Run:
 
     def _create_and_lock(
         self, table: Table, ids: list[str], values: Mapping[str, Any]
-    ) -> tuple[list[RowMapping], set[str]]:
-        """The rows of ``table`` with these external ids (sorted), locked, and the ids created.
+    ) -> list[RowMapping]:
+        """The rows of ``table`` with these external ids (sorted), locked.
 
         The missing rows are created with ``values`` by one insert, which returns them and
         locks them; the others are then locked by a SELECT, in external_id order as the insert
@@ -166,13 +167,13 @@ class Run:
                 .mappings()
                 .all()
             )
-        return rows, created
+        return rows
 
     def load_orders(self, live: list[int]) -> None:
         ids = sorted({self.items[i].event.order_id for i in live})
         if not ids:
             return
-        rows, _ = self._create_and_lock(
+        rows = self._create_and_lock(
             table_of(Order), ids, {"is_test": False, "created_at": utcnow()}
         )
         # Keyed by the shop's id: the order in which it is filled means nothing.
@@ -260,8 +261,8 @@ class Run:
                 self.by_id[row["id"]] = _customer(row)
 
     def load_history(self) -> None:
-        """Consent records and counted surveys of the customers; one created by this run has
-        none (no other transaction sees it before this one commits)."""
+        """Consent records and counted surveys of the stored customers (a new one has none: it
+        is not stored before the run's writes)."""
         ids = sorted(c.id for c in self.customers.values() if c.id not in self.created)
         if not ids:
             return

@@ -33,7 +33,12 @@ def lock_subject(session: Session, customer_external_id: str) -> None:
     An erasure takes it before writing its tombstone, and every reader of the tombstone takes
     it before reading. Without it, an event read "no tombstone" while an erasure was running,
     then waited on the customer row, and once the erasure had renamed that row to ``erased:``
-    created a fresh row under the shop's id, with the contacts the erasure had just removed."""
+    created a fresh row under the shop's id, with the contacts the erasure had just removed.
+
+    Every transaction that creates a customer row or changes its ``external_id`` holds it
+    too: ingest's per-event path through :func:`erased_at`, the set-based one through
+    :func:`erased_at_many`, and erasure. The set-based path relies on it to insert a customer it
+    found missing only when it writes (``ingest.batch_load``)."""
     if session.get_bind().dialect.name != "postgresql":
         return
     key = _lock_key(customer_external_id)

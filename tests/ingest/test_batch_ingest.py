@@ -4,12 +4,15 @@ outcomes as applying the same events one by one."""
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, insert, select
+from sqlalchemy import event, insert, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import OperatorConfig
@@ -106,18 +109,20 @@ def test_the_statements_do_not_grow_for_known_customers_with_history(db, config,
 
 
 class Sent:
-    """The statements an engine sends, as text."""
+    """The statements an engine sends, as text, and the rows each changed."""
 
     def __init__(self, db: Database) -> None:
         self.statements: list[str] = []
-        event.listen(db.engine, "before_cursor_execute", self._seen)
+        self.rowcounts: list[int] = []
+        event.listen(db.engine, "after_cursor_execute", self._seen)
         self._engine = db.engine
 
-    def _seen(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+    def _seen(self, _conn: Any, cursor: Any, statement: str, *_: Any) -> None:
         self.statements.append(" ".join(statement.split()))
+        self.rowcounts.append(cursor.rowcount)
 
     def close(self) -> None:
-        event.remove(self._engine, "before_cursor_execute", self._seen)
+        event.remove(self._engine, "after_cursor_execute", self._seen)
 
 
 def test_new_customers_are_stored_once_with_their_values_and_known_ones_updated(db, config, now):
@@ -137,9 +142,14 @@ def test_new_customers_are_stored_once_with_their_values_and_known_ones_updated(
     finally:
         sent.close()
     assert [r.status for r in results] == ["accepted"] * 4
-    updates = [s for s in sent.statements if s.startswith("UPDATE customers")]
+    updates = [
+        count
+        for statement, count in zip(sent.statements, sent.rowcounts, strict=True)
+        if statement.startswith("UPDATE customers")
+    ]
     inserts = [s for s in sent.statements if s.startswith("INSERT INTO customers")]
-    assert len(updates) == 1 and len(inserts) == 1
+    assert updates == [1]  # the known customer's row only
+    assert len(inserts) == 1
     inserted = inserts[0].split(")")[0]
     assert all(f" {name}," in inserted for name in ("email", "phone", "phone_timezone"))
     with db.session() as s:
@@ -224,6 +234,65 @@ def test_a_customer_stored_meanwhile_by_a_writer_ignoring_the_lock_fails_the_set
         (customer,) = s.scalars(select(Customer)).all()
         assert (customer.external_id, customer.first_name) == ("raced", "Ana")
         assert s.scalars(select(Survey.customer_id)).all() == [customer.id]
+        assert s.scalars(select(ConsentRecord.customer_id)).all() == [customer.id]
+
+
+def test_a_run_waits_for_a_writer_holding_the_subjects_lock_then_updates_its_row(
+    pg_db: Database, config: OperatorConfig, now: datetime, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A purchase applied on its own creates customer "w" and has not committed; a run about
+    "w" and a new "w2" waits on the subject's lock, then finds "w" stored and updates it."""
+    db = pg_db
+    at = now - timedelta(hours=1)
+    holding, release = threading.Event(), threading.Event()
+
+    def create_and_hold() -> None:
+        with db.factory() as session, session.begin():
+            result = ingest_in_session(session, purchase("W-1", "w", at=at), config, now)
+            assert result.status == "accepted"
+            holding.set()
+            release.wait(30)
+
+    def waiting_for_the_lock() -> int:
+        with db.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    text(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                    )
+                ).scalar_one()
+            )
+
+    batch = [
+        purchase("W-2", "w", at=at, phone="+40721000333", consent={"sms": True}),
+        purchase("W-3", "w2", at=at),
+    ]
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(create_and_hold)
+        assert holding.wait(30)
+        run = pool.submit(ingest_batch, db.factory, batch, config, now)
+        try:
+            deadline = time.monotonic() + 30
+            while waiting_for_the_lock() == 0 and time.monotonic() < deadline and not run.done():
+                time.sleep(0.01)
+            assert not run.done()  # it waits for the writer holding the lock
+        finally:
+            release.set()
+        first.result(30)
+        results = run.result(30)
+    assert [r.status for r in results] == ["accepted", "accepted"]
+    assert not [r for r in caplog.records if "not applied as a set" in r.getMessage()]
+    with db.session() as s:
+        customers = {c.external_id: c for c in s.scalars(select(Customer))}
+        assert set(customers) == {"w", "w2"}
+        assert customers["w"].phone == "+40721000333"
+        owner = {o.external_id: o.customer_id for o in s.scalars(select(Order))}
+        w, w2 = customers["w"].id, customers["w2"].id
+        assert owner == {"W-1": w, "W-2": w, "W-3": w2}
+        consents = {(c.evidence_ref, c.customer_id) for c in s.scalars(select(ConsentRecord))}
+        assert {ref for ref, _ in consents} >= {e["event_id"] for e in batch}
+        assert consents >= {(batch[0]["event_id"], w), (batch[1]["event_id"], w2)}
+        assert len(consents) == len({ref for ref, _ in consents})
 
 
 def _one_by_one(
