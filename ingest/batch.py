@@ -34,7 +34,14 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from dispatch.planning import compute_schedule
-from ingest.apply import ANCHOR_EVENTS, ApplyContext, fill_order, record_anchor, update_customer
+from ingest.apply import (
+    ANCHOR_EVENTS,
+    SHOP_SOURCE,
+    ApplyContext,
+    fill_order,
+    record_anchor,
+    update_customer,
+)
 from ingest.batch_load import PENDING, Run, RunItem, table_of
 from ingest.batch_plan import decide, schedule_values
 from ingest.outcome import Ignored, Outcome, Planned, Recorded, Skipped
@@ -143,10 +150,10 @@ def apply_run(session: Session, items: list[RunItem], ctx: ApplyContext) -> list
     for i in live:
         event = items[i].event
         if isinstance(event, PurchaseCompleted):
-            done[i] = _purchase(run, writes, event)
+            done[i] = _purchase(run, writes, event, i)
         else:
             done[i] = _anchor(run, writes, event, i)
-    writes.flush(run, done)
+    writes.flush(run, done, live)
     return [d if d is not None else Done(recorded=(None, None)) for d in done]
 
 
@@ -159,9 +166,11 @@ class _Writes:
         self.surveys: list[dict[str, Any]] = []
         # (index of the event in the run, survey, its new state, its new schedule)
         self.replans: list[tuple[int, Survey, SurveyState, dict[str, Any]]] = []
-        self.forget: set[str] = set()
+        # Subjects whose ledger rows to unlink, each with the index of the last event in the
+        # run doing so: the rows of the run's events after it stay (as applied one by one).
+        self.forget: dict[str, int] = {}
 
-    def flush(self, run: Run, done: list[Done | None]) -> None:
+    def flush(self, run: Run, done: list[Done | None], live: list[int]) -> None:
         session = run.session
         # Split before the new customers' stand-in ids are replaced by stored ones.
         new = [c for c in run.customers.values() if c.id in run.created]
@@ -184,7 +193,15 @@ class _Writes:
         insert_rows(session, table_of(Survey), self.surveys)
         if self.replans:
             self._replan(run, done)
-        forget_subjects(session, self.forget)
+        forget_subjects(
+            session,
+            self.forget,
+            sparing=[
+                (SHOP_SOURCE, run.items[i].event.event_id)
+                for i in live
+                if (subject := run.items[i].subject) in self.forget and i > self.forget[subject]
+            ],
+        )
 
     def _insert_customers(self, run: Run, new: list[Customer]) -> None:
         """The customers the run creates, inserted with their values; their stand-in ids are
@@ -253,7 +270,7 @@ class _Writes:
                 )
 
 
-def _purchase(run: Run, writes: _Writes, event: PurchaseCompleted) -> Done:
+def _purchase(run: Run, writes: _Writes, event: PurchaseCompleted, index: int) -> Done:
     order = run.orders[event.order_id]
     if order.purchased_at is not None:
         return Done("order already recorded", Ignored(reason="order_already_recorded"))
@@ -263,7 +280,7 @@ def _purchase(run: Run, writes: _Writes, event: PurchaseCompleted) -> Done:
         # (nor a ledger row tied to them).
         fill_order(order, event, customer_id=None)
         writes.skips.append(_skip(order, SkipReason.erased, None))
-        writes.forget.add(subject_key(event.customer.id))
+        writes.forget[subject_key(event.customer.id)] = index
         return Done("customer erased", Skipped(reason=SkipReason.erased.value))
     customer = run.customers[event.customer.id]
     update_customer(customer, event.customer)

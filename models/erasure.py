@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Table, func, select, text, update
+from sqlalchemy import Table, func, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from models.bulk import is_any
@@ -109,14 +109,25 @@ def forget_subject(session: Session, subject: str) -> None:
     forget_subjects(session, [subject])
 
 
-def forget_subjects(session: Session, subjects: Iterable[str]) -> None:
-    """:func:`forget_subject` for many subjects in one statement."""
+def forget_subjects(
+    session: Session, subjects: Iterable[str], sparing: Iterable[tuple[str, str]] = ()
+) -> None:
+    """:func:`forget_subject` for many subjects in one statement, except the ledger rows named
+    in ``sparing`` (source, event id)."""
     keys = sorted(set(subjects))
     if not keys:
         return
+    spared = sorted(set(sparing))
     session.execute(
         update(InboundEvent)
-        .where(InboundEvent.subject_key.in_(keys))
+        .where(
+            InboundEvent.subject_key.in_(keys),
+            *(
+                [tuple_(InboundEvent.source, InboundEvent.external_id).not_in(spared)]
+                if spared
+                else []
+            ),
+        )
         .values(payload=None, subject_key=None, survey_id=None, fingerprint=None)
         .execution_options(synchronize_session=False)
     )

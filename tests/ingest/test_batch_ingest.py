@@ -398,6 +398,8 @@ def _mixed_batch(now: datetime) -> tuple[list[dict[str, Any]], list[dict[str, An
         purchase("M-waiting", "c-wait", at=before),
         purchase("M-gone-1", "c-gone", at=before - timedelta(days=1)),
         erased("c-gone", at=before),
+        purchase("M-gone3-1", "c-gone3", at=before - timedelta(days=1)),
+        erased("c-gone3", at=before),
         order_event("delivered", "M-early", at=before),  # a delivery before its purchase
         # Bought later than the batch's purchase of the same customer: the cap looks both ways.
         purchase("M-later", "c-forward", at=now + timedelta(hours=2)),
@@ -428,6 +430,11 @@ def _mixed_batch(now: datetime) -> tuple[list[dict[str, Any]], list[dict[str, An
         purchase("M-b", "c-two", at=at),  # the same customer twice in one batch
         purchase("M-early", "c-early", at=before - timedelta(hours=1)),
         purchase("M-gone-2", "c-gone", at=before - timedelta(hours=1)),  # before the erasure
+        # After it: a customer anew, whose event keeps its ledger row's subject and digest.
+        purchase("M-back", "c-gone", at=at),
+        # The other way round: the late event unlinks the ledger rows before it, the new one's too.
+        purchase("M-back3", "c-gone3", at=at),
+        purchase("M-gone3-2", "c-gone3", at=before - timedelta(hours=1)),
         # Read by an event applied on its own, then given a phone by a purchase of a run: the
         # revocation after it falls back to SMS with that phone.
         consent_event("granted", "c-fb", at=at, email=True),
