@@ -3,13 +3,17 @@
     python -m bench.ingest_queue [--events 3000] [--batched-events 10000] [--processes 2]
                                  [--threads 8] [--history 20000]
 
-Three measurements in one run, each by a fresh worker (``--processes`` x ``--threads``) that
+Four measurements in one run, each by a fresh worker (``--processes`` x ``--threads``) that
 has stored a warm-up event, timed from the moment the messages are enqueued to the last event
 stored:
 
 - the bare baseline: ``bench.ingest_queue_bare``, a dramatiq actor inserting one row into a bare
   table and committing, one message per event, with the same processes and threads (at most 8
   connections per process);
+- a second reference, ``bare_grouped`` (``bench.ingest_queue_bare_grouped``): the same rows,
+  the threads of a process inserting theirs in shared groups through the product's group
+  commit, one ``executemany`` and one commit a group: what grouping allows when a group costs
+  next to nothing;
 - ``ingest_event``: the product's worker (``nps-dispatch worker``), one purchase per message,
   its threads applying their events in shared groups (``ingest.grouped``); ``mean_group`` is
   the events per applied group, read from the ledger (a group stamps one ``received_at``);
@@ -18,9 +22,9 @@ stored:
 
 The benchmark database is rebuilt before each (``bench.ingest_common``), then given a history
 of ``--history`` purchases of other customers and analysed, as a shop's database that has been
-running holds (``reset_with_history`` says why; ``--history 0`` measures on empty tables); the bare
-table gets as many rows. Redis is
-``NPS_BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6391/1``), flushed first. Prints one JSON
+running holds (``reset_with_history`` says why; ``--history 0`` measures on empty tables); the
+bare table gets as many rows. Redis is ``NPS_BENCH_REDIS_URL`` (default
+``redis://127.0.0.1:6391/1``), flushed first. Prints one JSON
 object: events/s and the workers' CPU-ms per event of each, the ratios, and the workers'
 resident memory. Nothing asserts on the figures.
 """
@@ -163,19 +167,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         env = product_env(url, Path(workdir), NPS_BROKER_URL=_redis_url())
 
-        # The bare baseline.
+        # The bare baselines: one row a message, then the rows of a group of messages.
         history = shop_events(args.history, prefix=HISTORY, at=now)
-        reset_schema(url)
-        with psycopg.connect(libpq_url(url)) as conn:
-            create_bare_table(conn, history)
-        events = shop_events(args.events + 1, prefix="qb", at=now)
-        figures["bare_actor"] = _drain(
-            [sys.executable, "-m", "dramatiq", "bench.ingest_queue_bare", *workers],
-            {**env, "NPS_BENCH_LIBPQ_URL": libpq_url(url)},
-            lambda: count_rows(url, "bare_events"),
-            ("bare", "bare_insert", events[0], events[1:]),
-            args.events,
-        )
+        for name, module, actor in (
+            ("bare_actor", "bench.ingest_queue_bare", "bare_insert"),
+            ("bare_grouped", "bench.ingest_queue_bare_grouped", "bare_grouped_insert"),
+        ):
+            reset_schema(url)
+            with psycopg.connect(libpq_url(url)) as conn:
+                create_bare_table(conn, history)
+            events = shop_events(args.events + 1, prefix="qb", at=now)
+            figures[name] = _drain(
+                [sys.executable, "-m", "dramatiq", module, *workers],
+                {**env, "NPS_BENCH_LIBPQ_URL": libpq_url(url)},
+                lambda: count_rows(url, "bare_events"),
+                ("bare", actor, events[0], events[1:]),
+                args.events,
+            )
 
         # One event per message.
         reset_with_history(url, history, now)
@@ -206,9 +214,17 @@ def main() -> None:
     bare = figures["bare_actor"]["events_per_s"]
     ratios = {
         f"ratio_{name}_to_bare": round(figures[key]["events_per_s"] / bare, 3)
-        for name, key in (("single", "ingest_event"), ("batched", "ingest_events"))
+        for name, key in (
+            ("single", "ingest_event"),
+            ("batched", "ingest_events"),
+            ("bare_grouped", "bare_grouped"),
+        )
         if key in figures
     }
+    # What the product's ingest leaves of what grouping allows.
+    ratios["ratio_single_to_bare_grouped"] = round(
+        figures["ingest_event"]["events_per_s"] / figures["bare_grouped"]["events_per_s"], 3
+    )
     print(
         json.dumps(
             {

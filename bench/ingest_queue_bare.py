@@ -31,7 +31,7 @@ for _ in range(_LIMIT):
 
 
 @contextmanager
-def _connection() -> Iterator[psycopg.Connection[Any]]:
+def connection() -> Iterator[psycopg.Connection[Any]]:
     conn = _slots.get()
     try:
         if conn is None:
@@ -41,21 +41,26 @@ def _connection() -> Iterator[psycopg.Connection[Any]]:
         _slots.put(conn)
 
 
+INSERT = "INSERT INTO bare_events VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+
+
+def row(event: dict[str, Any]) -> tuple[Any, ...]:
+    """The bare table's row for an event."""
+    customer = event.get("customer") or {}
+    return (
+        event["event_id"],
+        event["type"],
+        event.get("order_id"),
+        customer.get("id"),
+        customer.get("email"),
+        customer.get("phone"),
+        (event.get("total") or {}).get("amount"),
+        event["occurred_at"],
+    )
+
+
 @dramatiq.actor(queue_name="bare", max_retries=0)
 def bare_insert(event: dict[str, Any]) -> None:
-    customer = event.get("customer") or {}
-    with _connection() as conn:
-        conn.execute(
-            "INSERT INTO bare_events VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                event["event_id"],
-                event["type"],
-                event.get("order_id"),
-                customer.get("id"),
-                customer.get("email"),
-                customer.get("phone"),
-                (event.get("total") or {}).get("amount"),
-                event["occurred_at"],
-            ),
-        )
+    with connection() as conn:
+        conn.execute(INSERT, row(event))
         conn.commit()
