@@ -100,10 +100,15 @@ def _order(session: Session, external_id: str) -> Order:
 
 def apply_purchase(session: Session, event: PurchaseCompleted, ctx: ApplyContext) -> str:
     order = _order(session, event.order_id)
-    if order.purchased_at is not None:
-        return "order already recorded"  # a second purchase event for one order plans nothing
     tombstone = erased_at(session, event.customer.id)
-    if tombstone is not None and event.occurred_at <= tombstone:
+    erased_before = tombstone is not None and event.occurred_at <= tombstone
+    if order.purchased_at is not None:
+        # A second purchase event for one order plans nothing; one about an erased customer
+        # keeps nothing tied to them (its own ledger row included) either.
+        if erased_before:
+            forget_subject(session, subject_key(event.customer.id))
+        return "order already recorded"
+    if erased_before:
         # A late event about an erased customer: count the purchase, keep no personal data
         # (nor a ledger row tied to them).
         fill_order(order, event, customer_id=None)

@@ -130,13 +130,9 @@ def apply_run(session: Session, items: list[RunItem], ctx: ApplyContext) -> list
         if i not in taken:
             done[i] = Done(recorded=recorded.get(item.event.event_id, (None, None)))
     run.load_orders(live)
-    purchases = [
-        event
-        for i in live
-        if isinstance(event := items[i].event, PurchaseCompleted)
-        and run.orders[event.order_id].purchased_at is None
-    ]
-    run.load_customers(purchases)
+    run.load_customers(
+        [event for i in live if isinstance(event := items[i].event, PurchaseCompleted)]
+    )
     run.load_surveys(
         [
             order
@@ -273,6 +269,10 @@ class _Writes:
 def _purchase(run: Run, writes: _Writes, event: PurchaseCompleted, index: int) -> Done:
     order = run.orders[event.order_id]
     if order.purchased_at is not None:
+        # A second purchase event for one order plans nothing; one about an erased customer
+        # keeps nothing tied to them (its own ledger row included) either.
+        if run._erased_before(event):
+            writes.forget[subject_key(event.customer.id)] = index
         return Done("order already recorded", Ignored(reason="order_already_recorded"))
     now = run.ctx.now
     if run._erased_before(event):

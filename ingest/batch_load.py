@@ -181,9 +181,10 @@ class Run:
             self.orders[row["external_id"]] = _order(row)
 
     def load_customers(self, purchases: list[PurchaseCompleted]) -> None:
-        """The purchases' customers: the stored ones locked in ``external_id`` order, the others
-        held blank under a negative stand-in id until the run's writes insert them with their
-        values (``ingest.batch``).
+        """The purchases' tombstones (an erased customer's purchase of an order recorded before
+        is unlinked too), then the customers of those whose order is not recorded yet: the
+        stored ones locked in ``external_id`` order, the others held blank under a negative
+        stand-in id until the run's writes insert them with their values (``ingest.batch``).
 
         No other transaction can create one of them in between: every writer of a customer row
         holds its subject's lock (:func:`~models.erasure.lock_subject`), taken here first by
@@ -191,7 +192,13 @@ class Run:
         the end, not as blank rows to be updated, spares each new customer a second version of
         its row and of its index entries."""
         self.erased = erased_at_many(self.session, [p.customer.id for p in purchases])
-        ids = sorted({p.customer.id for p in purchases if not self._erased_before(p)})
+        ids = sorted(
+            {
+                p.customer.id
+                for p in purchases
+                if self.orders[p.order_id].purchased_at is None and not self._erased_before(p)
+            }
+        )
         if not ids:
             return
         table = table_of(Customer)

@@ -237,6 +237,24 @@ def test_a_customer_stored_meanwhile_by_a_writer_ignoring_the_lock_fails_the_set
         assert s.scalars(select(ConsentRecord.customer_id)).all() == [customer.id]
 
 
+@pytest.mark.parametrize("as_sets", [True, False])
+def test_a_recorded_orders_purchase_about_an_erased_customer_keeps_nothing_of_them(
+    db: Database, config: OperatorConfig, now: datetime, as_sets: bool
+) -> None:
+    before = now - timedelta(days=2)
+    ingest_batch(db.factory, [purchase("E-1", "c-e", at=before - timedelta(days=1))], config, now)
+    ingest_batch(db.factory, [erased("c-e", at=before)], config, now)
+    again = purchase("E-1", "c-e", at=before - timedelta(hours=1))
+    if as_sets:
+        results = ingest_batch(db.factory, [again], config, now)
+    else:
+        results = _one_by_one(db.factory, [again], config, now)
+    assert [r.outcome for r in results] == ["order already recorded"]
+    with db.session() as s:
+        row = s.scalars(select(InboundEvent).where(InboundEvent.external_id == again["event_id"]))
+        assert [(r.subject_key, r.fingerprint, r.payload) for r in row] == [(None, None, None)]
+
+
 def test_a_run_waits_for_a_writer_holding_the_subjects_lock_then_updates_its_row(
     pg_db: Database, config: OperatorConfig, now: datetime, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -259,6 +277,8 @@ def test_a_run_waits_for_a_writer_holding_the_subjects_lock_then_updates_its_row
                 conn.execute(
                     text(
                         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                        " AND database = (SELECT oid FROM pg_database"
+                        " WHERE datname = current_database())"
                     )
                 ).scalar_one()
             )
@@ -429,10 +449,15 @@ def _mixed_batch(now: datetime) -> tuple[list[dict[str, Any]], list[dict[str, An
         purchase("M-a", "c-two", at=at),
         purchase("M-b", "c-two", at=at),  # the same customer twice in one batch
         purchase("M-early", "c-early", at=before - timedelta(hours=1)),
+        earlier[1],  # a duplicate: claimed by no one, it shifts the run's positions
+        # An order recorded before the batch, sent again dated before the erasure: unlinked too.
+        purchase("M-gone-1", "c-gone", at=before - timedelta(days=1)),
         purchase("M-gone-2", "c-gone", at=before - timedelta(hours=1)),  # before the erasure
         # After it: a customer anew, whose event keeps its ledger row's subject and digest.
         purchase("M-back", "c-gone", at=at),
-        # The other way round: the late event unlinks the ledger rows before it, the new one's too.
+        # The other way round: a late event after it unlinks the ledger rows before it, the new
+        # one's too.
+        purchase("M-gone3-0", "c-gone3", at=before - timedelta(hours=2)),
         purchase("M-back3", "c-gone3", at=at),
         purchase("M-gone3-2", "c-gone3", at=before - timedelta(hours=1)),
         # Read by an event applied on its own, then given a phone by a purchase of a run: the
