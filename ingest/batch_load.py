@@ -157,17 +157,21 @@ class Run:
         created = {row["external_id"] for row in rows}
         existing = [external_id for external_id in ids if external_id not in created]
         if existing:
-            rows += (
-                self.session.execute(
-                    select(table)
-                    .where(is_any(self.session, table.c.external_id, existing))
-                    .order_by(table.c.external_id)
-                    .with_for_update()
-                )
-                .mappings()
-                .all()
-            )
+            rows += self._lock(table, existing)
         return rows
+
+    def _lock(self, table: Table, ids: list[str]) -> Sequence[RowMapping]:
+        """The stored rows of ``table`` with these external ids, locked in that order."""
+        return (
+            self.session.execute(
+                select(table)
+                .where(is_any(self.session, table.c.external_id, ids))
+                .order_by(table.c.external_id)
+                .with_for_update()
+            )
+            .mappings()
+            .all()
+        )
 
     def load_orders(self, live: list[int]) -> None:
         ids = sorted({self.items[i].event.order_id for i in live})
@@ -202,16 +206,7 @@ class Run:
         if not ids:
             return
         table = table_of(Customer)
-        for row in (
-            self.session.execute(
-                select(table)
-                .where(is_any(self.session, table.c.external_id, ids))
-                .order_by(table.c.external_id)
-                .with_for_update()
-            )
-            .mappings()
-            .all()
-        ):
+        for row in self._lock(table, ids):
             self._hold(_customer(row))
         now = utcnow()
         blank = dict.fromkeys(table.c.keys())
