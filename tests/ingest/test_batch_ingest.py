@@ -450,11 +450,12 @@ def _mixed_batch(now: datetime) -> tuple[list[dict[str, Any]], list[dict[str, An
         purchase("M-b", "c-two", at=at),  # the same customer twice in one batch
         purchase("M-early", "c-early", at=before - timedelta(hours=1)),
         earlier[1],  # a duplicate: claimed by no one, it shifts the run's positions
-        # An order recorded before the batch, sent again dated before the erasure: unlinked too.
-        purchase("M-gone-1", "c-gone", at=before - timedelta(days=1)),
         purchase("M-gone-2", "c-gone", at=before - timedelta(hours=1)),  # before the erasure
         # After it: a customer anew, whose event keeps its ledger row's subject and digest.
         purchase("M-back", "c-gone", at=at),
+        # An order recorded before the batch, sent again dated before the erasure: the last
+        # event of the run to unlink the subject, the returning customer's row included.
+        purchase("M-gone-1", "c-gone", at=before - timedelta(days=1)),
         # The other way round: a late event after it unlinks the ledger rows before it, the new
         # one's too.
         purchase("M-gone3-0", "c-gone3", at=before - timedelta(hours=2)),

@@ -15,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
@@ -74,6 +75,27 @@ def test_a_purchase_during_the_erasure_does_not_bring_the_customer_back(
     assert _live_customers(pg_db) == []
     with pg_db.session() as s:
         assert s.scalars(select(Survey.state)).all() == ["withdrawn"]  # the first purchase's
+
+
+@pytest.mark.parametrize("as_sets", [True, False])
+def test_a_recorded_orders_purchase_during_the_erasure_keeps_nothing_of_them(
+    pg_db: Database, config: OperatorConfig, as_sets: bool
+) -> None:
+    """A purchase event sent again for an order recorded before, dated before the erasure, runs
+    while the erasure is under way: it waits for it, then unlinks its own ledger row."""
+    ingest_event(pg_db.factory, purchase("A-1", "c-1", at="2026-11-18T10:00:00Z"), config, NOW)
+    again = purchase("A-1", "c-1", at="2026-11-18T11:00:00Z")
+
+    def send() -> list[IngestResult]:
+        if as_sets:
+            return ingest_batch(pg_db.factory, [again], config, NOW)
+        return [ingest_event(pg_db.factory, again, config, NOW)]
+
+    [answer] = _while_erasing(pg_db, config, send)
+    assert answer.outcome == "order already recorded"
+    with pg_db.session() as s:
+        row = s.scalars(select(InboundEvent).where(InboundEvent.external_id == again["event_id"]))
+        assert [(r.subject_key, r.fingerprint) for r in row] == [(None, None)]
 
 
 def test_a_consent_event_during_the_erasure_does_not_bring_the_customer_back(
