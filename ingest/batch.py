@@ -149,6 +149,13 @@ def apply_run(session: Session, items: list[RunItem], ctx: ApplyContext) -> list
             done[i] = _purchase(run, writes, event, i)
         else:
             done[i] = _anchor(run, writes, event, i)
+    for i, item in enumerate(items):
+        subject = run.recorded_subjects.get(item.event.event_id)
+        if i not in taken and subject in writes.forget and writes.forget[subject][0] < i:
+            # Its ledger row is unlinked by an event before it in the run: applied one by one,
+            # it would find no digest there to tell a changed copy by, so a duplicate.
+            _, event_type = recorded.get(item.event.event_id, (None, None))
+            done[i] = Done(recorded=(None, event_type))
     writes.flush(run, done, live)
     return [d if d is not None else Done(recorded=(None, None)) for d in done]
 
@@ -162,9 +169,15 @@ class _Writes:
         self.surveys: list[dict[str, Any]] = []
         # (index of the event in the run, survey, its new state, its new schedule)
         self.replans: list[tuple[int, Survey, SurveyState, dict[str, Any]]] = []
-        # Subjects whose ledger rows to unlink, each with the index of the last event in the
-        # run doing so: the rows of the run's events after it stay (as applied one by one).
-        self.forget: dict[str, int] = {}
+        # Subjects whose ledger rows to unlink, each with the indexes of the first and the last
+        # event in the run doing so: as applied one by one, the rows of the run's events after
+        # the last stay linked, and a row recorded before the run is unlinked from the first.
+        self.forget: dict[str, tuple[int, int]] = {}
+
+    def unlink(self, subject: str, index: int) -> None:
+        """The event at ``index`` in the run unlinks the subject's ledger rows."""
+        first, _ = self.forget.get(subject, (index, index))
+        self.forget[subject] = (first, index)
 
     def flush(self, run: Run, done: list[Done | None], live: list[int]) -> None:
         session = run.session
@@ -195,7 +208,7 @@ class _Writes:
             sparing=[
                 (SHOP_SOURCE, run.items[i].event.event_id)
                 for i in live
-                if (subject := run.items[i].subject) in self.forget and i > self.forget[subject]
+                if (subject := run.items[i].subject) in self.forget and i > self.forget[subject][1]
             ],
         )
 
@@ -272,7 +285,7 @@ def _purchase(run: Run, writes: _Writes, event: PurchaseCompleted, index: int) -
         # A second purchase event for one order plans nothing; one about an erased customer
         # keeps nothing tied to them (its own ledger row included) either.
         if run._erased_before(event):
-            writes.forget[subject_key(event.customer.id)] = index
+            writes.unlink(subject_key(event.customer.id), index)
         return Done("order already recorded", Ignored(reason="order_already_recorded"))
     now = run.ctx.now
     if run._erased_before(event):
@@ -280,7 +293,7 @@ def _purchase(run: Run, writes: _Writes, event: PurchaseCompleted, index: int) -
         # (nor a ledger row tied to them).
         fill_order(order, event, customer_id=None)
         writes.skips.append(_skip(order, SkipReason.erased, None))
-        writes.forget[subject_key(event.customer.id)] = index
+        writes.unlink(subject_key(event.customer.id), index)
         return Done("customer erased", Skipped(reason=SkipReason.erased.value))
     customer = run.customers[event.customer.id]
     update_customer(customer, event.customer)

@@ -97,6 +97,8 @@ class Run:
         self.created: set[int] = set()  # stand-in ids of the customers the run creates
         self.counted: dict[int, list[Any]] = {}
         self.enabled = channels_on()  # once for the run, not once per purchase
+        # The subject keys of the ledger rows found under the event ids the run did not claim.
+        self.recorded_subjects: dict[str, str | None] = {}
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -127,13 +129,19 @@ class Run:
         others = sorted({item.event.event_id for item in self.items} - claimed)
         recorded: dict[str, tuple[str | None, str | None]] = {}
         if others:
-            for external_id, digest, event_type in self.session.execute(
-                select(table.c.external_id, table.c.fingerprint, table.c.event_type).where(
+            for external_id, digest, event_type, subject in self.session.execute(
+                select(
+                    table.c.external_id,
+                    table.c.fingerprint,
+                    table.c.event_type,
+                    table.c.subject_key,
+                ).where(
                     table.c.source == SHOP_SOURCE,
                     is_any(self.session, table.c.external_id, others),
                 )
             ).all():
                 recorded[external_id] = (digest, event_type)
+                self.recorded_subjects[external_id] = subject
         live = [i for i, item in enumerate(self.items) if item.event.event_id in claimed]
         return live, recorded
 
