@@ -5,7 +5,8 @@ per order and per event id, and applies the other types one by one between them.
 fixed number of statements whatever its length:
 
 1. the ledger rows of its events (one ``INSERT ... ON CONFLICT DO NOTHING RETURNING``), and the
-   recorded fingerprints of those already there (duplicates and conflicts apply nothing);
+   recorded fingerprints and subject keys of those already there (duplicates and conflicts
+   apply nothing; one whose row an earlier event of the run unlinks is a duplicate);
 2. its orders, created when missing (the insert returns and locks them), the others then
    locked in ``external_id`` order;
 3. the purchases' subjects, locked and checked for a tombstone (``models.erasure``), then their
@@ -109,7 +110,8 @@ _SCHEDULE_FIELDS: Final = (
 @dataclass(frozen=True, slots=True)
 class Done:
     """What one event of the run did: accepted (``said``, ``effect``), or found in the ledger
-    already (``recorded``: the fingerprint and type recorded under its event id)."""
+    already (``recorded``: the fingerprint and type recorded under its event id, the fingerprint
+    None once an event before it in the run unlinks that row)."""
 
     said: str | None = None
     effect: Outcome | None = None

@@ -413,7 +413,10 @@ def _snapshot(db: Database) -> dict[str, Any]:
 def _mixed_batch(now: datetime) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Events set before the batch, and a batch touching every rule of planning and ingest."""
     before = now - timedelta(days=2)
-    back = purchase("M-back3-0", "c-gone3", at=before + timedelta(hours=1))
+    # Purchases of a customer anew after the erasure, and an anchor event, recorded before
+    # the batch; the batch sends changed copies of them around an event unlinking the customer.
+    back = [purchase(f"M-back4-{n}", "c-gone4", at=before + timedelta(hours=1)) for n in range(3)]
+    anchor = order_event("fulfilled", "M-anchor4", at=before)
     earlier = [
         purchase("M-old", "c-repeat", at=before),
         purchase("M-waiting", "c-wait", at=before),
@@ -421,7 +424,10 @@ def _mixed_batch(now: datetime) -> tuple[list[dict[str, Any]], list[dict[str, An
         erased("c-gone", at=before),
         purchase("M-gone3-1", "c-gone3", at=before - timedelta(days=1)),
         erased("c-gone3", at=before),
-        back,  # the customer anew
+        purchase("M-gone4-1", "c-gone4", at=before - timedelta(days=1)),
+        erased("c-gone4", at=before),
+        *back,
+        anchor,
         order_event("delivered", "M-early", at=before),  # a delivery before its purchase
         # Bought later than the batch's purchase of the same customer: the cap looks both ways.
         purchase("M-later", "c-forward", at=now + timedelta(hours=2)),
@@ -461,11 +467,17 @@ def _mixed_batch(now: datetime) -> tuple[list[dict[str, Any]], list[dict[str, An
         # The other way round: a late event after it unlinks the ledger rows before it, the new
         # one's too.
         purchase("M-gone3-0", "c-gone3", at=before - timedelta(hours=2)),
-        # A changed copy of an event whose row the one before unlinked: no digest is left to
-        # tell it by, so a duplicate (as one by one answers), not a conflict.
-        {**back, "total": {"amount": "5.00", "currency": "EUR"}},
         purchase("M-back3", "c-gone3", at=at),
         purchase("M-gone3-2", "c-gone3", at=before - timedelta(hours=1)),
+        # Changed copies of events recorded before the batch: one sent before the event that
+        # unlinks its customer's rows (a conflict); after it, no digest is left to tell them by
+        # (duplicates, as one by one answers), also for a copy naming another customer; an
+        # anchor event's row has no subject to unlink (a conflict).
+        {**back[0], "total": {"amount": "5.00", "currency": "EUR"}},
+        purchase("M-gone4-2", "c-gone4", at=before - timedelta(hours=1)),
+        {**back[1], "total": {"amount": "5.00", "currency": "EUR"}},
+        {**back[2], "customer": {**back[2]["customer"], "id": "c-other4"}},
+        {**anchor, "occurred_at": now.isoformat()},
         # Read by an event applied on its own, then given a phone by a purchase of a run: the
         # revocation after it falls back to SMS with that phone.
         consent_event("granted", "c-fb", at=at, email=True),
@@ -534,6 +546,17 @@ def test_a_batch_applied_as_sets_leaves_what_one_by_one_leaves(
             assert outcomes["M-known"] == "planned: sms, waiting_anchor"
             assert outcomes["M-ahead"] == "skipped: no_consent"
         assert _answers(as_sets) == _answers(one_by_one)
+        copies = {
+            raw["order_id"]: r.status
+            for raw, r in zip(batch, as_sets, strict=True)
+            if str(raw.get("order_id")).startswith(("M-back4", "M-anchor4"))
+        }
+        assert copies == {
+            "M-back4-0": "conflict",
+            "M-back4-1": "duplicate",
+            "M-back4-2": "duplicate",
+            "M-anchor4": "conflict",
+        }
         assert [r.outcome for r in as_sets] == [r.outcome for r in one_by_one]
         assert _snapshot(db) == _snapshot(other)
         # Sent again, every event is answered as before it was: a duplicate or a conflict.
