@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
-from sqlalchemy import Insert, RowMapping, Table, select
+from sqlalchemy import Insert, RowMapping, Select, Table, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -22,7 +22,7 @@ from ingest.apply import SHOP_SOURCE, ApplyContext
 from ingest.batch_plan import ConsentBook
 from ingest.schema import OrderEvent, PurchaseCompleted
 from models import ConsentRecord, Customer, InboundEvent, Order, Survey, utcnow
-from models.bulk import insert_rows, is_any
+from models.bulk import Match, insert_rows, is_any, select_any
 from models.customers import ContactStatus
 from models.erasure import erased_at_many
 from models.lifecycle import PENDING_STATES
@@ -170,16 +170,12 @@ class Run:
 
     def _lock(self, table: Table, ids: list[str]) -> Sequence[RowMapping]:
         """The stored rows of ``table`` with these external ids, locked in that order."""
-        return (
-            self.session.execute(
-                select(table)
-                .where(is_any(self.session, table.c.external_id, ids))
-                .order_by(table.c.external_id)
-                .with_for_update()
-            )
-            .mappings()
-            .all()
-        )
+
+        def build(match: Match) -> Select[Any]:
+            wanted = match(table.c.external_id)
+            return select(table).where(wanted).order_by(table.c.external_id).with_for_update()
+
+        return select_any(self.session, ("lock", table), build, ids).mappings().all()
 
     def load_orders(self, live: list[int]) -> None:
         ids = sorted({self.items[i].event.order_id for i in live})

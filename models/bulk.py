@@ -10,17 +10,16 @@ and are kept: ``executemany`` and ``IN``.
 Values go through each column's own type on the way in (``UtcDateTime`` refuses naive
 datetimes and normalises to UTC here as everywhere else).
 
-The PostgreSQL statements are built once per table and set of columns and kept: the rows are
-parameters, so the same statement object serves every call, and SQLAlchemy computes its cache
-key once instead of walking a new statement tree on every call (most of the CPU of a small
-batch otherwise).
+The PostgreSQL statements are built and compiled once per table and set of columns and kept
+(``models.prepared``): the rows are parameters, so each call only binds them and sends the
+same SQL text, instead of SQLAlchemy walking a new statement tree or its execution context on
+every call (most of the CPU of a small batch otherwise).
 """
 
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -28,7 +27,7 @@ from sqlalchemy import (
     Column,
     ColumnElement,
     Connection,
-    CursorResult,
+    Executable,
     Insert,
     String,
     Table,
@@ -46,13 +45,12 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Result
 from sqlalchemy.orm import Session
 
-__all__ = ["insert_rows", "is_any", "update_rows"]
+from models.prepared import Executor, run_kept
 
-
-#: Where a statement runs: a session, or a connection of its own (as the webhook intake uses).
-Executor = Session | Connection
+__all__ = ["Executor", "Match", "insert_rows", "is_any", "select_any", "update_rows"]
 
 
 def _postgresql(executor: Executor) -> bool:
@@ -104,18 +102,6 @@ def _arrays(
     }
 
 
-_statements: dict[tuple[Any, ...], Any] = {}
-_statements_lock = threading.Lock()
-
-
-def _kept(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
-    statement = _statements.get(key)
-    if statement is None:
-        with _statements_lock:
-            statement = _statements.setdefault(key, build())
-    return statement
-
-
 def insert_rows(
     executor: Executor,
     table: Table,
@@ -123,7 +109,7 @@ def insert_rows(
     *,
     ignoring: Sequence[str] = (),
     returning: Iterable[Any] = (),
-) -> CursorResult[Any] | None:
+) -> Result[Any] | None:
     """Insert ``rows`` (every row with the same keys) in one statement; with ``ignoring``,
     ``ON CONFLICT (ignoring) DO NOTHING`` (a concurrent insert of the same key waits for that
     transaction, then inserts nothing). Returns the result when ``returning`` names columns,
@@ -148,13 +134,13 @@ def insert_rows(
         arrays = _arrays(table, names, rows)
         if all(isinstance(c, Column) and c.table is table for c in wanted):
             key = ("insert", table, tuple(names), tuple(ignoring), tuple(c.key for c in wanted))
-            return executor.execute(_kept(key, build), arrays)  # type: ignore[return-value]
-        return executor.execute(build(), arrays)  # type: ignore[return-value]
+            return run_kept(executor, key, build, arrays)
+        return executor.execute(build(), arrays)
     lite = sqlite_insert(table)
     statement = lite.on_conflict_do_nothing(index_elements=list(ignoring)) if ignoring else lite
     if wanted:
         statement = statement.returning(*wanted)
-    return executor.execute(statement, list(rows))  # type: ignore[return-value]
+    return executor.execute(statement, list(rows))
 
 
 def update_rows(
@@ -186,9 +172,12 @@ def update_rows(
                 .values({name: given.c[name] for name in fields})
             )
 
-        # A condition is built anew by each caller: only the plain statement is kept.
-        statement = _kept(("update", table, tuple(fields)), build) if not only_when else build()
-        session.execute(statement, _arrays(table, names, ordered))
+        arrays = _arrays(table, names, ordered)
+        if only_when:
+            # A condition is built anew by each caller: only the plain statement is kept.
+            session.execute(build(), arrays)
+        else:
+            run_kept(session, ("update", table, tuple(fields)), build, arrays)
         return
     statement = (
         update(table)
@@ -207,3 +196,31 @@ def is_any(session: Session, target: ColumnElement[Any], values: Sequence[Any]) 
     if _postgresql(session):
         return target == any_(bindparam(None, list(values), type_=ARRAY(_as_text(target.type))))
     return target.in_(list(values))
+
+
+Match = Callable[[ColumnElement[Any]], ColumnElement[bool]]
+
+
+def select_any(
+    executor: Executor,
+    key: Hashable,
+    build: Callable[[Match], Executable],
+    values: Sequence[Any],
+) -> Result[Any]:
+    """Run the statement ``build(match)``, where ``match(column)`` is ``column IN values``.
+
+    On PostgreSQL the statement is kept under ``key`` (``models.prepared``), ``column =
+    ANY(array)`` with the values as one parameter; on SQLite it is built on each call."""
+    params = {"values": list(values)}
+    if _postgresql(executor):
+
+        def any_of(target: ColumnElement[Any]) -> ColumnElement[bool]:
+            kind = ARRAY(_as_text(target.type))
+            return target == any_(bindparam("values", type_=kind))
+
+        return run_kept(executor, key, lambda: build(any_of), params)
+
+    def in_(target: ColumnElement[Any]) -> ColumnElement[bool]:
+        return target.in_(bindparam("values", expanding=True))
+
+    return executor.execute(build(in_), params)

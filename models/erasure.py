@@ -9,15 +9,19 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Table, func, select, text, tuple_, update
+from sqlalchemy import Select, Table, func, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
-from models.bulk import is_any
+from models.bulk import Match, select_any
 from models.customers import ErasedSubject
 from models.inbound import InboundEvent
+from models.prepared import run_kept
 from models.privacy import legacy_tombstone, pseudonymiser
 
 _TOMBSTONES = cast(Table, ErasedSubject.__table__)
+_LOCK_SUBJECTS = text(
+    "SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:keys AS bigint[])) AS t(k)"
+)
 
 
 def subject_key(customer_external_id: str) -> str:
@@ -57,13 +61,13 @@ def lock_subjects(session: Session, customer_external_ids: Iterable[str]) -> Non
         return
     keys = sorted({_lock_key(external_id) for external_id in customer_external_ids})
     if keys:
-        session.execute(
-            text(
-                "SELECT count(pg_advisory_xact_lock(k)) "
-                "FROM unnest(CAST(:keys AS bigint[])) AS t(k)"
-            ),
-            {"keys": keys},
-        )
+        run_kept(session, "lock_subjects", lambda: _LOCK_SUBJECTS, {"keys": keys})
+
+
+def _tombstones(match: Match) -> Select[tuple[str, datetime]]:
+    return select(_TOMBSTONES.c.subject_hash, _TOMBSTONES.c.erased_at).where(
+        match(_TOMBSTONES.c.subject_hash)
+    )
 
 
 def erased_at_many(
@@ -81,11 +85,10 @@ def erased_at_many(
     found: dict[str, datetime | None] = dict.fromkeys(ids)
     if not keys:
         return found
-    for subject_hash, at in session.execute(
-        select(ErasedSubject.subject_hash, ErasedSubject.erased_at).where(
-            is_any(session, _TOMBSTONES.c.subject_hash, list(keys))
-        )
-    ):
+    found_rows = cast(
+        Iterable[tuple[str, datetime]], select_any(session, "tombstones", _tombstones, list(keys))
+    )
+    for subject_hash, at in found_rows:
         external_id = keys[subject_hash]
         was = found[external_id]
         found[external_id] = at if was is None else max(was, at)

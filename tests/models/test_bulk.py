@@ -216,19 +216,19 @@ def test_an_over_long_text_is_refused_on_postgresql_not_cut(pg_db: Database) -> 
 
 
 def test_postgresql_builds_each_statement_once_and_reuses_it(pg_db: Database) -> None:
-    from models import bulk
+    from models import prepared
 
     with pg_db.session() as session, session.begin():
         insert_rows(session, ORDERS, [_order("o-1")])
-        kept = len(bulk._statements)
+        kept = len(prepared._kept)
         inserted = insert_rows(session, ORDERS, [_order("o-2"), _order("o-3", previous_orders=2)])
         assert inserted is not None
-        assert len(bulk._statements) == kept  # same table and columns: the same statement
+        assert len(prepared._kept) == kept  # same table and columns: the same statement
         ids = session.scalars(select(ORDERS.c.id).order_by(ORDERS.c.id)).all()
         update_rows(session, ORDERS, ["currency"], [{"id": ids[0], "currency": "EUR"}])
-        kept = len(bulk._statements)
+        kept = len(prepared._kept)
         update_rows(session, ORDERS, ["currency"], [{"id": i, "currency": "USD"} for i in ids[1:]])
-        assert len(bulk._statements) == kept
+        assert len(prepared._kept) == kept
     with pg_db.session() as session:
         got = {row.external_id: row.currency for row in session.execute(select(ORDERS))}
     assert got == {"o-1": "EUR", "o-2": "USD", "o-3": "USD"}
