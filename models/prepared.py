@@ -135,12 +135,14 @@ def run_kept(
     """Run the statement ``build`` returns, kept under ``key`` (built and compiled on the first
     call), with ``params``: one value for each parameter the statement leaves open."""
     conn = connection_of(executor)
-    kept = _kept.get(key)
+    # The SQL text is the dialect's: a process may hold engines of both backends.
+    where = (conn.dialect.name, key)
+    kept = _kept.get(where)
     if kept is None:
         with _kept_lock:
-            kept = _kept.get(key)
+            kept = _kept.get(where)
             if kept is None:
-                kept = _kept[key] = _compile(build(), conn.dialect)
+                kept = _kept[where] = _compile(build(), conn.dialect)
     values = dict(kept.fixed)
     try:
         for sent, (compute, processor) in kept.computed.items():
