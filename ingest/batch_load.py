@@ -147,21 +147,25 @@ class Run:
 
     def _create_and_lock(
         self, table: Table, ids: list[str], values: Mapping[str, Any]
-    ) -> list[RowMapping]:
+    ) -> list[Mapping[Any, Any]]:
         """The rows of ``table`` with these external ids (sorted), locked.
 
-        The missing rows are created with ``values`` by one insert, which returns them and
+        The missing rows are created with ``values`` by one insert, which returns their ids and
         locks them; the others are then locked by a SELECT, in external_id order as the insert
-        took the new ones."""
+        took the new ones. A created row holds ``values`` and NULL elsewhere (``table`` has no
+        server-side default), so only its id is read back: reading whole rows cost the client
+        more than the insert itself."""
+        assert not any(c.server_default is not None for c in table.c), table.name
         inserted = insert_rows(
             self.session,
             table,
             [{"external_id": external_id, **values} for external_id in ids],
             ignoring=["external_id"],
-            returning=table.c,
+            returning=[table.c.id, table.c.external_id],
         )
         assert inserted is not None
-        rows = list(inserted.mappings().all())
+        blank = {**dict.fromkeys(table.c.keys()), **values}
+        rows: list[Mapping[Any, Any]] = [{**blank, **row} for row in inserted.mappings()]
         created = {row["external_id"] for row in rows}
         existing = [external_id for external_id in ids if external_id not in created]
         if existing:
