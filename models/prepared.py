@@ -35,6 +35,7 @@ from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.sql.schema import CallableColumnDefault, ScalarElementColumnDefault
 
 __all__ = ["Executor", "connection_of", "run_kept"]
 
@@ -84,35 +85,32 @@ def _compile(statement: Executable, dialect: Dialect) -> _Kept:
     if "POSTCOMPILE" in sql or compiled.positional:
         raise ValueError("a kept statement needs named parameters and no expanding IN")
     escaped = compiled.escaped_bind_names
+    # The columns an INSERT or UPDATE leaves to their Python-side default or onupdate, which
+    # the compiler renders as parameters for the execution to fill.
+    defaults = {c.key: c.default for c in compiled.insert_prefetch}
+    defaults.update({c.key: c.onupdate for c in compiled.update_prefetch})
     given: dict[str, tuple[str, Processor | None]] = {}
     fixed: dict[str, Any] = {}
     computed: dict[str, tuple[Callable[[Any], Any], Processor | None]] = {}
     for name, bind in compiled.binds.items():
         processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
         key = escaped.get(name, name)
-        value = bind.effective_value
-        default = _default(statement, name) if value is None and not bind.required else None
-        if bind.required:
+        if name in defaults:
+            default = defaults[name]
+            if not isinstance(default, (ScalarElementColumnDefault, CallableColumnDefault)):
+                raise ValueError(f"{name}: a kept statement cannot compute this default")
+            if default.is_callable:
+                computed[key] = (default.arg, processor)
+                continue
+            value = default.arg
+        elif bind.required:
             given[name] = (key, processor)
-        elif default is not None and default.is_callable:
-            computed[key] = (default.arg, processor)
+            continue
         else:
-            value = default.arg if default is not None else value
-            fixed[key] = value if processor is None else processor(value)
+            value = bind.effective_value
+        fixed[key] = value if processor is None else processor(value)
     columns = list(getattr(statement, "exported_columns", ()))
     return _Kept(sql, given, fixed, computed, columns)
-
-
-def _default(statement: Executable, name: str) -> Any:
-    """The Python-side default of the column ``name`` that an INSERT leaves to its default
-    (rendered as a parameter), or None."""
-    table = getattr(statement, "table", None)
-    if table is None or name not in table.c:
-        return None
-    default = table.c[name].default
-    if default is not None and not (default.is_scalar or default.is_callable):
-        raise ValueError(f"{table.name}.{name}: a kept statement cannot compute this default")
-    return default
 
 
 def _loaders(kept: _Kept, result: Any, dialect: Dialect) -> list[Processor | None] | None:
@@ -135,8 +133,8 @@ def run_kept(
     """Run the statement ``build`` returns, kept under ``key`` (built and compiled on the first
     call), with ``params``: one value for each parameter the statement leaves open."""
     conn = connection_of(executor)
-    # The SQL text is the dialect's: a process may hold engines of both backends.
-    where = (conn.dialect.name, key)
+    # The SQL text is the dialect's (and its driver's): a process may hold engines of both.
+    where = (type(conn.dialect), key)
     kept = _kept.get(where)
     if kept is None:
         with _kept_lock:
@@ -151,6 +149,9 @@ def run_kept(
         for name, (sent, processor) in kept.given.items():
             value = params[name]
             values[sent] = value if processor is None else processor(value)
+    except KeyError as exc:
+        message = f"missing parameter {exc.args[0]!r}"
+        raise StatementError(message, kept.sql, None, exc, hide_parameters=True) from exc
     except (TypeError, ValueError) as exc:
         # As SQLAlchemy reports a value its type refuses; the parameters stay out of it.
         name = f"{type(exc).__module__}.{type(exc).__name__}"

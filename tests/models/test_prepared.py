@@ -8,11 +8,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import Table, func, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Integer, String, Table, Update, bindparam, func, select, text, update
+from sqlalchemy.exc import IntegrityError, StatementError
 
 from models import Order
 from models.bulk import insert_rows, select_any
+from models.prepared import run_kept
 from tests.conftest import Database
 
 NOW = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)
@@ -93,3 +94,29 @@ def test_a_refused_row_raises_the_engines_error_with_the_row_values_hidden(
     assert "hidden" in str(raised.value)
     with pg_db.session() as session:
         assert session.scalar(select(func.count()).select_from(ORDERS)) == 1
+
+
+def test_a_null_written_by_the_statement_stays_null_and_a_missing_parameter_is_named(
+    pg_db: Database,
+) -> None:
+    with pg_db.session() as session, session.begin():
+        insert_rows(session, ORDERS, [_order("o-1", category="shoes")])
+
+    def build() -> Update:
+        return (
+            update(ORDERS)
+            .where(ORDERS.c.external_id == bindparam("wanted", type_=String()))
+            .values(category=None, previous_orders=bindparam("count", type_=Integer()))
+        )
+
+    with pg_db.session() as session, session.begin():
+        run_kept(session, ("test-null", ORDERS), build, {"wanted": "o-1", "count": 3})
+    with (
+        pytest.raises(StatementError, match="missing parameter 'count'"),
+        pg_db.session() as session,
+        session.begin(),
+    ):
+        run_kept(session, ("test-null", ORDERS), build, {"wanted": "o-1"})
+    with pg_db.session() as session:
+        row = session.execute(select(ORDERS.c.category, ORDERS.c.previous_orders)).one()
+    assert tuple(row) == (None, 3)
