@@ -152,7 +152,9 @@ class GroupCommit(Generic[Item, Result]):
             # Queued inside the try: an interrupt as it is queued takes it away again.
             with self._lock:
                 self._waiting.append(slot)
-                if self._gathering:
+                if self._gathering and len(self._waiting) >= self._last_size:
+                    # Only the arrival that completes the gathering wakes the leader: waking it
+                    # on each one cost a context switch per item for a check that fails.
                     self._arrived.notify()
             while not slot.done:
                 self._lead_or_wait(slot)
