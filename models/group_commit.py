@@ -154,8 +154,11 @@ class GroupCommit(Generic[Item, Result]):
                 self._waiting.append(slot)
                 if self._gathering and len(self._waiting) >= self._last_size:
                     # Only the arrival that completes the gathering wakes the leader: waking it
-                    # on each one cost a context switch per item for a check that fails.
-                    self._arrived.notify()
+                    # on each one cost a context switch per item for a check that fails. All
+                    # waiters, though only the leader waits here: a leader interrupted inside
+                    # Condition.wait can leave its waiter queued, and notify() would release
+                    # that one instead of the live leader, which would then sleep out gather_for.
+                    self._arrived.notify_all()
             while not slot.done:
                 self._lead_or_wait(slot)
         except BaseException:

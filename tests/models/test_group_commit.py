@@ -215,6 +215,82 @@ def test_after_a_group_of_one_nothing_is_gathered() -> None:
             assert pool.submit(committer.submit, item).result(timeout=10) == item
 
 
+def _gathering_after_a_group_of_three(gather_for: float) -> tuple[Any, ...]:
+    """A committer whose last group held three items (so the next leader gathers), the groups
+    applied so far, each item's outcome, and a function starting ``submit(item)`` in a daemon
+    thread (a thread left gathering must not hold the test process)."""
+    release_first = threading.Event()
+    groups: list[list[str]] = []
+    outcomes: dict[str, object] = {}
+
+    def apply(items: list[str]) -> list[str]:
+        groups.append(list(items))
+        if items == ["first"]:
+            assert release_first.wait(10)
+        return items
+
+    committer: GroupCommit[str, str] = GroupCommit(apply, stall_after=600, gather_for=gather_for)
+
+    def run(item: str) -> None:
+        try:
+            outcomes[item] = committer.submit(item)
+        except BaseException as exc:
+            outcomes[item] = exc
+
+    def start(item: str) -> threading.Thread:
+        thread = threading.Thread(target=run, args=(item,), daemon=True)
+        thread.start()
+        return thread
+
+    first = start("first")
+    while not groups:
+        time.sleep(0.001)
+    three = [start(item) for item in "abc"]
+    while len(committer._waiting) < 3:
+        time.sleep(0.001)
+    release_first.set()
+    for thread in (first, *three):
+        thread.join(10)
+    assert [sorted(group) for group in groups] == [["first"], ["a", "b", "c"]]
+    assert committer._last_size == 3
+    return committer, groups, outcomes, start
+
+
+def _complete_a_gathering(committer: Any, groups: Any, outcomes: Any, start: Any) -> None:
+    lead = start("d")
+    while not committer._gathering:  # d leads and gathers: one item of three
+        time.sleep(0.001)
+    second = start("e")
+    while len(committer._waiting) < 2:
+        time.sleep(0.001)
+    assert committer._gathering and len(groups) == 2  # two of three: still gathering
+    last = start("f")  # completes the group: must wake the leader
+    for thread in (lead, second, last):
+        thread.join(10)
+    assert not committer._gathering, "the gathering leader was not woken by the completing item"
+    assert [outcomes[item] for item in "def"] == ["d", "e", "f"]
+    assert sorted(groups[-1]) == ["d", "e", "f"]
+
+
+def test_the_item_completing_a_gathering_wakes_its_leader() -> None:
+    """gather_for is far longer than the joins: the group is applied only if the arrival that
+    completes it wakes the gathering leader."""
+    _complete_a_gathering(*_gathering_after_a_group_of_three(gather_for=300))
+
+
+def test_a_waiter_left_on_the_arrival_condition_does_not_swallow_the_wake_up() -> None:
+    """A gathering leader stopped inside Condition.wait (between queueing its waiter and
+    releasing the lock, or after a timed-out wait takes the lock back and before it unqueues the
+    waiter) leaves its waiter on ``_arrived``; a notify() of one waiter would release that one
+    instead of the live leader. Simulated by queueing a dead waiter."""
+    committer, groups, outcomes, start = _gathering_after_a_group_of_three(gather_for=300)
+    dead = threading.Lock()
+    dead.acquire()
+    with committer._lock:
+        committer._arrived._waiters.append(dead)
+    _complete_a_gathering(committer, groups, outcomes, start)
+
+
 def test_while_a_group_is_stuck_later_groups_are_not_held_back_one_stall_after_each() -> None:
     """While one group is stuck, every group after the one that went round it starts at once:
     the stall is measured from the latest group still running, not from a finished one."""
