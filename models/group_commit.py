@@ -152,7 +152,7 @@ class GroupCommit(Generic[Item, Result]):
             # Queued inside the try: an interrupt as it is queued takes it away again.
             with self._lock:
                 self._waiting.append(slot)
-                if self._gathering and len(self._waiting) >= self._last_size:
+                if self._gathering and self._gathered():
                     # Only the arrival that completes the gathering wakes the leader: waking it
                     # on each one cost a context switch per item for a check that fails. All
                     # waiters, though only the leader waits here: a leader interrupted inside
@@ -247,6 +247,11 @@ class GroupCommit(Generic[Item, Result]):
                         self._groups.remove(group)
                     self._changed.notify_all()
 
+    def _gathered(self) -> bool:
+        """As many items wait as the last group held (under the lock): what a gathering leader
+        waits for, and what the arrival that brings it about wakes the leader for."""
+        return len(self._waiting) >= self._last_size
+
     def _gather(self) -> None:
         """Wait, at most ``gather_for``, until as many items wait as the last group held.
 
@@ -258,8 +263,6 @@ class GroupCommit(Generic[Item, Result]):
             return
         self._gathering = True
         try:
-            self._arrived.wait_for(
-                lambda: len(self._waiting) >= self._last_size, timeout=self._gather_for
-            )
+            self._arrived.wait_for(self._gathered, timeout=self._gather_for)
         finally:
             self._gathering = False

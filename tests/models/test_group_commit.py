@@ -6,7 +6,9 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -176,36 +178,6 @@ def test_a_leader_interrupted_while_waiting_leaves_no_group_running() -> None:
     assert committer.submit(2) == 2
 
 
-def test_a_leader_gathers_as_many_items_as_the_last_group_held() -> None:
-    """The threads of a group come back one by one: the first waits for the others instead of
-    leading a group of one ahead of them."""
-    release_first = threading.Event()
-    groups: list[list[str]] = []
-
-    def apply(items: list[str]) -> list[str]:
-        groups.append(list(items))
-        if items == ["first"]:
-            assert release_first.wait(10)
-        return items
-
-    committer: GroupCommit[str, str] = GroupCommit(apply, stall_after=60, gather_for=30)
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        first = pool.submit(committer.submit, "first")
-        while not groups:
-            threading.Event().wait(0.001)
-        three = [pool.submit(committer.submit, item) for item in ("a", "b", "c")]
-        while len(committer._waiting) < 3:
-            threading.Event().wait(0.001)
-        release_first.set()
-        assert [f.result(10) for f in (first, *three)] == ["first", "a", "b", "c"]
-        # The last group held three: the next leader waits for two more items.
-        back = [pool.submit(committer.submit, "d")]
-        threading.Event().wait(0.1)
-        back += [pool.submit(committer.submit, item) for item in ("e", "f")]
-        assert [f.result(10) for f in back] == ["d", "e", "f"]
-    assert [sorted(group) for group in groups] == [["first"], ["a", "b", "c"], ["d", "e", "f"]]
-
-
 def test_after_a_group_of_one_nothing_is_gathered() -> None:
     committer: GroupCommit[int, int] = GroupCommit(
         lambda items: items, stall_after=60, gather_for=30
@@ -215,67 +187,88 @@ def test_after_a_group_of_one_nothing_is_gathered() -> None:
             assert pool.submit(committer.submit, item).result(timeout=10) == item
 
 
-def _gathering_after_a_group_of_three(gather_for: float) -> tuple[Any, ...]:
-    """A committer whose last group held three items (so the next leader gathers), the groups
-    applied so far, each item's outcome, and a function starting ``submit(item)`` in a daemon
-    thread (a thread left gathering must not hold the test process)."""
-    release_first = threading.Event()
-    groups: list[list[str]] = []
-    outcomes: dict[str, object] = {}
+def _until(condition: Callable[[], bool]) -> None:
+    """Poll ``condition`` until it holds; fail after 10 s rather than hang the run."""
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.001)
 
-    def apply(items: list[str]) -> list[str]:
-        groups.append(list(items))
+
+@dataclass
+class _Gathering:
+    """A committer whose last group held three items, so that its next leader gathers; the
+    groups it applied and each item's outcome. ``gather_for`` is far longer than any wait here:
+    a group gathered in time was completed by a wake-up, not by the leader's timeout."""
+
+    groups: list[list[str]] = field(default_factory=list)
+    outcomes: dict[str, object] = field(default_factory=dict)
+    release_first: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.committer: GroupCommit[str, str] = GroupCommit(
+            self._apply, stall_after=600, gather_for=300
+        )
+        first = self.start("first")
+        _until(lambda: bool(self.groups))
+        three = [self.start(item) for item in "abc"]
+        _until(lambda: len(self.committer._waiting) == 3)
+        self.release_first.set()
+        self.join(first, *three)
+        assert [self.outcomes[item] for item in ("first", "a", "b", "c")] == [
+            "first",
+            "a",
+            "b",
+            "c",
+        ]
+        assert self.committer._last_size == 3
+
+    def _apply(self, items: list[str]) -> list[str]:
+        self.groups.append(list(items))
         if items == ["first"]:
-            assert release_first.wait(10)
+            assert self.release_first.wait(10)
         return items
 
-    committer: GroupCommit[str, str] = GroupCommit(apply, stall_after=600, gather_for=gather_for)
-
-    def run(item: str) -> None:
+    def _run(self, item: str) -> None:
         try:
-            outcomes[item] = committer.submit(item)
+            self.outcomes[item] = self.committer.submit(item)
         except BaseException as exc:
-            outcomes[item] = exc
+            self.outcomes[item] = exc
 
-    def start(item: str) -> threading.Thread:
-        thread = threading.Thread(target=run, args=(item,), daemon=True)
+    def start(self, item: str) -> threading.Thread:
+        """``submit(item)`` in a daemon thread: one left gathering must not hold the run."""
+        thread = threading.Thread(target=self._run, args=(item,), daemon=True)
         thread.start()
         return thread
 
-    first = start("first")
-    while not groups:
-        time.sleep(0.001)
-    three = [start(item) for item in "abc"]
-    while len(committer._waiting) < 3:
-        time.sleep(0.001)
-    release_first.set()
-    for thread in (first, *three):
-        thread.join(10)
-    assert [sorted(group) for group in groups] == [["first"], ["a", "b", "c"]]
-    assert committer._last_size == 3
-    return committer, groups, outcomes, start
+    @staticmethod
+    def join(*threads: threading.Thread) -> None:
+        for thread in threads:
+            thread.join(10)
+
+    def complete_the_next_group(self) -> None:
+        """Three items come back one by one: the first leads and gathers, the third completes
+        the group and must wake it."""
+        lead = self.start("d")
+        _until(lambda: self.committer._gathering)
+        second = self.start("e")
+        _until(lambda: len(self.committer._waiting) == 2)
+        assert self.committer._gathering and len(self.groups) == 2  # two of three: still waiting
+        last = self.start("f")
+        self.join(lead, second, last)
+        assert not self.committer._gathering, "the completing item did not wake the leader"
+        assert [self.outcomes[item] for item in "def"] == ["d", "e", "f"]
+        assert [sorted(group) for group in self.groups] == [
+            ["first"],
+            ["a", "b", "c"],
+            ["d", "e", "f"],
+        ]
 
 
-def _complete_a_gathering(committer: Any, groups: Any, outcomes: Any, start: Any) -> None:
-    lead = start("d")
-    while not committer._gathering:  # d leads and gathers: one item of three
-        time.sleep(0.001)
-    second = start("e")
-    while len(committer._waiting) < 2:
-        time.sleep(0.001)
-    assert committer._gathering and len(groups) == 2  # two of three: still gathering
-    last = start("f")  # completes the group: must wake the leader
-    for thread in (lead, second, last):
-        thread.join(10)
-    assert not committer._gathering, "the gathering leader was not woken by the completing item"
-    assert [outcomes[item] for item in "def"] == ["d", "e", "f"]
-    assert sorted(groups[-1]) == ["d", "e", "f"]
-
-
-def test_the_item_completing_a_gathering_wakes_its_leader() -> None:
-    """gather_for is far longer than the joins: the group is applied only if the arrival that
-    completes it wakes the gathering leader."""
-    _complete_a_gathering(*_gathering_after_a_group_of_three(gather_for=300))
+def test_a_leader_gathers_as_many_items_as_the_last_group_held() -> None:
+    """The threads of a group come back one by one: the first waits for the others instead of
+    leading a group of one ahead of them, and the item that completes the group wakes it."""
+    _Gathering().complete_the_next_group()
 
 
 def test_a_waiter_left_on_the_arrival_condition_does_not_swallow_the_wake_up() -> None:
@@ -283,12 +276,12 @@ def test_a_waiter_left_on_the_arrival_condition_does_not_swallow_the_wake_up() -
     releasing the lock, or after a timed-out wait takes the lock back and before it unqueues the
     waiter) leaves its waiter on ``_arrived``; a notify() of one waiter would release that one
     instead of the live leader. Simulated by queueing a dead waiter."""
-    committer, groups, outcomes, start = _gathering_after_a_group_of_three(gather_for=300)
+    gathering = _Gathering()
     dead = threading.Lock()
     dead.acquire()
-    with committer._lock:
-        committer._arrived._waiters.append(dead)
-    _complete_a_gathering(committer, groups, outcomes, start)
+    with gathering.committer._lock:
+        gathering.committer._arrived._waiters.append(dead)  # type: ignore[attr-defined]
+    gathering.complete_the_next_group()
 
 
 def test_while_a_group_is_stuck_later_groups_are_not_held_back_one_stall_after_each() -> None:
