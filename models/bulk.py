@@ -149,13 +149,13 @@ def update_rows(
     fields: Sequence[str],
     rows: Sequence[Mapping[str, Any]],
     *only_when: ColumnElement[bool],
-) -> None:
+) -> int:
     """``UPDATE table SET fields WHERE id = row["id"] AND only_when`` for every row, in one
-    statement. The order in which PostgreSQL locks the rows of one statement is the plan's:
-    where two transactions may update the same rows, lock them first in a stable order (as
-    ingest does with ``SELECT ... ORDER BY ... FOR UPDATE``)."""
+    statement; returns how many rows it updated. The order in which PostgreSQL locks the rows
+    of one statement is the plan's: where two transactions may update the same rows, lock them
+    first in a stable order (as ingest does with ``SELECT ... ORDER BY ... FOR UPDATE``)."""
     if not rows:
-        return
+        return 0
     ordered = sorted(rows, key=lambda row: int(row["id"]))
     if _postgresql(session):
         names = ["id", *fields]
@@ -175,19 +175,27 @@ def update_rows(
         arrays = _arrays(table, names, ordered)
         if only_when:
             # A condition is built anew by each caller: only the plain statement is kept.
-            session.execute(build(), arrays)
-        else:
-            run_kept(session, ("update", table, tuple(fields)), build, arrays)
-        return
+            return _rowcount(session.execute(build(), arrays))
+        return _rowcount(run_kept(session, ("update", table, tuple(fields)), build, arrays))
     statement = (
         update(table)
         .where(table.c.id == bindparam("row_id", type_=table.c.id.type), *only_when)
         .values({name: bindparam(f"v_{name}", type_=table.c[name].type) for name in fields})
     )
-    session.execute(
-        statement,
-        [{"row_id": row["id"], **{f"v_{name}": row[name] for name in fields}} for row in ordered],
+    return _rowcount(
+        session.execute(
+            statement,
+            [
+                {"row_id": row["id"], **{f"v_{name}": row[name] for name in fields}}
+                for row in ordered
+            ],
+        )
     )
+
+
+def _rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE changed (summed over an ``executemany`` on SQLite)."""
+    return int(getattr(result, "rowcount", -1))
 
 
 def is_any(session: Session, target: ColumnElement[Any], values: Sequence[Any]) -> Any:

@@ -28,7 +28,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, BigId, UtcDateTime, utcnow
-from models.bulk import insert_rows, is_any
+from models.bulk import insert_rows, is_any, update_rows
 from models.lifecycle import (
     AWAITING_FOLLOWUP_STATES,
     OPEN_STATES,
@@ -326,6 +326,68 @@ def move_each(session: Session, moves: Sequence[Move], *, now: datetime) -> list
     if moved:
         _expire_loaded(session, set(moved))
     return moved
+
+
+class MoveConflict(RuntimeError):
+    """A survey the caller held locked was not in the state its move started from."""
+
+
+def move_rows(session: Session, moves: Sequence[Move], *, now: datetime) -> list[int]:
+    """Move many surveys, each with columns of its own, with a fixed number of statements
+    however many surveys there are: the batch form of :func:`move` for a caller that holds the
+    rows locked in this transaction and knows their states (the replay of delivery events).
+
+    One survey may move more than once: its moves are applied in the order given, in rounds
+    (the first move of every survey, then the second...), each round one ``UPDATE`` per
+    distinct (source, target, columns set), the rows' own values travelling as arrays
+    (:func:`models.bulk.update_rows`), and one ``INSERT`` of the round's transitions. Every
+    move is checked against the lifecycle first (:func:`models.lifecycle.require_moves`). Each
+    ``UPDATE`` is still a compare-and-set on the source state; a row that matches nothing means
+    the caller's lock did not hold what it read, and raises :class:`MoveConflict` (the caller's
+    savepoint or transaction then undoes the batch). Returns the ids moved, once each."""
+    if not moves:
+        return []
+    require_moves((m.source, m.target) for m in moves)
+    rounds: list[list[Move]] = []
+    taken: dict[int, int] = {}
+    for m in moves:
+        turn = taken.get(m.survey_id, 0)
+        taken[m.survey_id] = turn + 1
+        if turn == len(rounds):
+            rounds.append([])
+        rounds[turn].append(m)
+    surveys = cast(Table, Survey.__table__)
+    for turn_moves in rounds:
+        groups: dict[tuple[SurveyState, SurveyState, tuple[str, ...]], list[dict[str, Any]]] = {}
+        for m in turn_moves:
+            values = dict(m.values)
+            key = (m.source, m.target, tuple(sorted(values)))
+            row = {"id": m.survey_id, "state": m.target.value, "state_changed_at": now, **values}
+            groups.setdefault(key, []).append(row)
+        for (source, target, names), rows in groups.items():
+            fields = ["state", "state_changed_at", *names]
+            done = update_rows(session, surveys, fields, rows, surveys.c.state == source.value)
+            if done != len(rows):
+                raise MoveConflict(
+                    f"{len(rows) - done} of {len(rows)} surveys were no longer {source.value}"
+                    f" when moved to {target.value}"
+                )
+        insert_rows(
+            session,
+            _TRANSITIONS,
+            [
+                {
+                    "survey_id": m.survey_id,
+                    "from_state": m.source.value,
+                    "to_state": m.target.value,
+                    "at": now,
+                    "reason": m.reason,
+                }
+                for m in turn_moves
+            ],
+        )
+    _expire_loaded(session, set(taken))
+    return list(taken)
 
 
 def _move_and_record(

@@ -17,8 +17,9 @@ and leave the rest stored for the replay. This module routes a stored row to its
 (:func:`_apply_row`): the row's source (``channels.webhook_sources``) reads it back as a
 normalised :class:`~channels.base.DeliveryEvent` or :class:`~channels.base.ReceivedSms`; nothing
 here knows a provider's field names. The rules are looked up here, by name, when a row is
-applied, so replacing one of them on this package (``apply_delivery_event``) replaces it for the
-stored-row path too.
+applied, so replacing one of them on this package (``apply_delivery_event``, or
+``apply_delivery_events`` that the replay applies runs of delivery events with) replaces it for
+the stored-row path too.
 
 Every public name is importable from ``dispatch.responses``. The raw rows of each provider are
 built by its channel (``channels/*/webhooks.py``): nothing here knows a provider's fields.
@@ -30,10 +31,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Final
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from channels.base import RawWebhook, ReceivedSms
+from channels.base import DeliveryEvent, RawWebhook, ReceivedSms
 from channels.webhook_sources import WEBHOOK_SOURCES as SOURCES
 from config import OperatorConfig
 from dispatch.responses import intake, store
@@ -51,6 +53,7 @@ from dispatch.responses.common import (
     can_answer,
 )
 from dispatch.responses.delivery import apply_delivery_event
+from dispatch.responses.delivery_batch import applies_together, apply_delivery_events
 from dispatch.responses.intake import Taken, take_delivery_event
 from dispatch.responses.sms import apply_inbound_sms
 from dispatch.responses.store import (
@@ -77,6 +80,7 @@ __all__ = [
     "Taken",
     "WebAnswer",
     "apply_delivery_event",
+    "apply_delivery_events",
     "apply_inbound_sms",
     "can_answer",
     "given_up_webhooks",
@@ -114,6 +118,32 @@ def _apply(
     session: Session, row: InboundEvent, config: OperatorConfig, now: datetime, live: bool
 ) -> Applied:
     return _apply_row(session, row, config, now, live=live)
+
+
+def _read_delivery(row: InboundEvent) -> DeliveryEvent | None:
+    """A stored row's delivery event when the replay may apply it with others
+    (:func:`~dispatch.responses.delivery_batch.applies_together`); ``None`` sends it one by one,
+    and so does a payload its channel cannot read (the one-by-one form records the failure)."""
+    payload = row.payload
+    source = SOURCES.get(row.source)
+    if not isinstance(payload, dict) or source is None:
+        return None
+    try:
+        event = source.read(payload, row.received_at)
+    except Exception:
+        return None
+    if isinstance(event, DeliveryEvent) and applies_together(event):
+        return event
+    return None
+
+
+def _apply_events(
+    session: Session, events: Sequence[DeliveryEvent], config: OperatorConfig, now: datetime
+) -> list[Applied]:
+    return apply_delivery_events(session, events, config, now)
+
+
+_TOGETHER: Final = store.ApplyTogether(_read_delivery, _apply_events)
 
 
 def handle_webhook(
@@ -185,4 +215,5 @@ def replay_unhandled_webhooks(
         older_than=older_than,
         limit=limit,
         budget_seconds=budget_seconds,
+        together=_TOGETHER,
     )

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -53,6 +54,9 @@ _DELIVERY_TARGET: Final[Mapping[DeliveryEventKind, SurveyState]] = {
 }
 
 _KIND_VALUES: Final = frozenset(k.value for k in K)
+
+CONSENT_KINDS: Final = frozenset({K.opted_out, K.spam_report, K.opted_in})
+"""Kinds that change a customer's email consent rather than a message's delivery state."""
 
 # --------------------------------------------------------------------------------------------
 # Delivery events (SMS status callbacks, email events)
@@ -94,14 +98,25 @@ def _update_message_status(session: Session, event: DeliveryEvent, rules: Webhoo
     )
     if record is None:
         return
-    current = K(record.status) if record.status in _KIND_VALUES else None
-    if rules.advances(current, event.kind):
-        record.status = event.kind.value
-        if event.kind is K.undeliverable and event.error_code:
-            record.error = f"error {event.error_code}"[:200]
+    change = message_change(record.status, record.error, event, rules)
+    if change is not None:
+        record.status, record.error = change
 
 
-def _concerns_invitation(survey: Survey, event: DeliveryEvent, channel: str) -> bool:
+def message_change(
+    status: str | None, error: str | None, event: DeliveryEvent, rules: WebhookSource
+) -> tuple[str, str | None] | None:
+    """A message's new delivery state and error after ``event``, or ``None`` when the event
+    does not advance it (the channel's rank table decides)."""
+    current = K(status) if status in _KIND_VALUES else None
+    if not rules.advances(current, event.kind):
+        return None
+    if event.kind is K.undeliverable and event.error_code:
+        error = f"error {event.error_code}"[:200]
+    return event.kind.value, error
+
+
+def _concerns_invitation(survey: SurveyFacts, event: DeliveryEvent, channel: str) -> bool:
     """The event is about the survey's invitation (not a reminder, nor a message on a channel
     the survey has since left after a fallback)."""
     if survey.channel != channel:
@@ -135,37 +150,79 @@ def _failure_reason(event: DeliveryEvent) -> str:
     return reason
 
 
-def apply_delivery_event(
-    session: Session, event: DeliveryEvent, config: OperatorConfig, now: datetime
-) -> Applied:
-    """Apply one normalised provider event to its survey (see the module docstring)."""
-    rules = delivery_rules(event.provider)
-    if rules is None:
-        return Applied(f"unknown provider {event.provider}"[:40])
-    survey = _survey_for_event(session, event)
-    if event.kind in (K.opted_out, K.spam_report, K.opted_in):
-        return _email_consent_event(session, survey, event, config, now)
-    if survey is None:
-        return Applied("no matching survey")
-    customer = session.get(Customer, survey.customer_id)
-    erased = customer is None or customer.erased_at is not None
-    subject = subject_of(customer)
-    survey_id = survey.id
+@dataclass(slots=True)
+class SurveyFacts:
+    """What the delivery rules read of a survey, taken under the survey's row lock. The batch
+    form (:mod:`dispatch.responses.delivery_batch`) keeps it current as its events move the
+    survey, so that each event sees what the one before it left."""
 
-    def applied(result: str) -> Applied:
-        return Applied(result, survey_id, subject, erased=erased)
+    id: int
+    customer_id: int
+    state: SurveyState
+    channel: str
+    provider_message_id: str | None
+    sent_at: datetime | None
+    closes_at: datetime | None
+    next_reminder_at: datetime | None
+    final_reason: str | None
 
+    @classmethod
+    def of(cls, row: Any) -> SurveyFacts:
+        """From a loaded :class:`~models.Survey` or a row holding :data:`FACT_COLUMNS`."""
+        return cls(
+            id=row.id,
+            customer_id=row.customer_id,
+            state=SurveyState(row.state),
+            channel=row.channel,
+            provider_message_id=row.provider_message_id,
+            sent_at=row.sent_at,
+            closes_at=row.closes_at,
+            next_reminder_at=row.next_reminder_at,
+            final_reason=row.final_reason,
+        )
+
+    def moved(self, change: DeliveryMove) -> None:
+        """Take the move's state and the columns the rules read, as the database will hold
+        them (``provider`` and ``delivered_at`` no rule reads)."""
+        self.state = change.target
+        for name, value in change.values.items():
+            if name in FACT_COLUMNS:
+                setattr(self, name, value)
+
+
+FACT_COLUMNS: Final = tuple(f.name for f in fields(SurveyFacts))
+"""The survey columns :class:`SurveyFacts` holds."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryMove:
+    """Where an event takes a survey: the target, the transition's reason, the columns set."""
+
+    target: SurveyState
+    reason: str
+    values: dict[str, Any]
+
+
+def decide_delivery(
+    survey: SurveyFacts,
+    erased: bool,
+    event: DeliveryEvent,
+    rules: WebhookSource,
+    config: OperatorConfig,
+    now: datetime,
+) -> DeliveryMove | str:
+    """What a delivery event (not a consent event) does to its survey: the move, or the result
+    to record when it moves nothing. ``erased``: the survey's customer is erased."""
     channel = rules.channel
-    _update_message_status(session, event, rules)
     if event.kind in (K.opened, K.clicked):
-        return applied(f"engagement: {event.kind.value}")
+        return f"engagement: {event.kind.value}"
     target = _DELIVERY_TARGET.get(event.kind)
     if target is None:
-        return applied(f"ignored: {event.kind.value}")
+        return f"ignored: {event.kind.value}"
     if not _concerns_invitation(survey, event, channel):
-        return applied("another message of the survey")
-    state = SurveyState(survey.state)
-    values: dict[str, object] = {}
+        return "another message of the survey"
+    state = survey.state
+    values: dict[str, Any] = {}
     if state in _UNCONFIRMED:
         # The provider has the message while our own commit is missing (or was lost).
         reminder = config.survey.reminder
@@ -185,26 +242,55 @@ def apply_delivery_event(
     else:
         current = _state_kind(state, channel)
         if current is None or target == state or not rules.advances(current, event.kind):
-            return applied(f"no change: survey {state.value}")
+            return f"no change: survey {state.value}"
     if target == S.delivered:
         values["delivered_at"] = event.occurred_at or now
         if survey.final_reason is not None:
             values["final_reason"] = None
     elif target == S.undeliverable:
         values["final_reason"] = _failure_reason(event)
+    return DeliveryMove(target, f"{event.provider} {_raw_status(event)}", values)
+
+
+def apply_delivery_event(
+    session: Session, event: DeliveryEvent, config: OperatorConfig, now: datetime
+) -> Applied:
+    """Apply one normalised provider event to its survey (see the module docstring)."""
+    rules = delivery_rules(event.provider)
+    if rules is None:
+        return Applied(f"unknown provider {event.provider}"[:40])
+    survey = _survey_for_event(session, event)
+    if event.kind in CONSENT_KINDS:
+        return _email_consent_event(session, survey, event, config, now)
+    if survey is None:
+        return Applied("no matching survey")
+    customer = session.get(Customer, survey.customer_id)
+    erased = customer is None or customer.erased_at is not None
+    subject = subject_of(customer)
+    _update_message_status(session, event, rules)
+    facts = SurveyFacts.of(survey)
+    decision = decide_delivery(facts, erased, event, rules, config, now)
+    if isinstance(decision, str):
+        return Applied(decision, facts.id, subject, erased=erased)
     moved = move(
         session,
-        survey.id,
-        target,
-        reason=f"{event.provider} {_raw_status(event)}",
-        only_from=[state],
+        facts.id,
+        decision.target,
+        reason=decision.reason,
+        only_from=[facts.state],
         now=now,
-        **values,
+        **decision.values,
     )
     if not moved:
-        return applied(f"no change: survey {state.value}")
-    log.info("survey %s: %s -> %s (%s)", survey_id, state.value, target.value, event.provider)
-    return applied(target.value)
+        return Applied(f"no change: survey {facts.state.value}", facts.id, subject, erased=erased)
+    log.info(
+        "survey %s: %s -> %s (%s)",
+        facts.id,
+        facts.state.value,
+        decision.target.value,
+        event.provider,
+    )
+    return Applied(decision.target.value, facts.id, subject, erased=erased)
 
 
 def _email_consent_event(

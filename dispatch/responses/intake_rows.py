@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from channels.base import DeliveryEvent, DeliveryEventKind, RawWebhook
 from channels.webhook_sources import WEBHOOK_SOURCES as SOURCES
+from dispatch.responses.delivery import CONSENT_KINDS
 from dispatch.responses.store import REPLAY_MAX_ATTEMPTS
 from models import InboundEvent
 from models.bulk import insert_rows
@@ -39,7 +40,7 @@ K = DeliveryEventKind
 MESSAGE_ONLY: Final = frozenset({K.queued, K.sent, K.deferred, K.opened, K.clicked})
 
 #: Kinds that change consent: applied before the answer, never left for later.
-CONSENT: Final = frozenset({K.opted_out, K.spam_report, K.opted_in})
+CONSENT: Final = CONSENT_KINDS
 
 _CHUNK: Final = 500  # rows per INSERT: under SQLite's bound-parameter limit, a bounded statement
 

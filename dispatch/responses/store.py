@@ -20,14 +20,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Final, cast
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Table, and_, func, or_, select, update
 from sqlalchemy.exc import PendingRollbackError
 from sqlalchemy.orm import Session, sessionmaker
 
-from channels.base import RawWebhook
+from channels.base import DeliveryEvent, RawWebhook
 from channels.webhook_sources import WEBHOOK_SOURCES as SOURCES
 from config import OperatorConfig
 from dispatch.responses.common import (
@@ -41,6 +42,7 @@ from models import (
     InboundEvent,
     utcnow,
 )
+from models.bulk import update_rows
 from models.inbound import claim_inbound_event
 
 log = logging.getLogger(__name__)
@@ -49,15 +51,28 @@ RowApplier = Callable[[Session, InboundEvent, OperatorConfig, datetime, bool], A
 """Applies one stored row's effect: ``(session, row, config, now, live)``."""
 
 
+@dataclass(frozen=True, slots=True)
+class ApplyTogether:
+    """How the replay applies a run of stored rows with a fixed number of statements, instead of
+    each through the :data:`RowApplier`: ``read`` gives a row's event when ``apply`` takes it
+    (``None``: the row goes one by one, in its place in the order), and ``apply`` applies a run
+    of such events in order, returning each one's effect, or raises (nothing of the run stays,
+    and its rows are applied one by one)."""
+
+    read: Callable[[InboundEvent], DeliveryEvent | None]
+    apply: Callable[[Session, Sequence[DeliveryEvent], OperatorConfig, datetime], list[Applied]]
+
+
 WEBHOOK_SOURCES: Final = tuple(SOURCES)
 """The ``source`` names of stored provider webhooks (``channels.webhook_sources``)."""
 
 REPLAY_FIRST_PAUSE: Final = timedelta(minutes=1)
 REPLAY_MAX_PAUSE: Final = timedelta(hours=6)
 REPLAY_MAX_ATTEMPTS: Final = 20
-REPLAY_BATCH: Final = 20
-"""Stored webhooks a replay applies per transaction (each in its own savepoint): one commit
-for them all, and the locks they take held only that long."""
+REPLAY_BATCH: Final = 100
+"""Stored webhooks a replay applies per transaction (runs of delivery events together, the
+others each in its own savepoint): one commit for them all, and the locks they take held only
+that long."""
 """A stored webhook whose application failed this many times is no longer replayed (about three
 days of back-off); it stays unapplied with its error, counted by ``nps_webhooks_given_up``."""
 
@@ -131,13 +146,7 @@ def _attempt(
             session.execute(
                 update(InboundEvent)
                 .where(InboundEvent.id == row.id)
-                .values(
-                    handled_at=now,
-                    result=applied.result[:40],
-                    error=None,
-                    retry_at=None,
-                    **_ties(applied),
-                )
+                .values(**_stamp(applied, now))
                 .execution_options(synchronize_session=False)
             )
     except Exception as exc:  # the savepoint is rolled back: nothing of the effect stays
@@ -202,6 +211,7 @@ def _replay_batch(
     ids: Sequence[int],
     apply: RowApplier,
     now: datetime,
+    together: ApplyTogether | None = None,
 ) -> list[Handled]:
     """Apply a few stored rows in one transaction (one commit for all), each in its own
     savepoint as :func:`handle_webhook` does; rows another replayer holds are skipped.
@@ -212,7 +222,7 @@ def _replay_batch(
     pass. When a row's failure cannot even be counted, the database is away
     (:class:`DatabaseAway`): the rest wait for the next pass instead of each trying again."""
     try:
-        return _apply_together(factory, config, ids, apply, now)
+        return _apply_together(factory, config, ids, apply, now, together)
     except Exception as exc:  # the transaction itself failed: nothing of it was recorded
         failure = describe_error(_first_failure(exc), limit=2000)
     if len(ids) == 1:
@@ -241,9 +251,11 @@ def _apply_together(
     ids: Sequence[int],
     apply: RowApplier,
     now: datetime,
+    together: ApplyTogether | None = None,
 ) -> list[Handled]:
-    """The rows in one transaction, each in its own savepoint; raises when the transaction
-    itself fails."""
+    """The rows in one transaction, in id order: each run of rows ``together`` takes applied
+    together in a savepoint, each other row in a savepoint of its own; raises when the
+    transaction itself fails."""
     results: list[Handled] = []
     failures: list[tuple[int, int, str]] = []
     with factory() as session, session.begin():
@@ -253,20 +265,98 @@ def _apply_together(
             .order_by(InboundEvent.id)
             .with_for_update(skip_locked=True)
         ).all()
+
+        def one_by_one(singles: Sequence[InboundEvent]) -> None:
+            for single in singles:
+                handled, attempts, failure = _attempt_fresh(session, single, config, apply, now)
+                results.append(handled)
+                if failure is not None:
+                    failures.append((single.id, attempts, failure))
+
+        run: list[tuple[InboundEvent, DeliveryEvent]] = []
         for row in rows:
-            # Each row reads what it touches afresh: nothing loaded for an earlier row is
-            # taken as current.
-            for obj in list(session.identity_map.values()):
-                if not isinstance(obj, InboundEvent):
-                    session.expunge(obj)
-            handled, attempts, failure = _attempt(session, row, config, apply, now, False)
-            results.append(handled)
-            if failure is not None:
-                failures.append((row.id, attempts, failure))
+            event = together.read(row) if together is not None else None
+            if event is not None:
+                run.append((row, event))
+                continue
+            one_by_one(_attempt_run(session, run, config, together, now, results))
+            run = []
+            one_by_one([row])
+        one_by_one(_attempt_run(session, run, config, together, now, results))
     for row_id, attempts, failure in failures:
         _log_failed_attempt(row_id, attempts, failure)
     done = {h.row_id for h in results}
     return results + [Handled(row_id, "already") for row_id in ids if row_id not in done]
+
+
+def _attempt_fresh(
+    session: Session,
+    row: InboundEvent,
+    config: OperatorConfig,
+    apply: RowApplier,
+    now: datetime,
+) -> tuple[Handled, int, str | None]:
+    """:func:`_attempt` for one row of a replay's transaction. It reads what it touches afresh:
+    nothing loaded for an earlier row is taken as current."""
+    for obj in list(session.identity_map.values()):
+        if not isinstance(obj, InboundEvent):
+            session.expunge(obj)
+    return _attempt(session, row, config, apply, now, False)
+
+
+def _attempt_run(
+    session: Session,
+    run: Sequence[tuple[InboundEvent, DeliveryEvent]],
+    config: OperatorConfig,
+    together: ApplyTogether | None,
+    now: datetime,
+    results: list[Handled],
+) -> list[InboundEvent]:
+    """Apply a run of rows together, in a savepoint, and stamp them applied (their outcomes go
+    to ``results``). Returns the rows left to apply one by one: none, or the whole run when it
+    failed (the savepoint is rolled back, so nothing of it stays)."""
+    rows = [row for row, _ in run]
+    if together is None or len(run) < 2:  # a row on its own costs no more one by one
+        return rows
+    try:
+        with session.begin_nested():
+            outcomes = together.apply(session, [event for _, event in run], config, now)
+            _stamp_rows(session, list(zip((row.id for row in rows), outcomes, strict=True)), now)
+    except Exception as exc:
+        log.warning(
+            "webhook rows %s to %s not applied together (%s): one by one",
+            rows[0].id,
+            rows[-1].id,
+            describe_error(exc),
+        )
+        return rows
+    results.extend(
+        Handled(row.id, "applied", applied.result, applied.reply)
+        for row, applied in zip(rows, outcomes, strict=True)
+    )
+    return []
+
+
+def _stamp(applied: Applied, now: datetime) -> dict[str, object]:
+    """The columns of a row applied: when, the result, no error or retry, and its ties."""
+    return {
+        "handled_at": now,
+        "result": applied.result[:40],
+        "error": None,
+        "retry_at": None,
+        **_ties(applied),
+    }
+
+
+def _stamp_rows(session: Session, applied: Sequence[tuple[int, Applied]], now: datetime) -> None:
+    """Stamp rows applied together: one ``UPDATE`` per set of columns (their ties differ)."""
+    groups: dict[tuple[str, ...], list[dict[str, object]]] = {}
+    for row_id, outcome in applied:
+        values = _stamp(outcome, now)
+        groups.setdefault(tuple(sorted(values)), []).append({"id": row_id, **values})
+    table = cast(Table, InboundEvent.__table__)
+    for names, rows in groups.items():
+        update_rows(session, table, names, rows)
 
 
 def _first_failure(exc: BaseException) -> BaseException:
@@ -366,6 +456,7 @@ def replay_unhandled_webhooks(
     older_than: timedelta = timedelta(minutes=1),
     limit: int = 500,
     budget_seconds: float = 2.0,
+    together: ApplyTogether | None = None,
 ) -> ReplayReport:
     """Apply stored provider webhooks that are not applied yet (``handled_at`` null), in arrival
     order: those the webhook route left for later (``retry_at`` is their arrival, so at once),
@@ -376,7 +467,8 @@ def replay_unhandled_webhooks(
     alone, with their error, for an operator. Safe to run from several schedulers at once (rows
     are taken with ``SKIP LOCKED``). Rows are read ``limit`` at a time, and more are read while
     the call has run less than ``budget_seconds``, so a backlog drains over a few passes
-    without holding up the scheduler's other steps."""
+    without holding up the scheduler's other steps. With ``together``, runs of rows it takes
+    are applied together, with a fixed number of statements each (:class:`ApplyTogether`)."""
     now = now or utcnow()
     report = ReplayReport()
     started = time.monotonic()
@@ -407,7 +499,7 @@ def replay_unhandled_webhooks(
         for start in range(0, len(ids), REPLAY_BATCH):
             try:
                 handled_rows = _replay_batch(
-                    factory, config, ids[start : start + REPLAY_BATCH], apply, now
+                    factory, config, ids[start : start + REPLAY_BATCH], apply, now, together
                 )
             except DatabaseAway as exc:
                 handled_rows, away = exc.handled, True

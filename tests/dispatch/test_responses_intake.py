@@ -4,7 +4,9 @@ databases: nothing stored is lost, a duplicate has one effect, late statuses nev
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import psycopg
 from sqlalchemy import event, select, update
@@ -31,6 +33,34 @@ def unhandled(db: Database) -> list[tuple[str, int]]:
             .order_by(InboundEvent.id)
         )
         return [(r.external_id, r.attempts) for r in rows]
+
+
+def failing_on(monkeypatch, message_id: str, fail: Callable[[Any], None]) -> None:
+    """Applying the event about ``message_id`` fails as ``fail(session)`` does, whether the
+    replay applies it one by one or in a run with others (the run then goes one by one)."""
+    real_one, real_run = responses.apply_delivery_event, responses.apply_delivery_events
+
+    def one(session, ev, cfg, at):
+        if ev.provider_message_id == message_id:
+            fail(session)
+        return real_one(session, ev, cfg, at)
+
+    def run(session, events, cfg, at):
+        if any(ev.provider_message_id == message_id for ev in events):
+            fail(session)
+        return real_run(session, events, cfg, at)
+
+    monkeypatch.setattr(responses, "apply_delivery_event", one)
+    monkeypatch.setattr(responses, "apply_delivery_events", run)
+
+
+def deadlocked(session: Any) -> None:
+    raise RuntimeError("deadlock detected")
+
+
+def losing_the_connection(session: Any) -> None:
+    session.connection().invalidate()  # as a server restart would
+    raise RuntimeError("server closed the connection unexpectedly")
 
 
 def test_a_status_that_moves_the_survey_is_stored_and_applied_at_the_next_pass(db, config):
@@ -95,14 +125,7 @@ def test_a_replay_batch_applies_each_row_on_its_own_in_one_commit(db, config, mo
         twilio_status(first, m1, "failed", "30005"),  # after delivered: no step back
     ):
         assert responses.take_delivery_event(db.factory, raw, now=now).status == "stored"
-    real = responses.apply_delivery_event
-
-    def flaky(session, ev, cfg, at):
-        if ev.provider_message_id == m2:
-            raise RuntimeError("deadlock detected")
-        return real(session, ev, cfg, at)
-
-    monkeypatch.setattr(responses, "apply_delivery_event", flaky)
+    failing_on(monkeypatch, m2, deadlocked)
     commits: list[int] = []
 
     def on_commit(_conn) -> None:
@@ -139,15 +162,7 @@ def test_a_row_that_fails_its_whole_batch_fails_alone_and_is_counted(db, config,
     for sid, msg in messages.items():
         raw = twilio_status(sid, msg, "delivered")
         assert responses.take_delivery_event(db.factory, raw, now=now).status == "stored"
-    real = responses.apply_delivery_event
-
-    def losing_the_connection(session, ev, cfg, at):
-        if ev.provider_message_id == messages[poison]:
-            session.connection().invalidate()  # as a server restart would
-            raise RuntimeError("server closed the connection unexpectedly")
-        return real(session, ev, cfg, at)
-
-    monkeypatch.setattr(responses, "apply_delivery_event", losing_the_connection)
+    failing_on(monkeypatch, messages[poison], losing_the_connection)
     report = responses.replay_unhandled_webhooks(db.factory, config, now=now)
     assert (report.applied, report.failed) == (2, 1)
     assert [survey_of(db, i).state for i in (first, poison, third)] == [
@@ -249,16 +264,7 @@ def test_the_recorded_error_of_a_lost_row_names_its_cause(db, config, monkeypatc
     """The row's error names what broke its transaction, not the refusal of the statements
     after it: an operator looking at a given-up row sees why."""
     now, sids, msgs = _stored(db, 2)
-    poison = msgs[sids[1]]
-    real = responses.apply_delivery_event
-
-    def losing(session, ev, cfg, at):
-        if ev.provider_message_id == poison:
-            session.connection().invalidate()
-            raise RuntimeError("server closed the connection unexpectedly")
-        return real(session, ev, cfg, at)
-
-    monkeypatch.setattr(responses, "apply_delivery_event", losing)
+    failing_on(monkeypatch, msgs[sids[1]], losing_the_connection)
     report = responses.replay_unhandled_webhooks(db.factory, config, now=now)
     assert (report.applied, report.failed) == (1, 1)
     with db.session() as s:

@@ -1,0 +1,313 @@
+"""The replay applies runs of stored delivery events together (``dispatch.responses
+.delivery_batch``): every outcome is the one the events would have one by one, in their order;
+the cost is a fixed number of statements per run; a run that fails is undone and its rows go one
+by one, so only the failing row waits, and nothing of it stays half-written.
+
+Real databases; the oracle is the one-by-one replay (``together=None``) of the same events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select, text, update
+
+from channels.base import RawWebhook
+from dispatch import responses
+from dispatch.responses import store
+from models import Customer, InboundEvent, MessageRecord, Survey, SurveyTransition, utcnow
+from tests.conftest import Database
+from tests.dispatch.test_responses import seed_survey, sendgrid_event, twilio_status
+
+Replay = Callable[[Database, Any, datetime], Any]
+
+
+def together(db: Database, config: Any, now: datetime) -> Any:
+    return responses.replay_unhandled_webhooks(db.factory, config, now=now)
+
+
+def one_by_one(db: Database, config: Any, now: datetime) -> Any:
+    return store.replay_unhandled_webhooks(db.factory, config, responses._apply, now=now)
+
+
+def scenario(db: Database, tag: str) -> tuple[dict[str, int], list[RawWebhook]]:
+    """Surveys in many states and the delivery events of one replay, as providers send them:
+    late and repeated statuses, a send whose commit was lost, a reminder's status, an unknown
+    survey, an erased customer, two moves of one survey, an unsubscribe between two events."""
+    now = utcnow()
+
+    def survey(label: str, **values: Any) -> int:
+        values.setdefault("customer", f"{tag}-{label}")
+        return seed_survey(db, now=now, **values)
+
+    ids = {
+        "delivered": survey("delivered", state="sent", provider_message_id=f"SM{tag}a"),
+        "failed": survey("failed", state="sent", provider_message_id=f"SM{tag}b"),
+        "lost_commit": survey("lost_commit", state="sending"),
+        "two_moves": survey("two_moves", state="send_unknown"),
+        "by_message": survey("by_message", state="sent", provider_message_id=f"SM{tag}c"),
+        "reminder": survey("reminder", state="delivered", provider_message_id=f"SM{tag}d"),
+        "erased": survey("erased", state="sent", provider_message_id=f"SM{tag}e"),
+        "email": survey("email", channel="email", state="sent", provider_message_id=f"sg{tag}f"),
+        "unsubscribed": survey(
+            "unsubscribed", channel="email", state="sent", provider_message_id=f"sg{tag}g"
+        ),
+    }
+    with db.session() as s, s.begin():
+        s.add(
+            MessageRecord(
+                survey_id=ids["reminder"],
+                kind="reminder",
+                channel="sms",
+                provider="twilio",
+                provider_message_id=f"SM{tag}r",
+                status="accepted",
+            )
+        )
+        erased = s.get(Survey, ids["erased"])
+        assert erased is not None
+        s.execute(update(Customer).where(Customer.id == erased.customer_id).values(erased_at=now))
+    i = ids
+    raws = [
+        twilio_status(i["delivered"], f"SM{tag}a", "sent"),
+        twilio_status(i["delivered"], f"SM{tag}a", "delivered"),
+        twilio_status(i["failed"], f"SM{tag}b", "undelivered", error="30006"),
+        twilio_status(i["lost_commit"], f"SM{tag}x", "delivered"),
+        twilio_status(i["two_moves"], f"SM{tag}y", "sent"),
+        twilio_status(i["two_moves"], f"SM{tag}y", "delivered"),
+        twilio_status(i["two_moves"], f"SM{tag}y", "queued"),  # late: no step back
+        twilio_status(None, f"SM{tag}c", "delivered"),  # found by the survey's message id
+        twilio_status(i["reminder"], f"SM{tag}r", "delivered"),  # the reminder's message
+        twilio_status(999_999, f"SM{tag}z", "delivered"),  # no such survey, no such message
+        twilio_status(i["erased"], f"SM{tag}e", "delivered"),
+        sendgrid_event(i["email"], "delivered", f"{tag}-e1", f"sg{tag}f"),
+        sendgrid_event(i["email"], "open", f"{tag}-e2", f"sg{tag}f"),
+        sendgrid_event(i["unsubscribed"], "delivered", f"{tag}-u1", f"sg{tag}g"),
+        sendgrid_event(i["unsubscribed"], "unsubscribe", f"{tag}-u2", f"sg{tag}g"),
+        sendgrid_event(i["unsubscribed"], "open", f"{tag}-u3", f"sg{tag}g"),
+    ]
+    return ids, raws
+
+
+def outcome(db: Database, ids: dict[str, int]) -> dict[str, Any]:
+    """What the replay left, by label, with database ids and clock readings taken out."""
+    label = {sid: name for name, sid in ids.items()}
+    seen: dict[str, Any] = {}
+    with db.session() as s:
+        for name, sid in ids.items():
+            survey = s.get(Survey, sid)
+            assert survey is not None
+            seen[name] = {
+                "state": survey.state,
+                "provider": survey.provider,
+                "message": survey.provider_message_id is not None,
+                "sent_at": survey.sent_at is not None,
+                "closes_at": survey.closes_at is not None,
+                "reminder": survey.next_reminder_at is not None,
+                "delivered_at": survey.delivered_at is not None,
+                "final_reason": survey.final_reason,
+                "transitions": s.execute(
+                    select(
+                        SurveyTransition.from_state,
+                        SurveyTransition.to_state,
+                        SurveyTransition.reason,
+                    )
+                    .where(SurveyTransition.survey_id == sid)
+                    .order_by(SurveyTransition.id)
+                ).all(),
+                "messages": s.execute(
+                    select(MessageRecord.kind, MessageRecord.status, MessageRecord.error)
+                    .where(MessageRecord.survey_id == sid)
+                    .order_by(MessageRecord.id)
+                ).all(),
+            }
+        rows = s.execute(
+            select(
+                InboundEvent.survey_id,
+                InboundEvent.result,
+                InboundEvent.error,
+                InboundEvent.subject_key.is_not(None),
+                InboundEvent.payload.is_not(None),
+                InboundEvent.handled_at.is_not(None),
+            )
+            .where(InboundEvent.id > seen_rows_before(s, ids))
+            .order_by(InboundEvent.id)
+        ).all()
+    seen["rows"] = [(label.get(r[0]) if r[0] else None, *r[1:]) for r in rows]
+    return seen
+
+
+def seen_rows_before(session: Any, ids: dict[str, int]) -> int:
+    """The last raw row of an earlier scenario in the same database (0 for the first)."""
+    first = min(ids.values())
+    earlier = session.scalar(
+        select(InboundEvent.id)
+        .where(InboundEvent.survey_id < first)
+        .order_by(InboundEvent.id.desc())
+        .limit(1)
+    )
+    return int(earlier or 0)
+
+
+def replayed(db: Database, config: Any, tag: str, replay: Replay) -> dict[str, Any]:
+    ids, raws = scenario(db, tag)
+    responses.store_webhooks(db.factory, raws)
+    later = utcnow() + timedelta(minutes=2)
+    replay(db, config, later)
+    return outcome(db, ids)
+
+
+def test_events_applied_together_end_as_they_do_one_by_one(db: Database, config, caplog):
+    alone = replayed(db, config, "one", one_by_one)
+    grouped = replayed(db, config, "two", together)
+    assert "not applied together" not in caplog.text
+    assert grouped == alone
+    # And the outcomes are the rules' (not two equal mistakes).
+    assert alone["delivered"]["state"] == "delivered"
+    assert alone["failed"]["state"] == "undeliverable"
+    assert alone["failed"]["messages"] == [("invitation", "undeliverable", "error 30006")]
+    assert alone["lost_commit"]["state"] == "delivered" and alone["lost_commit"]["reminder"]
+    assert [t[:2] for t in alone["two_moves"]["transitions"]] == [
+        ("send_unknown", "sent"),
+        ("sent", "delivered"),
+    ]
+    assert alone["by_message"]["state"] == "delivered"
+    assert alone["reminder"]["state"] == "delivered"
+    assert alone["reminder"]["messages"][1][:2] == ("reminder", "delivered")
+    assert alone["erased"]["state"] == "delivered"
+    assert alone["unsubscribed"]["state"] == "opted_out"
+    assert all(row[-1] for row in alone["rows"])  # every row applied
+    erased_rows = [row for row in alone["rows"] if row[1] == "delivered" and not row[4]]
+    assert erased_rows == [(None, "delivered", None, False, False, True)]
+
+
+@contextmanager
+def statements(db: Database) -> Iterator[list[str]]:
+    seen: list[str] = []
+
+    def count(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        seen.append(sql)
+
+    event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        yield seen
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count)
+
+
+def delivered_surveys(db: Database, tag: str, n: int) -> list[RawWebhook]:
+    raws = []
+    for k in range(n):
+        sid = seed_survey(
+            db, customer=f"{tag}-{k}", state="sent", provider_message_id=f"SM{tag}{k}"
+        )
+        raws.append(twilio_status(sid, f"SM{tag}{k}", "delivered"))
+    return raws
+
+
+def test_a_run_costs_the_same_statements_for_five_events_as_for_sixty(db: Database, config, caplog):
+    counts = []
+    for tag, n in (("few", 5), ("many", 60)):
+        responses.store_webhooks(db.factory, delivered_surveys(db, tag, n))
+        with statements(db) as seen:
+            report = together(db, config, utcnow() + timedelta(minutes=2))
+        assert report.applied == n
+        counts.append(len(seen))
+    assert "not applied together" not in caplog.text
+    assert counts[0] == counts[1]
+    with db.session() as s:
+        states = s.scalars(select(Survey.state)).all()
+    assert set(states) == {"delivered"}
+
+
+def _refuse_delivery_of(db: Database, survey_id: int) -> Callable[[], None]:
+    """A trigger that refuses to move one survey to ``delivered``: a real failure inside the
+    run's statements. Returns how to drop it."""
+    if db.engine.dialect.name == "postgresql":
+        statements_ = [
+            "CREATE FUNCTION nps_test_refuse() RETURNS trigger AS $$ BEGIN "
+            f"IF NEW.id = {survey_id} AND NEW.state = 'delivered' THEN "
+            "RAISE EXCEPTION 'refused for the test'; END IF; RETURN NEW; END $$ "
+            "LANGUAGE plpgsql",
+            "CREATE TRIGGER nps_test_refuse BEFORE UPDATE ON surveys "
+            "FOR EACH ROW EXECUTE FUNCTION nps_test_refuse()",
+        ]
+        drops = ["DROP TRIGGER nps_test_refuse ON surveys", "DROP FUNCTION nps_test_refuse()"]
+    else:
+        statements_ = [
+            "CREATE TRIGGER nps_test_refuse BEFORE UPDATE ON surveys "
+            f"WHEN NEW.id = {survey_id} AND NEW.state = 'delivered' "
+            "BEGIN SELECT RAISE(ABORT, 'refused for the test'); END"
+        ]
+        drops = ["DROP TRIGGER nps_test_refuse"]
+    with db.engine.begin() as conn:
+        for sql in statements_:
+            conn.execute(text(sql))
+
+    def drop() -> None:
+        with db.engine.begin() as conn:
+            for sql in drops:
+                conn.execute(text(sql))
+
+    return drop
+
+
+def test_a_run_that_fails_is_undone_and_only_the_failing_row_waits(db: Database, config):
+    raws = delivered_surveys(db, "run", 3)
+    responses.store_webhooks(db.factory, raws)
+    with db.session() as s:
+        sids = list(s.scalars(select(Survey.id).order_by(Survey.id)))
+    drop = _refuse_delivery_of(db, sids[1])
+    try:
+        now = utcnow() + timedelta(minutes=2)
+        report = together(db, config, now)
+    finally:
+        drop()
+    assert (report.applied, report.failed) == (2, 1)
+    with db.session() as s:
+        states = dict(s.execute(select(Survey.id, Survey.state)).all())
+        refused_messages = s.scalars(
+            select(MessageRecord.status).where(MessageRecord.survey_id == sids[1])
+        ).all()
+        refused_moves = s.scalars(
+            select(SurveyTransition.id).where(SurveyTransition.survey_id == sids[1])
+        ).all()
+        rows = s.execute(
+            select(InboundEvent.survey_id, InboundEvent.attempts, InboundEvent.error).where(
+                InboundEvent.handled_at.is_(None)
+            )
+        ).all()
+    assert states == {sids[0]: "delivered", sids[1]: "sent", sids[2]: "delivered"}
+    # Nothing of the refused row's effect stayed: not its message's state, not a transition.
+    assert refused_messages == ["accepted"] and refused_moves == []
+    [(kept, attempts, error)] = rows
+    assert kept is None and attempts == 1 and "refused for the test" in error
+    # Its back-off over, the row applies.
+    assert together(db, config, now + timedelta(minutes=5)).applied == 1
+    with db.session() as s:
+        assert s.scalar(select(Survey.state).where(Survey.id == sids[1])) == "delivered"
+
+
+@pytest.mark.parametrize("order", ["delivered first", "sent first"])
+def test_two_events_of_one_survey_in_one_run_never_step_back(db: Database, config, caplog, order):
+    [raw_delivered] = delivered_surveys(db, "pair", 1)
+    with db.session() as s:
+        sid, message_id = s.execute(select(Survey.id, Survey.provider_message_id)).one()
+    raw_sent = twilio_status(sid, message_id, "sent")
+    pair = [raw_delivered, raw_sent] if order == "delivered first" else [raw_sent, raw_delivered]
+    responses.store_webhooks(db.factory, [*pair, *delivered_surveys(db, "other", 1)])
+    together(db, config, utcnow() + timedelta(minutes=2))
+    assert "not applied together" not in caplog.text
+    with db.session() as s:
+        assert s.scalar(select(Survey.state).where(Survey.id == sid)) == "delivered"
+        status = s.scalar(select(MessageRecord.status).where(MessageRecord.survey_id == sid))
+        moves = s.execute(
+            select(SurveyTransition.from_state, SurveyTransition.to_state).where(
+                SurveyTransition.survey_id == sid
+            )
+        ).all()
+    assert status == "delivered" and moves == [("sent", "delivered")]
