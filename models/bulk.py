@@ -195,7 +195,10 @@ def update_rows(
 
 def _rowcount(result: Result[Any]) -> int:
     """Rows an UPDATE changed (summed over an ``executemany`` on SQLite)."""
-    return int(getattr(result, "rowcount", -1))
+    count = getattr(result, "rowcount", None)
+    if count is None or count < 0:
+        raise RuntimeError("the driver did not report how many rows the UPDATE changed")
+    return int(count)
 
 
 def is_any(session: Session, target: ColumnElement[Any], values: Sequence[Any]) -> Any:

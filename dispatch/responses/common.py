@@ -31,6 +31,9 @@ MAX_COMMENT: Final = 2000
 """Longest comment kept (characters); longer ones are cut."""
 
 
+CONSENT_KINDS: Final = frozenset({K.opted_out, K.spam_report, K.opted_in})
+"""Delivery event kinds that change a customer's email consent rather than a message's state."""
+
 #: Our own commit of the send is missing: any provider evidence moves these forward.
 _UNCONFIRMED: Final = frozenset({S.sending, S.send_unknown})
 
@@ -114,7 +117,12 @@ class WebAnswer:
 
 
 def _lock_survey(session: Session, survey_id: int) -> Survey | None:
-    return session.scalar(select(Survey).where(Survey.id == survey_id).with_for_update())
+    """The survey, locked. ``FOR NO KEY UPDATE`` on PostgreSQL: every other writer still
+    waits, but not the foreign-key check of a webhook request storing a raw row tied to the
+    survey (which may hold a message row this transaction wants next)."""
+    return session.scalar(
+        select(Survey).where(Survey.id == survey_id).with_for_update(key_share=True)
+    )
 
 
 def _window_end(survey: Survey, config: OperatorConfig) -> datetime:

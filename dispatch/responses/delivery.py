@@ -26,6 +26,7 @@ from config import OperatorConfig
 from dispatch.consent import subject_of
 from dispatch.responses.common import (
     _UNCONFIRMED,
+    CONSENT_KINDS,
     Applied,
     K,
     S,
@@ -55,9 +56,6 @@ _DELIVERY_TARGET: Final[Mapping[DeliveryEventKind, SurveyState]] = {
 
 _KIND_VALUES: Final = frozenset(k.value for k in K)
 
-CONSENT_KINDS: Final = frozenset({K.opted_out, K.spam_report, K.opted_in})
-"""Kinds that change a customer's email consent rather than a message's delivery state."""
-
 # --------------------------------------------------------------------------------------------
 # Delivery events (SMS status callbacks, email events)
 # --------------------------------------------------------------------------------------------
@@ -70,14 +68,19 @@ def _survey_for_event(session: Session, event: DeliveryEvent) -> Survey | None:
             return survey
     if event.provider_message_id is None:
         return None
+    # The lowest id when several share the message id, as the replay's runs find it.
     survey_id = session.scalar(
-        select(Survey.id).where(Survey.provider_message_id == event.provider_message_id).limit(1)
+        select(Survey.id)
+        .where(Survey.provider_message_id == event.provider_message_id)
+        .order_by(Survey.id)
+        .limit(1)
     ) or session.scalar(
         select(MessageRecord.survey_id)
         .where(
             MessageRecord.provider_message_id == event.provider_message_id,
             MessageRecord.provider == event.provider,
         )
+        .order_by(MessageRecord.id)
         .limit(1)
     )
     return _lock_survey(session, survey_id) if survey_id is not None else None
@@ -200,7 +203,7 @@ class DeliveryMove:
 
     target: SurveyState
     reason: str
-    values: dict[str, Any]
+    values: Mapping[str, Any]
 
 
 def decide_delivery(

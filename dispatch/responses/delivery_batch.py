@@ -7,9 +7,11 @@ event costs about ten statements; here a run of events costs a fixed number, wha
 length:
 
 1. two reads to find each event's survey, as the one-by-one form does (the survey id the
-   callback carries, else the provider's message id on the survey, else on a message record);
-2. the surveys locked in id order (``SELECT ... FOR UPDATE``), then the messages whose
-   delivery state the events advance, then the customers read (erased or not);
+   callback carries, else the provider's message id on the survey, else on a message record),
+   kept current as the run goes: a send whose commit was lost takes its message id from the
+   first report of it, and a later report naming only that id finds it;
+2. the surveys locked in id order, then the message records the events name, then the
+   customers read (erased or not);
 3. the events decided in order in memory by the same rules
    (:func:`~dispatch.responses.delivery.decide_delivery`,
    :func:`~dispatch.responses.delivery.message_change`), each seeing what the one before it
@@ -27,6 +29,7 @@ run back; the caller then applies its rows one by one.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,9 +41,8 @@ from sqlalchemy.orm import Session
 from channels.base import DeliveryEvent, WebhookSource
 from channels.webhook_sources import delivery_rules
 from config import OperatorConfig
-from dispatch.responses.common import Applied
+from dispatch.responses.common import CONSENT_KINDS, Applied
 from dispatch.responses.delivery import (
-    CONSENT_KINDS,
     FACT_COLUMNS,
     SurveyFacts,
     decide_delivery,
@@ -76,59 +78,98 @@ class _Message:
     changed: bool = False
 
 
-def _find_surveys(session: Session, events: Sequence[DeliveryEvent]) -> list[int | None]:
-    """Each event's survey id, found as :func:`dispatch.responses.delivery._survey_for_event`
-    finds it, without locks (the caller locks what is found)."""
-    named = sorted({e.survey_id for e in events if e.survey_id is not None})
-    message_ids = sorted({e.provider_message_id for e in events if e.provider_message_id})
-    existing: set[int] = set()
-    by_survey_message: dict[str, int] = {}
-    conditions = []
-    if named:
-        conditions.append(is_any(session, _SURVEYS.c.id, named))
-    if message_ids:
-        conditions.append(is_any(session, _SURVEYS.c.provider_message_id, message_ids))
-    if conditions:
-        for survey_id, message_id in session.execute(
-            select(_SURVEYS.c.id, _SURVEYS.c.provider_message_id)
-            .where(or_(*conditions))
-            .order_by(_SURVEYS.c.id)
-        ):
-            existing.add(survey_id)
-            if message_id is not None:
-                by_survey_message.setdefault(message_id, survey_id)
-    by_record: dict[tuple[str, str], int] = {}
-    if message_ids:
-        for survey_id, provider, message_id in session.execute(
-            select(_MESSAGES.c.survey_id, _MESSAGES.c.provider, _MESSAGES.c.provider_message_id)
-            .where(is_any(session, _MESSAGES.c.provider_message_id, message_ids))
-            .order_by(_MESSAGES.c.id)
-        ):
-            by_record.setdefault((provider, message_id), survey_id)
-    found: list[int | None] = []
-    for event in events:
-        if event.survey_id is not None and event.survey_id in existing:
-            found.append(event.survey_id)
-        elif event.provider_message_id is None:
-            found.append(None)
-        else:
-            found.append(
-                by_survey_message.get(event.provider_message_id)
-                or by_record.get((event.provider, event.provider_message_id))
-            )
-    return found
+@dataclass(slots=True)
+class _Finder:
+    """Finds each event's survey as :func:`dispatch.responses.delivery._survey_for_event` would
+    when the events are applied one after the other: the survey the callback names, else the
+    lowest survey holding the provider's message id (as read, and as earlier events of the run
+    set it: a send whose commit was lost takes its message id from the first report of it),
+    else the survey of the lowest message record with that id."""
+
+    by_survey_message: dict[str, int]
+    by_record: dict[tuple[str, str], int]
+    named: set[int]
+
+    @classmethod
+    def read(cls, session: Session, events: Sequence[DeliveryEvent]) -> _Finder:
+        """Two reads, without locks (the caller locks :meth:`candidates`)."""
+        named = sorted({e.survey_id for e in events if e.survey_id is not None})
+        message_ids = sorted({e.provider_message_id for e in events if e.provider_message_id})
+        finder = cls({}, {}, set())
+        conditions = []
+        if named:
+            conditions.append(is_any(session, _SURVEYS.c.id, named))
+        if message_ids:
+            conditions.append(is_any(session, _SURVEYS.c.provider_message_id, message_ids))
+        if conditions:
+            for survey_id, message_id in session.execute(
+                select(_SURVEYS.c.id, _SURVEYS.c.provider_message_id)
+                .where(or_(*conditions))
+                .order_by(_SURVEYS.c.id)
+            ):
+                finder.named.add(survey_id)
+                if message_id is not None:
+                    finder.by_survey_message.setdefault(message_id, survey_id)
+        if message_ids:
+            for survey_id, provider, message_id in session.execute(
+                select(_MESSAGES.c.survey_id, _MESSAGES.c.provider, _MESSAGES.c.provider_message_id)
+                .where(is_any(session, _MESSAGES.c.provider_message_id, message_ids))
+                .order_by(_MESSAGES.c.id)
+            ):
+                finder.by_record.setdefault((provider, message_id), survey_id)
+        return finder
+
+    def candidates(self, events: Sequence[DeliveryEvent]) -> set[int]:
+        """Every survey an event of the run may turn out to be about."""
+        ids: set[int] = set()
+        for event in events:
+            if event.survey_id is not None and event.survey_id in self.named:
+                ids.add(event.survey_id)
+            if event.provider_message_id is not None:
+                for found in (
+                    self.by_survey_message.get(event.provider_message_id),
+                    self.by_record.get((event.provider, event.provider_message_id)),
+                ):
+                    if found is not None:
+                        ids.add(found)
+        return ids
+
+    def find(self, event: DeliveryEvent, surveys: dict[int, SurveyFacts]) -> SurveyFacts | None:
+        """The event's survey among the locked ones, as the run has left them so far."""
+        if event.survey_id is not None and event.survey_id in surveys:
+            return surveys[event.survey_id]
+        message_id = event.provider_message_id
+        if message_id is None:
+            return None
+        found = self.by_survey_message.get(message_id) or self.by_record.get(
+            (event.provider, message_id)
+        )
+        return surveys.get(found) if found is not None else None
+
+    def took(self, survey: SurveyFacts) -> None:
+        """``survey`` holds its provider message id from now on."""
+        message_id = survey.provider_message_id
+        if message_id is None:
+            return
+        holder = self.by_survey_message.get(message_id)
+        if holder is None or survey.id < holder:
+            self.by_survey_message[message_id] = survey.id
 
 
 def _lock_surveys(session: Session, ids: set[int]) -> dict[int, SurveyFacts]:
     """The surveys, locked in id order (two runs touching the same surveys take them in the same
-    order, instead of each holding one the other waits for)."""
+    order, instead of each holding one the other waits for). ``FOR NO KEY UPDATE`` on
+    PostgreSQL, the lock an ``UPDATE`` of non-key columns takes anyway: it still keeps every other
+    writer out, but not the foreign-key check of a webhook request storing a raw row tied to
+    the survey, which would otherwise wait for the run while holding the message row the run
+    wants next (a deadlock)."""
     if not ids:
         return {}
     rows = session.execute(
         select(*(_SURVEYS.c[name] for name in FACT_COLUMNS))
         .where(is_any(session, _SURVEYS.c.id, sorted(ids)))
         .order_by(_SURVEYS.c.id)
-        .with_for_update()
+        .with_for_update(key_share=True)
     )
     return {row.id: SurveyFacts.of(row) for row in rows}
 
@@ -136,8 +177,10 @@ def _lock_surveys(session: Session, ids: set[int]) -> dict[int, SurveyFacts]:
 def _lock_messages(
     session: Session, events: Sequence[DeliveryEvent]
 ) -> dict[tuple[str, str], _Message]:
-    """The latest message record of each (provider, provider message id) the events name,
-    locked in id order after the surveys (the order the one-by-one form takes them in)."""
+    """The latest message record of each (provider, provider message id) the events name. Every
+    record with one of those ids is locked, in id order and after the surveys (the one-by-one
+    form, too, writes a message only once it holds the survey), so that a webhook request
+    advancing one of them meanwhile waits, then re-checks its rank against what the run wrote."""
     message_ids = sorted({e.provider_message_id for e in events if e.provider_message_id})
     if not message_ids:
         return {}
@@ -152,7 +195,7 @@ def _lock_messages(
         )
         .where(is_any(session, _MESSAGES.c.provider_message_id, message_ids))
         .order_by(_MESSAGES.c.id)
-        .with_for_update()
+        .with_for_update(key_share=True)
     ):
         # In id order: the last one read of a key is its latest, as the one-by-one form takes.
         latest[(row.provider, row.provider_message_id)] = _Message(row.id, row.status, row.error)
@@ -180,18 +223,17 @@ def apply_delivery_events(
     """Apply delivery events (each one :func:`applies_together` takes) in their order, with a
     fixed number of statements; returns each event's outcome, in the same order. Raises on any
     failure, leaving the caller to roll back (a savepoint) and apply them one by one."""
-    found = _find_surveys(session, events)
-    surveys = _lock_surveys(session, {sid for sid in found if sid is not None})
+    finder = _Finder.read(session, events)
+    surveys = _lock_surveys(session, finder.candidates(events))
     messages = _lock_messages(session, events)
     customers = _customers(session, {s.customer_id for s in surveys.values()})
     outcomes: list[Applied] = []
     moves: list[Move] = []
-    for event, survey_id in zip(events, found, strict=True):
+    for event in events:
         rules = delivery_rules(event.provider)
-        survey = surveys.get(survey_id) if survey_id is not None else None
-        if rules is None:
-            outcomes.append(Applied(f"unknown provider {event.provider}"[:40]))
-            continue
+        if rules is None:  # applies_together takes no such event
+            raise ValueError(f"no delivery rules for provider {event.provider!r}")
+        survey = finder.find(event, surveys)
         if survey is None:
             outcomes.append(Applied("no matching survey"))
             continue
@@ -211,13 +253,20 @@ def apply_delivery_events(
             )
         )
         survey.moved(decision)
+        finder.took(survey)
         outcomes.append(Applied(decision.target.value, survey.id, subject, erased=erased))
     changed = [
         {"id": m.id, "status": m.status, "error": m.error} for m in messages.values() if m.changed
     ]
     update_rows(session, _MESSAGES, ["status", "error"], changed)
     move_rows(session, moves, now=now)
-    log.debug("delivery events applied together: %s, %s surveys moved", len(events), len(moves))
+    if moves:
+        by_target = Counter(move.target.value for move in moves)
+        log.info(
+            "delivery events applied as a run: %s, surveys moved %s",
+            len(events),
+            ", ".join(f"{count} to {target}" for target, count in sorted(by_target.items())),
+        )
     return outcomes
 
 

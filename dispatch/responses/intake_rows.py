@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from channels.base import DeliveryEvent, DeliveryEventKind, RawWebhook
 from channels.webhook_sources import WEBHOOK_SOURCES as SOURCES
-from dispatch.responses.delivery import CONSENT_KINDS
+from dispatch.responses.common import CONSENT_KINDS
 from dispatch.responses.store import REPLAY_MAX_ATTEMPTS
 from models import InboundEvent
 from models.bulk import insert_rows

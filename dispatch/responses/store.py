@@ -6,9 +6,11 @@ external id) and commits; :func:`handle_webhook` applies one stored row in its o
 holding the row's lock, and stamps ``handled_at``. What applying a row means is the caller's
 ``apply`` (the package routes each source to its rules). A failure while applying rolls back the
 effect (a savepoint), keeps the row with ``handled_at`` null and its (masked) error, and counts
-the attempt: :func:`replay_unhandled_webhooks` applies it again after :func:`replay_pause` (a
-few rows per transaction, each in its own savepoint; when a row fails the whole transaction,
-row by row, its failure counted in a transaction of its own), and stops after
+the attempt: :func:`replay_unhandled_webhooks` applies it again after :func:`replay_pause` (up
+to :data:`REPLAY_BATCH` rows per transaction: runs of delivery events together in one savepoint
+(:class:`ApplyTogether`), the other rows each in its own, and a run that fails row by row; when
+a row fails the whole transaction, row by row, its failure counted in a transaction of its
+own), and stops after
 :data:`REPLAY_MAX_ATTEMPTS` failures, leaving the row and its error for an operator.
 
 Once applied, a raw row keeps its payload only when it is tied to a survey (``survey_id``) or a
@@ -69,12 +71,14 @@ WEBHOOK_SOURCES: Final = tuple(SOURCES)
 REPLAY_FIRST_PAUSE: Final = timedelta(minutes=1)
 REPLAY_MAX_PAUSE: Final = timedelta(hours=6)
 REPLAY_MAX_ATTEMPTS: Final = 20
+"""A stored webhook whose application failed this many times is no longer replayed (about three
+days of back-off); it stays unapplied with its error, counted by ``nps_webhooks_given_up``."""
 REPLAY_BATCH: Final = 100
 """Stored webhooks a replay applies per transaction (runs of delivery events together, the
 others each in its own savepoint): one commit for them all, and the locks they take held only
-that long."""
-"""A stored webhook whose application failed this many times is no longer replayed (about three
-days of back-off); it stays unapplied with its error, counted by ``nps_webhooks_given_up``."""
+that long. A run of 100 delivery events costs about a dozen statements; at 20 a transaction,
+``bench.replay`` applied 2,310-2,390 rows/s at 0.60 statements a row, against 4,420-4,470 at
+0.12 with 100."""
 
 
 def store_webhooks(
@@ -213,8 +217,9 @@ def _replay_batch(
     now: datetime,
     together: ApplyTogether | None = None,
 ) -> list[Handled]:
-    """Apply a few stored rows in one transaction (one commit for all), each in its own
-    savepoint as :func:`handle_webhook` does; rows another replayer holds are skipped.
+    """Apply a few stored rows in one transaction (one commit for all): runs of rows
+    ``together`` takes in one savepoint each, the others each in its own savepoint as
+    :func:`handle_webhook` does; rows another replayer holds are skipped.
 
     One row can fail the whole transaction (a failure no savepoint contains, the connection
     lost while applying it): the rows are then applied one by one, so that the others apply
@@ -222,7 +227,7 @@ def _replay_batch(
     pass. When a row's failure cannot even be counted, the database is away
     (:class:`DatabaseAway`): the rest wait for the next pass instead of each trying again."""
     try:
-        return _apply_together(factory, config, ids, apply, now, together)
+        return _apply_in_one_transaction(factory, config, ids, apply, now, together)
     except Exception as exc:  # the transaction itself failed: nothing of it was recorded
         failure = describe_error(_first_failure(exc), limit=2000)
     if len(ids) == 1:
@@ -235,7 +240,7 @@ def _replay_batch(
     results: list[Handled] = []
     for row_id in ids:
         try:
-            results += _apply_together(factory, config, [row_id], apply, now)
+            results += _apply_in_one_transaction(factory, config, [row_id], apply, now)
             continue
         except Exception as exc:
             failure = describe_error(_first_failure(exc), limit=2000)
@@ -245,7 +250,7 @@ def _replay_batch(
     return results
 
 
-def _apply_together(
+def _apply_in_one_transaction(
     factory: sessionmaker[Session],
     config: OperatorConfig,
     ids: Sequence[int],
@@ -324,7 +329,7 @@ def _attempt_run(
             _stamp_rows(session, list(zip((row.id for row in rows), outcomes, strict=True)), now)
     except Exception as exc:
         log.warning(
-            "webhook rows %s to %s not applied together (%s): one by one",
+            "webhook rows %s to %s not applied as a run (%s): one by one",
             rows[0].id,
             rows[-1].id,
             describe_error(exc),

@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 
 from models import Survey, SurveyTransition
 from models.lifecycle import TRANSITIONS, IllegalMove, SurveyState, require_moves
-from models.surveys import Move, move_each
+from models.surveys import Move, MoveConflict, move_each, move_rows
 from tests.conftest import NOW, Database
 from tests.seeding import seed_due_surveys
 
@@ -71,3 +71,61 @@ def test_move_each_moves_each_to_its_target_and_skips_rows_that_moved_meanwhile(
         (b, "scheduled", "queued", None, NOW),
         (c, "scheduled", "scheduled", "quiet hours", NOW),
     ]
+
+
+def test_move_rows_applies_each_surveys_moves_in_order_with_its_own_values(db: Database):
+    a, b = seed_due_surveys(db, 2, NOW)
+    with db.session() as s, s.begin():
+        s.execute(update(Survey).values(state="sending"))
+    first, second = NOW + timedelta(minutes=1), NOW + timedelta(minutes=2)
+    with db.session() as s, s.begin():
+        moved = move_rows(
+            s,
+            [
+                # b's first move comes before a's first, a's second after both: rounds, not
+                # one statement per kind of move, keep each survey's own order.
+                Move(b, S.sending, S.sent, "b sent", (("sent_at", second),)),
+                Move(a, S.sending, S.sent, "a sent", (("sent_at", first),)),
+                Move(b, S.sent, S.delivered, "b delivered", (("delivered_at", second),)),
+                Move(a, S.sent, S.delivered, "a delivered", (("delivered_at", first),)),
+            ],
+            now=NOW,
+        )
+    assert sorted(moved) == [a, b]
+    with db.session() as s:
+        rows = {r.id: r for r in s.scalars(select(Survey))}
+        history = s.execute(
+            select(
+                SurveyTransition.survey_id,
+                SurveyTransition.from_state,
+                SurveyTransition.to_state,
+                SurveyTransition.reason,
+            ).order_by(SurveyTransition.id)
+        ).all()
+    assert [(rows[i].state, rows[i].sent_at, rows[i].delivered_at) for i in (a, b)] == [
+        ("delivered", first, first),
+        ("delivered", second, second),
+    ]
+    assert [h for h in history if h[0] == a] == [
+        (a, "sending", "sent", "a sent"),
+        (a, "sent", "delivered", "a delivered"),
+    ]
+    assert [h for h in history if h[0] == b] == [
+        (b, "sending", "sent", "b sent"),
+        (b, "sent", "delivered", "b delivered"),
+    ]
+
+
+def test_move_rows_refuses_a_row_not_in_its_source_state(db: Database):
+    a, b = seed_due_surveys(db, 2, NOW)
+    # The error leaves the transaction, which undoes the move that did match.
+    with (
+        pytest.raises(MoveConflict, match="1 of 1 surveys were no longer queued"),
+        db.session() as s,
+        s.begin(),
+    ):
+        move_rows(s, [Move(a, S.scheduled, S.queued), Move(b, S.queued, S.sending)], now=NOW)
+    with pytest.raises(IllegalMove), db.session() as s, s.begin():
+        move_rows(s, [Move(a, S.scheduled, S.sent)], now=NOW)
+    with db.session() as s:
+        assert Counter(s.scalars(select(Survey.state))) == Counter({"scheduled": 2})
