@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, cast
+from typing import Any, Final, cast
 
 from sqlalchemy import Table, or_, select
 from sqlalchemy.orm import Session
@@ -88,7 +88,7 @@ class _Finder:
 
     by_survey_message: dict[str, int]
     by_record: dict[tuple[str, str], int]
-    named: set[int]
+    read_ids: set[int]
 
     @classmethod
     def read(cls, session: Session, events: Sequence[DeliveryEvent]) -> _Finder:
@@ -107,7 +107,7 @@ class _Finder:
                 .where(or_(*conditions))
                 .order_by(_SURVEYS.c.id)
             ):
-                finder.named.add(survey_id)
+                finder.read_ids.add(survey_id)
                 if message_id is not None:
                     finder.by_survey_message.setdefault(message_id, survey_id)
         if message_ids:
@@ -123,9 +123,9 @@ class _Finder:
         """Every survey an event of the run may turn out to be about."""
         ids: set[int] = set()
         for event in events:
-            if event.survey_id is not None and event.survey_id in self.named:
+            if event.survey_id is not None and event.survey_id in self.read_ids:
                 ids.add(event.survey_id)
-            if event.provider_message_id is not None:
+            elif event.provider_message_id is not None:
                 for found in (
                     self.by_survey_message.get(event.provider_message_id),
                     self.by_record.get((event.provider, event.provider_message_id)),
@@ -178,9 +178,11 @@ def _lock_messages(
     session: Session, events: Sequence[DeliveryEvent]
 ) -> dict[tuple[str, str], _Message]:
     """The latest message record of each (provider, provider message id) the events name. Every
-    record with one of those ids is locked, in id order and after the surveys (the one-by-one
-    form, too, writes a message only once it holds the survey), so that a webhook request
-    advancing one of them meanwhile waits, then re-checks its rank against what the run wrote."""
+    record with one of those ids is locked after the surveys (the one-by-one form, too, writes
+    a message only once it holds the survey), so that a webhook request advancing one of them
+    meanwhile waits, then re-checks its rank against what the run wrote. They are locked in
+    the order a group of status callbacks advances its messages, (provider, message id), so
+    that a run and such a group holding one message each do not wait for each other's."""
     message_ids = sorted({e.provider_message_id for e in events if e.provider_message_id})
     if not message_ids:
         return {}
@@ -194,12 +196,24 @@ def _lock_messages(
             _MESSAGES.c.error,
         )
         .where(is_any(session, _MESSAGES.c.provider_message_id, message_ids))
-        .order_by(_MESSAGES.c.id)
+        .order_by(
+            *_in_code_point_order(session, _MESSAGES.c.provider, _MESSAGES.c.provider_message_id),
+            _MESSAGES.c.id,
+        )
         .with_for_update(key_share=True)
     ):
-        # In id order: the last one read of a key is its latest, as the one-by-one form takes.
+        # In id order within a key: the last one read is its latest, as the one-by-one form
+        # takes.
         latest[(row.provider, row.provider_message_id)] = _Message(row.id, row.status, row.error)
     return latest
+
+
+def _in_code_point_order(session: Session, *columns: Any) -> list[Any]:
+    """``columns`` ordered as Python sorts their strings (PostgreSQL's ``"C"`` collation; the
+    database's own may order case and punctuation otherwise)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return list(columns)
+    return [column.collate("C") for column in columns]
 
 
 def _customers(session: Session, ids: set[int]) -> dict[int, tuple[bool, str | None]]:

@@ -9,6 +9,8 @@ Real databases; the oracle is the one-by-one replay (``together=None``) of the s
 from __future__ import annotations
 
 import random
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -20,6 +22,7 @@ from sqlalchemy import event, func, select, text, update
 from channels.base import RawWebhook
 from dispatch import responses
 from dispatch.responses import store
+from dispatch.responses.intake_group import take_delivery_events
 from models import Customer, InboundEvent, MessageRecord, Survey, SurveyTransition, utcnow
 from tests.conftest import Database
 from tests.dispatch.test_responses import seed_survey, sendgrid_event, twilio_status
@@ -440,6 +443,54 @@ def _random_world(
     return ids, raws
 
 
+def _shared_world(
+    db: Database, rnd: random.Random, tag: str, now: datetime
+) -> tuple[list[int], list[RawWebhook]]:
+    """Surveys and message records (of both providers) sharing a few message ids, and reports
+    naming those ids: which survey a report finds is then decided by the lowest-id rules, and
+    by ids the run's own reports assign."""
+    pool = [f"X{tag}m{k}" for k in range(3)]
+    ids: list[int] = []
+    for i in range(rnd.randint(2, 6)):
+        state, channel = rnd.choice(_STATES), rnd.choice(("sms", "email"))
+        message_id = rnd.choice(pool) if rnd.random() < 0.6 else None
+        values: dict[str, Any] = {"provider_message_id": message_id}
+        if message_id and state in ("sending", "send_unknown"):
+            values["provider"] = "twilio" if channel == "sms" else "sendgrid"
+        sid = seed_survey(
+            db, now=now, state=state, channel=channel, customer=f"{tag}-c{i}", **values
+        )
+        with db.session() as s, s.begin():
+            for _ in range(rnd.randint(0, 2)):
+                provider = rnd.choice(("twilio", "sendgrid"))
+                s.add(
+                    MessageRecord(
+                        survey_id=sid,
+                        kind=rnd.choice(("invitation", "reminder")),
+                        channel="sms" if provider == "twilio" else "email",
+                        provider=provider,
+                        provider_message_id=rnd.choice(pool),
+                        status="accepted",
+                    )
+                )
+        ids.append(sid)
+    raws: list[RawWebhook] = []
+    stamp = int(now.timestamp()) - 30
+    seen: set[tuple[str, str]] = set()
+    for k in range(rnd.randint(2, 16)):
+        named = rnd.choices([rnd.choice(ids), None, 900_000 + k], [45, 45, 10])[0]
+        message_id = rnd.choice(pool)
+        if rnd.random() < 0.5:
+            status, error = rnd.choice(_TWILIO)
+            if (message_id, status) not in seen:  # the same report twice is one stored row
+                seen.add((message_id, status))
+                raws.append(twilio_status(named, message_id, status, error))
+        else:
+            kind = rnd.choice(_SENDGRID[:-1])  # no unsubscribe: it would stop whole customers
+            raws.append(sendgrid_event(named, kind, f"{tag}-e{k}", message_id, timestamp=stamp))
+    return ids, raws
+
+
 def _world_outcome(db: Database, ids: list[int], tag: str, first_row: int) -> Any:
     """Everything the replay wrote about the world, with its tag and ids taken out."""
     label = {sid: n for n, sid in enumerate(ids)}
@@ -511,13 +562,16 @@ def _world_outcome(db: Database, ids: list[int], tag: str, first_row: int) -> An
     return seen
 
 
-def test_random_reports_end_in_runs_as_they_do_one_by_one(db: Database, config, caplog):
+@pytest.mark.parametrize("world", [_random_world, _shared_world], ids=["own", "shared"])
+def test_random_reports_end_in_runs_as_they_do_one_by_one(
+    db: Database, config, caplog, world: Callable[..., tuple[list[int], list[RawWebhook]]]
+):
     now = utcnow().replace(microsecond=0)
     differ = []
     for seed in range(40):
         ends = []
         for tag, replay in ((f"a{seed}x", one_by_one), (f"b{seed}x", together)):
-            ids, raws = _random_world(db, random.Random(seed), tag, now)
+            ids, raws = world(db, random.Random(seed), tag, now)
             with db.session() as s:
                 first_row = (s.scalar(select(func.max(InboundEvent.id))) or 0) + 1
             responses.store_webhooks(db.factory, raws)
@@ -529,3 +583,103 @@ def test_random_reports_end_in_runs_as_they_do_one_by_one(db: Database, config, 
             )
     assert "not applied as a run" not in caplog.text
     assert not differ, differ[:3]
+
+
+# --- a run beside status callbacks taken live (PostgreSQL row locks) ------------------------
+
+
+@contextmanager
+def slow_message_update(db: Database, message_id: int, status: str) -> Iterator[None]:
+    """Updating message ``message_id`` to ``status`` takes two seconds: the live request holds
+    its lock meanwhile, as a slow request would."""
+    with db.engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE FUNCTION nps_test_slow() RETURNS trigger AS $$ BEGIN "
+                f"IF NEW.id = {message_id} AND NEW.status = '{status}' THEN "
+                "PERFORM pg_sleep(2); END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+            )
+        )
+        conn.execute(
+            text(
+                "CREATE TRIGGER nps_test_slow BEFORE UPDATE ON messages "
+                "FOR EACH ROW EXECUTE FUNCTION nps_test_slow()"
+            )
+        )
+    try:
+        yield
+    finally:
+        with db.engine.begin() as conn:
+            conn.execute(text("DROP TRIGGER nps_test_slow ON messages"))
+            conn.execute(text("DROP FUNCTION nps_test_slow()"))
+
+
+def _live_beside_a_run(db: Database, config: Any, live: list[RawWebhook]) -> list[BaseException]:
+    """Take ``live`` as the status route does while the replay applies what is stored (it starts
+    once the live group holds its first message); returns what the live group raised."""
+    errors: list[BaseException] = []
+
+    def take() -> None:
+        try:
+            take_delivery_events(db.factory, live)
+        except BaseException as exc:
+            errors.append(exc)
+
+    taking = threading.Thread(target=take)
+    taking.start()
+    time.sleep(0.5)
+    together(db, config, utcnow() + timedelta(minutes=2))
+    taking.join()
+    return errors
+
+
+def _message_of(db: Database, provider_message_id: str) -> int:
+    with db.session() as s:
+        found = s.scalar(
+            select(MessageRecord.id).where(MessageRecord.provider_message_id == provider_message_id)
+        )
+    assert found is not None
+    return found
+
+
+def test_a_live_callback_storing_a_row_tied_to_a_survey_the_run_holds_waits_no_deadlock(
+    pg_db: Database, config, caplog
+):
+    """The live group holds the message and stores a raw row tied to the survey (a foreign-key
+    check on the survey); the run holds the survey and wants the message. The run's survey lock
+    lets the foreign-key check through, so the live group finishes and the run follows."""
+    db = pg_db
+    raws = delivered_surveys(db, "held", 2)
+    responses.store_webhooks(db.factory, raws)
+    with db.session() as s:
+        sid = s.scalar(select(Survey.id).where(Survey.provider_message_id == "SMheld0"))
+    with slow_message_update(db, _message_of(db, "SMheld0"), "sent"):
+        errors = _live_beside_a_run(db, config, [twilio_status(sid, "SMheld0", "sent")])
+    assert errors == [] and "deadlock" not in caplog.text.lower()
+    with db.session() as s:
+        assert set(s.scalars(select(MessageRecord.status))) == {"delivered"}
+        assert set(s.scalars(select(Survey.state))) == {"delivered"}
+        assert s.scalar(select(func.count()).where(InboundEvent.handled_at.is_(None))) == 0
+
+
+def test_a_run_and_a_live_group_take_their_messages_in_the_same_order(
+    pg_db: Database, config, caplog
+):
+    """Two messages whose record ids sort one way and provider ids the other: a live group
+    advancing both holds the first (by provider id) while the run wants them; the run takes
+    them in the group's order, so one waits for the other instead of each for the other."""
+    db = pg_db
+    first = seed_survey(db, customer="order-a", state="sent", provider_message_id="SMzzzA")
+    second = seed_survey(db, customer="order-b", state="sent", provider_message_id="SMaaaB")
+    assert _message_of(db, "SMzzzA") < _message_of(db, "SMaaaB")
+    responses.store_webhooks(
+        db.factory,
+        [twilio_status(first, "SMzzzA", "delivered"), twilio_status(second, "SMaaaB", "delivered")],
+    )
+    live = [twilio_status(first, "SMzzzA", "sent"), twilio_status(second, "SMaaaB", "sent")]
+    with slow_message_update(db, _message_of(db, "SMaaaB"), "sent"):
+        errors = _live_beside_a_run(db, config, live)
+    assert errors == [] and "deadlock" not in caplog.text.lower()
+    with db.session() as s:
+        assert set(s.scalars(select(MessageRecord.status))) == {"delivered"}
+        assert set(s.scalars(select(Survey.state))) == {"delivered"}
