@@ -11,13 +11,12 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select, text, update
+from sqlalchemy import func, select, update
 
 from channels.base import RawWebhook
 from dispatch import responses
@@ -26,6 +25,8 @@ from dispatch.responses.intake_group import take_delivery_events
 from models import Customer, InboundEvent, MessageRecord, Survey, SurveyTransition, utcnow
 from tests.conftest import Database
 from tests.dispatch.test_responses import seed_survey, sendgrid_event, twilio_status
+from tests.dispatch.test_scheduler_claims import counting
+from tests.faults import refused, slowed
 
 Replay = Callable[[Database, Any, datetime], Any]
 
@@ -189,20 +190,6 @@ def test_events_applied_together_end_as_they_do_one_by_one(db: Database, config,
     assert erased_rows == [(None, "delivered", None, False, False, True)]
 
 
-@contextmanager
-def statements(db: Database) -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def count(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
-        seen.append(sql)
-
-    event.listen(db.engine, "before_cursor_execute", count)
-    try:
-        yield seen
-    finally:
-        event.remove(db.engine, "before_cursor_execute", count)
-
-
 def delivered_surveys(db: Database, tag: str, n: int) -> list[RawWebhook]:
     raws = []
     for k in range(n):
@@ -217,7 +204,7 @@ def test_a_run_costs_the_same_statements_for_five_events_as_for_sixty(db: Databa
     counts = []
     for tag, n in (("few", 5), ("many", 60)):
         responses.store_webhooks(db.factory, delivered_surveys(db, tag, n))
-        with statements(db) as seen:
+        with counting(db) as seen:
             report = together(db, config, utcnow() + timedelta(minutes=2))
         assert report.applied == n
         counts.append(len(seen))
@@ -228,49 +215,16 @@ def test_a_run_costs_the_same_statements_for_five_events_as_for_sixty(db: Databa
     assert set(states) == {"delivered"}
 
 
-def _refuse_delivery_of(db: Database, survey_id: int) -> Callable[[], None]:
-    """A trigger that refuses to move one survey to ``delivered``: a real failure inside the
-    run's statements. Returns how to drop it."""
-    if db.engine.dialect.name == "postgresql":
-        statements_ = [
-            "CREATE FUNCTION nps_test_refuse() RETURNS trigger AS $$ BEGIN "
-            f"IF NEW.id = {survey_id} AND NEW.state = 'delivered' THEN "
-            "RAISE EXCEPTION 'refused for the test'; END IF; RETURN NEW; END $$ "
-            "LANGUAGE plpgsql",
-            "CREATE TRIGGER nps_test_refuse BEFORE UPDATE ON surveys "
-            "FOR EACH ROW EXECUTE FUNCTION nps_test_refuse()",
-        ]
-        drops = ["DROP TRIGGER nps_test_refuse ON surveys", "DROP FUNCTION nps_test_refuse()"]
-    else:
-        statements_ = [
-            "CREATE TRIGGER nps_test_refuse BEFORE UPDATE ON surveys "
-            f"WHEN NEW.id = {survey_id} AND NEW.state = 'delivered' "
-            "BEGIN SELECT RAISE(ABORT, 'refused for the test'); END"
-        ]
-        drops = ["DROP TRIGGER nps_test_refuse"]
-    with db.engine.begin() as conn:
-        for sql in statements_:
-            conn.execute(text(sql))
-
-    def drop() -> None:
-        with db.engine.begin() as conn:
-            for sql in drops:
-                conn.execute(text(sql))
-
-    return drop
-
-
 def test_a_run_that_fails_is_undone_and_only_the_failing_row_waits(db: Database, config):
     raws = delivered_surveys(db, "run", 3)
     responses.store_webhooks(db.factory, raws)
     with db.session() as s:
         sids = list(s.scalars(select(Survey.id).order_by(Survey.id)))
-    drop = _refuse_delivery_of(db, sids[1])
-    try:
-        now = utcnow() + timedelta(minutes=2)
+    now = utcnow() + timedelta(minutes=2)
+    # A real failure inside the run's statements: one survey's move to delivered is refused.
+    when = f"NEW.id = {sids[1]} AND NEW.state = 'delivered'"
+    with refused(db, "surveys", when, on="UPDATE", message="refused for the test"):
         report = together(db, config, now)
-    finally:
-        drop()
     assert (report.applied, report.failed) == (2, 1)
     with db.session() as s:
         states = dict(s.execute(select(Survey.id, Survey.state)).all())
@@ -588,32 +542,6 @@ def test_random_reports_end_in_runs_as_they_do_one_by_one(
 # --- a run beside status callbacks taken live (PostgreSQL row locks) ------------------------
 
 
-@contextmanager
-def slow_message_update(db: Database, message_id: int, status: str) -> Iterator[None]:
-    """Updating message ``message_id`` to ``status`` takes two seconds: the live request holds
-    its lock meanwhile, as a slow request would."""
-    with db.engine.begin() as conn:
-        conn.execute(
-            text(
-                "CREATE FUNCTION nps_test_slow() RETURNS trigger AS $$ BEGIN "
-                f"IF NEW.id = {message_id} AND NEW.status = '{status}' THEN "
-                "PERFORM pg_sleep(2); END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
-            )
-        )
-        conn.execute(
-            text(
-                "CREATE TRIGGER nps_test_slow BEFORE UPDATE ON messages "
-                "FOR EACH ROW EXECUTE FUNCTION nps_test_slow()"
-            )
-        )
-    try:
-        yield
-    finally:
-        with db.engine.begin() as conn:
-            conn.execute(text("DROP TRIGGER nps_test_slow ON messages"))
-            conn.execute(text("DROP FUNCTION nps_test_slow()"))
-
-
 def _live_beside_a_run(db: Database, config: Any, live: list[RawWebhook]) -> list[BaseException]:
     """Take ``live`` as the status route does while the replay applies what is stored (it starts
     once the live group holds its first message); returns what the live group raised."""
@@ -653,7 +581,8 @@ def test_a_live_callback_storing_a_row_tied_to_a_survey_the_run_holds_waits_no_d
     responses.store_webhooks(db.factory, raws)
     with db.session() as s:
         sid = s.scalar(select(Survey.id).where(Survey.provider_message_id == "SMheld0"))
-    with slow_message_update(db, _message_of(db, "SMheld0"), "sent"):
+    when = f"NEW.id = {_message_of(db, 'SMheld0')} AND NEW.status = 'sent'"
+    with slowed(db, "messages", when, 2):
         errors = _live_beside_a_run(db, config, [twilio_status(sid, "SMheld0", "sent")])
     assert errors == [] and "deadlock" not in caplog.text.lower()
     with db.session() as s:
@@ -677,7 +606,8 @@ def test_a_run_and_a_live_group_take_their_messages_in_the_same_order(
         [twilio_status(first, "SMzzzA", "delivered"), twilio_status(second, "SMaaaB", "delivered")],
     )
     live = [twilio_status(first, "SMzzzA", "sent"), twilio_status(second, "SMaaaB", "sent")]
-    with slow_message_update(db, _message_of(db, "SMaaaB"), "sent"):
+    when = f"NEW.id = {_message_of(db, 'SMaaaB')} AND NEW.status = 'sent'"
+    with slowed(db, "messages", when, 2):
         errors = _live_beside_a_run(db, config, live)
     assert errors == [] and "deadlock" not in caplog.text.lower()
     with db.session() as s:

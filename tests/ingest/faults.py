@@ -7,60 +7,28 @@ database, exactly where a production failure would come from.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from sqlalchemy import event, text
 
 from models.session import make_engine, make_session_factory
 from tests.conftest import Database
+from tests.faults import refused
 
 # The trigger's own message names a person, as a database error quoting a bound value would:
 # it must never reach a client, a log line or a dead letter.
 TRIGGER_SECRET = "refused for secret.person@example.com"
 
-_PG_FUNCTION = f"""
-CREATE FUNCTION test_refuse_survey() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  IF (SELECT external_id FROM orders WHERE id = NEW.order_id) LIKE 'FAIL-%' THEN
-    RAISE EXCEPTION '{TRIGGER_SECRET}';
-  END IF;
-  RETURN NEW;
-END $$
-"""
-_PG_TRIGGER = (
-    "CREATE TRIGGER test_refuse_survey BEFORE INSERT ON surveys "
-    "FOR EACH ROW EXECUTE FUNCTION test_refuse_survey()"
-)
-_SQLITE_TRIGGER = f"""
-CREATE TRIGGER test_refuse_survey BEFORE INSERT ON surveys
-WHEN (SELECT external_id FROM orders WHERE id = NEW.order_id) LIKE 'FAIL-%'
-BEGIN SELECT RAISE(ABORT, '{TRIGGER_SECRET}'); END
-"""
 
-
-@contextmanager
-def surveys_refused_for_fail_orders(db: Database) -> Iterator[None]:
+def surveys_refused_for_fail_orders(db: Database) -> AbstractContextManager[None]:
     """Planning a survey for an order whose id starts with ``FAIL-`` raises a database error.
 
     It strikes late in applying a purchase, after the ledger claim, the customer, the consent
     records and the order were written, so a rollback that missed any of them would show.
     """
-    with db.engine.begin() as conn:
-        if db.dialect == "postgresql":
-            conn.execute(text(_PG_FUNCTION))
-            conn.execute(text(_PG_TRIGGER))
-        else:
-            conn.execute(text(_SQLITE_TRIGGER))
-    try:
-        yield
-    finally:
-        with db.engine.begin() as conn:
-            if db.dialect == "postgresql":
-                conn.execute(text("DROP TRIGGER IF EXISTS test_refuse_survey ON surveys"))
-                conn.execute(text("DROP FUNCTION IF EXISTS test_refuse_survey()"))
-            else:
-                conn.execute(text("DROP TRIGGER IF EXISTS test_refuse_survey"))
+    when = "(SELECT external_id FROM orders WHERE id = NEW.order_id) LIKE 'FAIL-%'"
+    return refused(db, "surveys", when, message=TRIGGER_SECRET, name="test_refuse_survey")
 
 
 def impatient(db: Database, wait_ms: int = 200) -> Database:

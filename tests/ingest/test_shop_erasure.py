@@ -5,12 +5,11 @@ not applied yet, and none of them brings the person back when it is replayed or 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from config import OperatorConfig
 from ingest import platforms, shopify, woocommerce
@@ -18,6 +17,7 @@ from ingest.service import ingest_event
 from models import Base, Customer, DeadLetter, InboundEvent
 from tests.conftest import NOW, Database
 from tests.factories import erased
+from tests.faults import refused
 from tests.ingest.test_shopify import (
     CUSTOMER,
     ORDER,
@@ -213,35 +213,9 @@ def test_customers_redact_naming_nothing_is_a_dead_letter(db: Database, config):
     assert letter.error.endswith("names no customer id, email address, phone number or order")
 
 
-@contextmanager
-def erasures_refused(db: Database) -> Iterator[None]:
+def erasures_refused(db: Database) -> AbstractContextManager[None]:
     """A real database error whenever an erasure writes its tombstone (a trigger)."""
-    if db.dialect == "postgresql":
-        statements = [
-            "CREATE FUNCTION test_refuse_erasure() RETURNS trigger LANGUAGE plpgsql AS $$ "
-            "BEGIN RAISE EXCEPTION 'refused'; END $$",
-            "CREATE TRIGGER test_refuse_erasure BEFORE INSERT ON erased_subjects "
-            "FOR EACH ROW EXECUTE FUNCTION test_refuse_erasure()",
-        ]
-        cleanup = [
-            "DROP TRIGGER test_refuse_erasure ON erased_subjects",
-            "DROP FUNCTION test_refuse_erasure()",
-        ]
-    else:
-        statements = [
-            "CREATE TRIGGER test_refuse_erasure BEFORE INSERT ON erased_subjects "
-            "BEGIN SELECT RAISE(ABORT, 'refused'); END"
-        ]
-        cleanup = ["DROP TRIGGER test_refuse_erasure"]
-    with db.engine.begin() as conn:
-        for statement in statements:
-            conn.execute(text(statement))
-    try:
-        yield
-    finally:
-        with db.engine.begin() as conn:
-            for statement in cleanup:
-                conn.execute(text(statement))
+    return refused(db, "erased_subjects", "1 = 1", name="test_refuse_erasure")
 
 
 def test_a_redact_request_waiting_for_its_replay_outlives_an_erasure_of_the_customer(

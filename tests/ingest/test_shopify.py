@@ -9,15 +9,14 @@ from __future__ import annotations
 import copy
 import json
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from config import OperatorConfig
 from ingest import platforms, shopify
@@ -37,6 +36,7 @@ from models import (
 )
 from models.privacy import pseudonymiser
 from tests.conftest import NOW, Database
+from tests.faults import refused
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "shopify"
 SHOP = "jsmith.myshopify.com"
@@ -491,66 +491,18 @@ def test_an_event_the_schema_refuses_is_a_dead_letter_with_the_reason(db: Databa
     assert rows(db, Order) == []
 
 
-@contextmanager
-def surveys_refused(db: Database, order: str = ORDER) -> Iterator[None]:
+def surveys_refused(db: Database, order: str = ORDER) -> AbstractContextManager[None]:
     """A real database error while a purchase of ``order`` is planned (a trigger)."""
     assert order.isdigit()
-    if db.dialect == "postgresql":
-        statements = [
-            "CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            f"IF (SELECT external_id FROM orders WHERE id = NEW.order_id) = '{order}' THEN "
-            "RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$",
-            "CREATE TRIGGER test_refuse BEFORE INSERT ON surveys "
-            "FOR EACH ROW EXECUTE FUNCTION test_refuse()",
-        ]
-        cleanup = ["DROP TRIGGER test_refuse ON surveys", "DROP FUNCTION test_refuse()"]
-    else:
-        statements = [
-            "CREATE TRIGGER test_refuse BEFORE INSERT ON surveys WHEN (SELECT external_id "
-            f"FROM orders WHERE id = NEW.order_id) = '{order}' "
-            "BEGIN SELECT RAISE(ABORT, 'refused'); END"
-        ]
-        cleanup = ["DROP TRIGGER test_refuse"]
-    with db.engine.begin() as conn:
-        for statement in statements:
-            conn.execute(text(statement))
-    try:
-        yield
-    finally:
-        with db.engine.begin() as conn:
-            for statement in cleanup:
-                conn.execute(text(statement))
+    when = f"(SELECT external_id FROM orders WHERE id = NEW.order_id) = '{order}'"
+    return refused(db, "surveys", when)
 
 
-@contextmanager
-def orders_refused(db: Database, order: str) -> Iterator[None]:
+def orders_refused(db: Database, order: str) -> AbstractContextManager[None]:
     """A real database error when the row of ``order`` is first written (a trigger), whatever
     the purchase would have planned."""
     assert order.isdigit()
-    if db.dialect == "postgresql":
-        statements = [
-            "CREATE FUNCTION test_refuse_order() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            f"IF NEW.external_id = '{order}' THEN RAISE EXCEPTION 'refused'; END IF; "
-            "RETURN NEW; END $$",
-            "CREATE TRIGGER test_refuse_order BEFORE INSERT ON orders "
-            "FOR EACH ROW EXECUTE FUNCTION test_refuse_order()",
-        ]
-        cleanup = ["DROP TRIGGER test_refuse_order ON orders", "DROP FUNCTION test_refuse_order()"]
-    else:
-        statements = [
-            "CREATE TRIGGER test_refuse_order BEFORE INSERT ON orders "
-            f"WHEN NEW.external_id = '{order}' BEGIN SELECT RAISE(ABORT, 'refused'); END"
-        ]
-        cleanup = ["DROP TRIGGER test_refuse_order"]
-    with db.engine.begin() as conn:
-        for statement in statements:
-            conn.execute(text(statement))
-    try:
-        yield
-    finally:
-        with db.engine.begin() as conn:
-            for statement in cleanup:
-                conn.execute(text(statement))
+    return refused(db, "orders", f"NEW.external_id = '{order}'", name="test_refuse_order")
 
 
 def test_a_failure_on_our_side_keeps_the_delivery_for_the_retry(db: Database, config):
