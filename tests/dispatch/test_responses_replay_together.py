@@ -570,14 +570,16 @@ def _message_of(db: Database, provider_message_id: str) -> int:
     return found
 
 
-def test_a_live_callback_storing_a_row_tied_to_a_survey_the_run_holds_waits_no_deadlock(
-    pg_db: Database, config, caplog
+@pytest.mark.parametrize("stored", [1, 2], ids=["one by one", "a run"])
+def test_a_live_callback_storing_a_row_tied_to_a_survey_the_replay_holds_waits_no_deadlock(
+    pg_db: Database, config, caplog, stored: int
 ):
     """The live group holds the message and stores a raw row tied to the survey (a foreign-key
-    check on the survey); the run holds the survey and wants the message. The run's survey lock
-    lets the foreign-key check through, so the live group finishes and the run follows."""
+    check on the survey); the replay holds the survey and wants the message. The replay's
+    survey lock lets the foreign-key check through, so the live group finishes and the replay
+    follows: for a run, and for a row alone (applied one by one)."""
     db = pg_db
-    raws = delivered_surveys(db, "held", 2)
+    raws = delivered_surveys(db, "held", stored)
     responses.store_webhooks(db.factory, raws)
     with db.session() as s:
         sid = s.scalar(select(Survey.id).where(Survey.provider_message_id == "SMheld0"))
