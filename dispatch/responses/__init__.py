@@ -98,17 +98,25 @@ __all__ = [
 ]
 
 
+def _stored_event(row: InboundEvent) -> DeliveryEvent | ReceivedSms | str:
+    """A stored row read back through its source's channel, or why there is nothing to read
+    (raises when the channel refuses the payload)."""
+    payload = row.payload
+    if not isinstance(payload, dict):
+        return "payload erased"
+    source = SOURCES.get(row.source)
+    if source is None:
+        return f"unknown source {row.source}"
+    return source.read(payload, row.received_at)
+
+
 def _apply_row(
     session: Session, row: InboundEvent, config: OperatorConfig, now: datetime, *, live: bool
 ) -> Applied:
     """Read a stored row back through its source's channel, then apply it."""
-    payload = row.payload
-    if not isinstance(payload, dict):
-        return Applied("payload erased")
-    source = SOURCES.get(row.source)
-    if source is None:
-        return Applied(f"unknown source {row.source}")
-    event = source.read(payload, row.received_at)
+    event = _stored_event(row)
+    if isinstance(event, str):
+        return Applied(event)
     if isinstance(event, ReceivedSms):
         return apply_inbound_sms(session, event, config, now, live=live)
     return apply_delivery_event(session, event, config, now)
@@ -124,12 +132,8 @@ def _read_delivery(row: InboundEvent) -> DeliveryEvent | None:
     """A stored row's delivery event when the replay may apply it with others
     (:func:`~dispatch.responses.delivery_batch.applies_together`); ``None`` sends it one by one,
     and so does a payload its channel cannot read (the one-by-one form records the failure)."""
-    payload = row.payload
-    source = SOURCES.get(row.source)
-    if not isinstance(payload, dict) or source is None:
-        return None
     try:
-        event = source.read(payload, row.received_at)
+        event = _stored_event(row)
     except Exception:
         return None
     if isinstance(event, DeliveryEvent) and applies_together(event):

@@ -39,6 +39,22 @@ def one_by_one(db: Database, config: Any, now: datetime) -> Any:
     return store.replay_unhandled_webhooks(db.factory, config, responses._apply, now=now)
 
 
+def message_record(
+    survey_id: int, provider: str, message_id: str, *, kind: str, status: str = "accepted"
+) -> MessageRecord:
+    """A message of the survey beside its invitation's (a reminder, or a record sharing an
+    id), on the provider's channel."""
+    channel = "sms" if provider == "twilio" else "email"
+    return MessageRecord(
+        survey_id=survey_id,
+        kind=kind,
+        channel=channel,
+        provider=provider,
+        provider_message_id=message_id,
+        status=status,
+    )
+
+
 def scenario(db: Database, tag: str) -> tuple[dict[str, int], list[RawWebhook]]:
     """Surveys in many states and the delivery events of one replay, as providers send them:
     late and repeated statuses, a send whose commit was lost, a reminder's status, an unknown
@@ -63,16 +79,7 @@ def scenario(db: Database, tag: str) -> tuple[dict[str, int], list[RawWebhook]]:
         ),
     }
     with db.session() as s, s.begin():
-        s.add(
-            MessageRecord(
-                survey_id=ids["reminder"],
-                kind="reminder",
-                channel="sms",
-                provider="twilio",
-                provider_message_id=f"SM{tag}r",
-                status="accepted",
-            )
-        )
+        s.add(message_record(ids["reminder"], "twilio", f"SM{tag}r", kind="reminder"))
         erased = s.get(Survey, ids["erased"])
         assert erased is not None
         s.execute(update(Customer).where(Customer.id == erased.customer_id).values(erased_at=now))
@@ -351,16 +358,7 @@ def _random_world(
             records.append(("reminder", reminder, "accepted"))
         with db.session() as s, s.begin():
             for kind, record_id, status in records:
-                s.add(
-                    MessageRecord(
-                        survey_id=sid,
-                        kind=kind,
-                        channel=channel,
-                        provider=provider,
-                        provider_message_id=record_id,
-                        status=status,
-                    )
-                )
+                s.add(message_record(sid, provider, record_id, kind=kind, status=status))
             if rnd.random() < 0.2:
                 survey = s.get(Survey, sid)
                 assert survey is not None
@@ -417,16 +415,8 @@ def _shared_world(
         with db.session() as s, s.begin():
             for _ in range(rnd.randint(0, 2)):
                 provider = rnd.choice(("twilio", "sendgrid"))
-                s.add(
-                    MessageRecord(
-                        survey_id=sid,
-                        kind=rnd.choice(("invitation", "reminder")),
-                        channel="sms" if provider == "twilio" else "email",
-                        provider=provider,
-                        provider_message_id=rnd.choice(pool),
-                        status="accepted",
-                    )
-                )
+                kind = rnd.choice(("invitation", "reminder"))
+                s.add(message_record(sid, provider, rnd.choice(pool), kind=kind))
         ids.append(sid)
     raws: list[RawWebhook] = []
     stamp = int(now.timestamp()) - 30
