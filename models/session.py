@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from psycopg.types.array import ListBinaryDumper
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -119,6 +119,31 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def engine_of(factory: sessionmaker[Session]) -> Engine:
+    """The engine the sessions of ``factory`` run on."""
+    bind = factory.kw.get("bind")
+    if isinstance(bind, Engine):
+        return bind
+    with factory() as session:
+        engine = session.get_bind()
+    if not isinstance(engine, Engine):
+        raise TypeError("the sessions are not bound to an engine")
+    return engine
+
+
+def single_statement(engine: Engine) -> Connection:
+    """A connection for one statement that is its own transaction: on PostgreSQL without
+    ``BEGIN`` and ``COMMIT`` round trips (autocommit; the statement is atomic and durable when
+    it returns). SQLite keeps its explicit transactions (see ``_sqlite_pragmas``).
+
+    A Core connection rather than a session: opening and closing an ORM session around a
+    single statement cost about a quarter of that statement's client CPU (measured on the send
+    path), and such a statement loads no objects."""
+    if engine.dialect.name == "postgresql":
+        return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    return engine.connect()
 
 
 @contextmanager

@@ -46,7 +46,6 @@ from dispatch.responses.intake_rows import (
     MESSAGE_ONLY,
     Taken,
     bring_back,
-    engine_of,
     raw_row,
     read_event,
     store_rows,
@@ -60,7 +59,7 @@ from dispatch.responses.store import (
 )
 from dispatch.scheduler import describe_error
 from models import InboundEvent, utcnow
-from models.session import retry_on_disconnect
+from models.session import engine_of, retry_on_disconnect
 
 __all__ = [
     "CONSENT",

@@ -43,14 +43,12 @@ from dispatch.responses.intake_rows import (
     MESSAGE_ONLY,
     Taken,
     bring_back,
-    engine_of,
     raw_row,
     read_event,
-    single_statement,
     store_rows,
 )
 from models import MessageRecord, utcnow
-from models.session import retry_on_disconnect
+from models.session import engine_of, retry_on_disconnect, single_statement
 
 __all__ = ["take_delivery_event", "take_delivery_events"]
 

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal, cast
 
-from sqlalchemy import Connection, Engine, Table, bindparam, case, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Connection, Table, bindparam, case, update
 
 from channels.base import DeliveryEvent, DeliveryEventKind, RawWebhook
 from channels.webhook_sources import WEBHOOK_SOURCES as SOURCES
@@ -26,10 +25,8 @@ __all__ = [
     "MESSAGE_ONLY",
     "Taken",
     "bring_back",
-    "engine_of",
     "raw_row",
     "read_event",
-    "single_statement",
     "store_rows",
 ]
 
@@ -105,16 +102,6 @@ def store_rows(conn: Connection, rows: list[dict[str, Any]]) -> dict[tuple[str, 
     return stored
 
 
-def engine_of(factory: sessionmaker[Session]) -> Engine:
-    bind = factory.kw.get("bind")
-    if isinstance(bind, Engine):
-        return bind
-    with factory() as session:
-        engine = session.get_bind()
-    assert isinstance(engine, Engine)
-    return engine
-
-
 def raw_row(raw: RawWebhook, now: datetime, **values: Any) -> dict[str, Any]:
     """The ``inbound_events`` columns of ``raw`` received at ``now``, with ``values`` set."""
     row = {
@@ -141,12 +128,3 @@ def read_event(raw: RawWebhook, now: datetime) -> DeliveryEvent | None:
         return None
     event = source.read(raw.payload, now)
     return event if isinstance(event, DeliveryEvent) else None
-
-
-def single_statement(engine: Engine) -> Connection:
-    """A connection for one statement that is its own transaction: on PostgreSQL without
-    ``BEGIN`` and ``COMMIT`` round trips (autocommit; the statement is atomic and durable when
-    it returns). SQLite keeps its explicit transactions (``models.session``)."""
-    if engine.dialect.name == "postgresql":
-        return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-    return engine.connect()

@@ -46,7 +46,7 @@ from dispatch.sending.common import (
 from models import Customer, Order, SurveyState
 from models.customers import ContactStatus
 from models.lifecycle import can_move
-from models.session import retry_on_disconnect
+from models.session import engine_of, retry_on_disconnect, single_statement
 
 S = SurveyState
 
@@ -134,8 +134,7 @@ def claim_in_one(
     statement = _STATEMENTS.get(key)
     if statement is None:
         statement = _STATEMENTS.setdefault(key, _statement(customer_columns, order_columns))
-    with factory() as session:
-        connection = session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    with single_statement(engine_of(factory)) as connection:
         row: Row[Any] | None = connection.execute(
             statement, {"survey_id": survey_id, "b_channel": channel.value, "now": now}
         ).first()

@@ -37,6 +37,7 @@ from logs.metrics import SENDS
 from models import Customer, Order, Survey, SurveyState, current_consent, move
 from models.customers import ContactStatus
 from models.lifecycle import can_move
+from models.session import engine_of, single_statement
 
 S = SurveyState
 
@@ -174,12 +175,12 @@ def _read_row(factory: sessionmaker[Session], survey_id: int) -> Row[Any, Any, A
     """The pick-up's read. On PostgreSQL outside a transaction (one round trip, no BEGIN and
     COMMIT around it): what follows from it is written in transactions of its own, each a
     compare-and-set on the state it read."""
-    with factory() as session:
-        if session.get_bind().dialect.name == "postgresql":
-            connection = session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    engine = engine_of(factory)
+    if engine.dialect.name == "postgresql":
+        with single_statement(engine) as connection:
             return connection.execute(_PICK_UP, {"survey_id": survey_id}).first()
-        with session.begin():
-            return session.execute(_PICK_UP, {"survey_id": survey_id}).first()
+    with factory() as session, session.begin():
+        return session.execute(_PICK_UP, {"survey_id": survey_id}).first()
 
 
 def _claimed_rows(row: Row[Any]) -> tuple[Survey, Order, Customer]:
@@ -236,8 +237,7 @@ def claim(
 
     On PostgreSQL a send that may go is claimed first in one statement
     (:mod:`dispatch.sending.claim_one`); what it does not claim comes here."""
-    bind = factory.kw.get("bind")
-    if build is not None and getattr(getattr(bind, "dialect", None), "name", "") == "postgresql":
+    if build is not None and engine_of(factory).dialect.name == "postgresql":
         fast = claim_in_one(factory, survey_id, channel, now, _CUSTOMER_COLUMNS, _ORDER_COLUMNS)
         if fast is not None:
             survey, _, customer = _claimed_rows(fast)

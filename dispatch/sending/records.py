@@ -31,6 +31,7 @@ from dispatch.sending.common import (
 from models import Customer, MessageRecord, Survey, SurveyState, move, utcnow
 from models.customers import record_consent
 from models.lifecycle import can_move
+from models.session import engine_of, single_statement
 
 S = SurveyState
 
@@ -190,11 +191,9 @@ def commit_sent(
     closes_at = sent_at + config.survey.response_window
     next_reminder_at = sent_at + reminder.after if reminder.max > 0 else None
     created_at = utcnow()
-    bind = factory.kw.get("bind")
-    dialect = getattr(getattr(bind, "dialect", None), "name", "")
-    if customer_id is not None and dialect == "postgresql":
-        with factory() as session:
-            connection = session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    engine = engine_of(factory)
+    if customer_id is not None and engine.dialect.name == "postgresql":
+        with single_statement(engine) as connection:
             row = connection.execute(
                 _SENT_IN_ONE,
                 {
@@ -239,7 +238,7 @@ def commit_sent(
             "b_body": None if erased else body,
             "b_created_at": created_at,
         }
-        moved = dialect != "postgresql" and move_one(
+        moved = engine.dialect.name != "postgresql" and move_one(
             session, survey_id, S.sending, S.sent, now=now, reason=reason, **values
         )
         if not moved:
