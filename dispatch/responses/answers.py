@@ -13,6 +13,7 @@ import logging
 from datetime import datetime
 from typing import Literal
 
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from config import OperatorConfig
@@ -40,6 +41,29 @@ from models.customers import latest_consent, record_consent
 from models.lifecycle import OPEN_STATES
 
 log = logging.getLogger(__name__)
+
+#: The survey's customer row, share-locked (``FOR SHARE`` on PostgreSQL).
+_LOCK_CUSTOMER_OF_SURVEY = (
+    select(Customer.id)
+    .where(
+        Customer.id
+        == select(Survey.customer_id).where(Survey.id == bindparam("survey_id")).scalar_subquery()
+    )
+    .with_for_update(read=True)
+)
+
+
+def _lock_for_answer(session: Session, survey_id: int) -> Survey | None:
+    """The survey, locked, after a share lock on its customer's row.
+
+    The erasure takes them in this order (the customer ``FOR UPDATE``, then its surveys), and
+    an answer or an unsubscribe reads or writes the customer's row after the survey's (the
+    erased check before keeping a comment, the consent record's foreign key). Taken survey
+    first, the two would each wait for the other until PostgreSQL aborted one: the respondent's
+    post, or the erasure. Taken customer first, one waits for the other and both finish. A
+    survey's customer never changes, so reading it before the survey's lock is safe."""
+    session.execute(_LOCK_CUSTOMER_OF_SURVEY, {"survey_id": survey_id})
+    return _lock_survey(session, survey_id)
 
 
 def _set_score(
@@ -119,7 +143,7 @@ def record_web_score(
     """A score posted from the answer page; a changed mind updates it and keeps the history."""
     if not 0 <= score <= 10:
         raise ValueError(f"score must be 0..10, not {score}")
-    survey = _lock_survey(session, survey_id)
+    survey = _lock_for_answer(session, survey_id)
     if survey is None or not can_answer(survey, now):
         return WebAnswer("closed")
     outcome = _set_score(session, survey, score, "web", config, now)
@@ -131,7 +155,7 @@ def record_web_score(
 
 def record_web_comment(session: Session, survey_id: int, comment: str, now: datetime) -> WebAnswer:
     """The follow-up answer from the answer page. A blank comment changes nothing."""
-    survey = _lock_survey(session, survey_id)
+    survey = _lock_for_answer(session, survey_id)
     if survey is None or not can_answer(survey, now):
         return WebAnswer("closed")
     if survey.score is None:
@@ -149,7 +173,7 @@ def unsubscribe_email(
 ) -> str:
     """The unsubscribe link (and RFC 8058 one-click POST): revoke email consent, stop unsent
     email surveys, end this open email invitation ``opted_out``. Idempotent."""
-    survey = _lock_survey(session, survey_id)
+    survey = _lock_for_answer(session, survey_id)
     if survey is None:
         return "no survey"
     customer = session.get(Customer, survey.customer_id)
