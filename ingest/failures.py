@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import traceback
 from pathlib import Path
-from typing import Final
+
+from models.session import TRANSIENT_SQLSTATES, transient
 
 __all__ = ["TRANSIENT_SQLSTATES", "TransientFailure", "failure_label", "transient"]
 
-#: PostgreSQL's "deadlock detected" and "serialization failure": worth one more try.
-TRANSIENT_SQLSTATES: Final = frozenset({"40P01", "40001"})
 
 _ROOT = Path(__file__).resolve().parent.parent
 _PACKAGES = {
@@ -54,11 +53,6 @@ def failure_label(exc: BaseException) -> str:
 
 class TransientFailure(Exception):
     """A deadlock or serialisation failure while applying an event; the message is its label."""
-
-
-def transient(exc: BaseException) -> bool:
-    """A deadlock or serialisation failure: the same work can succeed when tried again."""
-    return getattr(getattr(exc, "orig", None), "sqlstate", None) in TRANSIENT_SQLSTATES
 
 
 def _own_file(filename: str) -> str | None:

@@ -16,10 +16,12 @@ violation, which quotes the failing row or key ("Failing row contains (..., ana@
 
 from __future__ import annotations
 
+import random
 import re
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from psycopg.types.array import ListBinaryDumper
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -30,6 +32,10 @@ from sqlalchemy.orm import Session, sessionmaker
 # The server's DETAIL and CONTEXT lines (values of the row, key or input at fault).
 _SERVER_DETAIL = re.compile(r"^(DETAIL|CONTEXT):.*$", re.MULTILINE)
 _DETAIL_HIDDEN = r"\1:  (hidden: it may quote row values)"
+
+#: PostgreSQL's "deadlock detected" and "serialization failure": the transaction was rolled
+#: back whole, and the same work can succeed when run again.
+TRANSIENT_SQLSTATES: Final = frozenset({"40P01", "40001"})
 
 #: Connections a PostgreSQL engine keeps open: dramatiq's 8 threads per worker process, and a
 #: margin for the process's other threads (the config watcher, a web process's thread pool).
@@ -165,4 +171,26 @@ def retry_on_disconnect(work: Callable[[], T], *, attempts: int = 2) -> T:
         except DBAPIError as exc:
             if not exc.connection_invalidated or attempt >= attempts:
                 raise
+        attempt += 1
+
+
+def transient(exc: BaseException) -> bool:
+    """A deadlock or serialisation failure: the same work can succeed when tried again."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) in TRANSIENT_SQLSTATES
+
+
+def retry_transient(work: Callable[[], T], *, attempts: int = 3) -> T:
+    """Run ``work`` (a whole transaction) again when it failed on a dead connection
+    (:func:`retry_on_disconnect`), a deadlock or a serialisation failure: each left nothing
+    of it committed, except a commit whose answer was lost with its connection. So, as for
+    :func:`retry_on_disconnect`, only for work that may safely run twice. Between attempts, a
+    short random pause lets the other transaction of a deadlock finish first."""
+    attempt = 1
+    while True:
+        try:
+            return work()
+        except DBAPIError as exc:
+            if not (exc.connection_invalidated or transient(exc)) or attempt >= attempts:
+                raise
+        time.sleep(random.uniform(0.02, 0.1) * attempt)  # noqa: S311 - jitter only
         attempt += 1

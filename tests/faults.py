@@ -45,6 +45,30 @@ def refused(
 
 
 @contextmanager
+def failing_once(
+    db: Database, table: str, when: str, sqlstate: str, *, name: str = "test_fail_once"
+) -> Iterator[None]:
+    """PostgreSQL: the first ``INSERT`` into ``table`` of a row that ``when`` holds for fails
+    with ``sqlstate`` (``40P01``, a deadlock, say), as the server reports it; the next such
+    insert goes through. A sequence counts the tries, outside any transaction's rollback."""
+    assert db.dialect == "postgresql", "an error with a chosen SQLSTATE needs PostgreSQL"
+    create = [
+        f"CREATE SEQUENCE {name}_tries",
+        f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"IF ({when}) AND nextval('{name}_tries') = 1 THEN "
+        f"RAISE EXCEPTION 'failing once' USING ERRCODE = '{sqlstate}'; END IF; RETURN NEW; END $$",
+        f"CREATE TRIGGER {name} BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {name}()",
+    ]
+    drop = [
+        f"DROP TRIGGER IF EXISTS {name} ON {table}",
+        f"DROP FUNCTION IF EXISTS {name}()",
+        f"DROP SEQUENCE IF EXISTS {name}_tries",
+    ]
+    with _created(db, create, drop):
+        yield
+
+
+@contextmanager
 def slowed(
     db: Database, table: str, when: str, seconds: float, *, name: str = "test_slow"
 ) -> Iterator[None]:

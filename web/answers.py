@@ -38,6 +38,7 @@ from channels.messages import resolve_locale
 from config import OperatorConfig
 from dispatch import responses
 from models import Customer, Survey, utcnow
+from models.session import retry_transient
 from web.answer_pages import followup_question, language_of, message_page, redirect_to, render_page
 from web.deps import runtime_of
 from web.ratelimit import read_limited_body
@@ -168,15 +169,22 @@ def _save(
     comment: str | None,
     now: datetime,
 ) -> responses.WebAnswer:
-    with factory() as session, session.begin():
-        outcome = responses.WebAnswer("no_score")
-        if score is not None:
-            outcome = responses.record_web_score(session, survey_id, score, config, now)
-            if outcome.status == "closed":
-                return outcome
-        if comment is not None:
-            outcome = responses.record_web_comment(session, survey_id, comment, now)
-        return outcome
+    """The respondent's post in one transaction, run again when it met a dead connection, a
+    deadlock or a serialisation failure (a person's answer is not lost to a transient error).
+    Safe to run twice: an answer already recorded comes back ``unchanged``."""
+
+    def work() -> responses.WebAnswer:
+        with factory() as session, session.begin():
+            outcome = responses.WebAnswer("no_score")
+            if score is not None:
+                outcome = responses.record_web_score(session, survey_id, score, config, now)
+                if outcome.status == "closed":
+                    return outcome
+            if comment is not None:
+                outcome = responses.record_web_comment(session, survey_id, comment, now)
+            return outcome
+
+    return retry_transient(work)
 
 
 @router.post("/s/{token}")
@@ -241,8 +249,13 @@ async def unsubscribe_page(request: Request, token: str) -> Response:
 def _unsubscribe(
     factory: sessionmaker[Session], config: OperatorConfig, survey_id: int, now: datetime
 ) -> str:
-    with factory() as session, session.begin():
-        return responses.unsubscribe_email(session, survey_id, config, now)
+    """Run again on a transient failure, as :func:`_save` (unsubscribing is idempotent)."""
+
+    def work() -> str:
+        with factory() as session, session.begin():
+            return responses.unsubscribe_email(session, survey_id, config, now)
+
+    return retry_transient(work)
 
 
 @router.post("/s/{token}/unsubscribe")

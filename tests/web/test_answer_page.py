@@ -19,6 +19,7 @@ from dispatch.responses import SmsReply
 from models import Answer, ConsentRecord, InboundEvent, Survey, SurveyTransition, utcnow
 from tests.conftest import Database
 from tests.dispatch.test_responses import answers_of, seed_survey, survey_of
+from tests.faults import failing_once
 from web.answer_pages import followup_question, language_of, sms_reply_text
 from web.app import create_app
 from web.ratelimit import RateLimit, RateRule, TokenBuckets, client_key
@@ -290,6 +291,37 @@ def test_unsubscribe_get_confirms_and_post_revokes(client, db: Database):
         record = s.scalar(select(ConsentRecord).where(ConsentRecord.granted.is_(False)))
         assert record.channel == "email" and record.evidence_kind == "unsubscribe_link"
     assert client.post(url).status_code == 200  # again: harmless
+
+
+@pytest.mark.parametrize("sqlstate", ["40P01", "40001"], ids=["deadlock", "serialization"])
+def test_an_answer_meeting_a_transient_database_failure_is_recorded_once(
+    pg_db: Database, runtime_for, sqlstate: str
+):
+    """The server aborts the post's transaction once (a deadlock, a serialisation failure):
+    the post is run again, and the respondent's score and comment are kept, once each."""
+    client = TestClient(create_app(runtime_for(pg_db)))
+    sid = seed_survey(pg_db, channel="email", state="delivered")
+    with failing_once(pg_db, "answers", "NEW.comment IS NOT NULL", sqlstate):
+        done = client.post(
+            link(sid), data={"score": "4", "comment": "too slow"}, follow_redirects=False
+        )
+    assert done.status_code == 303 and done.headers["location"] == "?step=thanks"
+    survey = survey_of(pg_db, sid)
+    assert (survey.state, survey.score, survey.comment) == ("completed", 4, "too slow")
+    assert answers_of(pg_db, sid) == [(4, None, "web"), (None, "too slow", "web")]
+
+
+def test_an_unsubscribe_meeting_a_deadlock_is_applied_once(pg_db: Database, runtime_for):
+    client = TestClient(create_app(runtime_for(pg_db)))
+    sid = seed_survey(pg_db, channel="email", state="delivered")
+    url = path_of(LINKS.unsubscribe_url(sid, utcnow() + timedelta(days=10)))
+    with failing_once(pg_db, "consent_records", "NOT NEW.granted", "40P01"):
+        done = client.post(url)
+    assert done.status_code == 200 and "You are unsubscribed" in done.text
+    assert survey_of(pg_db, sid).state == "opted_out"
+    with pg_db.session() as s:
+        revoked = s.scalars(select(ConsentRecord.id).where(ConsentRecord.granted.is_(False)))
+        assert len(list(revoked)) == 1
 
 
 def test_unsubscribe_works_after_the_answer_window(client, db: Database):
