@@ -32,9 +32,11 @@ def normalise_phone(raw: str | None, country: str | None) -> NormalisedContact:
         number = phonenumbers.parse(raw, country.upper() if country else None)
     except phonenumbers.NumberParseException:
         return NormalisedContact(None, ContactStatus.invalid)
-    if not phonenumbers.is_valid_number(number):
-        return NormalisedContact(None, ContactStatus.invalid)
+    # One classification answers both questions: ``number_type`` is UNKNOWN exactly when
+    # ``is_valid_number`` is false (both match the number against its region's patterns).
     kind = phonenumbers.number_type(number)
+    if kind == phonenumbers.PhoneNumberType.UNKNOWN:
+        return NormalisedContact(None, ContactStatus.invalid)
     if kind in (phonenumbers.PhoneNumberType.FIXED_LINE,):
         # A landline cannot receive SMS (Twilio 21614/21635); known now, not after a failed send.
         return NormalisedContact(None, ContactStatus.invalid)
