@@ -16,6 +16,7 @@ violation, which quotes the failing row or key ("Failing row contains (..., ana@
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import time
@@ -28,6 +29,8 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
 
 # The server's DETAIL and CONTEXT lines (values of the row, key or input at fault).
 _SERVER_DETAIL = re.compile(r"^(DETAIL|CONTEXT):.*$", re.MULTILINE)
@@ -142,7 +145,8 @@ def engine_of(factory: sessionmaker[Session]) -> Engine:
 def single_statement(engine: Engine) -> Connection:
     """A connection for one statement that is its own transaction: on PostgreSQL without
     ``BEGIN`` and ``COMMIT`` round trips (autocommit; the statement is atomic and durable when
-    it returns). SQLite keeps its explicit transactions (see ``_sqlite_pragmas``).
+    it returns). On SQLite it is an ordinary connection, in its explicit transactions (see
+    ``_sqlite_pragmas``): there the caller commits what it writes.
 
     A Core connection rather than a session: opening and closing an ORM session around a
     single statement cost about a quarter of that statement's client CPU (measured on the send
@@ -192,5 +196,8 @@ def retry_transient(work: Callable[[], T], *, attempts: int = 3) -> T:
         except DBAPIError as exc:
             if not (exc.connection_invalidated or transient(exc)) or attempt >= attempts:
                 raise
+            # The error's kind only: its message may quote the statement's values.
+            cause = getattr(exc.orig, "sqlstate", None) or "connection lost"
+            log.warning("transaction run again after a transient failure (%s)", cause)
         time.sleep(random.uniform(0.02, 0.1) * attempt)  # noqa: S311 - jitter only
         attempt += 1

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from config import OperatorConfig
 from dispatch import responses
@@ -51,11 +51,26 @@ def _beside_a_slow_erasure(
     with slowed(db, "inbound_events", _ERASURE_FORGETS, 2):
         erasing = threading.Thread(target=erase)
         erasing.start()
-        time.sleep(0.7)  # the erasure holds the customer and sleeps in the trigger
+        _until_sleeping_in_the_trigger(db)
         posted = post()
         erasing.join()
     assert failures == []
     return results, posted
+
+
+def _until_sleeping_in_the_trigger(db: Database) -> None:
+    """Waits until the erasure sleeps in its trigger, holding the customer: the post then
+    always meets it, however slow the machine."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with db.engine.connect() as conn:
+            sleeping = conn.scalar(
+                text("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")
+            )
+        if sleeping:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the erasure never reached its slowed update")
 
 
 def _in_a_transaction(db: Database, work: Callable[[Any], Any]) -> Callable[[], Any]:

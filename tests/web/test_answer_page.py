@@ -295,7 +295,7 @@ def test_unsubscribe_get_confirms_and_post_revokes(client, db: Database):
 
 @pytest.mark.parametrize("sqlstate", ["40P01", "40001"], ids=["deadlock", "serialization"])
 def test_an_answer_meeting_a_transient_database_failure_is_recorded_once(
-    pg_db: Database, runtime_for, sqlstate: str
+    pg_db: Database, runtime_for, sqlstate: str, caplog
 ):
     """The server aborts the post's transaction once (a deadlock, a serialisation failure):
     the post is run again, and the respondent's score and comment are kept, once each."""
@@ -308,6 +308,11 @@ def test_an_answer_meeting_a_transient_database_failure_is_recorded_once(
     assert done.status_code == 303 and done.headers["location"] == "?step=thanks"
     survey = survey_of(pg_db, sid)
     assert (survey.state, survey.score, survey.comment) == ("completed", 4, "too slow")
+    assert answers_of(pg_db, sid) == [(4, None, "web"), (None, "too slow", "web")]
+    assert f"after a transient failure ({sqlstate})" in caplog.text
+    # Run again after a commit whose answer was lost, the post finds its answer recorded.
+    again = client.post(link(sid), data={"score": "4", "comment": "too slow"})
+    assert again.status_code == 200
     assert answers_of(pg_db, sid) == [(4, None, "web"), (None, "too slow", "web")]
 
 
