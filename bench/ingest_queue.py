@@ -9,7 +9,8 @@ stored:
 
 - the bare baseline: ``bench.ingest_queue_bare``, a dramatiq actor inserting one row into a bare
   table and committing, one message per event, with the same processes and threads (at most 8
-  connections per process);
+  connections per process) and the same prefetch as the product's worker
+  (``worker.broker.QueuePrefetch``);
 - a second reference, ``bare_grouped`` (``bench.ingest_queue_bare_grouped``): the same rows,
   the threads of a process inserting theirs in shared groups through the product's group
   commit, one ``executemany`` and one commit a group: what grouping allows when a group costs
@@ -59,6 +60,7 @@ from bench.ingest_common import (
     tree_cpu_seconds,
 )
 from bench.ingest_profile import shop_events
+from worker.broker import PREFETCH_PER_THREAD, PREFETCH_VARIABLE
 
 
 def _redis_url() -> str:
@@ -179,7 +181,11 @@ def main() -> None:
             events = shop_events(args.events + 1, prefix="qb", at=now)
             figures[name] = _drain(
                 [sys.executable, "-m", "dramatiq", module, *workers],
-                {**env, "NPS_BENCH_LIBPQ_URL": libpq_url(url)},
+                {
+                    **env,
+                    "NPS_BENCH_LIBPQ_URL": libpq_url(url),
+                    PREFETCH_VARIABLE: str(args.threads * PREFETCH_PER_THREAD),
+                },
                 lambda: count_rows(url, "bare_events"),
                 ("bare", actor, events[0], events[1:]),
                 args.events,
