@@ -9,8 +9,8 @@ stored:
 
 - the bare baseline: ``bench.ingest_queue_bare``, a dramatiq actor inserting one row into a bare
   table and committing, one message per event, with the same processes and threads (at most 8
-  connections per process) and the same prefetch as the product's worker
-  (``worker.broker.QueuePrefetch``);
+  connections per process), taking as many messages ahead as the product's worker takes from
+  its events queue (``worker.prefetch``);
 - a second reference, ``bare_grouped`` (``bench.ingest_queue_bare_grouped``): the same rows,
   the threads of a process inserting theirs in shared groups through the product's group
   commit, one ``executemany`` and one commit a group: what grouping allows when a group costs
@@ -60,7 +60,7 @@ from bench.ingest_common import (
     tree_cpu_seconds,
 )
 from bench.ingest_profile import shop_events
-from worker.broker import PREFETCH_PER_THREAD, PREFETCH_VARIABLE
+from worker.prefetch import PREFETCH_PER_THREAD, PREFETCH_VARIABLE
 
 
 def _redis_url() -> str:

@@ -13,8 +13,8 @@ real migrations and seeded with ``INSERT ... SELECT generate_series``):
   ``nps-dispatch worker`` runs it, fed ``send_survey(id)`` messages on its queue ``sends``: the
   whole send path (pick-up, rate limit through Redis, claim and re-check, rendering, the provider
   call, the record, the logs and metrics);
-- ``bare``: ``dramatiq bench.sends_bare`` with the same processes, threads and prefetch: the
-  same provider call and one ``UPDATE`` per message.
+- ``bare``: ``dramatiq bench.sends_bare`` with the same processes and threads: the same provider
+  call and one ``UPDATE`` per message.
 
 Each worker first sends ``--warmup`` messages (not timed); then the timer runs from the first
 enqueue of ``--sends`` messages until the database shows every one sent. Measured: sends/s, the
@@ -49,7 +49,6 @@ from sqlalchemy import Engine, make_url, text
 from bench.databases import bench_url, ensure_database
 from migrations.runner import upgrade
 from models.session import make_engine
-from worker.broker import PREFETCH_PER_THREAD, PREFETCH_VARIABLE
 
 ROOT = Path(__file__).resolve().parent.parent
 SENDGRID_KEY = "SG.bench-key"
@@ -317,8 +316,6 @@ def main(argv: list[str] | None = None) -> int:
                 "BENCH_SENDS_REDIS": redis_url,
                 "BENCH_SENDS_DATABASE": libpq_url,
                 "BENCH_SENDS_PROVIDER": provider_url,
-                # The product's worker takes this many ahead (worker.broker.QueuePrefetch).
-                PREFETCH_VARIABLE: str(args.threads * PREFETCH_PER_THREAD),
             },
             ROOT,
             "bare_sends",

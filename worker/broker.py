@@ -23,6 +23,7 @@ import logs.metrics  # noqa: F401 - each worker process's metrics exist from its
 from config.settings import environ
 from wiring.heap import freeze_startup_heap
 from worker.log_middleware import LoggingMiddleware
+from worker.prefetch import QueuePrefetch
 
 EVENTS_QUEUE = "events"
 SENDS_QUEUE = "sends"
@@ -35,10 +36,6 @@ MAINTENANCE_CHANCE_PER_MILLION = 20_000
 DEAD_MESSAGE_TTL_MS = 10 * 60 * 1000
 #: When a failed message's dead letter cannot be stored, it is run again after this long.
 DEAD_LETTER_RETRY_MS = 60_000
-#: Messages a worker process takes ahead from each queue, per thread (dramatiq's default: 2).
-PREFETCH_PER_THREAD = 8
-#: dramatiq's own setting of the same, read from the environment; when set, it is left alone.
-PREFETCH_VARIABLE = "dramatiq_queue_prefetch"
 
 F = TypeVar("F", bound=Callable[..., Any])
 DeadLetterHook = Callable[[dramatiq.MessageProxy, BaseException], None]
@@ -146,28 +143,6 @@ class DurableRetries(Retries):
         message.fail()
 
 
-class QueuePrefetch(Middleware):
-    """Let each queue's consumer take :data:`PREFETCH_PER_THREAD` messages per thread ahead.
-
-    A dramatiq consumer thread that holds its limit of messages taken but not acknowledged
-    sleeps 5-10 ms, and twice as long at each wake-up that finds the limit still reached; it
-    handles the threads' acknowledgements only between those sleeps. Single shop events are
-    applied in groups (``ingest.grouped``): a group's threads finish together, so with the
-    default limit (two per thread) the messages waiting were taken by them at once while the
-    consumer slept, and the threads then sat idle waiting for messages (hundreds of times a
-    second per process under load). With eight per thread
-    the work queue still holds messages when a group ends. Taking more ahead loses nothing: a
-    worker stopped hands its waiting messages back, and a dead one's come back after the
-    heartbeat timeout above, as the messages it was running do.
-    """
-
-    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        if environ().get(PREFETCH_VARIABLE):
-            return  # the operator's choice, which dramatiq has read
-        # Read by the worker when it adds each queue's consumer, after this hook.
-        worker.queue_prefetch = worker.worker_threads * PREFETCH_PER_THREAD
-
-
 class FrozenStartupHeap(Middleware):
     """Freezes each worker process's heap once dramatiq has imported the actors into it
     (``wiring.heap``): the full collections of the garbage collector then skip it."""
@@ -189,7 +164,9 @@ def _make_broker() -> dramatiq.Broker:
         # until dramatiq's maintenance hands it back, which happens only once the worker has
         # sent no heartbeat for `heartbeat_timeout` and then on a `maintenance_chance` in a
         # million per broker command. dramatiq's defaults (60 s, 0.1%) can leave a shop event
-        # parked for many minutes on a quiet queue; 15 s and 2% bring it back within seconds.
+        # parked for many minutes on a quiet queue; 15 s and 2% bring it back within about a
+        # minute (maintenance hands back the messages of the queue whose command triggered it,
+        # so each queue's come back at its own consumer's next lucky fetch).
         # Workers heartbeat on every fetch (about once a second), so 15 s is far from a live
         # worker's silence. Handing a message back twice is safe: every actor is idempotent.
         broker = RedisBroker(  # type: ignore[no-untyped-call]
@@ -211,7 +188,7 @@ def _make_broker() -> dramatiq.Broker:
         # in-process broker emits it above, before any middleware of ours is added). Hooks run
         # in reverse order: placed first, the freeze runs last, once logging is set up.
         broker.add_middleware(FrozenStartupHeap(), before=LoggingMiddleware)
-        broker.add_middleware(QueuePrefetch())
+        broker.add_middleware(QueuePrefetch(EVENTS_QUEUE))
     return broker
 
 

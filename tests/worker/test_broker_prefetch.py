@@ -1,7 +1,8 @@
-"""How many messages a worker process takes ahead from Redis (``worker.broker.QueuePrefetch``).
+"""How many messages a worker process takes ahead from Redis (``worker.prefetch``).
 
-A real dramatiq Worker on the test Redis: its threads are held inside the actor, so the messages
-it has taken are those gone from the queue's Redis list while nothing is acknowledged."""
+A real dramatiq Worker on the test Redis: its threads are held inside the actors, so the messages
+it has taken from a queue are those gone from that queue's Redis list while nothing is
+acknowledged."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from worker.broker import PREFETCH_PER_THREAD, PREFETCH_VARIABLE, QueuePrefetch
+from worker.broker import _make_broker
+from worker.prefetch import PREFETCH_PER_THREAD, PREFETCH_VARIABLE, QueuePrefetch
 
 THREADS = 2
 MESSAGES = 60
@@ -23,33 +25,39 @@ MESSAGES = 60
 pytestmark = pytest.mark.redis
 
 
-def _taken_ahead(redis_url: str) -> int:
-    """Start a worker of THREADS threads on a queue of MESSAGES held messages: how many it took
-    from Redis once that stopped changing (the worker is then released and stopped)."""
-    queue = f"prefetch_{uuid.uuid4().hex[:8]}"
-    broker = RedisBroker(url=redis_url, middleware=[QueuePrefetch()])
+def _taken_ahead(redis_url: str) -> dict[str, int]:
+    """Start a worker of THREADS threads on two queues of MESSAGES held messages each, the first
+    given the larger prefetch: how many it took from each queue once that stopped changing (the
+    worker is then released and stopped)."""
+    tag = uuid.uuid4().hex[:8]
+    deep, other = f"deep_{tag}", f"other_{tag}"
+    broker = RedisBroker(url=redis_url, middleware=[QueuePrefetch(deep)])
     release = threading.Event()
 
     def hold() -> None:
         release.wait(10)
 
-    held = dramatiq.actor(broker=broker, queue_name=queue)(hold)
-    for _ in range(MESSAGES):
-        held.send()
+    actors = {
+        queue: dramatiq.actor(broker=broker, queue_name=queue, actor_name=f"hold_{queue}")(hold)
+        for queue in (deep, other)
+    }
+    for held in actors.values():
+        for _ in range(MESSAGES):
+            held.send()
     client = redis.Redis.from_url(redis_url)
     worker = dramatiq.Worker(broker, worker_threads=THREADS, worker_timeout=50)
     worker.start()
     try:
-        taken, since = -1, time.monotonic()
-        deadline = since + 10
+        taken: dict[str, int] = {}
+        since, deadline = time.monotonic(), time.monotonic() + 10
         while time.monotonic() < deadline:
-            now_taken = MESSAGES - int(client.llen(f"dramatiq:{queue}"))
-            if now_taken != taken:
-                taken, since = now_taken, time.monotonic()
+            now = {q: MESSAGES - int(client.llen(f"dramatiq:{q}")) for q in (deep, other)}
+            if now != taken:
+                taken, since = now, time.monotonic()
             elif time.monotonic() - since > 0.5:
                 break
             time.sleep(0.02)
-        return taken
+        return {"deep": taken[deep], "other": taken[other]}
     finally:
         release.set()
         worker.stop()
@@ -58,14 +66,31 @@ def _taken_ahead(redis_url: str) -> int:
         client.close()
 
 
-def test_a_worker_takes_eight_messages_a_thread_ahead(redis_url, monkeypatch):
-    # dramatiq's default would be two a thread: 4 here.
+def test_the_events_queue_takes_eight_messages_a_thread_ahead_and_the_others_two(
+    redis_url, monkeypatch
+):
     monkeypatch.delenv(PREFETCH_VARIABLE, raising=False)
-    assert _taken_ahead(redis_url) == THREADS * PREFETCH_PER_THREAD
+    # The others keep dramatiq's two a thread: alerts must not queue behind many sends taken.
+    assert _taken_ahead(redis_url) == {"deep": THREADS * PREFETCH_PER_THREAD, "other": THREADS * 2}
+
+
+def test_a_zero_in_dramatiqs_variable_counts_as_unset(redis_url, monkeypatch):
+    monkeypatch.setenv(PREFETCH_VARIABLE, "0")
+    assert _taken_ahead(redis_url)["deep"] == THREADS * PREFETCH_PER_THREAD
 
 
 def test_the_operators_dramatiq_setting_is_left_as_set(redis_url, monkeypatch):
     # dramatiq reads the variable when it is imported; stand in for that reading here.
     monkeypatch.setenv(PREFETCH_VARIABLE, "3")
     monkeypatch.setattr(dramatiq.worker, "QUEUE_PREFETCH", 3)
-    assert _taken_ahead(redis_url) == 3
+    assert _taken_ahead(redis_url) == {"deep": 3, "other": 3}
+
+
+def test_the_redis_broker_deepens_the_events_queue(redis_url, monkeypatch):
+    monkeypatch.setenv("NPS_BROKER_URL", redis_url)
+    broker = _make_broker()
+    try:
+        [prefetch] = [m for m in broker.middleware if isinstance(m, QueuePrefetch)]
+        assert prefetch.queue_name == "events"
+    finally:
+        broker.close()

@@ -1,0 +1,61 @@
+"""How many messages of the events queue a worker process takes ahead from Redis.
+
+A dramatiq worker process has one consumer thread per queue, which fetches messages into the
+work queue its threads share, up to a limit of messages taken and not yet acknowledged (two per
+thread by default). A consumer that finds its limit reached sleeps, 5-10 ms at first and twice
+as long at each wake-up that finds it still reached (up to the worker timeout, a second), and
+fetches replacements only when it wakes. Single shop events are applied in groups
+(``ingest.grouped``): the threads of a group finish together and take the messages waiting at
+once, and with two per thread the work queue was then empty until the consumer woke (under load,
+about a hundred times a second per process, the threads waiting for messages). With
+:data:`PREFETCH_PER_THREAD` per thread it still holds messages when a group ends.
+
+Only the events queue takes more: every queue's messages share one first-come work queue, so a
+deeper sends queue would put alerts and events behind survey sends that wait for their rate
+limit, and a short burst of sends would go to one process instead of being shared.
+
+A worker stopped by dramatiq hands the messages it has taken but not started back; a worker
+killed, or stopped in a way that skips dramatiq's shutdown, leaves them to the broker's recovery
+of a dead worker's messages (``worker.broker``), as it leaves the messages it was running.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import Middleware
+
+from config.settings import environ
+
+__all__ = ["PREFETCH_PER_THREAD", "PREFETCH_VARIABLE", "QueuePrefetch"]
+
+#: Messages of the events queue a worker process takes ahead, per thread (dramatiq's: 2).
+PREFETCH_PER_THREAD = 8
+
+#: dramatiq's own setting of every queue's limit, read from the environment when dramatiq is
+#: imported; when it is set, it is left to apply as dramatiq reads it.
+PREFETCH_VARIABLE = "dramatiq_queue_prefetch"
+
+
+def operator_prefetch() -> int:
+    """The limit set in :data:`PREFETCH_VARIABLE`; 0 when unset (as dramatiq reads it)."""
+    return int(environ().get(PREFETCH_VARIABLE) or 0)
+
+
+class QueuePrefetch(Middleware):
+    """Let the consumer of ``queue_name`` take :data:`PREFETCH_PER_THREAD` messages per worker
+    thread ahead; see the module's docstring."""
+
+    def __init__(self, queue_name: str) -> None:
+        self.queue_name = queue_name
+        self._threads = 0
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._threads = worker.worker_threads
+
+    def after_consumer_thread_boot(self, broker: dramatiq.Broker, thread: Any) -> None:
+        # Called in the consumer thread before it starts consuming with ``thread.prefetch``.
+        if thread.queue_name != self.queue_name or not self._threads or operator_prefetch():
+            return
+        thread.prefetch = self._threads * PREFETCH_PER_THREAD
