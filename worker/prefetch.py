@@ -12,7 +12,9 @@ about a hundred times a second per process, the threads waiting for messages). W
 
 Only the events queue takes more: every queue's messages share one first-come work queue, so a
 deeper sends queue would put alerts and events behind survey sends that wait for their rate
-limit, and a short burst of sends would go to one process instead of being shared.
+limit, and a short burst of sends would go to one process instead of being shared. The same
+holds, to a lesser degree, for the events queue's ``ingest_events`` batches (up to 500 events
+each, held decoded in memory while they wait): the README says when to set a lower limit.
 
 A worker stopped by dramatiq hands the messages it has taken but not started back; a worker
 killed, or stopped in a way that skips dramatiq's shutdown, leaves them to the broker's recovery

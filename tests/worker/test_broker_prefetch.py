@@ -27,8 +27,9 @@ pytestmark = pytest.mark.redis
 
 def _taken_ahead(redis_url: str) -> dict[str, int]:
     """Start a worker of THREADS threads on two queues of MESSAGES held messages each, the first
-    given the larger prefetch: how many it took from each queue once that stopped changing (the
-    worker is then released and stopped)."""
+    given the larger prefetch: how many it took from each queue once it had taken some from both
+    and that stopped changing (the worker is then released and stopped), and the limit of the
+    first queue's delay queue (``deep_delayed``), which must stay dramatiq's."""
     tag = uuid.uuid4().hex[:8]
     deep, other = f"deep_{tag}", f"other_{tag}"
     broker = RedisBroker(url=redis_url, middleware=[QueuePrefetch(deep)])
@@ -52,12 +53,13 @@ def _taken_ahead(redis_url: str) -> dict[str, int]:
         since, deadline = time.monotonic(), time.monotonic() + 10
         while time.monotonic() < deadline:
             now = {q: MESSAGES - int(client.llen(f"dramatiq:{q}")) for q in (deep, other)}
-            if now != taken:
+            if now != taken or 0 in now.values():
                 taken, since = now, time.monotonic()
             elif time.monotonic() - since > 0.5:
                 break
             time.sleep(0.02)
-        return {"deep": taken[deep], "other": taken[other]}
+        delayed = worker.consumers[f"{deep}.DQ"].prefetch
+        return {"deep": taken[deep], "other": taken[other], "deep_delayed": delayed}
     finally:
         release.set()
         worker.stop()
@@ -70,12 +72,19 @@ def test_the_events_queue_takes_eight_messages_a_thread_ahead_and_the_others_two
     redis_url, monkeypatch
 ):
     monkeypatch.delenv(PREFETCH_VARIABLE, raising=False)
+    monkeypatch.setattr(dramatiq.worker, "QUEUE_PREFETCH", 0)
     # The others keep dramatiq's two a thread: alerts must not queue behind many sends taken.
-    assert _taken_ahead(redis_url) == {"deep": THREADS * PREFETCH_PER_THREAD, "other": THREADS * 2}
+    # The delay queue (retries waiting for their time) keeps its own limit.
+    assert _taken_ahead(redis_url) == {
+        "deep": THREADS * PREFETCH_PER_THREAD,
+        "other": THREADS * 2,
+        "deep_delayed": THREADS * 1000,
+    }
 
 
 def test_a_zero_in_dramatiqs_variable_counts_as_unset(redis_url, monkeypatch):
     monkeypatch.setenv(PREFETCH_VARIABLE, "0")
+    monkeypatch.setattr(dramatiq.worker, "QUEUE_PREFETCH", 0)
     assert _taken_ahead(redis_url)["deep"] == THREADS * PREFETCH_PER_THREAD
 
 
@@ -83,7 +92,8 @@ def test_the_operators_dramatiq_setting_is_left_as_set(redis_url, monkeypatch):
     # dramatiq reads the variable when it is imported; stand in for that reading here.
     monkeypatch.setenv(PREFETCH_VARIABLE, "3")
     monkeypatch.setattr(dramatiq.worker, "QUEUE_PREFETCH", 3)
-    assert _taken_ahead(redis_url) == {"deep": 3, "other": 3}
+    taken = _taken_ahead(redis_url)
+    assert (taken["deep"], taken["other"]) == (3, 3)
 
 
 def test_the_redis_broker_deepens_the_events_queue(redis_url, monkeypatch):
