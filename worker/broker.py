@@ -164,9 +164,9 @@ def _make_broker() -> dramatiq.Broker:
         # until dramatiq's maintenance hands it back, which happens only once the worker has
         # sent no heartbeat for `heartbeat_timeout` and then on a `maintenance_chance` in a
         # million per broker command. dramatiq's defaults (60 s, 0.1%) can leave a shop event
-        # parked for many minutes on a quiet queue; 15 s and 2% bring it back within about a
-        # minute (maintenance hands back the messages of the queue whose command triggered it,
-        # so each queue's come back at its own consumer's next lucky fetch).
+        # parked for many minutes on a quiet queue; 15 s and 2% bring it back typically within a
+        # minute (maintenance hands back only the messages of the queue whose command ran it, so
+        # each queue waits for one of its own fetches to draw it).
         # Workers heartbeat on every fetch (about once a second), so 15 s is far from a live
         # worker's silence. Handing a message back twice is safe: every actor is idempotent.
         broker = RedisBroker(  # type: ignore[no-untyped-call]

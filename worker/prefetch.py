@@ -23,10 +23,9 @@ of a dead worker's messages (``worker.broker``), as it leaves the messages it wa
 
 from __future__ import annotations
 
-from typing import Any
-
 import dramatiq
 from dramatiq.middleware import Middleware
+from dramatiq.worker import ConsumerThread
 
 from config.settings import environ
 
@@ -56,7 +55,7 @@ class QueuePrefetch(Middleware):
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self._threads = worker.worker_threads
 
-    def after_consumer_thread_boot(self, broker: dramatiq.Broker, thread: Any) -> None:
+    def after_consumer_thread_boot(self, broker: dramatiq.Broker, thread: ConsumerThread) -> None:
         # Called in the consumer thread before it starts consuming with ``thread.prefetch``.
         if thread.queue_name != self.queue_name or not self._threads or operator_prefetch():
             return
