@@ -132,6 +132,62 @@ def executemany_rows_per_s(
     return len(rows) / elapsed
 
 
+def id_marks(url: str) -> dict[str, int]:
+    """The highest ``id`` of each of the product's tables keyed by one, parents before children
+    (their foreign keys): the rows above it are written later."""
+    from models import Base
+
+    tables = [t.name for t in Base.metadata.sorted_tables if "id" in t.c]
+    with psycopg.connect(libpq_url(url)) as conn:
+        return {
+            table: int(conn.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0])
+            for table in tables
+        }
+
+
+StoredRows = dict[str, tuple[list[str], list[tuple[str | None, ...]]]]
+
+
+def rows_since(url: str, marks: dict[str, int]) -> StoredRows:
+    """The rows written after :func:`id_marks` took ``marks``, as they are stored now, each
+    column as text (PostgreSQL casts it back on insert), per table in ``id`` order."""
+    stored: StoredRows = {}
+    with psycopg.connect(libpq_url(url)) as conn:
+        for table, mark in marks.items():
+            columns = [
+                str(row[0])
+                for row in conn.execute(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_schema = 'public' AND table_name = %s ORDER BY ordinal_position",
+                    (table,),
+                )
+            ]
+            select = ", ".join(f'"{c}"::text' for c in columns)
+            rows = conn.execute(
+                f"SELECT {select} FROM {table} WHERE id > %s ORDER BY id", (mark,)
+            ).fetchall()
+            stored[table] = (columns, rows)
+    return stored
+
+
+def executemany_stored_rows_seconds(url: str, stored: StoredRows, chunk: int = 1000) -> float:
+    """The bare baseline of the rows a product run stored: psycopg ``executemany`` of those very
+    rows into the product's own tables (their indexes, keys and trigger), parents first, one
+    commit per ``chunk`` rows. The database must be as the product run found it."""
+    with psycopg.connect(libpq_url(url)) as conn:
+        start = time.perf_counter()
+        with conn.cursor() as cur:
+            for table, (columns, rows) in stored.items():
+                names = ", ".join(f'"{c}"' for c in columns)
+                values = ", ".join("%s" for _ in columns)
+                for at in range(0, len(rows), chunk):
+                    cur.executemany(
+                        f"INSERT INTO {table} ({names}) VALUES ({values})", rows[at : at + chunk]
+                    )
+                    conn.commit()
+        return time.perf_counter() - start
+
+
 def count_rows(url: str, table: str) -> int:
     with psycopg.connect(libpq_url(url)) as conn:
         row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()

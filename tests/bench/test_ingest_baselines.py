@@ -1,0 +1,66 @@
+"""The HTTP ingest benchmark's baseline writes again, by ``executemany``, the rows the product
+stored for the measured events: it must write exactly those rows, every one of them, or the ratio
+it gives compares the product with something else."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+
+import pytest
+from sqlalchemy import make_url
+
+from bench.ingest_common import (
+    HISTORY,
+    executemany_stored_rows_seconds,
+    id_marks,
+    reset_with_history,
+    rows_since,
+)
+from bench.ingest_http import deliveries
+from bench.ingest_profile import shop_events
+from config import load_config
+from ingest.service import ingest_batch
+from models.session import make_engine, make_session_factory
+from tests.conftest import service_missing
+
+
+@pytest.fixture
+def bench_url() -> str:
+    """A database of its own on the test server: a benchmark rebuilds its schema."""
+    base = os.environ.get("NPS_TEST_POSTGRES_URL")
+    if not base:
+        service_missing("PostgreSQL (NPS_TEST_POSTGRES_URL)")
+    assert base is not None
+    url = make_url(base)
+    return url.set(database=f"{url.database}_bench_rows").render_as_string(hide_password=False)
+
+
+def _store(url: str, purchases: int, now: datetime) -> None:
+    engine = make_engine(url)
+    try:
+        events = shop_events(purchases, prefix="m", at=now) + deliveries(purchases, "m", now)
+        results = ingest_batch(make_session_factory(engine), events, load_config(None), now)
+        assert {r.status for r in results} == {"accepted"}
+    finally:
+        engine.dispose()
+
+
+def test_the_baseline_writes_again_exactly_the_rows_the_product_stored(bench_url, now):
+    history = shop_events(12, prefix=HISTORY, at=now)
+    reset_with_history(bench_url, history, now)
+    marks = id_marks(bench_url)
+    _store(bench_url, 9, now)
+    stored = rows_since(bench_url, marks)
+    # Each purchase's customer, order, survey and consents, each delivery's transition, and
+    # every event's id: nothing the product stores is left out of the baseline.
+    counts = {table: len(rows) for table, (_, rows) in stored.items()}
+    assert counts["customers"] == counts["orders"] == counts["surveys"] == 9
+    assert counts["survey_transitions"] == 9
+    assert counts["inbound_events"] == 18
+    assert counts["consent_records"] > 0
+
+    reset_with_history(bench_url, history, now)
+    assert all(not rows for _, rows in rows_since(bench_url, marks).values())
+    executemany_stored_rows_seconds(bench_url, stored, chunk=4)
+    assert rows_since(bench_url, marks) == stored
