@@ -172,7 +172,7 @@ def rows_since(url: str, marks: dict[str, int]) -> StoredRows:
 
 def executemany_stored_rows_seconds(url: str, stored: StoredRows, chunk: int = 1000) -> float:
     """The bare baseline of the rows a product run stored: psycopg ``executemany`` of those very
-    rows into the product's own tables (their indexes, keys and trigger), parents first, one
+    rows into the product's own tables (their indexes and keys), parents first, one
     commit per ``chunk`` rows. The database must be as the product run found it."""
     with psycopg.connect(libpq_url(url)) as conn:
         start = time.perf_counter()
