@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -138,11 +139,12 @@ def id_marks(url: str) -> dict[str, int]:
     from models import Base
 
     tables = [t.name for t in Base.metadata.sorted_tables if "id" in t.c]
+    marks: dict[str, int] = {}
     with psycopg.connect(libpq_url(url)) as conn:
-        return {
-            table: int(conn.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0])
-            for table in tables
-        }
+        for table in tables:
+            row = conn.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()
+            marks[table] = int(row[0]) if row else 0
+    return marks
 
 
 StoredRows = dict[str, tuple[list[str], list[tuple[str | None, ...]]]]
@@ -163,29 +165,54 @@ def rows_since(url: str, marks: dict[str, int]) -> StoredRows:
                 )
             ]
             select = ", ".join(f'"{c}"::text' for c in columns)
+            # Ordered by the stored column: a bare ``id`` would name the text one selected.
             rows = conn.execute(
-                f"SELECT {select} FROM {table} WHERE id > %s ORDER BY id", (mark,)
+                f"SELECT {select} FROM {table} WHERE {table}.id > %s ORDER BY {table}.id",
+                (mark,),
             ).fetchall()
             stored[table] = (columns, rows)
     return stored
 
 
-def executemany_stored_rows_seconds(url: str, stored: StoredRows, chunk: int = 1000) -> float:
+def executemany_stored_rows_seconds(
+    url: str, stored: StoredRows, clients: int = 1, chunk: int = 1000
+) -> float:
     """The bare baseline of the rows a product run stored: psycopg ``executemany`` of those very
-    rows into the product's own tables (their indexes and keys), parents first, one
-    commit per ``chunk`` rows. The database must be as the product run found it."""
-    with psycopg.connect(libpq_url(url)) as conn:
-        start = time.perf_counter()
-        with conn.cursor() as cur:
+    rows into the product's own tables (their indexes and keys), from ``clients`` connections
+    at once, one commit per ``chunk`` rows; a table's rows all in before the next table's
+    (parents first). Each row goes in once, as it was last stored: the product's updates of
+    its own rows (a delivery moving a survey) are not repeated. The database must be as the
+    product run found it; its sequences are moved past the rows written, as the product's
+    inserts leave them."""
+    connections = [psycopg.connect(libpq_url(url)) for _ in range(max(1, clients))]
+
+    def write(conn: psycopg.Connection[Any], sql: str, chunks: list[Any]) -> None:
+        for rows in chunks:
+            with conn.cursor() as cur:
+                cur.executemany(sql, rows)
+            conn.commit()
+
+    try:
+        with ThreadPoolExecutor(len(connections)) as pool:
+            start = time.perf_counter()
             for table, (columns, rows) in stored.items():
                 names = ", ".join(f'"{c}"' for c in columns)
-                values = ", ".join("%s" for _ in columns)
-                for at in range(0, len(rows), chunk):
-                    cur.executemany(
-                        f"INSERT INTO {table} ({names}) VALUES ({values})", rows[at : at + chunk]
-                    )
-                    conn.commit()
-        return time.perf_counter() - start
+                sql = f"INSERT INTO {table} ({names}) VALUES ({', '.join('%s' for _ in columns)})"
+                chunks = [rows[at : at + chunk] for at in range(0, len(rows), chunk)]
+                shares = [chunks[i :: len(connections)] for i in range(len(connections))]
+                list(pool.map(write, connections, [sql] * len(shares), shares))
+            elapsed = time.perf_counter() - start
+        conn = connections[0]
+        for table, (_, rows) in stored.items():
+            if rows:
+                conn.execute(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), max(id)) FROM {table}"
+                )
+        conn.commit()
+        return elapsed
+    finally:
+        for each in connections:
+            each.close()
 
 
 def count_rows(url: str, table: str) -> int:
@@ -221,7 +248,9 @@ def tree_cpu_seconds(pid: int) -> float:
         current = pending.pop()
         try:
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / _TICK
+            # Its own user and system time, and that of its children it has reaped: a child
+            # that exits during a measurement (a server's backend) still counts.
+            total += sum(int(fields[i]) for i in (11, 12, 13, 14)) / _TICK
             children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
         except (FileNotFoundError, ProcessLookupError, IndexError):
             continue

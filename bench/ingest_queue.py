@@ -32,8 +32,9 @@ resident memory. Nothing asserts on the figures.
 
 The bare actor and ``ingest_event`` run in turns, ``--rounds`` of each: a run lasts a second or
 two, and the bare actor's rate moved by half between runs minutes apart on a machine otherwise
-idle. ``ratio_single_to_bare`` is the median of the rounds' ratios, each round's ratio is
-printed beside it, and each figure is its median round's.
+idle. ``ratio_single_to_bare`` is the median of the rounds' ratios (the lower middle one of an
+even number), each round's ratio is printed beside it, and each figure is its median round's.
+``bare_grouped`` and the batched run are measured once, after the rounds.
 """
 
 from __future__ import annotations
@@ -59,7 +60,6 @@ from dramatiq.brokers.redis import RedisBroker
 from bench.ingest_common import (
     HISTORY,
     bench_url,
-    count_rows,
     create_bare_table,
     libpq_url,
     product_env,
@@ -103,36 +103,57 @@ def _rss_mb(pid: int) -> float:
     return total / 1024
 
 
+def _local_process(pid: int, name: str) -> int | None:
+    """``pid`` when it is a process of this machine running ``name`` (not a container's pid,
+    not an unrelated process with the pid a remote server reported)."""
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+    return pid if pid > 1 and comm == name else None
+
+
 def _servers(url: str) -> dict[str, int]:
     """The process ids of the PostgreSQL server (its postmaster, the backends' parent) and of
     Redis, when they run on this machine, to count their CPU beside the worker's."""
+    pids: dict[str, int] = {}
     with psycopg.connect(libpq_url(url)) as conn:
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    pids: dict[str, int] = {}
-    if row:
-        with contextlib.suppress(OSError, IndexError):
-            stat = Path(f"/proc/{row[0]}/stat").read_text().rsplit(")", 1)[1].split()
-            pids["postgres"] = int(stat[1])
-    with contextlib.suppress(redis.RedisError, KeyError):
-        pid = int(redis.Redis.from_url(_redis_url()).info("server")["process_id"])
-        if Path(f"/proc/{pid}").exists():
-            pids["redis"] = pid
+    backend = _local_process(int(row[0]), "postgres") if row else None
+    if backend is not None:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            stat = Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()
+            if (postmaster := _local_process(int(stat[1]), "postgres")) is not None:
+                pids["postgres"] = postmaster
+    with contextlib.suppress(redis.RedisError, KeyError, ValueError):
+        reported = int(redis.Redis.from_url(_redis_url()).info("server")["process_id"])
+        if (server := _local_process(reported, "redis-server")) is not None:
+            pids["redis"] = server
     return pids
 
 
 def _drain(
     command: list[str],
     env: dict[str, str],
-    count: Any,
+    table: str,
     send: tuple[str, str, Any, list[Any]],
     total: int,
 ) -> dict[str, float]:
     """Start a worker, wait until it has stored one warm-up event, then enqueue ``send``
-    (queue, actor, warm-up payload, payloads) and time it until ``total`` more are stored."""
+    (queue, actor, warm-up payload, payloads) and time it until ``total`` more rows are in
+    ``table``."""
     queue, actor, warm_up, payloads = send
     servers = _servers(env["NPS_DATABASE_URL"])
     redis.Redis.from_url(_redis_url()).flushdb()
     client = _broker()
+    # One connection polls, its server process counted with the others: a new connection per
+    # poll would add a backend's start-up to the servers' CPU twenty times a second.
+    poll = psycopg.connect(libpq_url(env["NPS_DATABASE_URL"]), autocommit=True)
+
+    def count() -> int:
+        row = poll.execute(f"SELECT count(*) FROM {table}", prepare=False).fetchone()
+        return int(row[0]) if row else 0
+
     history = count()
     _enqueue(client, queue, actor, [warm_up])
     worker = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -165,6 +186,7 @@ def _drain(
             worker.kill()
             worker.wait()
         client.close()
+        poll.close()
     return {
         "events_per_s": round(total / elapsed, 1),
         "cpu_ms_per_event": round(cpu * 1000 / total, 3),
@@ -217,7 +239,7 @@ def main() -> None:
 
         history = shop_events(args.history, prefix=HISTORY, at=now)
 
-        def bare(module: str, actor: str) -> dict[str, float]:
+        def bare_run(module: str, actor: str) -> dict[str, float]:
             reset_schema(url)
             with psycopg.connect(libpq_url(url)) as conn:
                 create_bare_table(conn, history)
@@ -229,7 +251,7 @@ def main() -> None:
                     "NPS_BENCH_LIBPQ_URL": libpq_url(url),
                     PREFETCH_VARIABLE: str(args.threads * PREFETCH_PER_THREAD),
                 },
-                lambda: count_rows(url, "bare_events"),
+                "bare_events",
                 ("bare", actor, events[0], events[1:]),
                 args.events,
             )
@@ -237,21 +259,21 @@ def main() -> None:
         def single() -> dict[str, float]:
             reset_with_history(url, history, now)
             events = shop_events(args.events + 1, prefix="qs", at=now)
-            figures = _drain(
+            measured = _drain(
                 [sys.executable, "-m", "cli.main", "worker", *workers],
                 env,
-                lambda: count_rows(url, ledger),
+                ledger,
                 ("events", "ingest_event", events[0], events[1:]),
                 args.events,
             )
-            return {**figures, "mean_group": _mean_group(url)}
+            return {**measured, "mean_group": _mean_group(url)}
 
         # The bare actor and one event per message, in turns: the load of a shared machine
         # drifts between runs of a second or two, and a round's ratio compares like with like.
         bare_rounds: list[dict[str, float]] = []
         single_rounds: list[dict[str, float]] = []
         for _ in range(max(1, args.rounds)):
-            bare_rounds.append(bare("bench.ingest_queue_bare", "bare_insert"))
+            bare_rounds.append(bare_run("bench.ingest_queue_bare", "bare_insert"))
             single_rounds.append(single())
         round_ratios = [
             round(s["events_per_s"] / b["events_per_s"], 3)
@@ -260,7 +282,7 @@ def main() -> None:
         figures["bare_actor"] = _median_round(bare_rounds)
         figures["ingest_event"] = _median_round(single_rounds)
         # The rows of a group of messages inserted by one executemany: one run.
-        figures["bare_grouped"] = bare("bench.ingest_queue_bare_grouped", "bare_grouped_insert")
+        figures["bare_grouped"] = bare_run("bench.ingest_queue_bare_grouped", "bare_grouped_insert")
 
         # Many events per message (skipped with --batched-events 0).
         if args.batched_events > 0:
@@ -271,13 +293,13 @@ def main() -> None:
             figures["ingest_events"] = _drain(
                 [sys.executable, "-m", "cli.main", "worker", *workers],
                 env,
-                lambda: count_rows(url, ledger),
+                ledger,
                 ("events", "ingest_events", [events[0]], lists),
                 args.batched_events,
             )
     bare = figures["bare_actor"]["events_per_s"]
     ratios: dict[str, Any] = {
-        "ratio_single_to_bare": statistics.median(round_ratios),
+        "ratio_single_to_bare": statistics.median_low(round_ratios),
         "ratio_single_to_bare_by_round": round_ratios,
     }
     ratios |= {
