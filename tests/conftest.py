@@ -49,6 +49,16 @@ def service_missing(what: str) -> None:
     pytest.skip(f"{what} not available")
 
 
+def service_url(variable: str, what: str) -> str:
+    """The URL of a test service from the environment; without it, the test is skipped (failed
+    under CI)."""
+    url = os.environ.get(variable)
+    if not url:
+        service_missing(f"{what} ({variable})")
+    assert url is not None
+    return url
+
+
 @dataclass
 class Database:
     engine: Engine
@@ -64,10 +74,7 @@ class Database:
 
 @pytest.fixture(scope="session")
 def postgres_engine() -> Iterator[Engine]:
-    url = os.environ.get("NPS_TEST_POSTGRES_URL")
-    if not url:
-        service_missing("PostgreSQL (NPS_TEST_POSTGRES_URL)")
-    assert url is not None
+    url = service_url("NPS_TEST_POSTGRES_URL", "PostgreSQL")
     engine = make_engine(url, pool_size=20, max_overflow=20)
     try:
         with engine.begin() as conn:
@@ -115,10 +122,7 @@ def db(request: pytest.FixtureRequest) -> Database:
 
 @pytest.fixture
 def redis_url() -> str:
-    url = os.environ.get("NPS_TEST_REDIS_URL")
-    if not url:
-        service_missing("Redis (NPS_TEST_REDIS_URL)")
-    assert url is not None
+    url = service_url("NPS_TEST_REDIS_URL", "Redis")
     import redis
 
     try:

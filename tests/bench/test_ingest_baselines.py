@@ -4,7 +4,6 @@ table and every row, or the ratio it gives compares the product with something e
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 
 import psycopg
@@ -25,17 +24,13 @@ from config import load_config
 from ingest.service import ingest_batch
 from models import Base
 from models.session import make_engine, make_session_factory
-from tests.conftest import service_missing
+from tests.conftest import service_url
 
 
 @pytest.fixture
 def bench_url() -> str:
     """A database of its own on the test server: a benchmark rebuilds its schema."""
-    base = os.environ.get("NPS_TEST_POSTGRES_URL")
-    if not base:
-        service_missing("PostgreSQL (NPS_TEST_POSTGRES_URL)")
-    assert base is not None
-    url = make_url(base)
+    url = make_url(service_url("NPS_TEST_POSTGRES_URL", "PostgreSQL"))
     return url.set(database=f"{url.database}_bench_rows").render_as_string(hide_password=False)
 
 
