@@ -184,7 +184,7 @@ def executemany_stored_rows_seconds(
     its own rows (a delivery moving a survey) are not repeated. The database must be as the
     product run found it; its sequences are moved past the rows written, as the product's
     inserts leave them."""
-    connections = [psycopg.connect(libpq_url(url)) for _ in range(max(1, clients))]
+    connections: list[psycopg.Connection[Any]] = []
 
     def write(conn: psycopg.Connection[Any], sql: str, chunks: list[Any]) -> None:
         for rows in chunks:
@@ -193,6 +193,8 @@ def executemany_stored_rows_seconds(
             conn.commit()
 
     try:
+        for _ in range(max(1, clients)):
+            connections.append(psycopg.connect(libpq_url(url)))
         with ThreadPoolExecutor(len(connections)) as pool:
             start = time.perf_counter()
             for table, (columns, rows) in stored.items():
@@ -241,7 +243,8 @@ def product_env(url: str, workdir: Path, **extra: str) -> dict[str, str]:
 
 
 def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its live descendants, from /proc."""
+    """User + system CPU of a process and its live descendants, and of the children each has
+    reaped (for a database server: every backend that exited, whoever its client), from /proc."""
     total = 0.0
     pending = [pid]
     while pending:

@@ -145,19 +145,24 @@ def _drain(
     queue, actor, warm_up, payloads = send
     servers = _servers(env["NPS_DATABASE_URL"])
     redis.Redis.from_url(_redis_url()).flushdb()
-    client = _broker()
-    # One connection polls, its server process counted with the others: a new connection per
-    # poll would add a backend's start-up to the servers' CPU twenty times a second.
-    poll = psycopg.connect(libpq_url(env["NPS_DATABASE_URL"]), autocommit=True)
+    with contextlib.ExitStack() as stack:
+        client = stack.enter_context(contextlib.closing(_broker()))
+        # One connection polls, its server process counted with the others: a new connection
+        # per poll would add a backend's start-up to the servers' CPU twenty times a second.
+        poll = stack.enter_context(
+            psycopg.connect(libpq_url(env["NPS_DATABASE_URL"]), autocommit=True)
+        )
 
-    def count() -> int:
-        row = poll.execute(f"SELECT count(*) FROM {table}", prepare=False).fetchone()
-        return int(row[0]) if row else 0
+        def count() -> int:
+            row = poll.execute(f"SELECT count(*) FROM {table}", prepare=False).fetchone()
+            return int(row[0]) if row else 0
 
-    history = count()
-    _enqueue(client, queue, actor, [warm_up])
-    worker = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
+        history = count()
+        _enqueue(client, queue, actor, [warm_up])
+        worker = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        stack.callback(_stop, worker)
         deadline = time.monotonic() + 1800
         while (first := count()) == history:
             if time.monotonic() > deadline or worker.poll() is not None:
@@ -178,15 +183,6 @@ def _drain(
             name: tree_cpu_seconds(pid) - servers_start[name] for name, pid in servers.items()
         }
         rss = _rss_mb(worker.pid)
-    finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
-        client.close()
-        poll.close()
     return {
         "events_per_s": round(total / elapsed, 1),
         "cpu_ms_per_event": round(cpu * 1000 / total, 3),
@@ -196,6 +192,15 @@ def _drain(
         },
         "rss_mb": round(rss, 1),
     }
+
+
+def _stop(worker: subprocess.Popen[bytes]) -> None:
+    worker.terminate()
+    try:
+        worker.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
 
 
 def _mean_group(url: str) -> float:

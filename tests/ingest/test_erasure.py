@@ -48,7 +48,7 @@ from models import (
 from models.erasure import erased_at
 from models.personal_data import PERSONAL, PSEUDONYMS
 from models.privacy import Pseudonymiser, legacy_tombstone
-from tests.conftest import Database, service_missing
+from tests.conftest import Database, service_missing, service_url
 from tests.dispatch.test_sending import (
     NOON,
     SENDGRID_ENV,
@@ -431,7 +431,7 @@ def dump(database: Database) -> str:
     if binary is None:
         service_missing("pg_dump")
     assert binary is not None
-    url = make_url(os.environ["NPS_TEST_POSTGRES_URL"])
+    url = make_url(service_url("NPS_TEST_POSTGRES_URL", "PostgreSQL"))
     run = subprocess.run(
         [
             binary,
