@@ -153,17 +153,12 @@ StoredRows = dict[str, tuple[list[str], list[tuple[str | None, ...]]]]
 def rows_since(url: str, marks: dict[str, int]) -> StoredRows:
     """The rows written after :func:`id_marks` took ``marks``, as they are stored now, each
     column as text (PostgreSQL casts it back on insert), per table in ``id`` order."""
+    from models import Base
+
     stored: StoredRows = {}
     with psycopg.connect(libpq_url(url)) as conn:
         for table, mark in marks.items():
-            columns = [
-                str(row[0])
-                for row in conn.execute(
-                    "SELECT column_name FROM information_schema.columns "
-                    "WHERE table_schema = 'public' AND table_name = %s ORDER BY ordinal_position",
-                    (table,),
-                )
-            ]
+            columns = [column.name for column in Base.metadata.tables[table].c]
             select = ", ".join(f'"{c}"::text' for c in columns)
             # Ordered by the stored column: a bare ``id`` would name the text one selected.
             rows = conn.execute(
@@ -215,12 +210,6 @@ def executemany_stored_rows_seconds(
     finally:
         for each in connections:
             each.close()
-
-
-def count_rows(url: str, table: str) -> int:
-    with psycopg.connect(libpq_url(url)) as conn:
-        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
-        return int(row[0]) if row else 0
 
 
 def free_port() -> int:

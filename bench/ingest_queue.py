@@ -4,9 +4,8 @@
                                  [--threads 8] [--history 20000] [--rounds 3]
 
 Four measurements in one run (the first two in ``--rounds`` alternate turns, see below), each
-by a fresh worker (``--processes`` x ``--threads``) that
-has stored a warm-up event, timed from the moment the messages are enqueued to the last event
-stored:
+by a fresh worker (``--processes`` x ``--threads``) that has stored a warm-up event, timed from
+the moment the messages are enqueued to the last event stored:
 
 - the bare baseline: ``bench.ingest_queue_bare``, a dramatiq actor inserting one row into a bare
   table and committing, one message per event, with the same processes and threads (at most 8
