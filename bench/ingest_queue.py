@@ -4,11 +4,9 @@
                                  [--threads 8] [--history 20000] [--rounds 3]
 
 Four measurements in one run (the first two in ``--rounds`` alternate turns, see below), each
-by a fresh worker (``--processes`` x ``--threads``) that has stored a warm-up event, timed from
-the moment the messages are put on Redis to the last event stored. They are put there at once
-(``_enqueue_at_once``), as a shop's hosts would have queued them up while the worker was busy:
-enqueued one by one from this process, they arrived at 3,000-7,000 a second on this machine's
-two cores, about the bare actor's own rate, so that its figure was this process's rate.
+by a fresh worker (``--processes`` x ``--threads``) that has stored its warm-up events (twice
+what its processes take ahead), timed from the moment the messages appear on Redis, all at
+once (``_store_bodies``; the README says why), to the last event stored.
 
 - the bare baseline: ``bench.ingest_queue_bare``, a dramatiq actor inserting one row into a bare
   table and committing, one message per event, with the same processes and threads (at most 8
@@ -51,6 +49,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -73,8 +72,8 @@ from bench.ingest_common import (
 from bench.ingest_profile import shop_events
 from worker.prefetch import PREFETCH_PER_THREAD, PREFETCH_VARIABLE
 
-#: The prefix of dramatiq's Redis keys (``RedisBroker``'s default namespace).
-NAMESPACE = "dramatiq"
+#: The prefix of the warm-up events' ids.
+WARM_UP = "qw"
 
 
 def _redis_url() -> str:
@@ -92,31 +91,36 @@ def _enqueue(client: RedisBroker, queue: str, actor: str, payloads: list[Any]) -
         )
 
 
-def _enqueue_at_once(queue: str, actor: str, payloads: list[Any]) -> None:
-    """Put ``payloads`` on ``queue`` as dramatiq's Redis broker enqueues a message (the message
-    stored in the queue's hash under its Redis id, then the id pushed on the queue's list), all
-    of them visible to the worker at the same instant: their bodies first, then every id in one
-    ``RPUSH``. Enqueued one by one, the messages trickled in at about the bare actor's own
-    rate, which then measured this process's enqueueing more than the worker."""
-    messages: list[Message[Any]] = [
-        Message(
+def _store_bodies(queue: str, actor: str, payloads: list[Any]) -> Callable[[], None]:
+    """Store one message per payload as dramatiq's Redis broker stores a message (its body in
+    the queue's hash under a new Redis id, as ``worker.enqueue.send_many`` does), and return
+    the function that pushes all their ids on the queue's list in one ``RPUSH``: until it
+    runs, no worker sees any of them; once it has, a worker sees them all."""
+    broker = _broker()
+    queue_key = f"{broker.namespace}:{queue}"
+    stored: dict[str, bytes] = {}
+    for payload in payloads:
+        redis_id = str(uuid.uuid4())
+        message: Message[Any] = Message(
             queue_name=queue,
             actor_name=actor,
             args=(payload,),
             kwargs={},
-            options={"redis_message_id": str(uuid.uuid4())},
+            options={"redis_message_id": redis_id},
         )
-        for payload in payloads
-    ]
-    ids = [message.options["redis_message_id"] for message in messages]
-    with contextlib.closing(redis.Redis.from_url(_redis_url())) as client:
-        for start in range(0, len(messages), 1000):
-            chunk = messages[start : start + 1000]
-            client.hset(
-                f"{NAMESPACE}:{queue}.msgs",
-                mapping={m.options["redis_message_id"]: m.encode() for m in chunk},
-            )
-        client.rpush(f"{NAMESPACE}:{queue}", *ids)
+        stored[redis_id] = message.encode()
+    ids = list(stored)
+    for begin in range(0, len(ids), 1000):
+        chunk = {i: stored[i] for i in ids[begin : begin + 1000]}
+        broker.client.hset(f"{queue_key}.msgs", mapping=chunk)
+
+    def push() -> None:
+        try:
+            broker.client.rpush(queue_key, *ids)
+        finally:
+            broker.close()
+
+    return push
 
 
 def _rss_mb(pid: int) -> float:
@@ -169,19 +173,19 @@ def _drain(
     command: list[str],
     env: dict[str, str],
     table: str,
-    send: tuple[str, str, Any, list[Any]],
+    send: tuple[str, str, list[Any], list[Any]],
     total: int,
 ) -> dict[str, float]:
-    """Start a worker, wait until it has stored one warm-up event, then enqueue ``send``
-    (queue, actor, warm-up payload, payloads) and time it until ``total`` more rows are in
-    ``table``."""
-    queue, actor, warm_up, payloads = send
+    """Start a worker, wait until it has stored its warm-up events, then put ``send``'s
+    payloads on Redis at once (``send`` is queue, actor, warm-up payloads, payloads) and time
+    it until ``total`` more rows are in ``table``. Every warm-up payload is one row."""
+    queue, actor, warm_ups, payloads = send
     servers = _servers(env["NPS_DATABASE_URL"])
     redis.Redis.from_url(_redis_url()).flushdb()
     with contextlib.ExitStack() as stack:
         client = stack.enter_context(contextlib.closing(_broker()))
         # One connection polls, its server process counted with the others: a new connection
-        # per poll would add a backend's start-up to the servers' CPU twenty times a second.
+        # per poll would add a backend's start-up to the servers' CPU fifty times a second.
         poll = stack.enter_context(
             psycopg.connect(libpq_url(env["NPS_DATABASE_URL"]), autocommit=True)
         )
@@ -191,24 +195,26 @@ def _drain(
             return int(row[0]) if row else 0
 
         history = count()
-        _enqueue(client, queue, actor, [warm_up])
+        _enqueue(client, queue, actor, warm_ups)
         worker = subprocess.Popen(
             command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         stack.callback(_stop, worker)
         deadline = time.monotonic() + 1800
-        while (first := count()) == history:
+        while (first := count()) < history + len(warm_ups):
             if time.monotonic() > deadline or worker.poll() is not None:
-                raise RuntimeError("the worker took nothing")
-            time.sleep(0.05)
+                raise RuntimeError("the worker did not store its warm-up events")
+            time.sleep(0.02)
+        # Built and stored before the clock starts; the push makes them visible at once.
+        push = _store_bodies(queue, actor, payloads)
         start, cpu_start = time.perf_counter(), tree_cpu_seconds(worker.pid)
         servers_start = {name: tree_cpu_seconds(pid) for name, pid in servers.items()}
-        _enqueue_at_once(queue, actor, payloads)
+        push()
         done = first
         while done < first + total:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {done - first} of {total} events stored")
-            time.sleep(0.05)
+            time.sleep(0.02)
             done = count()
         elapsed = time.perf_counter() - start
         cpu = tree_cpu_seconds(worker.pid) - cpu_start
@@ -238,11 +244,12 @@ def _stop(worker: subprocess.Popen[bytes]) -> None:
 
 def _mean_group(url: str) -> float:
     """Events per applied batch: a batch stamps one ``received_at`` on the ledger rows of all
-    its events (the warm-up event is its own batch; the history is left out)."""
+    its events (the history and the warm-up events are left out)."""
     with psycopg.connect(libpq_url(url)) as conn:
         row = conn.execute(
             "SELECT count(*)::float / greatest(count(DISTINCT received_at), 1) FROM inbound_events"
             f" WHERE external_id NOT LIKE 'evt-{HISTORY}-%'"
+            f" AND external_id NOT LIKE 'evt-{WARM_UP}-%'"
         ).fetchone()
     return round(float(row[0]), 2) if row else 0.0
 
@@ -277,11 +284,18 @@ def main() -> None:
 
         history = shop_events(args.history, prefix=HISTORY, at=now)
 
+        def warm_ups() -> list[dict[str, Any]]:
+            # Twice what the worker's processes take ahead: each process takes some, so that
+            # none is still asleep in a consumer's back-off (up to a second) when the timed
+            # messages arrive, and each has prepared its statements.
+            count = 2 * args.processes * args.threads * PREFETCH_PER_THREAD
+            return shop_events(count, prefix=WARM_UP, at=now)
+
         def bare_run(module: str, actor: str) -> dict[str, float]:
             reset_schema(url)
             with psycopg.connect(libpq_url(url)) as conn:
                 create_bare_table(conn, history)
-            events = shop_events(args.events + 1, prefix="qb", at=now)
+            events = shop_events(args.events, prefix="qb", at=now)
             return _drain(
                 [sys.executable, "-m", "dramatiq", module, *workers],
                 {
@@ -290,18 +304,18 @@ def main() -> None:
                     PREFETCH_VARIABLE: str(args.threads * PREFETCH_PER_THREAD),
                 },
                 "bare_events",
-                ("bare", actor, events[0], events[1:]),
+                ("bare", actor, warm_ups(), events),
                 args.events,
             )
 
         def single() -> dict[str, float]:
             reset_with_history(url, history, now)
-            events = shop_events(args.events + 1, prefix="qs", at=now)
+            events = shop_events(args.events, prefix="qs", at=now)
             measured = _drain(
                 [sys.executable, "-m", "cli.main", "worker", *workers],
                 env,
                 ledger,
-                ("events", "ingest_event", events[0], events[1:]),
+                ("events", "ingest_event", warm_ups(), events),
                 args.events,
             )
             return {**measured, "mean_group": _mean_group(url)}
@@ -325,14 +339,14 @@ def main() -> None:
         # Many events per message (skipped with --batched-events 0).
         if args.batched_events > 0:
             reset_with_history(url, history, now)
-            events = shop_events(args.batched_events + 1, prefix="qm", at=now)
+            events = shop_events(args.batched_events, prefix="qm", at=now)
             step = args.per_message
-            lists = [events[i : i + step] for i in range(1, len(events), step)]
+            lists = [events[i : i + step] for i in range(0, len(events), step)]
             figures["ingest_events"] = _drain(
                 [sys.executable, "-m", "cli.main", "worker", *workers],
                 env,
                 ledger,
-                ("events", "ingest_events", [events[0]], lists),
+                ("events", "ingest_events", [[e] for e in warm_ups()], lists),
                 args.batched_events,
             )
     bare = figures["bare_actor"]["events_per_s"]
