@@ -79,6 +79,13 @@ def seconds(text: str) -> float:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """A whole number of at least 0 (an argparse type)."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 0, not {text!r}")
+    return int(text)
+
+
 def positive_int(text: str) -> int:
     """A whole number of at least 1 (an argparse type)."""
     if not text.strip().isdigit() or int(text) < 1:

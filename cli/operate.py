@@ -24,12 +24,21 @@ from typing import TYPE_CHECKING, Any
 from cli.common import (
     console,
     err_console,
+    non_negative_int,
     positive_int,
     require_broker,
     runtime_with_key,
     seconds,
 )
-from config.settings import Settings, SettingsError, environ, export_metrics_dir
+from config.settings import (
+    WORKER_EVENT_THREADS,
+    WORKER_THREADS,
+    Settings,
+    SettingsError,
+    environ,
+    export_event_threads,
+    export_metrics_dir,
+)
 from wiring.heap import freeze_startup_heap
 
 if TYPE_CHECKING:
@@ -162,6 +171,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         # would print every failed message with its arguments.
         "--skip-logging",
     ]
+    # dramatiq starts the worker processes with this process's environment.
+    export_event_threads(args.event_threads)
     sys.argv = argv
     return int(dramatiq_main() or 0)  # type: ignore[no-untyped-call]
 
@@ -220,7 +231,20 @@ def add_parsers(sub: Any) -> None:
     worker.add_argument(
         "--processes", type=positive_int, default=os.cpu_count() or 1, help="worker processes"
     )
-    worker.add_argument("--threads", type=positive_int, default=8, help="threads per process")
+    worker.add_argument(
+        "--threads",
+        type=positive_int,
+        default=WORKER_THREADS,
+        help="threads per process, shared by every queue",
+    )
+    worker.add_argument(
+        "--event-threads",
+        type=non_negative_int,
+        default=WORKER_EVENT_THREADS,
+        metavar="N",
+        help="threads per process of the events queue's own "
+        f"(default {WORKER_EVENT_THREADS}; 0: it shares the others)",
+    )
     _metrics_port_option(worker)
     worker.set_defaults(func=cmd_worker)
 

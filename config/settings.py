@@ -37,6 +37,32 @@ def _positive_int(env: Mapping[str, str], name: str) -> int | None:
     return int(raw)
 
 
+#: Threads per worker process that every queue shares (``nps-dispatch worker --threads``).
+WORKER_THREADS = 8
+#: The events queue's own threads per worker process (``--event-threads``,
+#: ``worker.event_threads``). Chosen by measure (``bench.ingest_queue``, README "Performance"):
+#: on two cores 16 come close to 24, which did best; 32 and 48 did no better.
+WORKER_EVENT_THREADS = 24
+#: How ``nps-dispatch worker`` tells the worker processes dramatiq starts their event threads.
+EVENT_THREADS_VARIABLE = "NPS_WORKER_EVENT_THREADS"
+
+
+def export_event_threads(count: int) -> None:
+    """Set :data:`EVENT_THREADS_VARIABLE` for the worker processes this process starts."""
+    os.environ[EVENT_THREADS_VARIABLE] = str(count)
+
+
+def event_threads() -> int:
+    """The events queue's own threads in this worker process: :data:`EVENT_THREADS_VARIABLE`,
+    0 (none: it shares the others) when unset."""
+    raw = (environ().get(EVENT_THREADS_VARIABLE) or "").strip()
+    if not raw:
+        return 0
+    if not raw.isdigit():
+        raise SettingsError(f"{EVENT_THREADS_VARIABLE} must be a whole number >= 0, not {raw!r}")
+    return int(raw)
+
+
 def export_metrics_dir(path: str) -> None:
     """Set ``PROMETHEUS_MULTIPROC_DIR`` for this process and the processes it starts; to be
     called before prometheus_client is imported, which reads it once."""

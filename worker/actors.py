@@ -4,6 +4,7 @@ events, applied as one batch) on the queue `events`: keep those names."""
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import dramatiq
@@ -21,6 +22,13 @@ log = logging.getLogger(__name__)
 INGEST_MAX_RETRIES = 16
 INGEST_MIN_BACKOFF_MS = 1000
 INGEST_MAX_BACKOFF_MS = 30 * 60 * 1000
+
+#: ``ingest_events`` batches a worker process applies at once. The events queue has many threads
+#: of its own (``worker.event_threads``) so that single events form large groups; a batch is
+#: a group already, and each one applied holds a database connection and its events decoded.
+#: Eight at once keep two cores busy; more would only contend for them and drain the pool.
+BATCHES_AT_ONCE = 8
+_batches_at_once = threading.BoundedSemaphore(BATCHES_AT_ONCE)
 
 
 def _store_dead_event(message: dramatiq.MessageProxy, exception: BaseException) -> None:
@@ -120,7 +128,8 @@ def ingest_events(events: list[Any]) -> None:
         log.warning("message not a list of events (dead letter %s)", letter)
         return
     try:
-        batch = ingest_queued(runtime.factory, events, runtime.config)
+        with _batches_at_once:
+            batch = ingest_queued(runtime.factory, events, runtime.config)
     except Exception as exc:
         # Raised as Retry, which dramatiq does not log: its own error line would print the
         # message's arguments, that is every event with its contacts.

@@ -22,6 +22,7 @@ from dramatiq.middleware import AgeLimit, Middleware, Retries, default_middlewar
 import logs.metrics  # noqa: F401 - each worker process's metrics exist from its boot
 from config.settings import environ
 from wiring.heap import freeze_startup_heap
+from worker.event_threads import EventThreads
 from worker.log_middleware import LoggingMiddleware
 from worker.prefetch import QueuePrefetch
 
@@ -189,6 +190,7 @@ def _make_broker() -> dramatiq.Broker:
         # in reverse order: placed first, the freeze runs last, once logging is set up.
         broker.add_middleware(FrozenStartupHeap(), before=LoggingMiddleware)
         broker.add_middleware(QueuePrefetch(EVENTS_QUEUE))
+        broker.add_middleware(EventThreads(EVENTS_QUEUE))
     return broker
 
 

@@ -10,6 +10,11 @@ once, and with two per thread the work queue was then empty until the consumer w
 about a hundred times a second per process, the threads waiting for messages). With
 :data:`PREFETCH_PER_THREAD` per thread it still holds messages when a group ends.
 
+The limit counts the process's regular threads (``--threads``: 64 with 8), also when the events
+queue has threads of its own (``worker.event_threads``, 24 by default): their groups hold about
+16 events, so 64 taken still leave messages waiting when a group ends, and a limit counted on
+all 32 threads would hold four times as many ``ingest_events`` batches decoded in memory.
+
 Only the events queue takes more: every queue's messages share one first-come work queue, so a
 deeper sends queue would put alerts and events behind survey sends that wait for their rate
 limit, and a short burst of sends would go to one process instead of being shared. The same

@@ -126,7 +126,8 @@ def test_one_off_commands_print_no_config_log_line(shop):
 def test_help_shows_the_defaults(capsys):
     parser = build_parser()
     for argv, expected in (
-        (["worker", "--help"], "threads per process (default: 8)"),
+        (["worker", "--help"], "shared by every queue (default: 8)"),
+        (["worker", "--help"], "(default 24; 0: it shares the others)"),
         (["ingest", "--help"], "(default: 500)"),
         (["deadletters", "list", "--help"], "(default: 100)"),
         (["demo", "--help"], "(default: 8000)"),

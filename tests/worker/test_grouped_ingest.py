@@ -53,7 +53,8 @@ def _enqueue(redis_url: str, events: list[Any], **options: Any) -> None:
 
 @contextmanager
 def running_worker(db: Database, redis_url: str, tmp_path: Path) -> Iterator[Path]:
-    """`nps-dispatch worker`, one process of 8 threads; yields the file holding its output."""
+    """`nps-dispatch worker`, one process of 8 threads and the events queue's own (as shipped);
+    yields the file holding its output."""
     url = db.engine.url.render_as_string(hide_password=False)
     env = {
         **os.environ,
