@@ -1,7 +1,8 @@
 """Benchmark: shop events through the queue, a dramatiq worker on Redis.
 
-    python -m bench.ingest_queue [--events 3000] [--batched-events 10000] [--processes 2]
-                                 [--threads 8] [--history 20000] [--rounds 3]
+    python -m bench.ingest_queue [--events 9000] [--batched-events 10000] [--processes 2]
+                                 [--threads 8] [--event-threads 24] [--history 20000]
+                                 [--rounds 3]
 
 Four measurements in one run (the first two in ``--rounds`` alternate turns, see below), each
 by a fresh worker (``--processes`` x ``--threads``) that has stored its warm-up events (twice
@@ -17,8 +18,10 @@ once (``_store_bodies``; the README says why), to the last event stored.
   commit, one ``executemany`` and one commit a group: what grouping allows when a group costs
   next to nothing;
 - ``ingest_event``: the product's worker (``nps-dispatch worker``), one purchase per message,
-  its threads applying their events in shared groups (``ingest.grouped``); ``mean_group`` is
-  the events per applied group, read from the ledger (a group stamps one ``received_at``);
+  with the events queue's own threads as shipped (``--event-threads``, ``worker.event_threads``)
+  beside the ``--threads`` the bare actor gets, applying their events in shared groups
+  (``ingest.grouped``); ``mean_group`` is the events per applied group, read from the ledger
+  (a group stamps one ``received_at``);
 - ``ingest_events``: the same worker, messages of ``--per-message`` purchases (skipped with
   ``--batched-events 0``).
 
@@ -30,10 +33,11 @@ bare table gets as many rows. Redis is ``NPS_BENCH_REDIS_URL`` (default
 object: events/s and the workers' CPU-ms per event of each, the ratios, and the workers'
 resident memory. Nothing asserts on the figures.
 
-The bare actor and ``ingest_event`` run in turns, ``--rounds`` of each: a run lasts a second or
-two, and the bare actor's rate moved by half between runs minutes apart on a machine otherwise
-idle. ``ratio_single_to_bare`` is the median of the rounds' ratios (the lower middle one of an
-even number), each round's ratio is printed beside it, and each figure is its median round's.
+The bare actor and ``ingest_event`` run in turns, ``--rounds`` of each: the bare actor's rate
+moved by half between runs minutes apart on a machine otherwise idle (and between rounds of
+3,000 events, a second or two each, by a third; hence 9,000). ``ratio_single_to_bare`` is the
+median of the rounds' ratios (the lower middle one of an even number), each round's ratio is
+printed beside it, and each figure is its median round's.
 ``bare_grouped`` and the batched run are measured once, after the rounds.
 """
 
@@ -70,6 +74,7 @@ from bench.ingest_common import (
     tree_cpu_seconds,
 )
 from bench.ingest_profile import shop_events
+from config.settings import WORKER_EVENT_THREADS
 from worker.prefetch import PREFETCH_PER_THREAD, PREFETCH_VARIABLE
 
 #: The prefix of the warm-up events' ids.
@@ -266,17 +271,19 @@ def _median_round(rounds: list[dict[str, float]]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=3000)
+    parser.add_argument("--events", type=int, default=9000)
     parser.add_argument("--batched-events", type=int, default=10_000)
     parser.add_argument("--per-message", type=int, default=500)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--event-threads", type=int, default=WORKER_EVENT_THREADS)
     parser.add_argument("--history", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     url = bench_url()
     now = datetime.now(UTC)
     workers = ["--processes", str(args.processes), "--threads", str(args.threads)]
+    product = [*workers, "--event-threads", str(args.event_threads)]
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as workdir:
         env = product_env(url, Path(workdir), NPS_BROKER_URL=_redis_url())
@@ -312,7 +319,7 @@ def main() -> None:
             reset_with_history(url, history, now)
             events = shop_events(args.events, prefix="qs", at=now)
             measured = _drain(
-                [sys.executable, "-m", "cli.main", "worker", *workers],
+                [sys.executable, "-m", "cli.main", "worker", *product],
                 env,
                 ledger,
                 ("events", "ingest_event", warm_ups(), events),
@@ -343,7 +350,7 @@ def main() -> None:
             step = args.per_message
             lists = [events[i : i + step] for i in range(0, len(events), step)]
             figures["ingest_events"] = _drain(
-                [sys.executable, "-m", "cli.main", "worker", *workers],
+                [sys.executable, "-m", "cli.main", "worker", *product],
                 env,
                 ledger,
                 ("events", "ingest_events", [[e] for e in warm_ups()], lists),
@@ -374,6 +381,7 @@ def main() -> None:
                 "per_message": args.per_message,
                 "processes": args.processes,
                 "threads": args.threads,
+                "event_threads": args.event_threads,
                 "history": args.history,
                 "rounds": len(round_ratios),
             }

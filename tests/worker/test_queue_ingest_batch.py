@@ -7,12 +7,13 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from dramatiq import Worker
+from dramatiq import Retry, Worker
 from sqlalchemy import func, select
 
 from ingest.deadletters import list_dead_letters
@@ -21,7 +22,7 @@ from models import InboundEvent, Order, Survey
 from tests.conftest import Database, sqlite_database
 from tests.factories import order_event, purchase
 from tests.processes import started
-from worker.actors import ingest_events
+from worker.actors import BATCHES_AT_ONCE, ingest_events
 from worker.broker import EVENTS_QUEUE, broker
 
 
@@ -134,3 +135,23 @@ def test_after_the_last_attempt_an_event_reusing_a_taken_event_id_becomes_a_dead
     assert len(letters) == 1
     [letter] = list_dead_letters(db.factory)
     assert letter.event_id == first["event_id"] and '"order.cancelled"' in letter.payload
+
+
+def test_batches_that_failed_do_not_keep_their_place_among_those_applied_at_once(
+    db, runtime_for, tmp_path: Path
+):
+    broken = sqlite_database(tmp_path / "broken.db")
+    with broken.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE inbound_events")
+    runtime_for(broken)
+    for n in range(BATCHES_AT_ONCE + 2):
+        with pytest.raises(Retry):
+            ingest_events.fn([purchase(f"QF-{n}", f"qf-c{n}")])
+    broken.engine.dispose()
+    runtime_for(db)
+    # Had a failed batch kept its place, this one would wait for ever: run it in a thread.
+    applying = threading.Thread(target=ingest_events.fn, args=([purchase("QF-ok", "qf-ok")],))
+    applying.start()
+    applying.join(30)
+    assert not applying.is_alive()
+    assert count(db, Order) == 1 and count(db, InboundEvent) == 1
