@@ -1,7 +1,7 @@
 """Benchmark: shop events through the queue, a dramatiq worker on Redis.
 
     python -m bench.ingest_queue [--events 9000] [--batched-events 10000] [--processes 2]
-                                 [--threads 8] [--event-threads 24] [--history 20000]
+                                 [--threads 8] [--event-threads 48] [--history 20000]
                                  [--rounds 3]
 
 Four measurements in one run (the first two in ``--rounds`` alternate turns, see below), each

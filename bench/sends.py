@@ -10,9 +10,10 @@ in the same run and on the same rows (``--sends`` email surveys in ``queued``, r
 real migrations and seeded with ``INSERT ... SELECT generate_series``):
 
 - ``product``: ``dramatiq worker.actors`` with ``--processes`` x ``--threads``, as
-  ``nps-dispatch worker`` runs it, fed ``send_survey(id)`` messages on its queue ``sends``: the
-  whole send path (pick-up, rate limit through Redis, claim and re-check, rendering, the provider
-  call, the record, the logs and metrics);
+  ``nps-dispatch worker`` runs it (the events queue's own threads included, idle here), fed
+  ``send_survey(id)`` messages on its queue ``sends``: the whole send path (pick-up, rate limit
+  through Redis, claim and re-check, rendering, the provider call, the record, the logs and
+  metrics);
 - ``bare``: ``dramatiq bench.sends_bare`` with the same processes and threads: the same provider
   call and one ``UPDATE`` per message.
 
@@ -47,6 +48,7 @@ from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import Engine, make_url, text
 
 from bench.databases import bench_url, ensure_database
+from config.settings import EVENT_THREADS_VARIABLE, WORKER_EVENT_THREADS
 from migrations.runner import upgrade
 from models.session import make_engine
 
@@ -290,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         "SENDGRID_API_KEY": SENDGRID_KEY,
         "SENDGRID_FROM": "surveys@shop.example",
         "SENDGRID_API_BASE": provider_url,
+        EVENT_THREADS_VARIABLE: str(WORKER_EVENT_THREADS),
     }
     sqlalchemy_url = make_url(database)
     libpq_url = sqlalchemy_url.set(drivername="postgresql").render_as_string(False)

@@ -32,6 +32,7 @@ from cli.common import (
 )
 from config.settings import (
     WORKER_EVENT_THREADS,
+    WORKER_EVENT_THREADS_MAX,
     WORKER_THREADS,
     Settings,
     SettingsError,
@@ -145,6 +146,13 @@ def _port(args: argparse.Namespace, settings: Settings) -> int | None:
     return port if port is not None else settings.metrics_port
 
 
+def _event_threads(text: str) -> int:
+    count = non_negative_int(text)
+    if count > WORKER_EVENT_THREADS_MAX:
+        raise argparse.ArgumentTypeError(f"must be at most {WORKER_EVENT_THREADS_MAX}, not {count}")
+    return count
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if not require_broker(settings):
@@ -239,7 +247,7 @@ def add_parsers(sub: Any) -> None:
     )
     worker.add_argument(
         "--event-threads",
-        type=non_negative_int,
+        type=_event_threads,
         default=WORKER_EVENT_THREADS,
         metavar="N",
         help="threads per process of the events queue's own "

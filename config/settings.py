@@ -41,8 +41,10 @@ def _positive_int(env: Mapping[str, str], name: str) -> int | None:
 WORKER_THREADS = 8
 #: The events queue's own threads per worker process (``--event-threads``,
 #: ``worker.event_threads``). Chosen by measure (``bench.ingest_queue``, README "Performance"):
-#: on two cores 16 come close to 24, which did best; 32 and 48 did no better.
-WORKER_EVENT_THREADS = 24
+#: on two cores, groups grew and CPU per event fell up to 48; 64 did no better.
+WORKER_EVENT_THREADS = 48
+#: More would only add threads waiting for the same groups.
+WORKER_EVENT_THREADS_MAX = 256
 #: How ``nps-dispatch worker`` tells the worker processes dramatiq starts their event threads.
 EVENT_THREADS_VARIABLE = "NPS_WORKER_EVENT_THREADS"
 
@@ -58,7 +60,7 @@ def event_threads() -> int:
     raw = (environ().get(EVENT_THREADS_VARIABLE) or "").strip()
     if not raw:
         return 0
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise SettingsError(f"{EVENT_THREADS_VARIABLE} must be a whole number >= 0, not {raw!r}")
     return int(raw)
 

@@ -1,8 +1,8 @@
 """Engines and sessions for SQLite (embedded default) and PostgreSQL (production).
 
 A PostgreSQL engine keeps a pool as large as the threads that use it at once (a dramatiq worker
-process runs 8 by default, plus the events queue's own, of which few hold a connection at once;
-uvicorn's thread pool more), so that no thread waits for a connection and no
+process runs 8 for every queue, plus the events queue's own, of which few hold a connection at
+once; uvicorn's thread pool more), so that no thread waits for a connection and no
 connection is opened and closed per message: :data:`POOL_SIZE` kept open plus
 :data:`MAX_OVERFLOW` for peaks. Connections are not pinged on every checkout (a round trip per
 transaction); they are replaced after :data:`POOL_RECYCLE_SECONDS` instead, and a connection the
@@ -45,7 +45,9 @@ TRANSIENT_SQLSTATES: Final = frozenset({"40P01", "40001"})
 #: margin for the process's other threads (the config watcher, a web process's thread pool).
 #: The events queue's own threads (``worker.event_threads``) take few: single events are
 #: applied by one group's leader at a time (two when one stalls), and batches at most
-#: ``worker.actors.BATCHES_AT_ONCE`` at once.
+#: ``worker.actors.BATCHES_AT_ONCE`` (8) at once, so ordinary work needs about 18, within
+#: POOL_SIZE + MAX_OVERFLOW. A burst of refused single events, each stored as a dead letter by
+#: its own thread in a short transaction, can ask for more at once: those wait their turn.
 POOL_SIZE = 16
 #: Opened beyond :data:`POOL_SIZE` at a peak, closed again when returned.
 MAX_OVERFLOW = 16

@@ -4,7 +4,6 @@ events, applied as one batch) on the queue `events`: keep those names."""
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 import dramatiq
@@ -13,6 +12,7 @@ from dramatiq import Retry
 import worker.alerting  # noqa: F401 - declares deliver_detractor_alert (queue "alerts") here
 from wiring.runtime import get_runtime
 from worker.broker import EVENTS_QUEUE, SENDS_QUEUE, actor
+from worker.slots import Slots
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +25,10 @@ INGEST_MAX_BACKOFF_MS = 30 * 60 * 1000
 
 #: ``ingest_events`` batches a worker process applies at once. The events queue has many threads
 #: of its own (``worker.event_threads``) so that single events form large groups; a batch is
-#: a group already, and each one applied holds a database connection and its events decoded.
-#: Eight at once keep two cores busy; more would only contend for them and drain the pool.
+#: a group already, and each one being applied holds a database connection. Eight at once keep
+#: two cores busy; more would only contend for them and for the connection pool.
 BATCHES_AT_ONCE = 8
-_batches_at_once = threading.BoundedSemaphore(BATCHES_AT_ONCE)
+_batch_slots = Slots(BATCHES_AT_ONCE)
 
 
 def _store_dead_event(message: dramatiq.MessageProxy, exception: BaseException) -> None:
@@ -128,7 +128,7 @@ def ingest_events(events: list[Any]) -> None:
         log.warning("message not a list of events (dead letter %s)", letter)
         return
     try:
-        with _batches_at_once:
+        with _batch_slots.held():
             batch = ingest_queued(runtime.factory, events, runtime.config)
     except Exception as exc:
         # Raised as Retry, which dramatiq does not log: its own error line would print the

@@ -11,9 +11,10 @@ about a hundred times a second per process, the threads waiting for messages). W
 :data:`PREFETCH_PER_THREAD` per thread it still holds messages when a group ends.
 
 The limit counts the process's regular threads (``--threads``: 64 with 8), also when the events
-queue has threads of its own (``worker.event_threads``, 24 by default): their groups hold about
-16 events, so 64 taken still leave messages waiting when a group ends, and a limit counted on
-all 32 threads would hold four times as many ``ingest_events`` batches decoded in memory.
+queue has threads of its own (``worker.event_threads``, 48 by default): their groups hold about
+26 events, so 64 taken still leave messages waiting when a group ends, and a limit counted on
+all 56 threads would hold seven times as many ``ingest_events`` batches decoded in memory. It
+is never below the events queue's own threads, though, so that each can have a message.
 
 Only the events queue takes more: every queue's messages share one first-come work queue, so a
 deeper sends queue would put alerts and events behind survey sends that wait for their rate
@@ -32,7 +33,7 @@ import dramatiq
 from dramatiq.middleware import Middleware
 from dramatiq.worker import ConsumerThread
 
-from config.settings import environ
+from config.settings import SettingsError, environ, event_threads
 
 __all__ = ["PREFETCH_PER_THREAD", "PREFETCH_VARIABLE", "QueuePrefetch"]
 
@@ -50,18 +51,22 @@ def operator_prefetch() -> int:
 
 
 class QueuePrefetch(Middleware):
-    """Let the consumer of ``queue_name`` take :data:`PREFETCH_PER_THREAD` messages per worker
-    thread ahead; see the module's docstring."""
+    """Let the consumer of ``queue_name`` take :data:`PREFETCH_PER_THREAD` messages per regular
+    worker thread ahead, and at least one per thread of its own; see the module's docstring."""
 
     def __init__(self, queue_name: str) -> None:
         self.queue_name = queue_name
-        self._threads = 0
+        self._limit = 0
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        self._threads = worker.worker_threads
+        try:
+            own = event_threads()
+        except SettingsError:
+            own = 0  # the worker refuses to start (``worker.event_threads``)
+        self._limit = max(worker.worker_threads * PREFETCH_PER_THREAD, own)
 
     def after_consumer_thread_boot(self, broker: dramatiq.Broker, thread: ConsumerThread) -> None:
         # Called in the consumer thread before it starts consuming with ``thread.prefetch``.
-        if thread.queue_name != self.queue_name or not self._threads or operator_prefetch():
+        if thread.queue_name != self.queue_name or not self._limit or operator_prefetch():
             return
-        thread.prefetch = self._threads * PREFETCH_PER_THREAD
+        thread.prefetch = self._limit

@@ -127,7 +127,7 @@ def test_help_shows_the_defaults(capsys):
     parser = build_parser()
     for argv, expected in (
         (["worker", "--help"], "shared by every queue (default: 8)"),
-        (["worker", "--help"], "(default 24; 0: it shares the others)"),
+        (["worker", "--help"], "(default 48; 0: it shares the others)"),
         (["ingest", "--help"], "(default: 500)"),
         (["deadletters", "list", "--help"], "(default: 100)"),
         (["demo", "--help"], "(default: 8000)"),

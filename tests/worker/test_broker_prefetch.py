@@ -16,6 +16,7 @@ import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
+from config.settings import EVENT_THREADS_VARIABLE
 from worker.broker import _make_broker
 from worker.prefetch import PREFETCH_PER_THREAD, PREFETCH_VARIABLE, QueuePrefetch
 
@@ -104,3 +105,14 @@ def test_the_redis_broker_deepens_the_events_queue(redis_url, monkeypatch):
         assert prefetch.queue_name == "events"
     finally:
         broker.close()
+
+
+def test_the_events_queue_takes_at_least_one_message_for_each_of_its_own_threads(
+    redis_url, monkeypatch
+):
+    monkeypatch.delenv(PREFETCH_VARIABLE, raising=False)
+    monkeypatch.setattr(dramatiq.worker, "QUEUE_PREFETCH", 0)
+    # More threads of its own than 8 a regular thread: each of them can have a message. (No
+    # EventThreads middleware here: the messages stay held in the shared threads' queue.)
+    monkeypatch.setenv(EVENT_THREADS_VARIABLE, str(THREADS * PREFETCH_PER_THREAD + 5))
+    assert _taken_ahead(redis_url)["deep"] == THREADS * PREFETCH_PER_THREAD + 5

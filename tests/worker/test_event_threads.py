@@ -28,7 +28,7 @@ from config.settings import (
     event_threads,
 )
 from worker.broker import _make_broker
-from worker.event_threads import EventThreads
+from worker.event_threads import EventThreads, EventThreadsNotStarted
 
 THREADS = 2
 OWN_THREADS = 3
@@ -111,8 +111,8 @@ def test_the_events_queue_runs_on_its_own_threads_and_the_others_on_the_shared_o
     worker = dramatiq.Worker(queues.broker, worker_threads=THREADS, worker_timeout=50)
     worker.start()
     try:
-        shared = {t.ident for t in worker.workers[:THREADS]}
-        own = {t.ident for t in worker.workers[THREADS:]}
+        shared = {t.ident for t in worker.workers if t.work_queue is worker.work_queue}
+        own = {t.ident for t in worker.workers if t.work_queue is not worker.work_queue}
         assert len(shared) == THREADS and len(own) == OWN_THREADS
         _until(lambda: sum(len(ran) for ran in queues.ran.values()) == 120)
         queues.middleware.join(worker)
@@ -222,10 +222,16 @@ def test_the_worker_command_passes_its_event_threads_to_dramatiqs_processes(
         assert seen["threads"] == expected
 
 
-def test_the_worker_command_refuses_a_negative_count(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("given", "why"), [("-2", "at least 0"), ("many", "at least 0"), ("257", "at most 256")]
+)
+def test_the_worker_command_refuses_a_count_out_of_bounds(
+    given: str, why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["worker", "--event-threads", "-2"])
-    assert "--event-threads" in capsys.readouterr().err
+        build_parser().parse_args(["worker", "--event-threads", given])
+    err = capsys.readouterr().err
+    assert "--event-threads" in err and why in err
 
 
 def test_the_redis_broker_gives_the_events_queue_its_own_threads(
@@ -238,3 +244,30 @@ def test_the_redis_broker_gives_the_events_queue_its_own_threads(
         assert own.queue_name == "events"
     finally:
         broker.close()
+
+
+def test_a_worker_with_a_bad_count_does_not_start(
+    queues: Queues, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(EVENT_THREADS_VARIABLE, "lots")
+    worker = dramatiq.Worker(queues.broker, worker_threads=THREADS, worker_timeout=50)
+    with pytest.raises(EventThreadsNotStarted, match=EVENT_THREADS_VARIABLE):
+        worker.start()
+    assert worker.consumers == {} and worker.workers == []
+
+
+def test_a_worker_told_to_consume_other_queues_starts_no_event_threads(
+    queues: Queues, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(EVENT_THREADS_VARIABLE, str(OWN_THREADS))
+    queues.send(queues.other, 5)
+    worker = dramatiq.Worker(
+        queues.broker, queues={queues.other}, worker_threads=THREADS, worker_timeout=50
+    )
+    worker.start()
+    try:
+        assert len(worker.workers) == THREADS and queues.events not in worker.consumers
+        _until(lambda: len(queues.ran[queues.other]) == 5)
+        worker.join()
+    finally:
+        worker.stop()
