@@ -8,8 +8,11 @@ waiter interrupted after a release chose it takes the wake-up with it, and the o
 
 :class:`Slots` keeps its state in one dict, by thread: a thread holds a slot while its entry
 is there, and it is added and removed by single statements under a lock taken with ``with``
-(C code, which an exception cannot land inside). Every wait is bounded, so a wake-up lost costs
-a short delay. The entry is added inside the ``try`` whose ``finally`` removes it; should an
+(C code, which an exception cannot land inside). Inside ``Condition.wait``, which releases and
+takes the lock again in Python code, an interrupt can surface as a ``RuntimeError`` about the
+lock instead: the thread leaves without a slot and its message fails (and runs again), as the
+interrupt would have made it. Every wait is bounded, so a wake-up lost costs a short delay.
+The entry is added inside the ``try`` whose ``finally`` removes it; should an
 exception land inside that ``finally`` all the same, the entry stays with its thread, which
 finds it there (and uses it) the next time it comes for a slot; a thread that has ended by then
 loses its entry when the slots are next found all taken.
