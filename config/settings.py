@@ -60,8 +60,11 @@ def event_threads() -> int:
     raw = (environ().get(EVENT_THREADS_VARIABLE) or "").strip()
     if not raw:
         return 0
-    if not (raw.isascii() and raw.isdigit()):
-        raise SettingsError(f"{EVENT_THREADS_VARIABLE} must be a whole number >= 0, not {raw!r}")
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > WORKER_EVENT_THREADS_MAX:
+        raise SettingsError(
+            f"{EVENT_THREADS_VARIABLE} must be a whole number from 0 to "
+            f"{WORKER_EVENT_THREADS_MAX}, not {raw!r}"
+        )
     return int(raw)
 
 

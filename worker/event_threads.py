@@ -85,6 +85,7 @@ class EventThreads(Middleware):
         own = _OwnThreads(worker)
         with self._lock:
             self._by_worker[worker] = own
+        started: list[WorkerThread] = []
         try:
             for _ in range(count):
                 thread = WorkerThread(
@@ -95,9 +96,14 @@ class EventThreads(Middleware):
                     worker_timeout=worker.worker_timeout,
                 )
                 thread.start()
-                worker.workers.append(thread)
+                started.append(thread)
         except RuntimeError as exc:  # "can't start new thread": a process or memory limit
+            for thread in started:
+                thread.stop()
+            with self._lock:
+                del self._by_worker[worker]
             raise EventThreadsNotStarted(f"events queue threads: {exc}") from None
+        worker.workers.extend(started)
 
     def after_consumer_thread_boot(self, broker: dramatiq.Broker, thread: ConsumerThread) -> None:
         # Called in the consumer's thread before it takes any message. The worker has put it

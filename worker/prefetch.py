@@ -14,7 +14,8 @@ The limit counts the process's regular threads (``--threads``: 64 with 8), also 
 queue has threads of its own (``worker.event_threads``, 48 by default): their groups hold about
 26 events, so 64 taken still leave messages waiting when a group ends, and a limit counted on
 all 56 threads would hold seven times as many ``ingest_events`` batches decoded in memory. It
-is never below the events queue's own threads, though, so that each can have a message.
+is never below the events queue's own threads, though, so that each can have a message, even
+when the operator has set dramatiq's limit (:data:`PREFETCH_VARIABLE`) lower.
 
 Only the events queue takes more: every queue's messages share one first-come work queue, so a
 deeper sends queue would put alerts and events behind survey sends that wait for their rate
@@ -63,10 +64,12 @@ class QueuePrefetch(Middleware):
             own = event_threads()
         except SettingsError:
             own = 0  # the worker refuses to start (``worker.event_threads``)
-        self._limit = max(worker.worker_threads * PREFETCH_PER_THREAD, own)
+        # The operator's setting, when there is one, replaces the eight a thread, not the floor.
+        ahead = operator_prefetch() or worker.worker_threads * PREFETCH_PER_THREAD
+        self._limit = max(ahead, own)
 
     def after_consumer_thread_boot(self, broker: dramatiq.Broker, thread: ConsumerThread) -> None:
         # Called in the consumer thread before it starts consuming with ``thread.prefetch``.
-        if thread.queue_name != self.queue_name or not self._limit or operator_prefetch():
+        if thread.queue_name != self.queue_name or not self._limit:
             return
         thread.prefetch = self._limit

@@ -116,3 +116,13 @@ def test_the_events_queue_takes_at_least_one_message_for_each_of_its_own_threads
     # EventThreads middleware here: the messages stay held in the shared threads' queue.)
     monkeypatch.setenv(EVENT_THREADS_VARIABLE, str(THREADS * PREFETCH_PER_THREAD + 5))
     assert _taken_ahead(redis_url)["deep"] == THREADS * PREFETCH_PER_THREAD + 5
+
+
+def test_the_operators_lower_setting_still_leaves_a_message_for_each_own_thread(
+    redis_url, monkeypatch
+):
+    monkeypatch.setenv(PREFETCH_VARIABLE, "3")
+    monkeypatch.setattr(dramatiq.worker, "QUEUE_PREFETCH", 3)
+    monkeypatch.setenv(EVENT_THREADS_VARIABLE, "7")
+    taken = _taken_ahead(redis_url)
+    assert (taken["deep"], taken["other"]) == (7, 3)

@@ -145,7 +145,8 @@ def test_messages_taken_ahead_go_back_to_redis_when_the_worker_stops(
     _until(lambda: queues.waiting(queues.events) == 10 - 2 * THREADS)
     stopping = threading.Thread(target=worker.stop)
     stopping.start()
-    time.sleep(0.3)  # the threads are told to stop while one is still inside a message
+    # The threads are told to stop while one is still inside a message.
+    _until(lambda: not any(thread.running for thread in worker.workers))
     queues.hold.set()
     stopping.join(30)
     assert not stopping.is_alive()
@@ -184,7 +185,7 @@ def test_unset_the_events_queue_shares_the_threads(
     assert sorted(n for n, _ in queues.ran[queues.events]) == list(range(20))
 
 
-@pytest.mark.parametrize("raw", ["-1", "three", "2.5"])
+@pytest.mark.parametrize("raw", ["-1", "three", "2.5", "²", "257"])
 def test_a_bad_count_in_the_variable_is_refused_by_name(
     raw: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

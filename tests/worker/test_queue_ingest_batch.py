@@ -22,7 +22,7 @@ from models import InboundEvent, Order, Survey
 from tests.conftest import Database, sqlite_database
 from tests.factories import order_event, purchase
 from tests.processes import started
-from worker.actors import BATCHES_AT_ONCE, ingest_events
+from worker.actors import BATCHES_AT_ONCE, _batch_slots, ingest_events
 from worker.broker import EVENTS_QUEUE, broker
 
 
@@ -147,6 +147,7 @@ def test_batches_that_failed_do_not_keep_their_place_among_those_applied_at_once
     for n in range(BATCHES_AT_ONCE + 2):
         with pytest.raises(Retry):
             ingest_events.fn([purchase(f"QF-{n}", f"qf-c{n}")])
+    assert _batch_slots.taken == 0  # none left with this thread either
     broken.engine.dispose()
     runtime_for(db)
     # Had a failed batch kept its place, this one would wait for ever: run it in a thread.

@@ -13,7 +13,7 @@ import pytest
 from worker.slots import Slots
 
 
-class Interrupted(Exception):
+class Interrupted(BaseException):  # as dramatiq's interrupts are
     pass
 
 
@@ -123,8 +123,8 @@ def test_a_holder_interrupted_inside_frees_its_slot() -> None:
 
 def test_many_interrupts_at_random_moments_leave_every_slot_usable() -> None:
     """Threads taking and freeing slots in a loop, each interrupted once at an arbitrary moment
-    (in the middle of taking or freeing, possibly): afterwards two threads hold both slots at
-    once."""
+    (in the middle of taking or freeing, possibly): afterwards the interrupted threads, still
+    alive, hold no slot, and two threads hold both slots at once."""
     slots = Slots(2)
     stop = threading.Event()
 
@@ -135,6 +135,10 @@ def test_many_interrupts_at_random_moments_leave_every_slot_usable() -> None:
                     pass
         except Interrupted:
             pass
+        finally:
+            done.wait(10)  # stays alive: an entry it left would not be forgotten
+
+    done = threading.Event()
 
     threads = [threading.Thread(target=churn) for _ in range(8)]
     for thread in threads:
@@ -143,6 +147,8 @@ def test_many_interrupts_at_random_moments_leave_every_slot_usable() -> None:
         time.sleep(0.01)
         _raise_in(thread, Interrupted)
     stop.set()
+    _until(lambda: slots.taken == 0)  # the interrupted threads, still alive, hold none
+    done.set()
     for thread in threads:
         thread.join(10)
         assert not thread.is_alive()
@@ -167,10 +173,17 @@ def test_an_entry_left_by_an_ended_thread_is_forgotten() -> None:
     gone = threading.Thread(target=lambda: None)
     gone.start()
     gone.join()
-    assert gone.ident is not None
-    slots._holders = {gone.ident: True}  # as an interrupt inside ``finally`` would leave it
-    with slots.held():
-        assert slots.taken == 1
+    slots._holders = {gone: True}  # as an interrupt inside ``finally`` would leave it
+    taken: list[int] = []
+
+    def take() -> None:
+        with slots.held():
+            taken.append(slots.taken)
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    thread.join(10)
+    assert taken == [1] and slots.taken == 0
 
 
 def test_the_limit_must_be_positive() -> None:
